@@ -1,0 +1,89 @@
+"""Check a CelebA copy without training: ``python -m celeba_gender.data ROOT [--split identity]``.
+
+Prints the same report a training run writes as data_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from celeba_gender.data.balance import BALANCE_METHODS
+from celeba_gender.data.datamodule import CelebADataModule
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.splits import SPLIT_METHODS
+
+LISTED_NAMES = 10  # long lists (unreadable files, duplicates) are cut here; --json has all
+
+
+def _named(title: str, items: dict[str, str] | list[str]) -> list[str]:
+    entries = list(items.items()) if isinstance(items, dict) else [(name, "") for name in items]
+    lines = [f"{title}: {len(entries)}"]
+    for name, why in entries[:LISTED_NAMES]:
+        lines.append(f"    {name}" + (f"  ({why})" if why else ""))
+    if len(entries) > LISTED_NAMES:
+        lines.append(f"    ... {len(entries) - LISTED_NAMES} more (see --json)")
+    return lines
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The data report as text for a person."""
+    lines = [
+        f"root:     {summary['root']} (layout: {summary['layout']})",
+        f"images:   {summary['images_listed']} listed, {summary['images_present']} present, "
+        f"{summary['images_usable']} usable; {summary['listed_but_absent']} listed but absent",
+        *_named("duplicates dropped", summary["duplicates"]),
+        *_named("unreadable files skipped", summary["unreadable"]),
+        *_named("files without annotation", summary["unannotated_files"]),
+    ]
+    for path, why in summary["ignored_files"].items():
+        lines.append(f"ignored:  {path}: {why}")
+    if summary["converted_to_rgb"]:
+        lines.append(f"converted to RGB: {summary['converted_to_rgb']}")
+    split = summary["split"]
+    lines.append(f"split:    {split['method']} (seed {split['seed']})")
+    for name, part in summary["parts"].items():
+        lines.append(
+            f"    {name:5s} {part['images']:7d} images  {part['male']:6d} male  "
+            f"{part['female']:6d} female  identities: {part['identities']}"
+        )
+    lines.append(f"shared identities: {summary['shared_identities']}")
+    balance = summary["balance"]
+    lines.append(
+        f"balance:  {balance['method']}: {balance['train_images_per_epoch']} training images per "
+        f"epoch, male fraction {balance['male_fraction_before'] or 0:.3f} -> "
+        f"{balance['effective_male_fraction'] or 0:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m celeba_gender.data", description=__doc__)
+    parser.add_argument("root", help="a CelebA folder (official or study layout)")
+    parser.add_argument("--split", default="identity", choices=SPLIT_METHODS)
+    parser.add_argument("--seed", type=int, default=42, help="split seed")
+    parser.add_argument("--balance", default="none", choices=BALANCE_METHODS)
+    parser.add_argument("--cache-dir", default=None, help="where the file-check cache lives")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        module = CelebADataModule(
+            args.root,
+            split=args.split,
+            split_seed=args.seed,
+            balance=args.balance,
+            loader="per_sample",
+            cache_dir=args.cache_dir,
+        )
+        summary = module.summary()
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""CelebADataModule: from a CelebA folder to train/val/test batches, with a data report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from celeba_gender.data.balance import (
+    effective_male_fraction,
+    loss_class_weights,
+    rebalance_rows,
+    sampler_weights,
+)
+from celeba_gender.data.cache import ImageTensorCache, cache_folder
+from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.index import MISSING, CelebAIndex, build_index
+from celeba_gender.data.splits import PARTS, assign_split
+from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOADERS = ("cached", "per_sample")
+
+
+class CelebADataModule(L.LightningDataModule):
+    """Reads a CelebA copy (official or study layout), splits, rebalances and batches it.
+
+    ``loader='cached'`` decodes every image once into a uint8 memory map and augments whole
+    batches on their device in ``on_after_batch_transfer``; ``loader='per_sample'`` decodes
+    and augments image by image in the workers. Both give the same evaluation tensors.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "identity",
+        split_seed: int = 42,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        seed_protocol_train_per_class: int = 1500,
+        balance: str = "none",
+        balance_seed: int = 0,
+        image_size: int = 224,
+        face_crop: Mapping[str, int] | None = None,
+        augmentations: Sequence[Mapping[str, Any]] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        loader: str = "cached",
+        cache_dir: str | Path | None = None,
+        cache_size: Sequence[int] = (218, 178),
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        scan_workers: int | None = None,
+        summary_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if loader not in LOADERS:
+            raise DataError(f"Unknown data.loader '{loader}'; choose one of {', '.join(LOADERS)}.")
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.split_seed = split_seed
+        self.split_fractions = [float(f) for f in split_fractions]
+        self.seed_protocol_train_per_class = seed_protocol_train_per_class
+        self.balance = balance
+        self.balance_seed = balance_seed
+        self.image_size = image_size
+        self.face_crop = dict(face_crop) if face_crop else None
+        self.augmentations = [dict(a) for a in augmentations or []]
+        self.mean, self.std = list(mean), list(std)
+        self.loader = loader
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.cache_size = tuple(int(s) for s in cache_size)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.scan_workers = scan_workers
+        self.summary_path = Path(summary_path) if summary_path else None
+
+        self.batch_transform = BatchTransform(
+            image_size, self.face_crop, self.augmentations, self.mean, self.std
+        )
+        crop_box(self.face_crop, *self.cache_size)  # a bad box fails now, not mid-epoch
+        self.index: CelebAIndex | None = None
+        self.cache: ImageTensorCache | None = None
+        self.parts: dict[str, np.ndarray] = {}
+        self.train_rows: np.ndarray | None = None
+        self.datasets: dict[str, torch.utils.data.Dataset] = {}
+
+    # ----------------------------------------------------------------- reading and caching
+    def _ensure_index(self) -> CelebAIndex:
+        if self.index is None:
+            self.index = build_index(self.root, self.cache_dir, self.scan_workers)
+        return self.index
+
+    def _ensure_cache(self) -> ImageTensorCache:
+        if self.cache is None:
+            index = self._ensure_index()
+            self.cache, built = ImageTensorCache.build_or_open(
+                index.paths(),
+                index.images["fingerprint"].tolist(),
+                cache_folder(index.layout.image_dir, self.cache_dir),
+                *self.cache_size,
+                workers=self.scan_workers,
+            )
+            self.index.report["tensor_cache"] = {
+                "file": str(self.cache.path),
+                "shape": list(self.cache.shape),
+                "built_now": built,
+            }
+        return self.cache
+
+    def prepare_data(self) -> None:
+        # Runs once per node before setup: the file check and the decode happen here, once.
+        self._ensure_index()
+        if self.loader == "cached":
+            self._ensure_cache()
+
+    # ----------------------------------------------------------------- splitting
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        index = self._ensure_index()
+        images = index.images
+        part = assign_split(
+            images,
+            self.split,
+            seed=self.split_seed,
+            fractions=self.split_fractions,
+            train_per_class=self.seed_protocol_train_per_class,
+        ).to_numpy()
+        self.parts = {name: np.flatnonzero(part == name) for name in PARTS}
+        labels = images["male"].to_numpy(dtype=np.int64)
+        if len(self.parts["train"]):
+            chosen = rebalance_rows(labels[self.parts["train"]], self.balance, self.balance_seed)
+            self.train_rows = self.parts["train"][chosen]
+        else:
+            self.train_rows = self.parts["train"]
+        rows_by_part = {
+            "train": self.train_rows,
+            "val": self.parts["val"],
+            "test": self.parts["test"],
+        }
+
+        if self.loader == "cached":
+            cache = self._ensure_cache()
+            for name, rows in rows_by_part.items():
+                # Cache rows follow the index's order, so a row is its own cache position.
+                self.datasets[name] = CachedImageDataset(cache, rows, labels[rows], rows)
+        else:
+            paths = index.paths()
+            for name, rows in rows_by_part.items():
+                transform = per_sample_transform(
+                    self.image_size,
+                    self.face_crop,
+                    self.augmentations,
+                    self.mean,
+                    self.std,
+                    train=name == "train",
+                )
+                self.datasets[name] = PerSampleImageDataset(
+                    [paths[r] for r in rows], labels[rows], rows, transform
+                )
+        if self.summary_path is not None and self._is_global_zero():
+            self.write_summary(self.summary_path)
+
+    def _is_global_zero(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return trainer is None or trainer.is_global_zero
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, part: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[part]
+        if len(dataset) == 0:
+            raise DataError(
+                f"The {part} part of split={self.split} is empty for {self.root}; "
+                "choose another data.split or data.split_fractions."
+            )
+        sampler = None
+        if train and self.balance == "weighted_sampler":
+            generator = torch.Generator().manual_seed(self.balance_seed)
+            weights = sampler_weights(np.asarray(dataset.labels))
+            sampler = WeightedRandomSampler(
+                weights, len(dataset), replacement=True, generator=generator
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            # A last batch of one image breaks BatchNorm in training.
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            collate_fn=prebatched if self.loader == "cached" else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Cached loader only: crop, resize, augment and normalise the batch on its device."""
+        if self.loader != "cached":
+            return batch
+        images, labels, rows = batch
+        trainer = getattr(self, "_trainer", None)
+        train = bool(trainer is not None and trainer.training)
+        return self.transform_batch(images, train), labels, rows
+
+    def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        self.batch_transform.to(images.device)
+        return self.batch_transform(images, train)
+
+    # ----------------------------------------------------------------- facts
+    @property
+    def class_weights(self) -> dict[str, Any]:
+        """Loss weights from the training labels (``loss_weights`` balance), else neutral."""
+        if self.train_rows is None:
+            self.setup()
+        if self.balance != "loss_weights":
+            return {"pos_weight": 1.0, "class_weights": [1.0, 1.0]}
+        labels = self.index.images["male"].to_numpy(dtype=np.int64)[self.train_rows]
+        return loss_class_weights(labels)
+
+    def summary(self) -> dict[str, Any]:
+        """The data report: what was read, dropped and split, and the balance applied."""
+        if not self.parts:
+            self.setup()
+        images = self.index.images
+        identities = {}
+        parts = {}
+        for name, rows in self.parts.items():
+            part = images.iloc[rows]
+            known = part.loc[part["identity"] != MISSING, "identity"]
+            identities[name] = set(known)
+            parts[name] = {
+                "images": int(len(part)),
+                "male": int(part["male"].sum()),
+                "female": int(len(part) - part["male"].sum()),
+                "identities": len(identities[name]) if len(known) else None,
+            }
+        shared = {
+            f"{a}-{b}": len(identities[a] & identities[b])
+            for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+        }
+        train_labels = images["male"].to_numpy(dtype=np.int64)[self.train_rows]
+        balance: dict[str, Any] = {
+            "method": self.balance,
+            "seed": self.balance_seed,
+            "train_images_per_epoch": int(len(self.train_rows)),
+            "male_fraction_before": float(images["male"].to_numpy()[self.parts["train"]].mean())
+            if len(self.parts["train"])
+            else None,
+            "effective_male_fraction": effective_male_fraction(train_labels, self.balance)
+            if len(train_labels)
+            else None,
+        }
+        if self.balance == "loss_weights":
+            balance["loss_class_weights"] = self.class_weights
+        return {
+            **self.index.report,
+            "split": {
+                "method": self.split,
+                "seed": self.split_seed,
+                "fractions": self.split_fractions if self.split == "identity" else None,
+                "train_per_class": self.seed_protocol_train_per_class
+                if self.split == "seed_protocol"
+                else None,
+            },
+            "parts": parts,
+            "shared_identities": shared,
+            "balance": balance,
+            "loader": self.loader,
+            "image_size": self.image_size,
+            "face_crop": self.face_crop,
+            "augmentations": self.augmentations,
+        }
+
+    def write_summary(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary(), indent=2, default=str))
+        return path

@@ -1,0 +1,142 @@
+"""From a CelebA folder to one table of usable, unique, labelled images, and what was left out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from celeba_gender.data.annotations import (
+    LABEL_COLUMN,
+    NAME_COLUMN,
+    DatasetLayout,
+    canonical_name,
+    detect_layout,
+    read_attributes,
+    read_name_value_file,
+)
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.scan import scan_image_folder
+
+IMAGE_EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+MISSING = -1  # identity / partition of an image its file does not list
+
+
+@dataclass
+class CelebAIndex:
+    """``images``: one row per usable unique image, in file-name order, with columns
+    ``file_name`` (annotation name), ``file`` (name on disk), ``male`` (0/1), ``identity``,
+    ``partition``, ``fingerprint``, and every attribute. ``report``: what was found and dropped.
+    """
+
+    layout: DatasetLayout
+    images: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+    def paths(self) -> list[Path]:
+        return [self.layout.image_dir / name for name in self.images["file"]]
+
+
+def _deduplicate(usable: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Keep one file per annotation name and per content; say what each dropped file copies."""
+    usable = usable.assign(
+        file_name=usable["file"].map(canonical_name),
+        is_copy_name=lambda frame: frame["file"] != frame["file_name"],
+    ).sort_values(["file_name", "is_copy_name", "file"], ignore_index=True)
+    duplicates: dict[str, str] = {}
+
+    same_name = usable.duplicated("file_name", keep="first")
+    kept_by_name = usable.drop_duplicates("file_name", keep="first").set_index("file_name")
+    for row in usable[same_name].itertuples():
+        original = kept_by_name.loc[row.file_name]
+        how = "same bytes" if original["sha1"] == row.sha1 else "different bytes, same name"
+        duplicates[row.file] = f"copy of {original['file']} ({how})"
+    usable = usable[~same_name]
+
+    same_bytes = usable.duplicated("sha1", keep="first")
+    kept_by_hash = usable.drop_duplicates("sha1", keep="first").set_index("sha1")
+    for row in usable[same_bytes].itertuples():
+        duplicates[row.file] = f"copy of {kept_by_hash.loc[row.sha1, 'file']} (same bytes)"
+    return usable[~same_bytes].drop(columns="is_copy_name"), duplicates
+
+
+def build_index(
+    root: str | Path, cache_dir: str | Path | None = None, workers: int | None = None
+) -> CelebAIndex:
+    """Read annotations, check every image once (cached), drop duplicates and broken files."""
+    layout = detect_layout(root)
+    attributes, attribute_facts = read_attributes(layout.attributes_file)
+    scan, scan_facts = scan_image_folder(layout.image_dir, cache_dir, workers)
+
+    problems = scan[scan["problem"] != ""]
+    usable, duplicates = _deduplicate(scan[scan["problem"] == ""])
+    listed = usable["file_name"].isin(attributes.index)
+    unannotated = sorted(usable.loc[~listed, "file"])
+    usable = usable[listed]
+
+    frame = usable[["file_name", "file", "size", "mtime_ns", "mode", "format", "width", "height"]]
+    frame = frame.join(attributes, on="file_name").rename(columns={LABEL_COLUMN: "male"})
+    for column, path in (("identity", layout.identity_file), ("partition", layout.partition_file)):
+        if path is None:
+            frame[column] = MISSING
+        else:
+            values = read_name_value_file(path, column)
+            frame[column] = frame["file_name"].map(values).fillna(MISSING).astype("int64")
+    frame["fingerprint"] = (
+        frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["mtime_ns"].astype(str)
+    )
+    frame = frame.sort_values("file_name", ignore_index=True)
+
+    if frame.empty:
+        raise DataError(
+            f"No usable labelled images in {layout.image_dir}: {len(scan)} files found, "
+            f"{len(problems)} unreadable, {len(unannotated)} not listed in "
+            f"{layout.attributes_file}. Check that data.root points at the right copy."
+        )
+
+    present_names = set(scan["file"].map(canonical_name)) & set(attributes.index)
+    extension_format = scan["file"].map(
+        lambda name: IMAGE_EXTENSIONS.get(Path(name).suffix.lower())
+    )
+    mismatched = scan[(scan["format"] != "") & (extension_format != scan["format"])]
+    report = {
+        "root": str(layout.root),
+        "layout": layout.name,
+        "image_dir": str(layout.image_dir),
+        "annotation_files": {
+            "attributes": attribute_facts,
+            "identity": str(layout.identity_file) if layout.identity_file else None,
+            "partition": str(layout.partition_file) if layout.partition_file else None,
+        },
+        "ignored_files": layout.ignored_files,
+        "files_in_folder": int(len(scan)),
+        "images_listed": int(len(attributes)),
+        "images_present": len(present_names),
+        "listed_but_absent": int(len(attributes) - len(present_names)),
+        "images_usable": int(len(frame)),
+        "duplicates": dict(sorted(duplicates.items())),
+        "unreadable": dict(zip(problems["file"], problems["problem"], strict=True)),
+        "unannotated_files": unannotated,
+        "format_differs_from_extension": {row.file: row.format for row in mismatched.itertuples()},
+        "converted_to_rgb": {
+            str(mode): int(count)
+            for mode, count in frame.loc[frame["mode"] != "RGB", "mode"].value_counts().items()
+        },
+        "image_sizes": {
+            f"{w}x{h}": int(n) for (w, h), n in frame.groupby(["width", "height"]).size().items()
+        },
+        "without_identity": int((frame["identity"] == MISSING).sum())
+        if layout.identity_file
+        else None,
+        "without_partition": int((frame["partition"] == MISSING).sum())
+        if layout.partition_file
+        else None,
+        "scan": scan_facts,
+    }
+    return CelebAIndex(
+        layout=layout, images=frame.drop(columns=["size", "mtime_ns"]), report=report
+    )
+
+
+__all__ = ["CelebAIndex", "build_index", "MISSING", "NAME_COLUMN"]
