@@ -44,7 +44,7 @@ def _first_existing(root: Path, candidates: list[str]) -> Path | None:
 
 
 def detect_layout(root: str | Path) -> DatasetLayout:
-    """Recognise the official CelebA release or the reference study's subset layout under ``root``."""
+    """Recognise the official CelebA release or the study's subset layout under ``root``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(

@@ -128,7 +128,6 @@ class ImageTensorCache:
             with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
                 list(pool.map(fill, range(len(files))))
             target.flush()
-            del target
             os.replace(partial, path)
             atomic_write(
                 meta_path,

@@ -7,6 +7,7 @@ run, or the other 29 jobs of a sweep, re-check only files that changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -128,7 +129,6 @@ def _read_cache(cache_file: Path) -> pd.DataFrame | None:
 
 
 def _write_cache(cache_file: Path, frame: pd.DataFrame) -> None:
-    try:
+    # A read-only cache folder costs a re-check next time, nothing more.
+    with contextlib.suppress(OSError):
         atomic_write(cache_file, frame.to_csv(index=False).encode())
-    except OSError:
-        pass  # A read-only cache folder costs a re-check next time, nothing more.

@@ -36,7 +36,8 @@ def identity_split(images: pd.DataFrame, seed: int, fractions: Sequence[float]) 
         )
     if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
         raise DataError(
-            f"data.split_fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
+            "data.split_fractions must be three non-negative numbers summing to 1, "
+            f"got {list(fractions)}"
         )
     rng = np.random.default_rng(seed)
     per_identity = images.groupby("identity")["male"].agg(["size", "mean"])
