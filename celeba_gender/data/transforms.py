@@ -3,17 +3,27 @@
 - per sample (``per_sample_transform``): torchvision transforms v2 on one PIL image at a time,
   in DataLoader workers, as the reference study did;
 - per batch (``BatchTransform``): on a uint8 (B, 3, H, W) batch from the tensor cache, on the
-  batch's device (the GPU when there is one). The random augmentations come from kornia,
-  which draws different parameters for every image of a batch; torchvision's v2 transforms
-  draw one set per call, which on a batch would rotate every face by the same angle.
+  batch's device (the GPU when there is one), with different random parameters per image.
+  All geometric augmentations (flip, rotation, random resized crop, affine) and the face crop
+  and resize are composed into one affine map per image and applied by a single
+  ``grid_sample``: one resampling instead of three or four, which is what makes it fast on a
+  CPU. Photometric augmentations (colour jitter, grayscale, erasing) come from kornia, which
+  also draws parameters per image; torchvision's v2 transforms draw one set per call, which on
+  a batch would give every face the same jitter.
 
 Both engines read the same config: a face crop box, an image size, a list of augmentations
-(``{name: rotation, degrees: 45}``), and the normalisation. Evaluation is deterministic.
+(``{name: rotation, degrees: 45}``), and the normalisation. Evaluation is deterministic and
+identical in both engines (crop, antialiased resize, normalise). In the batch engine the
+geometric augmentations are applied before the photometric ones whatever their order in the
+list, and a rotated face shows the real pixels around the crop rather than black corners.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,13 +47,98 @@ def crop_box(
     left = round(face_crop["left"] * scale_x)
     box_height = min(round(face_crop["height"] * scale_y), height - top)
     box_width = min(round(face_crop["width"] * scale_x), width - left)
-    if box_height <= 0 or box_width <= 0:
+    if top < 0 or left < 0 or box_height <= 0 or box_width <= 0:
         raise ValueError(f"data.face_crop {dict(face_crop)} lies outside a {width}x{height} image")
     return top, left, box_height, box_width
 
 
-def _apply(transform: nn.Module, p: float) -> nn.Module:
-    return transform if p >= 1.0 else v2.RandomApply([transform], p=p)
+# ----------------------------------------------------------------------------- geometry, batched
+# Each sampler returns (n, 3, 3) maps from output coordinates to input coordinates, both
+# normalised to [-1, 1] (grid_sample's convention with align_corners=False).
+
+
+def _symmetric(value: float | Sequence[float]) -> tuple[float, float]:
+    return (-float(value), float(value)) if isinstance(value, int | float) else tuple(value)
+
+
+def _uniform(n: int, bounds: Sequence[float]) -> torch.Tensor:
+    low, high = float(bounds[0]), float(bounds[1])
+    return torch.rand(n, dtype=torch.float64) * (high - low) + low
+
+
+def _maps(n: int, a, b, c, d, tx, ty) -> torch.Tensor:
+    maps = torch.zeros(n, 3, 3, dtype=torch.float64)
+    maps[:, 0, 0], maps[:, 0, 1], maps[:, 0, 2] = a, b, tx
+    maps[:, 1, 0], maps[:, 1, 1], maps[:, 1, 2] = c, d, ty
+    maps[:, 2, 2] = 1.0
+    return maps
+
+
+def _with_probability(maps: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep each image's map with probability p, else the identity."""
+    keep = torch.rand(len(maps)) < p
+    identity = torch.eye(3, dtype=maps.dtype).expand_as(maps)
+    return torch.where(keep.view(-1, 1, 1), maps, identity)
+
+
+def _rotation_map(angle_degrees: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    angle = torch.deg2rad(angle_degrees)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    return _maps(len(angle), cos, -sin, sin, cos, 0.0, 0.0)
+
+
+def flip_maps(n: int, p: float = 0.5) -> torch.Tensor:
+    return _with_probability(_maps(n, -1.0, 0.0, 0.0, 1.0, 0.0, 0.0), p)
+
+
+def rotation_maps(n: int, degrees: float | Sequence[float], p: float = 1.0) -> torch.Tensor:
+    return _with_probability(_rotation_map(_uniform(n, _symmetric(degrees))), p)
+
+
+def resized_crop_maps(
+    n: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    p: float = 1.0,
+) -> torch.Tensor:
+    """Like RandomResizedCrop: a box of a random area fraction and aspect ratio, placed
+    uniformly where it fits (sides clipped to the image instead of torchvision's retries)."""
+    area = _uniform(n, scale)
+    aspect = torch.exp(_uniform(n, (math.log(ratio[0]), math.log(ratio[1]))))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    centre_x = (torch.rand(n, dtype=torch.float64) * 2 - 1) * (1 - width)
+    centre_y = (torch.rand(n, dtype=torch.float64) * 2 - 1) * (1 - height)
+    return _with_probability(_maps(n, width, 0.0, 0.0, height, centre_x, centre_y), p)
+
+
+def affine_maps(
+    n: int,
+    degrees: float | Sequence[float] = 0.0,
+    translate: Sequence[float] | None = None,
+    scale: Sequence[float] | None = None,
+    p: float = 1.0,
+) -> torch.Tensor:
+    """Like RandomAffine: rotate, scale, and shift by up to ``translate`` of the image size."""
+    factor = _uniform(n, scale) if scale else torch.ones(n, dtype=torch.float64)
+    maps = _rotation_map(_uniform(n, _symmetric(degrees)), factor)
+    if translate:
+        # Output = S R input + t, so input = (S R)^-1 (output - t); t spans 2 units per side.
+        shift = (
+            torch.stack(
+                [
+                    _uniform(n, (-translate[0], translate[0])),
+                    _uniform(n, (-translate[1], translate[1])),
+                ],
+                dim=1,
+            )
+            * 2
+        )
+        maps[:, :2, 2] = -(maps[:, :2, :2] @ shift.unsqueeze(-1)).squeeze(-1)
+    return _with_probability(maps, p)
+
+
+# ----------------------------------------------------------------------------- the registry
 
 
 def _kornia():
@@ -52,77 +147,92 @@ def _kornia():
     return K
 
 
-# name -> (torchvision v2 builder, kornia builder); each takes the output size and the options.
-# Kornia's own defaults for p differ from torchvision's, so p is always passed explicitly.
-_AUGMENTATIONS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
-    "horizontal_flip": (
-        lambda size, p=0.5: v2.RandomHorizontalFlip(p),
-        lambda size, p=0.5: _kornia().RandomHorizontalFlip(p=p),
+def _apply(transform: nn.Module, p: float) -> nn.Module:
+    return transform if p >= 1.0 else v2.RandomApply([transform], p=p)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One augmentation in both engines. ``per_sample(size, **options)`` builds a v2 transform;
+    ``batched`` is a map sampler ``(n, **options)`` when ``geometric``, else a builder
+    ``(size, **options)`` of a kornia module."""
+
+    per_sample: Callable[..., nn.Module]
+    batched: Callable[..., Any]
+    geometric: bool
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "horizontal_flip": Augmentation(
+        per_sample=lambda size, p=0.5: v2.RandomHorizontalFlip(p),
+        batched=flip_maps,
+        geometric=True,
     ),
-    "rotation": (
-        lambda size, degrees, p=1.0: _apply(v2.RandomRotation(degrees), p),
-        lambda size, degrees, p=1.0: _kornia().RandomRotation(degrees, p=p, align_corners=False),
+    "rotation": Augmentation(
+        per_sample=lambda size, degrees, p=1.0: _apply(v2.RandomRotation(degrees), p),
+        batched=rotation_maps,
+        geometric=True,
     ),
-    "color_jitter": (
-        lambda size, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0: _apply(
-            v2.ColorJitter(brightness, contrast, saturation, hue), p
-        ),
-        lambda size, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0: (
-            _kornia().ColorJitter(brightness, contrast, saturation, hue, p=p)
-        ),
-    ),
-    "random_resized_crop": (
-        lambda size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p=1.0: _apply(
+    "random_resized_crop": Augmentation(
+        per_sample=lambda size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p=1.0: _apply(
             v2.RandomResizedCrop((size, size), tuple(scale), tuple(ratio), antialias=True), p
         ),
-        lambda size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p=1.0: _kornia().RandomResizedCrop(
-            (size, size), tuple(scale), tuple(ratio), p=p, align_corners=False
-        ),
+        batched=resized_crop_maps,
+        geometric=True,
     ),
-    "affine": (
-        lambda size, degrees=0.0, translate=None, scale=None, p=1.0: _apply(
+    "affine": Augmentation(
+        per_sample=lambda size, degrees=0.0, translate=None, scale=None, p=1.0: _apply(
             v2.RandomAffine(degrees, translate and tuple(translate), scale and tuple(scale)), p
         ),
-        lambda size, degrees=0.0, translate=None, scale=None, p=1.0: _kornia().RandomAffine(
-            degrees, translate and tuple(translate), scale and tuple(scale), p=p
+        batched=affine_maps,
+        geometric=True,
+    ),
+    # Kornia's defaults for p differ from torchvision's, so p is always passed explicitly.
+    "color_jitter": Augmentation(
+        per_sample=lambda size, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0: (
+            _apply(v2.ColorJitter(brightness, contrast, saturation, hue), p)
         ),
+        batched=lambda size, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p=1.0: (
+            _kornia().ColorJitter(brightness, contrast, saturation, hue, p=p)
+        ),
+        geometric=False,
     ),
-    "grayscale": (
-        lambda size, p=0.1: v2.RandomGrayscale(p),
-        lambda size, p=0.1: _kornia().RandomGrayscale(p=p),
+    "grayscale": Augmentation(
+        per_sample=lambda size, p=0.1: v2.RandomGrayscale(p),
+        batched=lambda size, p=0.1: _kornia().RandomGrayscale(p=p),
+        geometric=False,
     ),
-    "random_erasing": (
-        lambda size, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5: v2.RandomErasing(
+    "random_erasing": Augmentation(
+        per_sample=lambda size, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5: v2.RandomErasing(
             p, tuple(scale), tuple(ratio)
         ),
-        lambda size, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5: _kornia().RandomErasing(
+        batched=lambda size, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5: _kornia().RandomErasing(
             tuple(scale), tuple(ratio), p=p
         ),
+        geometric=False,
     ),
 }
 
-AUGMENTATION_NAMES = tuple(sorted(_AUGMENTATIONS))
+
+def _parse(spec: Mapping[str, Any]) -> tuple[str, Augmentation, dict[str, Any]]:
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in AUGMENTATIONS:
+        raise ValueError(
+            f"Unknown augmentation {name!r} in data.augmentations; "
+            f"choose from {', '.join(sorted(AUGMENTATIONS))}."
+        )
+    return name, AUGMENTATIONS[name], options
 
 
-def build_augmentations(
-    augmentations: Sequence[Mapping[str, Any]] | None, image_size: int, engine: str
-) -> list[nn.Module]:
-    """Instantiate a config list of augmentations for ``engine`` 'v2' or 'kornia'."""
-    modules = []
-    for spec in augmentations or []:
-        options = dict(spec)
-        name = options.pop("name", None)
-        if name not in _AUGMENTATIONS:
-            raise ValueError(
-                f"Unknown augmentation {name!r} in data.augmentations; "
-                f"choose from {', '.join(AUGMENTATION_NAMES)}."
-            )
-        builder = _AUGMENTATIONS[name][0 if engine == "v2" else 1]
-        try:
-            modules.append(builder(image_size, **options))
-        except TypeError as error:
-            raise ValueError(f"Augmentation {name!r}: {error}") from None
-    return modules
+def _check_options(name: str, build: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    try:
+        return build(*args, **options)
+    except TypeError as error:
+        raise ValueError(f"Augmentation {name!r}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- per sample
 
 
 class FaceCrop(v2.Transform):
@@ -147,16 +257,24 @@ def per_sample_transform(
     train: bool,
 ) -> v2.Compose:
     """PIL image -> normalised float tensor (3, size, size); augmented only when ``train``."""
+    augment = []
+    if train:
+        for spec in augmentations or []:
+            name, augmentation, options = _parse(spec)
+            augment.append(_check_options(name, augmentation.per_sample, image_size, **options))
     return v2.Compose(
         [
             v2.ToImage(),
             FaceCrop(face_crop),
             v2.ToDtype(torch.float32, scale=True),
             v2.Resize((image_size, image_size), antialias=True),
-            *(build_augmentations(augmentations, image_size, "v2") if train else []),
+            *augment,
             v2.Normalize(list(mean), list(std)),
         ]
     )
+
+
+# ----------------------------------------------------------------------------- batched
 
 
 class BatchTransform(nn.Module):
@@ -173,19 +291,89 @@ class BatchTransform(nn.Module):
         super().__init__()
         self.image_size = image_size
         self.face_crop = dict(face_crop) if face_crop else None
-        modules = build_augmentations(augmentations, image_size, "kornia")
-        self.augment = nn.Sequential(*modules) if modules else None
+        self.geometric: list[Callable[[int], torch.Tensor]] = []
+        photometric = []
+        for spec in augmentations or []:
+            name, augmentation, options = _parse(spec)
+            if augmentation.geometric:
+                _check_options(name, augmentation.batched, 1, **options)  # fail early
+                self.geometric.append(partial(augmentation.batched, **options))
+            else:
+                photometric.append(
+                    _check_options(name, augmentation.batched, image_size, **options)
+                )
+        self.photometric = nn.Sequential(*photometric) if photometric else None
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
 
+    def sample_maps(self, n: int) -> torch.Tensor:
+        """Output-to-crop maps of the geometric augmentations, composed in list order."""
+        maps = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        for sampler in self.geometric:
+            maps = maps @ sampler(n)
+        return maps
+
+    def warp(self, images: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Crop, resize and apply ``maps`` (B, 3, 3) in one bilinear resampling.
+
+        Returns the batch and the factor that brings it to [0, 1]: scaling is left to the
+        normalisation, so it costs no extra pass over the batch.
+        """
+        batch = images.float()
+        top, left, box_height, box_width = crop_box(self.face_crop, *batch.shape[-2:])
+        # Shrinking more than 2x with bilinear taps aliases: box-filter by the integer factor
+        # first. A sum of strided slices is several times faster than avg_pool2d on a CPU. It
+        # drops the last rows/columns that do not fill a window; the frame accounts for that.
+        factor = max(min(box_height, box_width) // self.image_size, 1)
+        if factor >= 2:
+            rows, columns = batch.shape[-2] // factor, batch.shape[-1] // factor
+            batch = sum(
+                batch[..., i : rows * factor : factor, j : columns * factor : factor]
+                for i in range(factor)
+                for j in range(factor)
+            )
+        frame_height = batch.shape[-2] * factor
+        frame_width = batch.shape[-1] * factor
+        # Crop coordinates in [-1, 1] -> coordinates of the (pooled) frame in [-1, 1].
+        to_frame = torch.tensor(
+            [
+                [box_width / frame_width, 0.0, (2 * left + box_width) / frame_width - 1],
+                [0.0, box_height / frame_height, (2 * top + box_height) / frame_height - 1],
+                [0.0, 0.0, 1.0],
+            ],
+            dtype=torch.float64,
+        )
+        theta = (to_frame @ maps)[:, :2, :].to(batch.device, torch.float32)
+        warped = F.grid_sample(batch, _affine_grid(theta, self.image_size), align_corners=False)
+        return warped, 1.0 / (255 * factor * factor)
+
+    def resize(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The deterministic evaluation path: crop, antialiased resize (and the [0, 1] factor)."""
+        top, left, height, width = crop_box(self.face_crop, *images.shape[-2:])
+        batch = images[..., top : top + height, left : left + width].float()
+        size = (self.image_size, self.image_size)
+        # Antialiasing only changes a shrink; the plain kernel is faster when enlarging.
+        shrink = self.image_size < max(height, width)
+        resized = F.interpolate(batch, size, mode="bilinear", antialias=shrink, align_corners=False)
+        return resized, 1.0 / 255
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        top, left, height, width = crop_box(self.face_crop, *images.shape[-2:])
-        batch = images[..., top : top + height, left : left + width].float().div_(255)
-        size = (self.image_size, self.image_size)
-        batch = F.interpolate(
-            batch, size=size, mode="bilinear", antialias=True, align_corners=False
-        )
-        if train and self.augment is not None:
-            batch = self.augment(batch)
-        return (batch - self.mean.to(batch.device)) / self.std.to(batch.device)
+        if train and self.geometric:
+            batch, scale = self.warp(images, self.sample_maps(len(images)))
+        else:
+            batch, scale = self.resize(images)
+        if train and self.photometric is not None:
+            batch, scale = self.photometric(batch.mul_(scale)), 1.0
+        # (x * scale - mean) / std in one pass.
+        return torch.addcmul(-self.mean / self.std, batch, scale / self.std)
+
+
+def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid`` for a square output, by broadcasting (faster on a CPU)."""
+    steps = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
+    x_term = theta[:, :, 0].reshape(-1, 1, 1, 2) * steps.view(1, 1, size, 1)
+    offset = theta[:, :, 2].reshape(-1, 1, 1, 2)
+    return torch.addcmul(
+        x_term + offset, theta[:, :, 1].reshape(-1, 1, 1, 2), steps.view(1, size, 1, 1)
+    )
