@@ -15,7 +15,8 @@ Both engines read the same config: a face crop box, an image size, a list of aug
 (``{name: rotation, degrees: 45}``), and the normalisation. Evaluation is deterministic and
 identical in both engines (crop, antialiased resize, normalise). In the batch engine the
 geometric augmentations are applied before the photometric ones whatever their order in the
-list, and a rotated face shows the real pixels around the crop rather than black corners.
+list, and a rotated face shows the real pixels around the crop, and beyond the photo's edge
+its edge pixels repeated, rather than torchvision's black corners.
 """
 
 from __future__ import annotations
@@ -344,7 +345,9 @@ class BatchTransform(nn.Module):
             dtype=torch.float64,
         )
         theta = (to_frame @ maps)[:, :2, :].to(batch.device, torch.float32)
-        warped = F.grid_sample(batch, _affine_grid(theta, self.image_size), align_corners=False)
+        # Outside the photo, repeat its edge (as the evaluation resize does at the crop's edge).
+        grid = _affine_grid(theta, self.image_size)
+        warped = F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
         return warped, 1.0 / (255 * factor * factor)
 
     def resize(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -1,0 +1,156 @@
+"""Shared fixtures: the real CelebA subset, and small copies of it with realistic defects.
+
+The subset lives beside the project in ../shared (or $CELEBA_SUBSET). A fresh clone does not
+have it: tests that need it skip there, and fail under CI (CI=true), where it must be present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET = Path(os.environ.get("CELEBA_SUBSET", REPO.parent / "shared" / "data" / "celeba-subset"))
+
+
+def _require_subset() -> Path:
+    if (SUBSET / "img_align_celeba").is_dir():
+        return SUBSET
+    reason = f"the CelebA subset is not at {SUBSET} (set CELEBA_SUBSET to its folder)"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason}; under CI it must be present")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def subset_root() -> Path:
+    return _require_subset()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache folder for the session, so the subset's files are checked and decoded once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def subset_attributes(subset_root) -> pd.DataFrame:
+    from celeba_gender.data.annotations import read_attributes
+
+    return read_attributes(subset_root / "Anno" / "list_attr_celeba.txt")[0]
+
+
+@dataclass
+class Copy:
+    """A small CelebA copy built in a temporary folder, with what was planted in it."""
+
+    root: Path
+    image_dir: Path
+    good: list[str]  # files expected usable, by annotation name
+    planted: dict[str, str]  # file -> what is wrong with it (or special about it)
+    missing: list[str]  # annotated names with no file
+
+
+def _subset_names(subset_root: Path, count: int) -> list[str]:
+    names = sorted(
+        p.name for p in (subset_root / "img_align_celeba").iterdir() if "(" not in p.name
+    )
+    return names[:count]
+
+
+def _write_official_annotations(
+    subset_root: Path, root: Path, names: list[str], anno: Path, evaluation: Path
+) -> None:
+    """Cut the real annotation files down to ``names`` (keeping the official format)."""
+    anno.mkdir(parents=True, exist_ok=True)
+    evaluation.mkdir(parents=True, exist_ok=True)
+    lines = (subset_root / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
+    wanted = set(names)
+    rows = [line for line in lines[2:] if line.split()[0] in wanted]
+    (anno / "list_attr_celeba.txt").write_text("\n".join([str(len(rows)), lines[1], *rows]) + "\n")
+    for source, target in (
+        (subset_root / "Anno" / "identity_CelebA.txt", anno / "identity_CelebA.txt"),
+        (subset_root / "Eval" / "list_eval_partition.txt", evaluation / "list_eval_partition.txt"),
+    ):
+        kept = [line for line in source.read_text().splitlines() if line.split()[0] in wanted]
+        target.write_text("\n".join(kept) + "\n")
+
+
+@pytest.fixture
+def defective_copy(subset_root, tmp_path) -> Copy:
+    """Official layout, 40 good images plus every defect users' copies have."""
+    names = _subset_names(subset_root, 52)
+    good, spare = names[:40], names[40:]
+    root = tmp_path / "celeba"
+    image_dir = root / "img_align_celeba"
+    image_dir.mkdir(parents=True)
+    source = subset_root / "img_align_celeba"
+    for name in good:
+        shutil.copy(source / name, image_dir / name)
+    planted = {}
+    # Duplicates: a "(1)" copy beside its original, and the same bytes under another name.
+    shutil.copy(source / good[0], image_dir / good[0].replace(".jpg", "(1).jpg"))
+    planted[good[0].replace(".jpg", "(1).jpg")] = "duplicate by name"
+    shutil.copy(source / good[1], image_dir / spare[0])
+    planted[spare[0]] = "duplicate by content"
+    # Broken files, each under an annotated name.
+    data = (source / spare[1]).read_bytes()
+    (image_dir / spare[1]).write_bytes(data[: len(data) // 2])
+    planted[spare[1]] = "truncated"
+    (image_dir / spare[2]).write_bytes(b"")
+    planted[spare[2]] = "zero-byte"
+    (image_dir / spare[3]).write_text("this is not an image\n")
+    planted[spare[3]] = "not an image"
+    # Unusual but readable: PNG content named .jpg, grayscale, CMYK, RGBA.
+    with Image.open(source / spare[4]) as image:
+        image.save(image_dir / spare[4], format="PNG")
+        image.convert("L").save(image_dir / spare[5], format="JPEG")
+        image.convert("CMYK").save(image_dir / spare[6], format="JPEG")
+        image.convert("RGBA").save(image_dir / spare[7].replace(".jpg", ".png"), format="PNG")
+    planted[spare[4]] = "png named jpg"
+    planted[spare[5]] = "grayscale"
+    planted[spare[6]] = "cmyk"
+    planted[spare[7].replace(".jpg", ".png")] = "rgba png, not annotated under that name"
+    # Annotated but absent: spare[8:] have rows and no file, and spare[7] is there only as .png.
+    missing = spare[7:8] + spare[8:]
+    _write_official_annotations(subset_root, root, names, root / "Anno", root / "Eval")
+    return Copy(
+        root=root,
+        image_dir=image_dir,
+        good=[*good, spare[4], spare[5], spare[6]],
+        planted=planted,
+        missing=missing,
+    )
+
+
+@pytest.fixture
+def study_copy(subset_root, subset_attributes, tmp_path) -> Copy:
+    """The reference study's subset layout, with a CRLF attribute file and no count line."""
+    names = _subset_names(subset_root, 30)
+    root = tmp_path / "study"
+    image_dir = root / "Images"
+    image_dir.mkdir(parents=True)
+    for name in names:
+        shutil.copy(subset_root / "img_align_celeba" / name, image_dir / name)
+    shutil.copy(
+        subset_root / "img_align_celeba" / names[3], image_dir / names[3].replace(".jpg", "(1).jpg")
+    )
+    attributes = subset_attributes.loc[names, ["Male", "Young", "Eyeglasses"]]
+    table = attributes.reset_index()  # file_name column first, values already 0/1
+    text = table.to_csv(sep=" ", index=False, lineterminator="\r\n")
+    (root / "list_attribute_edit.txt").write_bytes(text.encode())
+    identity = (subset_root / "Anno" / "identity_CelebA.txt").read_text().splitlines()
+    wanted = set(names)
+    (root / "class_identity.txt").write_text(
+        "\n".join(line for line in identity if line.split()[0] in wanted) + "\n"
+    )
+    (root / "gender_classification.csv").write_text(
+        "Male\n" + "\n".join(str(v) for v in attributes["Male"]) + "\n"
+    )
+    return Copy(root=root, image_dir=image_dir, good=names, planted={}, missing=[])

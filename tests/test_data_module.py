@@ -1,0 +1,223 @@
+"""The DataModule end to end: both loaders, the tensor cache, the report, the CLI, the config."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from celeba_gender.data import CelebADataModule, DataError, build_index
+from celeba_gender.data.cache import ImageTensorCache, cache_folder, decode_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+FACE = {"top": 30, "left": 0, "height": 178, "width": 178}
+AUGMENT = [{"name": "horizontal_flip"}, {"name": "rotation", "degrees": 20}]
+
+
+def _module(root, cache, **overrides) -> CelebADataModule:
+    options = dict(
+        root=root,
+        split="identity",
+        split_fractions=(0.6, 0.2, 0.2),
+        image_size=48,
+        face_crop=FACE,
+        augmentations=AUGMENT,
+        cache_dir=cache,
+        batch_size=8,
+        num_workers=0,
+    )
+    return CelebADataModule(**{**options, **overrides})
+
+
+def test_cached_and_per_sample_loaders_give_the_same_evaluation_batches(defective_copy, tmp_path):
+    cached = _module(defective_copy.root, tmp_path, loader="cached")
+    per_sample = _module(defective_copy.root, tmp_path, loader="per_sample")
+    cached.prepare_data()
+    cached.setup("fit")
+    per_sample.setup("fit")
+    for name in ("train", "val", "test"):
+        assert np.array_equal(cached.parts[name], per_sample.parts[name])
+    images, labels, rows = next(iter(cached.val_dataloader()))
+    assert images.dtype == torch.uint8  # decoded once, transformed on the batch's device
+    images = cached.on_after_batch_transfer((images, labels, rows), 0)[0]
+    expected, expected_labels, expected_rows = next(iter(per_sample.val_dataloader()))
+    assert torch.equal(rows, expected_rows) and torch.equal(labels, expected_labels)
+    assert torch.allclose(images, expected, atol=1e-4)
+    truth = cached.index.images["male"].to_numpy()[rows.numpy()]
+    assert np.array_equal(labels.numpy(), truth)
+
+
+def test_tensor_cache_holds_the_decoded_images_and_is_reused(defective_copy, tmp_path):
+    first = _module(defective_copy.root, tmp_path)
+    first.prepare_data()
+    assert first.index.report["tensor_cache"]["built_now"] is True
+    second = _module(defective_copy.root, tmp_path)
+    second.prepare_data()
+    assert second.index.report["tensor_cache"]["built_now"] is False
+    paths = second.index.paths()
+    for row in (0, len(paths) // 2, len(paths) - 1):  # grayscale and CMYK files included
+        assert np.array_equal(second.cache.gather([row])[0], decode_rgb(paths[row], 218, 178))
+    assert second.index.images["mode"].isin(["L", "CMYK"]).sum() == 2
+
+
+def _build_cache(args) -> bool:
+    root, cache = args
+    index = build_index(root, cache)
+    _, built = ImageTensorCache.build_or_open(
+        index.paths(),
+        index.images["fingerprint"].tolist(),
+        cache_folder(index.layout.image_dir, cache),
+        218,
+        178,
+    )
+    return built
+
+
+def test_concurrent_jobs_build_the_tensor_cache_once(defective_copy, tmp_path):
+    """Sweep jobs or DDP ranks starting together: one decodes, the others wait and reuse."""
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        built = pool.map(_build_cache, [(defective_copy.root, tmp_path)] * 2)
+    assert sorted(built) == [False, True]
+
+
+def test_balance_methods_reach_the_training_loader(subset_root, cache_dir):
+    for balance, expected in (("undersample", 0.5), ("oversample", 0.5), ("none", None)):
+        module = _module(subset_root, cache_dir, balance=balance)
+        module.setup("fit")
+        labels = module.datasets["train"].labels.numpy()
+        fraction = labels.mean()
+        summary = module.summary()["balance"]
+        assert summary["effective_male_fraction"] == pytest.approx(fraction)
+        if expected is not None:
+            assert fraction == expected
+    weighted = _module(subset_root, cache_dir, balance="weighted_sampler", batch_size=64)
+    drawn = np.concatenate([batch[1].numpy() for batch in weighted.train_dataloader()])
+    assert abs(drawn.mean() - 0.5) < 0.05
+    assert weighted.summary()["balance"]["effective_male_fraction"] == 0.5
+    weighted_loss = _module(subset_root, cache_dir, balance="loss_weights")
+    assert weighted_loss.class_weights["pos_weight"] > 1  # fewer men than women
+
+
+def test_summary_file_reports_the_split(subset_root, cache_dir, tmp_path):
+    module = _module(
+        subset_root,
+        cache_dir,
+        split="seed_protocol",
+        summary_path=tmp_path / "run" / "data_summary.json",
+    )
+    module.setup("fit")
+    summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
+    assert summary["images_usable"] == 4014
+    assert len(summary["duplicates"]) == 17
+    assert summary["parts"]["train"] == {
+        "images": 3000,
+        "male": 1500,
+        "female": 1500,
+        "identities": summary["parts"]["train"]["identities"],
+    }
+    assert summary["parts"]["test"]["images"] == 4014 - 3000
+    assert summary["shared_identities"]["train-test"] > 0  # the study's protocol leaks faces
+    identity = _module(subset_root, cache_dir).summary()
+    assert identity["shared_identities"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+    assert sum(part["images"] for part in identity["parts"].values()) == 4014
+
+
+class _TinyClassifier(L.LightningModule):
+    """Records what reaches training_step, to prove the batch transform ran on the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+        self.seen: list[tuple] = []
+
+    def training_step(self, batch, batch_idx):
+        images, labels, _ = batch
+        self.seen.append((images.dtype, tuple(images.shape), float(images.mean())))
+        return torch.nn.functional.cross_entropy(self.net(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels, _ = batch
+        self.seen.append((images.dtype, tuple(images.shape), float(images.mean())))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("loader", ["cached", "per_sample"])
+def test_lightning_trainer_receives_normalised_batches(defective_copy, tmp_path, loader):
+    module = _module(defective_copy.root, tmp_path, loader=loader)
+    model = _TinyClassifier()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=module)
+    assert len(model.seen) == 3
+    for dtype, shape, mean in model.seen:
+        assert dtype == torch.float32 and shape[1:] == (3, 48, 48)
+        assert -2.5 < mean < 2.5  # ImageNet-normalised, not 0..255
+
+
+def test_data_module_refuses_bad_settings(defective_copy, tmp_path):
+    with pytest.raises(DataError, match="Unknown data.loader 'fast'"):
+        _module(defective_copy.root, tmp_path, loader="fast")
+    with pytest.raises(DataError, match="Unknown data.balance"):
+        _module(defective_copy.root, tmp_path, balance="smote").setup()
+    with pytest.raises(DataError, match="val part .* is empty"):
+        _module(defective_copy.root, tmp_path, split="all").val_dataloader()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "celeba_gender.data", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def test_command_line_summary(subset_root, cache_dir):
+    result = _cli(str(subset_root), "--split", "seed_protocol", "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    assert "4014 usable" in result.stdout
+    assert "duplicates dropped: 17" in result.stdout
+    assert "train    3000 images    1500 male    1500 female" in result.stdout
+    as_json = _cli(str(subset_root), "--json", "--cache-dir", str(cache_dir))
+    assert json.loads(as_json.stdout)["shared_identities"]["train-test"] == 0
+
+
+def test_command_line_reports_a_wrong_path_without_a_traceback(tmp_path):
+    result = _cli(str(tmp_path / "not-here"))
+    assert result.returncode == 2
+    assert "not-here does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("data", "split"), [("celeba", "identity"), ("study", "seed_protocol")])
+def test_hydra_data_configs_instantiate(subset_root, cache_dir, data, split):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        config = compose(
+            "config",
+            overrides=[f"data={data}", f"data.root={subset_root}", f"data.cache_dir={cache_dir}"],
+        )
+    module = instantiate(config.data)
+    assert isinstance(module, CelebADataModule)
+    assert module.split == split
+    module.setup("fit")
+    assert len(module.datasets["train"]) > 0

@@ -1,0 +1,166 @@
+"""Reading CelebA copies: annotation formats, both layouts, duplicates, broken files, the cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from celeba_gender.data import DataError, build_index
+from celeba_gender.data.annotations import detect_layout, read_attributes, read_name_value_file
+
+
+def test_official_attribute_file_reads_all_rows(subset_root, subset_attributes):
+    assert subset_attributes.shape == (202_599, 40)
+    assert set(np.unique(subset_attributes.to_numpy())) == {0, 1}
+    # The first row of the official file: 000001.jpg is female (-1), 000008.jpg... spot-check
+    # against the raw text rather than a remembered value.
+    raw = (subset_root / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
+    header, first = raw[1].split(), raw[2].split()
+    male = int(first[1 + header.index("Male")])
+    assert subset_attributes.loc[first[0], "Male"] == (1 if male == 1 else 0)
+
+
+def test_attribute_file_variants_give_the_same_table(subset_root, subset_attributes, tmp_path):
+    """No count line, CRLF, 1/0 values, a header naming the file column: same labels."""
+    expected = subset_attributes.iloc[:50]
+    raw = (subset_root / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
+    header, rows = raw[1], raw[2:52]
+    crlf = tmp_path / "crlf_no_count.txt"
+    crlf.write_bytes(("\r\n".join([header, *rows]) + "\r\n").encode())
+    zero_one = tmp_path / "zero_one_with_name_column.txt"
+    zero_one.write_text(
+        expected.reset_index().to_csv(sep=" ", index=False).replace("file_name", "file_name", 1)
+    )
+    for path in (crlf, zero_one):
+        table, facts = read_attributes(path)
+        assert facts["declared_count"] is None
+        assert table.equals(expected), path.name
+    assert read_attributes(crlf)[1]["encoding"] == "1/-1"
+    assert read_attributes(zero_one)[1]["encoding"] == "1/0"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("2\nMale Young\na.jpg 1 -1\nb.jpg 1\n", "row 4 has fewer"),
+        ("Male Young\na.jpg 1 -1\nb.jpg 1 yes\n", "non-numeric"),
+        ("Male Young\na.jpg 1 -1\nb.jpg 1 7\n", "b.jpg has values other than"),
+        ("Young Smiling\na.jpg 1 -1\n", "no 'Male' column"),
+        ("Male Young\na.jpg 1 -1 1 1\n", "header names 2 columns but the first row has 5"),
+        ("", "no data rows"),
+    ],
+)
+def test_malformed_attribute_files_name_the_file_and_the_problem(tmp_path, content, message):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as caught:
+        read_attributes(path)
+    assert str(path) in str(caught.value)
+
+
+def test_identity_file_with_or_without_header(tmp_path):
+    plain = tmp_path / "identity.txt"
+    plain.write_text("000001.jpg 2880\n000002.jpg 2937\n")
+    headed = tmp_path / "identity_header.txt"
+    headed.write_text("file_name identity\r\n000001.jpg 2880\r\n000002.jpg 2937\r\n")
+    for path in (plain, headed):
+        series = read_name_value_file(path, "identity")
+        assert series.to_dict() == {"000001.jpg": 2880, "000002.jpg": 2937}
+
+
+def test_shared_subset_index(subset_root, cache_dir):
+    index = build_index(subset_root, cache_dir)
+    report = index.report
+    assert report["layout"] == "official"
+    assert report["files_in_folder"] == 4031
+    assert report["images_usable"] == len(index.images) == 4014
+    assert len(report["duplicates"]) == 17
+    assert all("(1).jpg" in name for name in report["duplicates"])
+    assert all("same bytes" in why for why in report["duplicates"].values())
+    assert report["images_listed"] == 202_599
+    assert report["listed_but_absent"] == 202_599 - 4014
+    assert report["unreadable"] == {}
+    assert index.images["file_name"].is_unique
+    assert set(index.images["male"].unique()) == {0, 1}
+    assert (index.images["identity"] > 0).all()
+
+
+def test_defective_copy_keeps_the_good_and_names_the_bad(defective_copy, tmp_path):
+    index = build_index(defective_copy.root, tmp_path / "cache")
+    report = index.report
+    planted = defective_copy.planted
+    by_kind = {kind: name for name, kind in planted.items()}
+
+    assert sorted(index.images["file_name"]) == sorted(defective_copy.good)
+    assert set(report["unreadable"]) == {
+        by_kind["truncated"],
+        by_kind["zero-byte"],
+        by_kind["not an image"],
+    }
+    assert "zero-byte" in report["unreadable"][by_kind["zero-byte"]]
+    assert "not an image" in report["unreadable"][by_kind["not an image"]]
+    assert "truncated" in report["unreadable"][by_kind["truncated"]]
+    assert set(report["duplicates"]) == {
+        by_kind["duplicate by name"],
+        by_kind["duplicate by content"],
+    }
+    assert report["format_differs_from_extension"] == {by_kind["png named jpg"]: "PNG"}
+    assert report["converted_to_rgb"] == {"L": 1, "CMYK": 1}
+    assert report["unannotated_files"] == [by_kind["rgba png, not annotated under that name"]]
+    # Rows for the missing images and for the three unreadable files have no usable file.
+    assert report["images_listed"] == 52
+    assert report["listed_but_absent"] == len(defective_copy.missing)
+    assert report["images_present"] == 52 - len(defective_copy.missing)
+
+
+def test_file_check_is_cached_and_redone_for_changed_files(defective_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = build_index(defective_copy.root, cache).report["scan"]
+    assert first["checked"] == first["reused_from_cache"] + first["checked"] > 0
+    second = build_index(defective_copy.root, cache).report["scan"]
+    assert second["checked"] == 0
+    changed = defective_copy.image_dir / defective_copy.good[0]
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    third = build_index(defective_copy.root, cache).report["scan"]
+    assert third["checked"] == 1
+
+
+def test_study_layout(study_copy, subset_attributes, tmp_path):
+    index = build_index(study_copy.root, tmp_path / "cache")
+    report = index.report
+    assert report["layout"] == "study_subset"
+    assert sorted(index.images["file_name"]) == sorted(study_copy.good)
+    assert len(report["duplicates"]) == 1
+    csv = str(study_copy.root / "gender_classification.csv")
+    assert "no file names" in report["ignored_files"][csv]
+    labels = index.images.set_index("file_name")["male"]
+    assert labels.equals(subset_attributes.loc[labels.index, "Male"].rename("male"))
+    assert report["annotation_files"]["partition"] is None
+
+
+def test_torchvision_layout_with_files_at_the_root(defective_copy, tmp_path):
+    root = defective_copy.root
+    for path in [*(root / "Anno").iterdir(), *(root / "Eval").iterdir()]:
+        shutil.move(path, root / path.name)
+    layout = detect_layout(root.parent)  # torchvision's parent folder, holding celeba/
+    assert layout.name == "official"
+    assert layout.attributes_file == root / "list_attr_celeba.txt"
+    assert layout.partition_file == root / "list_eval_partition.txt"
+    assert len(build_index(root, tmp_path / "cache").images) == len(defective_copy.good)
+
+
+def test_wrong_or_empty_roots_fail_clearly(tmp_path, defective_copy):
+    with pytest.raises(DataError, match="does not exist"):
+        build_index(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No CelebA layout recognised"):
+        build_index(tmp_path / "empty")
+    for path in defective_copy.image_dir.iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(DataError, match="No usable labelled images") as caught:
+        build_index(defective_copy.root, tmp_path / "cache")
+    assert str(defective_copy.image_dir) in str(caught.value)
