@@ -21,6 +21,7 @@ its edge pixels repeated, rather than torchvision's black corners.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -368,15 +369,19 @@ class BatchTransform(nn.Module):
             batch, scale = self.resize(images)
         if train and self.photometric is not None:
             batch, scale = self.photometric(batch.mul_(scale)), 1.0
-        # (x * scale - mean) / std in one pass.
-        return torch.addcmul(-self.mean / self.std, batch, scale / self.std)
+        # (x * scale - mean) / std, in place (an out-of-place addcmul is several times slower).
+        return batch.mul_(scale / self.std).add_(-self.mean / self.std)
+
+
+@functools.lru_cache(maxsize=8)
+def _base_grid(size: int, device: torch.device) -> torch.Tensor:
+    """(1, size*size, 3) output pixel centres in [-1, 1] with a column of ones."""
+    steps = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+    y, x = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1).view(1, size * size, 3)
 
 
 def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.affine_grid`` for a square output, by broadcasting (faster on a CPU)."""
-    steps = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
-    x_term = theta[:, :, 0].reshape(-1, 1, 1, 2) * steps.view(1, 1, size, 1)
-    offset = theta[:, :, 2].reshape(-1, 1, 1, 2)
-    return torch.addcmul(
-        x_term + offset, theta[:, :, 1].reshape(-1, 1, 1, 2), steps.view(1, size, 1, 1)
-    )
+    """``F.affine_grid`` for a square output as one batched matmul (twice as fast on a CPU)."""
+    grid = torch.matmul(_base_grid(size, theta.device), theta.transpose(1, 2))
+    return grid.view(len(theta), size, size, 2)
