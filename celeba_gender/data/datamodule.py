@@ -230,6 +230,16 @@ class CelebADataModule(L.LightningDataModule):
         return self.batch_transform(images, train)
 
     # ----------------------------------------------------------------- facts
+    def eval_transform_settings(self) -> dict[str, Any]:
+        """What evaluation needs to see images as this module shows them (stored in checkpoints)."""
+        return {
+            "image_size": self.image_size,
+            "face_crop": self.face_crop,
+            "mean": self.mean,
+            "std": self.std,
+            "cache_size": list(self.cache_size),
+        }
+
     @property
     def class_weights(self) -> dict[str, Any]:
         """Loss weights from the training labels (``loss_weights`` balance), else neutral."""

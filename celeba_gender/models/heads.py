@@ -1,0 +1,70 @@
+"""Loss heads: how logits become a loss and a probability of 'male' (the positive class).
+
+The LightningModule only calls ``loss`` and ``male_probability``, so every metric has the
+same meaning whichever head trained the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class LossHead(nn.Module):
+    """A loss strategy: ``num_outputs`` logits per image, a loss, and P(male)."""
+
+    num_outputs: int
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BCEHead(LossHead):
+    """One logit; BCEWithLogitsLoss, optionally with a positive-class weight."""
+
+    num_outputs = 1
+
+    def __init__(self, pos_weight: float | None = None) -> None:
+        super().__init__()
+        weight = torch.tensor([float(pos_weight)]) if pos_weight is not None else None
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logits.squeeze(1), labels.to(logits.dtype))
+
+    def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.squeeze(1).float())
+
+
+class CEHead(LossHead):
+    """Two logits (female, male); CrossEntropyLoss, optionally with class weights."""
+
+    num_outputs = 2
+
+    def __init__(self, class_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        weight = torch.tensor([float(w) for w in class_weights]) if class_weights else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logits, labels.long())
+
+    def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+HEADS = {"bce": BCEHead, "ce": CEHead}
+
+
+def create_head(name: str, class_weights: dict | None = None) -> LossHead:
+    """``name`` 'bce' or 'ce'; ``class_weights`` from the data module (balance=loss_weights)."""
+    if name not in HEADS:
+        raise ValueError(f"Unknown loss head {name!r}; choose one of {', '.join(HEADS)}.")
+    if name == "bce":
+        return BCEHead(pos_weight=(class_weights or {}).get("pos_weight"))
+    return CEHead(class_weights=(class_weights or {}).get("class_weights"))

@@ -1,0 +1,172 @@
+"""GenderClassifier: one LightningModule for every backbone x treatment.
+
+Batches are ``(images, labels, rows)`` from ``CelebADataModule``; ``rows`` tie test predictions
+back to image files. Metrics are torchmetrics objects logged as objects, so Lightning
+synchronises them across DDP ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
+
+from celeba_gender.models.backbones import create_backbone, split_outputs
+from celeba_gender.models.heads import create_head
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def binary_metrics(prefix: str) -> MetricCollection:
+    """Accuracy, precision, recall, F1 and AUROC of P(male), male being the positive class."""
+    return MetricCollection(
+        {
+            "acc": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+        },
+        prefix=prefix,
+    )
+
+
+class GenderClassifier(L.LightningModule):
+    def __init__(
+        self,
+        backbone: str,
+        loss: str,
+        pretrained: bool,
+        aux_loss_weight: float = 0.0,
+        class_weights: dict | None = None,
+        allow_download: bool = True,
+        channels_last: bool = False,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        eval_transform: dict | None = None,
+    ) -> None:
+        super().__init__()
+        # Plain values only: checkpoints then load with torch.load(weights_only=True).
+        # ``eval_transform`` (crop, size, normalisation) lets eval and predict see images as
+        # training did.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.head = create_head(loss, class_weights)
+        self.net = create_backbone(
+            backbone,
+            self.head.num_outputs,
+            pretrained=pretrained,
+            aux_heads=aux_loss_weight > 0,
+            allow_download=allow_download,
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_acc = BinaryAccuracy()
+        self.val_metrics = binary_metrics("val/")
+        self.test_metrics = binary_metrics("test/")
+        self.val_confusion = BinaryConfusionMatrix()
+        self.test_confusion = BinaryConfusionMatrix()
+        self.test_predictions: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """P(male) of each image (evaluation; auxiliary heads unused)."""
+        main, _ = split_outputs(self.net(self._layout(images)))
+        return self.head.male_probability(main)
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, labels, _ = batch
+        main, aux = split_outputs(self.net(self._layout(images)))
+        loss = self.head.loss(main, labels)
+        if aux:  # GoogLeNet (two heads) and Inception-v3 (one): the papers' weighted sum
+            loss = loss + self.hparams.aux_loss_weight * sum(self.head.loss(a, labels) for a in aux)
+        self.train_acc(self.head.male_probability(main.detach()), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple, metrics: MetricCollection, confusion: BinaryConfusionMatrix):
+        images, labels, rows = batch
+        main, _ = split_outputs(self.net(self._layout(images)))
+        probability = self.head.male_probability(main)
+        metrics.update(probability, labels)
+        confusion.update(probability, labels)
+        return self.head.loss(main, labels), probability, labels, rows
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        loss, *_ = self._evaluate(batch, self.val_metrics, self.val_confusion)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True)
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        loss, probability, labels, rows = self._evaluate(
+            batch, self.test_metrics, self.test_confusion
+        )
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
+        self.log_dict(self.test_metrics, on_epoch=True)
+        self.test_predictions.append(torch.stack([rows.float(), labels.float(), probability], 1))
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_confusion = self.val_confusion.compute().cpu()
+        self.val_confusion.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_predictions = []
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_confusion = self.test_confusion.compute().cpu()
+        self.test_confusion.reset()
+        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, 3)
+        gathered = self.all_gather(local.to(self.device))
+        # all_gather adds a leading world-size dimension under DDP only.
+        self.gathered_test_predictions = gathered.reshape(-1, 3).cpu()
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("GenderClassifier needs an optimizer factory to train.")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        extra = {}
+        if "total_steps" in keywords and keywords["total_steps"] is None:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)  # one-cycle
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def load_classifier(checkpoint_path: str, map_location: str = "cpu") -> GenderClassifier:
+    """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects."""
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams.update(pretrained=False, allow_download=False)  # the checkpoint holds the weights
+    model = GenderClassifier(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+__all__ = ["GenderClassifier", "binary_metrics", "load_classifier"]

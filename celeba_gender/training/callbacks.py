@@ -1,0 +1,37 @@
+"""Small callbacks the training run needs and Lightning does not ship in this form."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+
+class TrainingThroughput(L.Callback):
+    """Images per second of the training loop: loading, forward, backward and step of every
+    training batch, excluding validation (which Lightning runs inside the training epoch)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._previous: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous = None  # the time until the next training batch is not training
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._previous is None:
+            self._previous = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._previous
+        self._previous = now
+        self.images += len(batch[0]) * trainer.world_size
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None

@@ -1,0 +1,105 @@
+"""DDP that works inside a Hydra multirun.
+
+Lightning's ``ddp`` strategy starts ranks 1..N-1 by re-running ``sys.argv``. Under ``-m`` that
+argv is the whole sweep, so every child rank would start a sweep of its own. Here the child
+ranks re-run *this job* instead: the entry point with the job's saved ``.hydra/config.yaml`` as
+its config and the job's output folder as its run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch.distributed
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+# Variables a DDP launch sets in the parent process; a later job of the same sweep must not
+# inherit them (with LOCAL_RANK set, Lightning would wait for ranks nobody starts).
+DISTRIBUTED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "GROUP_RANK",
+    "RANK",
+    "LOCAL_WORLD_SIZE",
+    "PL_GLOBAL_SEED",
+    "PL_SEED_WORKERS",
+)
+
+
+def _entry_point() -> list[str]:
+    import __main__
+
+    if getattr(__main__, "__spec__", None) is None:
+        return [sys.executable, os.path.abspath(sys.argv[0])]
+    return [sys.executable, "-m", __main__.__spec__.name]
+
+
+def job_rank_command(local_rank: int) -> Sequence[str]:
+    """The command that runs the current Hydra job again as ``local_rank``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    saved = output_dir / ".hydra"
+    if not (saved / "config.yaml").is_file():
+        raise RuntimeError(
+            f"DDP needs the job's saved config at {saved / 'config.yaml'}; keep "
+            "hydra.output_subdir at its default (.hydra)."
+        )
+    return [
+        *_entry_point(),
+        "--config-path",
+        str(saved),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={output_dir}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name=ddp_rank_{local_rank}",
+    ]
+
+
+class _JobLauncher(_SubprocessScriptLauncher):
+    def _call_children_scripts(self) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return super()._call_children_scripts()
+        self._check_can_spawn_children()
+        os.environ["MASTER_ADDR"] = self.cluster_environment.main_address
+        os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)
+        os.environ["NODE_RANK"] = str(self.cluster_environment.node_rank())
+        os.environ["LOCAL_RANK"] = str(self.cluster_environment.local_rank())
+        os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
+        for local_rank in range(1, self.num_processes):
+            env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+            self.procs.append(subprocess.Popen(job_rank_command(local_rank), env=env))
+        return None
+
+
+class HydraJobDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` whose child ranks re-run the current job, not the sweep."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = _JobLauncher(
+                self.cluster_environment, self.num_processes, self.num_nodes
+            )
+
+
+def reset_distributed_state(environ_before: dict[str, str]) -> None:
+    """Leave the process as the next job of a sweep expects it: no process group, no rank env."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for name in DISTRIBUTED_ENV:
+        if name in environ_before:
+            os.environ[name] = environ_before[name]
+        else:
+            os.environ.pop(name, None)

@@ -1,0 +1,84 @@
+"""What a run leaves in its output folder: metrics.json, test predictions, TensorBoard extras."""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from celeba_gender.data.cache import atomic_write
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.csv"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    def clean(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    text = json.dumps({k: clean(v) for k, v in data.items()}, indent=2, default=str)
+    atomic_write(path, text.encode())
+    return path
+
+
+def write_failure(output_dir: Path, error: BaseException, context: dict[str, Any]) -> Path:
+    """Record a failed job where its results would have been, so a sweep summary shows it."""
+    return write_json(
+        output_dir / METRICS_FILE,
+        {
+            **context,
+            "status": "failed",
+            "error_type": type(error).__name__,
+            "error": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        },
+    )
+
+
+def write_predictions(path: Path, predictions: torch.Tensor, images: pd.DataFrame) -> Path:
+    """One row per test image: file, label (1 = male), P(male); DDP padding removed."""
+    rows = predictions[:, 0].long().numpy()
+    table = pd.DataFrame(
+        {
+            "row": rows,
+            "file_name": images["file_name"].to_numpy()[rows],
+            "label": predictions[:, 1].long().numpy(),
+            "p_male": predictions[:, 2].numpy(),
+        }
+    ).drop_duplicates("row")  # DistributedSampler repeats images to even out ranks
+    table.sort_values("row").drop(columns="row").to_csv(path, index=False)
+    return path
+
+
+def log_confusion_matrix(logger: Any, confusion: torch.Tensor, tag: str, step: int) -> None:
+    """Add the confusion matrix as a figure to a TensorBoard logger (others are skipped)."""
+    experiment = getattr(logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "add_figure"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(3.2, 3.0))
+    axes.imshow(confusion.numpy(), cmap="Blues")
+    for (i, j), count in zip(
+        [(0, 0), (0, 1), (1, 0), (1, 1)], confusion.flatten().tolist(), strict=True
+    ):
+        axes.text(j, i, str(int(count)), ha="center", va="center")
+    axes.set_xticks([0, 1], ["female", "male"])
+    axes.set_yticks([0, 1], ["female", "male"])
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    figure.tight_layout()
+    experiment.add_figure(tag, figure, global_step=step)
+    plt.close(figure)

@@ -1,0 +1,242 @@
+"""Training and evaluation jobs, from a composed Hydra config to a run folder of results.
+
+``run_training`` / ``run_evaluation`` wrap the work so that a user's mistake (a wrong data path,
+missing pretrained weights) ends with one clear line instead of a traceback, and a job that
+fails inside a sweep is recorded in its folder while the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from celeba_gender.data import CelebADataModule, DataError
+from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
+from celeba_gender.training.callbacks import TrainingThroughput
+from celeba_gender.training.ddp import reset_distributed_state
+from celeba_gender.training.outputs import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    log_confusion_matrix,
+    write_failure,
+    write_json,
+    write_predictions,
+)
+
+log = logging.getLogger(__name__)
+USER_ERRORS = (DataError, PretrainedWeightsUnavailable)
+TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss")
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def _describe(cfg: DictConfig) -> dict[str, Any]:
+    """The facts that identify a run in metrics.json and in TensorBoard's hparams table."""
+    return {
+        "model": cfg.model.name,
+        "family": cfg.model.family,
+        "treatment": cfg.treatment.name,
+        "pretrained": cfg.treatment.pretrained,
+        "loss": cfg.treatment.loss,
+        "seed": cfg.seed,
+        "image_size": cfg.data.image_size,
+        "split": cfg.data.split,
+        "balance": cfg.data.balance,
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.max_epochs,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "lr": cfg.optimizer.lr,
+        "precision": str(cfg.trainer.precision),
+        "experiment": cfg.get("experiment_name"),
+    }
+
+
+def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifier:
+    scheduler = cfg.get("scheduler")
+    scheduler = OmegaConf.to_container(scheduler, resolve=True) if scheduler else {}
+    interval = scheduler.pop("interval", "epoch")
+    return GenderClassifier(
+        backbone=cfg.model.name,
+        loss=cfg.treatment.loss,
+        pretrained=cfg.treatment.pretrained,
+        aux_loss_weight=cfg.model.aux_loss_weight,
+        class_weights=datamodule.class_weights if cfg.data.balance == "loss_weights" else None,
+        allow_download=cfg.model.allow_download,
+        channels_last=cfg.model.channels_last,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler else None,
+        scheduler_interval=interval,
+        eval_transform=datamodule.eval_transform_settings(),
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, and write the run's results; returns metrics.json."""
+    started = time.perf_counter()
+    output_dir = _output_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: CelebADataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)  # pretrained weights missing: fails here, not mid-run
+
+    has_val = len(datamodule.datasets["val"]) > 0
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    checkpoint = next(
+        (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
+    )
+    if checkpoint is not None and not has_val:
+        # seed_protocol has no validation part: keep the last epoch's weights instead.
+        log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
+        checkpoint.monitor = None
+    throughput = TrainingThroughput()
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=[*callbacks, throughput],
+        logger=loggers or False,
+        **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+
+    use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
+    trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    confusion = model.last_test_confusion  # [[TN, FP], [FN, TP]], male positive
+    record = {
+        "status": "ok",
+        **_describe(cfg),
+        **{name: results.get(name) for name in TEST_METRICS},
+        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_layout": "[[true female->female, ->male], [true male->female, ->male]]",
+        "test_images": int(confusion.sum()),
+        "epochs_trained": trainer.current_epoch,
+        "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
+        "best_val": float(checkpoint.best_model_score) if use_best else None,
+        "monitor": checkpoint.monitor if use_best else None,
+        "params": model.parameter_count(),
+        "train_images_per_second": throughput.images_per_second,
+        "train_seconds": throughput.seconds,
+        "fit_seconds": fit_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "world_size": trainer.world_size,
+        "output_dir": str(output_dir),
+    }
+    if trainer.is_global_zero:
+        write_predictions(
+            output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
+        )
+        write_json(output_dir / METRICS_FILE, record)
+        for logger in trainer.loggers:
+            log_confusion_matrix(logger, confusion, "test/confusion_matrix", trainer.global_step)
+            logger.log_hyperparams(
+                _describe(cfg),
+                metrics={f"hp/{k.split('/')[1]}": results.get(k, 0.0) for k in TEST_METRICS},
+            )
+            logger.save()
+        log.info(
+            "test accuracy %.4f -> %s",
+            record["test/acc"] or float("nan"),
+            output_dir / METRICS_FILE,
+        )
+    return record
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test a trained checkpoint on any CelebA copy; writes the same metrics.json."""
+    started = time.perf_counter()
+    output_dir = _output_dir(cfg)
+    checkpoint = Path(cfg.ckpt_path).expanduser()
+    if not checkpoint.is_file():
+        raise DataError(f"Checkpoint {checkpoint} does not exist; pass ckpt_path=PATH/TO/best.ckpt")
+    model = load_classifier(str(checkpoint))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    if cfg.use_checkpoint_transform:
+        # The crop, size and normalisation the model was trained with.
+        data_cfg.update(model.hparams.get("eval_transform") or {})
+    datamodule: CelebADataModule = instantiate(data_cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer.test(model, datamodule=datamodule)
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    confusion = model.last_test_confusion
+    record = {
+        "status": "ok",
+        "checkpoint": str(checkpoint),
+        "model": model.hparams.backbone,
+        "loss": model.hparams.loss,
+        "data_root": str(datamodule.root),
+        "split": datamodule.split,
+        "image_size": datamodule.image_size,
+        **{name: results.get(name) for name in TEST_METRICS},
+        "confusion_matrix": confusion.tolist(),
+        "test_images": int(confusion.sum()),
+        "params": model.parameter_count(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if trainer.is_global_zero:
+        write_predictions(
+            output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
+        )
+        write_json(output_dir / METRICS_FILE, record)
+        log.info(
+            "test accuracy %.4f -> %s",
+            record["test/acc"] or float("nan"),
+            output_dir / METRICS_FILE,
+        )
+    return record
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
+    """Run ``job``: user errors end in one line; in a sweep, a failure is recorded and skipped."""
+    environ_before = dict(os.environ)
+    output_dir = _output_dir(cfg)
+    try:
+        return job(cfg).get("test/acc")
+    except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
+        is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+        if is_rank_zero:
+            try:
+                context = _describe(cfg)
+            except Exception:  # noqa: BLE001 - a broken config must not hide the real error
+                context = {}
+            write_failure(output_dir, error, context)
+        if _in_multirun():
+            log.exception(
+                "Job failed; recorded in %s. The sweep goes on.", output_dir / METRICS_FILE
+            )
+            return None
+        if isinstance(error, USER_ERRORS):
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    finally:
+        reset_distributed_state(environ_before)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_training(cfg: DictConfig) -> float | None:
+    return _guarded(train, cfg)
+
+
+def run_evaluation(cfg: DictConfig) -> float | None:
+    return _guarded(evaluate, cfg)
