@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format data-check bench-data clean
+.PHONY: help setup train smoke sweep tensorboard test test-fast lint format data-check bench-data bench-lightning clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,18 @@ $(PYTHON):
 
 setup: $(PYTHON)  ## create .venv and install the package with its dev tools
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
+
+train:  ## train one model (ARGS='model=vgg19 treatment=scratch_ce ...')
+	$(PYTHON) train.py $(ARGS)
+
+smoke:  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)
+	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=smoke $(ARGS)
+
+sweep:  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
+	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=study $(ARGS)
+
+tensorboard:  ## TensorBoard over every run in outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
 
 test:  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
@@ -35,6 +47,9 @@ data-check:  ## print the data report of DATA (default: CELEBA_ROOT or the share
 
 bench-data:  ## images/second: per-sample PIL loader vs cached batched pipeline
 	$(PYTHON) benchmarks/data_loading.py --root $(DATA)
+
+bench-lightning:  ## training img/s: Lightning vs a plain PyTorch loop
+	$(PYTHON) benchmarks/lightning_overhead.py --root $(DATA)
 
 clean:  ## remove caches and run outputs (not the venv, not ~/.cache/celeba_gender)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache

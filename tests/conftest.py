@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "celeba_gender" / "assets" / "celeba_sample"  # committed: present everywhere
 SUBSET = Path(os.environ.get("CELEBA_SUBSET", REPO.parent / "shared" / "data" / "celeba-subset"))
 
 
@@ -31,6 +32,11 @@ def _require_subset() -> Path:
 @pytest.fixture(scope="session")
 def subset_root() -> Path:
     return _require_subset()
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    return SAMPLE
 
 
 @pytest.fixture(scope="session")

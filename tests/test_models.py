@@ -1,0 +1,120 @@
+"""Backbone factory, loss heads, pretrained weights without network, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torchvision
+
+from celeba_gender.models import (
+    BACKBONES,
+    BCEHead,
+    CEHead,
+    GenderClassifier,
+    PretrainedWeightsUnavailable,
+    create_backbone,
+    load_classifier,
+    pretrained_weights_file,
+)
+from celeba_gender.models.backbones import split_outputs
+from celeba_gender.models.module import binary_metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_gives_the_heads_outputs(name):
+    size = 299 if name == "inception_v3" else 64
+    aux = name in ("googlenet", "inception_v3")
+    for outputs in (1, 2):
+        model = create_backbone(name, outputs, pretrained=False)
+        images = torch.randn(2, 3, size, size)
+        model.train()
+        main, aux_logits = split_outputs(model(images))
+        assert main.shape == (2, outputs)
+        assert len(aux_logits) == {"googlenet": 2, "inception_v3": 1}.get(name, 0)
+        assert all(a.shape == (2, outputs) for a in aux_logits)
+        model.eval()
+        with torch.no_grad():
+            main, aux_logits = split_outputs(model(images))
+        assert main.shape == (2, outputs) and aux_logits == []
+        if not aux:
+            break  # one head size is enough for the plain backbones
+
+
+def test_bce_and_ce_heads_give_the_same_metrics_on_the_same_predictions():
+    torch.manual_seed(0)
+    logit = torch.randn(64) * 2
+    labels = torch.randint(0, 2, (64,))
+    bce, ce = BCEHead(), CEHead()
+    # The same prediction in each head's form: sigmoid(z) == softmax([0, z])[1].
+    p_bce = bce.male_probability(logit.unsqueeze(1))
+    p_ce = ce.male_probability(torch.stack([torch.zeros(64), logit], dim=1))
+    assert torch.allclose(p_bce, p_ce, atol=1e-6)
+    results = []
+    for probability in (p_bce, p_ce):
+        metrics = binary_metrics("test/")
+        metrics.update(probability, labels)
+        results.append({k: float(v) for k, v in metrics.compute().items()})
+    assert results[0] == pytest.approx(results[1])
+    predicted_male = (p_bce >= 0.5).long()
+    assert results[0]["test/acc"] == pytest.approx(float((predicted_male == labels).float().mean()))
+    assert results[0]["test/recall"] == pytest.approx(
+        float(predicted_male[labels == 1].float().mean())
+    )
+
+
+def test_head_losses_use_the_class_weights():
+    logits = torch.tensor([[0.3], [-1.0]])
+    labels = torch.tensor([1, 0])
+    plain, weighted = BCEHead().loss(logits, labels), BCEHead(pos_weight=3.0).loss(logits, labels)
+    assert weighted > plain
+    ce_logits = torch.tensor([[0.0, 0.3], [0.0, -1.0]])
+    balanced = CEHead(class_weights=[1.0, 1.0]).loss(ce_logits, labels)
+    assert torch.isclose(balanced, CEHead().loss(ce_logits, labels))
+
+
+def test_pretrained_weights_load_from_the_torchvision_cache_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = pretrained_weights_file("resnet18")
+    assert expected.folder == tmp_path / "hub" / "checkpoints"
+    reference = torchvision.models.resnet18(weights=None)
+    expected.folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), expected.path)
+
+    model = create_backbone("resnet18", 1, pretrained=True, allow_download=False)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.fc.out_features == 1  # the ImageNet head was replaced
+
+
+def test_missing_pretrained_weights_name_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(PretrainedWeightsUnavailable) as caught:
+        create_backbone("vgg19", 1, pretrained=True, allow_download=False)
+    message = str(caught.value)
+    assert "vgg19-dcbb9e9d.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+
+
+class _Payload:
+    """Unpickling this would run code: a safe loader must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_checkpoints_load_without_executing_pickled_code(tmp_path):
+    model = GenderClassifier("resnet18", "ce", pretrained=False)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    safe = tmp_path / "safe.ckpt"
+    torch.save(checkpoint, safe)
+    restored = load_classifier(str(safe))
+    assert torch.equal(restored.net.fc.weight, model.net.fc.weight)
+    assert restored.hparams.loss == "ce"
+
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({**checkpoint, "extra": _Payload()}, hostile)
+    with pytest.raises(pickle.UnpicklingError):
+        load_classifier(str(hostile))

@@ -1,0 +1,235 @@
+"""Real, short trainings through the real entry points and configs (on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import celeba_gender.config  # noqa: F401  (resolvers)
+from celeba_gender.models import BACKBONES, pretrained_weights_file
+from celeba_gender.models.backbones import WITH_AUX_HEADS
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc")
+
+
+def _run(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
+    environment = {**os.environ, **(env or {})}
+    if "CELEBA_ROOT" not in (env or {}):
+        environment.pop("CELEBA_ROOT", None)  # the default: the embedded sample
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_env(cache_dir, tmp_path_factory) -> dict:
+    """Caches in the session's temporary folder; no pretrained weights unless a test adds them."""
+    return {
+        "CELEBA_GENDER_CACHE": str(cache_dir),
+        "TORCH_HOME": str(tmp_path_factory.mktemp("torch")),
+    }
+
+
+def _accuracy_from_predictions(folder: Path) -> tuple[float, int]:
+    predictions = pd.read_csv(folder / "test_predictions.csv")
+    return float(((predictions["p_male"] >= 0.5) == (predictions["label"] == 1)).mean()), len(
+        predictions
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(run_env, tmp_path_factory) -> Path:
+    """The README's main command at smoke size, on the embedded sample (no CELEBA_ROOT)."""
+    folder = tmp_path_factory.mktemp("smoke") / "run"
+    result = _run("train.py", "experiment=smoke", f"hydra.run.dir={folder}", env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_a_run_writes_metrics_predictions_checkpoints_and_tensorboard(smoke_run, sample_root):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+    assert (metrics["model"], metrics["treatment"], metrics["image_size"]) == (
+        "resnet18",
+        "scratch_bce",
+        32,
+    )
+    for name in TEST_METRICS:
+        assert 0.0 <= metrics[name] <= 1.0, name
+    for key in ("params", "wall_seconds", "train_images_per_second", "seed", "epochs_trained"):
+        assert metrics[key] is not None, key
+    accuracy, count = _accuracy_from_predictions(smoke_run)
+    assert count == metrics["test_images"] == sum(map(sum, metrics["confusion_matrix"]))
+    assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["evaluated_checkpoint"].endswith("checkpoints/best.ckpt")
+    assert Path(metrics["evaluated_checkpoint"]).is_file()
+
+    summary = json.loads((smoke_run / "data_summary.json").read_text())
+    assert Path(summary["root"]).resolve() == sample_root.resolve()
+    assert summary["shared_identities"] == {"train-val": 0, "train-test": 0, "val-test": 0}
+
+    events = EventAccumulator(str(smoke_run / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/acc", "val/auroc", "train/loss_step", "test/acc", "test/f1"} <= scalars
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    # The hparams table, so runs can be compared side by side in TensorBoard.
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert {"hp/acc", "hp/f1"} <= scalars
+
+
+def test_eval_on_another_copy_writes_the_same_metrics(smoke_run, subset_root, run_env, tmp_path):
+    out = tmp_path / "eval"
+    result = _run(
+        "eval.py",
+        f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={subset_root}",
+        "data.split=all",
+        f"hydra.run.dir={out}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_images"] == 4014 and metrics["image_size"] == 32  # the training size
+    accuracy, count = _accuracy_from_predictions(out)
+    assert count == 4014 and metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_ddp_with_two_cpu_processes_inside_a_two_job_multirun(run_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _run(
+        "train.py",
+        "-m",
+        "model=resnet18,googlenet",
+        "experiment=smoke",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32",
+        "trainer.sync_batchnorm=false",  # SyncBatchNorm needs GPUs
+        "trainer.benchmark=false",
+        f"hydra.sweep.dir={sweep}",
+        env=run_env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == [
+        "0_resnet18_scratch_bce_seed42",
+        "1_googlenet_scratch_bce_seed42",
+    ]
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["world_size"] == 2, job
+        assert (job / "ddp_rank_1.log").is_file()  # rank 1 ran this job's config, not a sweep
+        # Both ranks' test images were gathered: more rows than one rank's share.
+        _, count = _accuracy_from_predictions(job)
+        assert count == metrics["test_images"]
+    assert "multirun.yaml" in {p.name for p in sweep.iterdir()}
+    assert len(list(sweep.glob("*/.hydra"))) == 2  # no extra sweep or job was started
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(run_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _run(
+        "train.py",
+        "-m",
+        "treatment=pretrained_bce,scratch_ce",
+        "model.allow_download=false",
+        "experiment=smoke",
+        f"hydra.sweep.dir={sweep}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = json.loads((sweep / "0_resnet18_pretrained_bce_seed42" / "metrics.json").read_text())
+    assert failed["status"] == "failed"
+    assert failed["error_type"] == "PretrainedWeightsUnavailable"
+    assert "resnet18-f37072fd.pth" in failed["error"]
+    passed = json.loads((sweep / "1_resnet18_scratch_ce_seed42" / "metrics.json").read_text())
+    assert passed["status"] == "ok" and passed["loss"] == "ce"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=resnet19"], "Available options in 'model'"),
+        (["treatment=finetune"], "Available options in 'treatment'"),
+        (["data.root=/no/such/celeba", "experiment=smoke"], "/no/such/celeba does not exist"),
+    ],
+)
+def test_user_mistakes_end_with_a_clear_message(run_env, tmp_path, overrides, message):
+    result = _run("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env=run_env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "cpu_quick", "study"])
+@pytest.mark.parametrize("model", BACKBONES)
+def test_experiment_configs_compose_for_every_model(experiment, model):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", f"model={model}"])
+    expected_size = {
+        "smoke": cfg.model.min_image_size,
+        "cpu_quick": 64,
+        "study": cfg.model.image_size,
+    }
+    assert cfg.data.image_size == expected_size[experiment]
+    if experiment == "study":
+        assert (cfg.optimizer.lr, cfg.data.batch_size, cfg.trainer.max_epochs) == (1e-4, 32, 25)
+        assert cfg.data.image_size == (299 if model == "inception_v3" else 224)
+
+
+@pytest.fixture(scope="session")
+def fake_pretrained_home(tmp_path_factory) -> Path:
+    """Random-init state dicts saved under torchvision's cache names: the pretrained code path,
+    offline (the values are not ImageNet's; half precision keeps the 2.6 GB of VGGs smaller)."""
+    home = tmp_path_factory.mktemp("torch-home")
+    for name in BACKBONES:
+        options = {"aux_logits": True, "init_weights": False} if name in WITH_AUX_HEADS else {}
+        model = torchvision.models.get_model(name, weights=None, **options)
+        target = home / "hub" / "checkpoints" / Path(pretrained_weights_file(name).name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+            target,
+        )
+    return home
+
+
+@pytest.mark.slow
+def test_the_full_smoke_sweep_completes_30_jobs(run_env, fake_pretrained_home, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _run(
+        "train.py",
+        "-m",
+        "model=glob(*)",
+        "treatment=glob(*)",
+        "experiment=smoke",
+        f"hydra.sweep.dir={sweep}",
+        env={**run_env, "TORCH_HOME": str(fake_pretrained_home)},
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(records) == 30
+    assert [r for r in records if r["status"] != "ok"] == []
+    assert {(r["model"], r["treatment"]) for r in records} == {
+        (m, t) for m in BACKBONES for t in ("pretrained_bce", "scratch_bce", "scratch_ce")
+    }
