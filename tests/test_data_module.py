@@ -214,7 +214,12 @@ def test_hydra_data_configs_instantiate(subset_root, cache_dir, data, split):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         config = compose(
             "config",
-            overrides=[f"data={data}", f"data.root={subset_root}", f"data.cache_dir={cache_dir}"],
+            overrides=[
+                f"data={data}",
+                f"data.root={subset_root}",
+                f"data.cache_dir={cache_dir}",
+                "data.summary_path=null",  # a run sets it to its output folder
+            ],
         )
     module = instantiate(config.data)
     assert isinstance(module, CelebADataModule)

@@ -84,6 +84,30 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
     )
 
 
+def _test_results(trainer: L.Trainer, model: GenderClassifier) -> dict[str, Any]:
+    """The test metrics of the last ``trainer.test``, in metrics.json's form."""
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    confusion = model.last_test_confusion  # [[TN, FP], [FN, TP]], male positive
+    return {
+        **{name: results.get(name) for name in TEST_METRICS},
+        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_layout": "[[true female->female, ->male], [true male->female, ->male]]",
+        "test_images": int(confusion.sum()),
+    }
+
+
+def _write_results(
+    output_dir: Path, record: dict[str, Any], model: GenderClassifier, datamodule: CelebADataModule
+) -> None:
+    write_predictions(
+        output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
+    )
+    write_json(output_dir / METRICS_FILE, record)
+    log.info(
+        "test accuracy %.4f -> %s", record["test/acc"] or float("nan"), output_dir / METRICS_FILE
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write the run's results; returns metrics.json."""
     started = time.perf_counter()
@@ -116,15 +140,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
-    results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    confusion = model.last_test_confusion  # [[TN, FP], [FN, TP]], male positive
     record = {
         "status": "ok",
         **_describe(cfg),
-        **{name: results.get(name) for name in TEST_METRICS},
-        "confusion_matrix": confusion.tolist(),
-        "confusion_matrix_layout": "[[true female->female, ->male], [true male->female, ->male]]",
-        "test_images": int(confusion.sum()),
+        **_test_results(trainer, model),
         "epochs_trained": trainer.current_epoch,
         "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
         "best_val": float(checkpoint.best_model_score) if use_best else None,
@@ -138,22 +157,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(output_dir),
     }
     if trainer.is_global_zero:
-        write_predictions(
-            output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
-        )
-        write_json(output_dir / METRICS_FILE, record)
+        _write_results(output_dir, record, model, datamodule)
         for logger in trainer.loggers:
-            log_confusion_matrix(logger, confusion, "test/confusion_matrix", trainer.global_step)
+            log_confusion_matrix(
+                logger, model.last_test_confusion, "test/confusion_matrix", trainer.global_step
+            )
             logger.log_hyperparams(
                 _describe(cfg),
-                metrics={f"hp/{k.split('/')[1]}": results.get(k, 0.0) for k in TEST_METRICS},
+                metrics={f"hp/{k.split('/')[1]}": record[k] or 0.0 for k in TEST_METRICS},
             )
             logger.save()
-        log.info(
-            "test accuracy %.4f -> %s",
-            record["test/acc"] or float("nan"),
-            output_dir / METRICS_FILE,
-        )
     return record
 
 
@@ -172,8 +185,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule: CelebADataModule = instantiate(data_cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(model, datamodule=datamodule)
-    results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    confusion = model.last_test_confusion
     record = {
         "status": "ok",
         "checkpoint": str(checkpoint),
@@ -182,22 +193,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str(datamodule.root),
         "split": datamodule.split,
         "image_size": datamodule.image_size,
-        **{name: results.get(name) for name in TEST_METRICS},
-        "confusion_matrix": confusion.tolist(),
-        "test_images": int(confusion.sum()),
+        **_test_results(trainer, model),
         "params": model.parameter_count(),
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
-        write_predictions(
-            output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
-        )
-        write_json(output_dir / METRICS_FILE, record)
-        log.info(
-            "test accuracy %.4f -> %s",
-            record["test/acc"] or float("nan"),
-            output_dir / METRICS_FILE,
-        )
+        _write_results(output_dir, record, model, datamodule)
     return record
 
 
