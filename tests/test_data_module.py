@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 
 from celeba_gender.data import CelebADataModule, DataError, build_index
 from celeba_gender.data.cache import ImageTensorCache, cache_folder, decode_rgb
@@ -226,3 +227,66 @@ def test_hydra_data_configs_instantiate(subset_root, cache_dir, data, split):
     assert module.split == split
     module.setup("fit")
     assert len(module.datasets["train"]) > 0
+
+
+class _BatchRecorder(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.batches: dict[str, list] = {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.batches["train"].append((batch[0].clone(), batch[2].clone()))
+        return self.weight.sum() * 0 + batch[0].mean() * 0 + self.weight.square().sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.batches["val"].append((batch[0].clone(), batch[2].clone()))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("loader", ["cached", "per_sample"])
+def test_training_batches_are_augmented_and_validation_batches_are_not(
+    defective_copy, tmp_path, loader
+):
+    """With a flip of probability 1, a training batch flipped back is the evaluation view."""
+    # 192 px enlarges the 178 px crop: no antialiasing or box pre-filter, so the batch warp and the
+    # evaluation resize sample the same points.
+    flip = [{"name": "horizontal_flip", "p": 1.0}]
+    module = _module(
+        defective_copy.root, tmp_path, loader=loader, augmentations=flip, image_size=192
+    )
+    recorder = _BatchRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(recorder, datamodule=module)
+    reference = _module(
+        defective_copy.root, tmp_path, loader=loader, augmentations=[], image_size=192
+    )
+    reference.setup("fit")
+    paths = reference.index.paths()
+
+    def evaluation_view(rows: torch.Tensor) -> torch.Tensor:
+        if loader == "cached":
+            raw = torch.from_numpy(reference.cache.gather(rows.numpy()))
+            return reference.transform_batch(raw, train=False)
+        transform = reference.datasets["val"].transform
+        return torch.stack([transform(Image.open(paths[r]).convert("RGB")) for r in rows.tolist()])
+
+    for images, rows in recorder.batches["val"]:
+        assert torch.allclose(images, evaluation_view(rows), atol=1e-4)
+    for images, rows in recorder.batches["train"]:
+        expected = evaluation_view(rows)
+        # The batch engine samples the real rows above and below the crop at its edge.
+        assert torch.allclose(images.flip(-1)[..., 1:-1, :], expected[..., 1:-1, :], atol=1e-4)
+        assert not torch.allclose(images, expected, atol=1e-2)

@@ -174,8 +174,7 @@ class CelebADataModule(L.LightningDataModule):
             self.write_summary(self.summary_path)
 
     def _is_global_zero(self) -> bool:
-        trainer = getattr(self, "_trainer", None)
-        return trainer is None or trainer.is_global_zero
+        return self.trainer is None or self.trainer.is_global_zero
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, part: str, train: bool) -> DataLoader:
@@ -221,8 +220,7 @@ class CelebADataModule(L.LightningDataModule):
         if self.loader != "cached":
             return batch
         images, labels, rows = batch
-        trainer = getattr(self, "_trainer", None)
-        train = bool(trainer is not None and trainer.training)
+        train = bool(self.trainer is not None and self.trainer.training)
         return self.transform_batch(images, train), labels, rows
 
     def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
