@@ -54,7 +54,7 @@ class _Probe(L.LightningModule):
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-def test_cached_loader_augments_on_the_gpu_under_mixed_precision(subset_root, cache_dir, precision):
+def test_cached_loader_feeds_gpu_batches_under_mixed_precision(subset_root, cache_dir, precision):
     module = CelebADataModule(
         subset_root,
         image_size=64,
