@@ -118,3 +118,16 @@ def test_checkpoints_load_without_executing_pickled_code(tmp_path):
     torch.save({**checkpoint, "extra": _Payload()}, hostile)
     with pytest.raises(pickle.UnpicklingError):
         load_classifier(str(hostile))
+
+
+def test_flip_test_time_augmentation_averages_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = GenderClassifier("resnet18", "bce", pretrained=False, flip_tta=True).eval()
+    images = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        averaged = model(images)
+        assert torch.allclose(averaged, model(images.flip(-1)), atol=1e-6)  # mirror-invariant
+        model.hparams.flip_tta = False
+        single, mirrored = model(images), model(images.flip(-1))
+    assert not torch.allclose(single, mirrored, atol=1e-4)
+    assert torch.allclose(averaged, (single + mirrored) / 2, atol=1e-6)

@@ -57,6 +57,7 @@ class GenderClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         eval_transform: dict | None = None,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True).
@@ -84,8 +85,16 @@ class GenderClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """P(male) of each image (evaluation; auxiliary heads unused)."""
+        return self._predict(images)[1]
+
+    def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main logits, and P(male): with ``flip_tta`` averaged with the mirror image's."""
         main, _ = split_outputs(self.net(self._layout(images)))
-        return self.head.male_probability(main)
+        probability = self.head.male_probability(main)
+        if self.hparams.flip_tta:
+            mirrored, _ = split_outputs(self.net(self._layout(images.flip(-1))))
+            probability = (probability + self.head.male_probability(mirrored)) / 2
+        return main, probability
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -105,8 +114,7 @@ class GenderClassifier(L.LightningModule):
 
     def _evaluate(self, batch: tuple, metrics: MetricCollection, confusion: BinaryConfusionMatrix):
         images, labels, rows = batch
-        main, _ = split_outputs(self.net(self._layout(images)))
-        probability = self.head.male_probability(main)
+        main, probability = self._predict(images)
         metrics.update(probability, labels)
         confusion.update(probability, labels)
         return self.head.loss(main, labels), probability, labels, rows

@@ -81,6 +81,7 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
         scheduler=instantiate(scheduler) if scheduler else None,
         scheduler_interval=interval,
         eval_transform=datamodule.eval_transform_settings(),
+        flip_tta=cfg.model.flip_tta,
     )
 
 
@@ -178,6 +179,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise DataError(f"Checkpoint {checkpoint} does not exist; pass ckpt_path=PATH/TO/best.ckpt")
     model = load_classifier(str(checkpoint))
+    if cfg.get("flip_tta") is not None:
+        model.hparams.flip_tta = bool(cfg.flip_tta)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.use_checkpoint_transform:
         # The crop, size and normalisation the model was trained with.
