@@ -153,10 +153,8 @@ class _TinyClassifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-@pytest.mark.parametrize("loader", ["cached", "per_sample"])
-def test_lightning_trainer_receives_normalised_batches(defective_copy, tmp_path, loader):
-    module = _module(defective_copy.root, tmp_path, loader=loader)
-    model = _TinyClassifier()
+def _fit_two_batches(model: L.LightningModule, module: CelebADataModule, folder: Path) -> None:
+    """A real Trainer on CPU: two training batches, then one validation batch."""
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -166,9 +164,16 @@ def test_lightning_trainer_receives_normalised_batches(defective_copy, tmp_path,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        default_root_dir=tmp_path,
+        default_root_dir=folder,
     )
     trainer.fit(model, datamodule=module)
+
+
+@pytest.mark.parametrize("loader", ["cached", "per_sample"])
+def test_lightning_trainer_receives_normalised_batches(defective_copy, tmp_path, loader):
+    module = _module(defective_copy.root, tmp_path, loader=loader)
+    model = _TinyClassifier()
+    _fit_two_batches(model, module, tmp_path)
     assert len(model.seen) == 3
     for dtype, shape, mean in model.seen:
         assert dtype == torch.float32 and shape[1:] == (3, 48, 48)
@@ -258,18 +263,7 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(
         defective_copy.root, tmp_path, loader=loader, augmentations=flip, image_size=192
     )
     recorder = _BatchRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(recorder, datamodule=module)
+    _fit_two_batches(recorder, module, tmp_path)
     reference = _module(
         defective_copy.root, tmp_path, loader=loader, augmentations=[], image_size=192
     )
