@@ -6,6 +6,8 @@ import time
 
 import lightning as L
 
+from celeba_gender.training.outputs import log_confusion_matrix
+
 
 class TrainingThroughput(L.Callback):
     """Images per second of the training loop: loading, forward, backward and step of every
@@ -35,3 +37,16 @@ class TrainingThroughput(L.Callback):
     @property
     def images_per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds else None
+
+
+class ValidationConfusionMatrix(L.Callback):
+    """Adds each validation epoch's confusion matrix to TensorBoard as a figure."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_validation_end runs after the module's epoch-end hook has computed the matrix.
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            log_confusion_matrix(
+                logger, pl_module.last_val_confusion, "val/confusion_matrix", trainer.global_step
+            )

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
-from celeba_gender.training.callbacks import TrainingThroughput
+from celeba_gender.training.callbacks import TrainingThroughput, ValidationConfusionMatrix
 from celeba_gender.training.ddp import reset_distributed_state
 from celeba_gender.training.outputs import (
     METRICS_FILE,
@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks, throughput],
+        callbacks=[*callbacks, throughput, ValidationConfusionMatrix()],
         logger=loggers or False,
         **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
     )
