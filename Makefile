@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep tensorboard test test-fast lint format data-check bench-data bench-lightning clean
+.PHONY: help setup train smoke sweep analyze tensorboard test test-fast lint format data-check bench-data bench-lightning clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ smoke:  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet 
 
 sweep:  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=study $(ARGS)
+
+analyze:  ## report of a sweep: tables, conclusions, figures, notebook (SWEEP=outputs/multiruns/<time>; default newest)
+	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/))))
 
 tensorboard:  ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,31 @@ def _require_subset() -> Path:
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{reason}; under CI it must be present")
     pytest.skip(reason)
+
+
+def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
+    """Run a script of the repo (train.py, eval.py, ...) as a user would, from the repo root;
+    without CELEBA_ROOT unless ``env`` sets it, so the embedded sample is the data."""
+    environment = {**os.environ, **(env or {})}
+    if "CELEBA_ROOT" not in (env or {}):
+        environment.pop("CELEBA_ROOT", None)  # the default: the embedded sample
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_env(cache_dir, tmp_path_factory) -> dict:
+    """Caches in the session's temporary folder; no pretrained weights unless a test adds them."""
+    return {
+        "CELEBA_GENDER_CACHE": str(cache_dir),
+        "TORCH_HOME": str(tmp_path_factory.mktemp("torch")),
+    }
 
 
 @pytest.fixture(scope="session")

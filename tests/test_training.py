@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torchvision
+from conftest import run_script as _run
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -23,32 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc")
 
 
-def _run(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
-    environment = {**os.environ, **(env or {})}
-    if "CELEBA_ROOT" not in (env or {}):
-        environment.pop("CELEBA_ROOT", None)  # the default: the embedded sample
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        cwd=REPO,
-    )
-
-
-@pytest.fixture(scope="session")
-def run_env(cache_dir, tmp_path_factory) -> dict:
-    """Caches in the session's temporary folder; no pretrained weights unless a test adds them."""
-    return {
-        "CELEBA_GENDER_CACHE": str(cache_dir),
-        "TORCH_HOME": str(tmp_path_factory.mktemp("torch")),
-    }
-
-
 def _accuracy_from_predictions(folder: Path) -> tuple[float, int]:
     predictions = pd.read_csv(folder / "test_predictions.csv")
-    return float(((predictions["p_male"] >= 0.5) == (predictions["label"] == 1)).mean()), len(
+    return float(((predictions["p_male"] > 0.5) == (predictions["label"] == 1)).mean()), len(
         predictions
     )
 
@@ -72,8 +47,18 @@ def test_a_run_writes_metrics_predictions_checkpoints_and_tensorboard(smoke_run,
     )
     for name in TEST_METRICS:
         assert 0.0 <= metrics[name] <= 1.0, name
-    for key in ("params", "wall_seconds", "train_images_per_second", "seed", "epochs_trained"):
+    for key in (
+        "params",
+        "wall_seconds",
+        "train_images_per_second",
+        "test_images_per_second",
+        "seed",
+        "epochs_trained",
+        "depth",
+        "data_root",
+    ):
         assert metrics[key] is not None, key
+    assert metrics["data_root"] == str(sample_root)
     accuracy, count = _accuracy_from_predictions(smoke_run)
     assert count == metrics["test_images"] == sum(map(sum, metrics["confusion_matrix"]))
     assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
@@ -141,6 +126,9 @@ def test_ddp_with_two_cpu_processes_inside_a_two_job_multirun(run_env, tmp_path)
         # Both ranks' test images were gathered: more rows than one rank's share.
         _, count = _accuracy_from_predictions(job)
         assert count == metrics["test_images"]
+        # Validation predictions: uneven shards per rank (no padding in predict), all gathered.
+        val = pd.read_csv(job / "val_predictions.csv")
+        assert len(val) == val["file_name"].nunique() > 16  # more than one rank's 2 batches of 8
     assert "multirun.yaml" in {p.name for p in sweep.iterdir()}
     assert len(list(sweep.glob("*/.hydra"))) == 2  # no extra sweep or job was started
 

@@ -215,6 +215,11 @@ class CelebADataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The validation images again, for ``trainer.predict``: a run saves the evaluated
+        checkpoint's validation predictions (threshold tuning) without logging metrics."""
+        return self._loader("val", train=False)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Cached loader only: crop, resize, augment and normalise the batch on its device."""
         if self.loader != "cached":

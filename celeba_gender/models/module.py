@@ -81,7 +81,10 @@ class GenderClassifier(L.LightningModule):
         self.test_metrics = binary_metrics("test/")
         self.val_confusion = BinaryConfusionMatrix()
         self.test_confusion = BinaryConfusionMatrix()
-        self.test_predictions: list[torch.Tensor] = []
+        # Per stage, (row, label, P(male)) of every image of the last epoch, for the run's
+        # val_predictions.csv / test_predictions.csv (analysis: bootstrap, thresholds, slices).
+        self._predictions: dict[str, list[torch.Tensor]] = {"val": [], "test": [], "predict": []}
+        self.gathered_predictions: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """P(male) of each image (evaluation; auxiliary heads unused)."""
@@ -112,40 +115,69 @@ class GenderClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch: tuple, metrics: MetricCollection, confusion: BinaryConfusionMatrix):
+    def _evaluate(self, batch: tuple, stage: str) -> torch.Tensor:
+        """Update the stage's metrics and keep its predictions; returns the loss."""
         images, labels, rows = batch
         main, probability = self._predict(images)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        confusion = self.val_confusion if stage == "val" else self.test_confusion
         metrics.update(probability, labels)
         confusion.update(probability, labels)
-        return self.head.loss(main, labels), probability, labels, rows
+        self._predictions[stage].append(torch.stack([rows.float(), labels.float(), probability], 1))
+        loss = self.head.loss(main, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True)
+        self.log_dict(metrics, on_epoch=True)
+        return loss
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        loss, *_ = self._evaluate(batch, self.val_metrics, self.val_confusion)
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True)
-        self.log_dict(self.val_metrics, on_epoch=True)
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        loss, probability, labels, rows = self._evaluate(
-            batch, self.test_metrics, self.test_confusion
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """P(male) of a labelled batch, kept like test predictions but with no metric or log
+        (the run uses it for the evaluated checkpoint's validation predictions)."""
+        images, labels, rows = batch
+        probability = self(images)
+        self._predictions["predict"].append(
+            torch.stack([rows.float(), labels.float(), probability], 1)
         )
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
-        self.log_dict(self.test_metrics, on_epoch=True)
-        self.test_predictions.append(torch.stack([rows.float(), labels.float(), probability], 1))
+        return probability
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions["predict"] = []
+
+    def on_predict_epoch_end(self) -> None:
+        self._gather_predictions("predict")
+
+    def on_validation_epoch_start(self) -> None:
+        self._predictions["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self._predictions["test"] = []
 
     def on_validation_epoch_end(self) -> None:
         self.last_val_confusion = self.val_confusion.compute().cpu()
         self.val_confusion.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self.test_predictions = []
+        self._gather_predictions("val")
 
     def on_test_epoch_end(self) -> None:
         self.last_test_confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
-        local = torch.cat(self.test_predictions) if self.test_predictions else torch.empty(0, 3)
-        gathered = self.all_gather(local.to(self.device))
+        self._gather_predictions("test")
+
+    def _gather_predictions(self, stage: str) -> None:
+        parts = self._predictions[stage]
+        local = torch.cat(parts).to(self.device) if parts else torch.zeros(0, 3, device=self.device)
+        # all_gather needs one shape on every rank, but prediction shards are uneven (Lightning
+        # does not pad them): pad to the largest with row index -1, then drop those rows.
+        largest = int(self.all_gather(torch.tensor(len(local), device=self.device)).max())
+        padded = torch.full((largest, 3), -1.0, device=self.device)
+        padded[: len(local)] = local
         # all_gather adds a leading world-size dimension under DDP only.
-        self.gathered_test_predictions = gathered.reshape(-1, 3).cpu()
+        gathered = self.all_gather(padded).reshape(-1, 3).cpu()
+        self.gathered_predictions[stage] = gathered[gathered[:, 0] >= 0]
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -39,6 +39,30 @@ class TrainingThroughput(L.Callback):
         return self.images / self.seconds if self.seconds else None
 
 
+class TestThroughput(L.Callback):
+    """Images per second of the whole test epoch (loading, transform, forward, metrics): the
+    run's inference cost in metrics.json."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.images, self._started = 0, time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.images += len(batch[0]) * trainer.world_size
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the module's epoch end, whose gather waits for the device to finish.
+        self.seconds = time.perf_counter() - self._started
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None
+
+
 class ValidationConfusionMatrix(L.Callback):
     """Adds each validation epoch's confusion matrix to TensorBoard as a figure."""
 

@@ -15,6 +15,7 @@ from celeba_gender.data.cache import atomic_write
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"  # same columns, the evaluated checkpoint on val
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -45,7 +46,7 @@ def write_failure(output_dir: Path, error: BaseException, context: dict[str, Any
 
 
 def write_predictions(path: Path, predictions: torch.Tensor, images: pd.DataFrame) -> Path:
-    """One row per test image: file, label (1 = male), P(male); DDP padding removed."""
+    """One row per image: file, label (1 = male), P(male); DDP padding removed."""
     rows = predictions[:, 0].long().numpy()
     table = pd.DataFrame(
         {

@@ -24,11 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
-from celeba_gender.training.callbacks import TrainingThroughput, ValidationConfusionMatrix
+from celeba_gender.training.callbacks import (
+    TestThroughput,
+    TrainingThroughput,
+    ValidationConfusionMatrix,
+)
 from celeba_gender.training.ddp import reset_distributed_state
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
     log_confusion_matrix,
     write_failure,
     write_json,
@@ -49,6 +54,7 @@ def _describe(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model": cfg.model.name,
         "family": cfg.model.family,
+        "depth": cfg.model.depth,
         "treatment": cfg.treatment.name,
         "pretrained": cfg.treatment.pretrained,
         "loss": cfg.treatment.loss,
@@ -100,9 +106,12 @@ def _test_results(trainer: L.Trainer, model: GenderClassifier) -> dict[str, Any]
 def _write_results(
     output_dir: Path, record: dict[str, Any], model: GenderClassifier, datamodule: CelebADataModule
 ) -> None:
-    write_predictions(
-        output_dir / PREDICTIONS_FILE, model.gathered_test_predictions, datamodule.index.images
-    )
+    images = datamodule.index.images
+    write_predictions(output_dir / PREDICTIONS_FILE, model.gathered_predictions["test"], images)
+    if "predict" in model.gathered_predictions:
+        write_predictions(
+            output_dir / VAL_PREDICTIONS_FILE, model.gathered_predictions["predict"], images
+        )
     write_json(output_dir / METRICS_FILE, record)
     log.info(
         "test accuracy %.4f -> %s", record["test/acc"] or float("nan"), output_dir / METRICS_FILE
@@ -128,11 +137,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # seed_protocol has no validation part: keep the last epoch's weights instead.
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
         checkpoint.monitor = None
-    throughput = TrainingThroughput()
+    throughput, test_throughput = TrainingThroughput(), TestThroughput()
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks, throughput, ValidationConfusionMatrix()],
+        callbacks=[*callbacks, throughput, test_throughput, ValidationConfusionMatrix()],
         logger=loggers or False,
         **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
     )
@@ -141,10 +150,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
+    test_results = _test_results(trainer, model)  # before predict replaces callback_metrics
+    if has_val:  # the evaluated weights' validation predictions, for threshold tuning
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
     record = {
         "status": "ok",
         **_describe(cfg),
-        **_test_results(trainer, model),
+        **test_results,
         "epochs_trained": trainer.current_epoch,
         "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
         "best_val": float(checkpoint.best_model_score) if use_best else None,
@@ -152,9 +164,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params": model.parameter_count(),
         "train_images_per_second": throughput.images_per_second,
         "train_seconds": throughput.seconds,
+        "test_images_per_second": test_throughput.images_per_second,
         "fit_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - started,
         "world_size": trainer.world_size,
+        "data_root": str(datamodule.root),
         "output_dir": str(output_dir),
     }
     if trainer.is_global_zero:
@@ -186,7 +200,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         # The crop, size and normalisation the model was trained with.
         data_cfg.update(model.hparams.get("eval_transform") or {})
     datamodule: CelebADataModule = instantiate(data_cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    test_throughput = TestThroughput()
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[test_throughput])
     trainer.test(model, datamodule=datamodule)
     record = {
         "status": "ok",
@@ -198,6 +213,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "image_size": datamodule.image_size,
         **_test_results(trainer, model),
         "params": model.parameter_count(),
+        "test_images_per_second": test_throughput.images_per_second,
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:

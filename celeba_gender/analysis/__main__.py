@@ -1,0 +1,52 @@
+"""python -m celeba_gender.analysis SWEEP_DIR: the sweep's report folder in one command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from celeba_gender.analysis.report import (
+    analyze_sweep,
+    execute_notebook,
+    load_settings,
+    write_report,
+)
+from celeba_gender.data import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m celeba_gender.analysis",
+        description="Tables, intervals, paired tests, fairness, calibration, figures and "
+        "conclusions of a sweep (defaults: conf/analysis.yaml).",
+    )
+    parser.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/multiruns/<time>")
+    parser.add_argument("--out", help="report folder (default: SWEEP_DIR/report)")
+    parser.add_argument(
+        "--data-root", help="CelebA copy the runs were tested on, if it moved since"
+    )
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples per run")
+    parser.add_argument(
+        "--no-notebook", action="store_true", help="do not execute notebooks/analysis.ipynb"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = load_settings(data_root=args.data_root, **{"bootstrap.resamples": args.resamples})
+    try:
+        analysis = analyze_sweep(args.sweep_dir, settings)
+        report_dir = write_report(analysis, args.out)
+        print(f"report: {report_dir / 'report.md'}")
+        for line in analysis.conclusions:
+            print(f"- {line}")
+        if not args.no_notebook:
+            notebook = execute_notebook(analysis.sweep_dir, report_dir, settings)
+            print(f"executed notebook: {notebook}")
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

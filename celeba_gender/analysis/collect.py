@@ -1,0 +1,136 @@
+"""Reading a sweep: one row per job folder, from its metrics.json and .hydra/config.yaml.
+
+A job that failed has ``status: failed`` in its metrics.json (written by the training run); a
+job folder without metrics.json (killed, out of memory, still running) is ``missing``. Both stay
+in the table so a summary can never silently drop a configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+import celeba_gender.config  # noqa: F401  (resolvers the saved configs use)
+from celeba_gender.data import DataError
+from celeba_gender.training.outputs import METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+
+METRICS = ("acc", "precision", "recall", "f1", "auroc")
+# Facts a job's saved config gives when its metrics.json is missing or has no context.
+_CONFIG_FIELDS = {
+    "model": "model.name",
+    "family": "model.family",
+    "depth": "model.depth",
+    "treatment": "treatment.name",
+    "pretrained": "treatment.pretrained",
+    "loss": "treatment.loss",
+    "seed": "seed",
+    "image_size": "data.image_size",
+    "split": "data.split",
+    "max_epochs": "trainer.max_epochs",
+    "numeric_precision": "trainer.precision",
+    "experiment": "experiment_name",
+}
+COLUMNS = (
+    "job",
+    "status",
+    *_CONFIG_FIELDS,
+    *METRICS,
+    "test_images",
+    "best_val",
+    "epochs_trained",
+    "params",
+    "train_seconds",
+    "train_images_per_second",
+    "test_images_per_second",
+    "wall_seconds",
+    "error",
+    "data_root",
+    "run_dir",
+)
+
+
+def job_folders(sweep_dir: str | Path) -> list[Path]:
+    """The job folders of a Hydra multirun folder (or the folder itself for a single run)."""
+    sweep_dir = Path(sweep_dir).expanduser()
+    if not sweep_dir.is_dir():
+        raise DataError(
+            f"Sweep folder {sweep_dir} does not exist: pass a folder under outputs/multiruns/ "
+            "(or one run's folder under outputs/runs/)."
+        )
+    if _is_job(sweep_dir):
+        return [sweep_dir]
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and _is_job(p)), key=_job_order)
+    if not jobs:
+        raise DataError(
+            f"{sweep_dir} holds no training job: expected folders with .hydra/config.yaml or "
+            f"{METRICS_FILE} (a `python train.py -m ...` sweep folder)."
+        )
+    return jobs
+
+
+def _is_job(folder: Path) -> bool:
+    return (folder / ".hydra" / "config.yaml").is_file() or (folder / METRICS_FILE).is_file()
+
+
+def _job_order(folder: Path) -> tuple[int, str]:
+    number = folder.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else 1 << 30, folder.name)
+
+
+def _from_config(folder: Path) -> dict:
+    path = folder / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    config = OmegaConf.load(path)
+    return {
+        key: OmegaConf.select(config, dotted, default=None, throw_on_resolution_failure=False)
+        for key, dotted in _CONFIG_FIELDS.items()
+    }
+
+
+def _read_metrics(folder: Path) -> dict:
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return {"status": "missing", "error": f"no {METRICS_FILE}: the job did not finish"}
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return {"status": "missing", "error": f"unreadable {path}: {error}"}
+    # "precision" in a run's description is the numeric precision (32, 16-mixed): keep the
+    # metric names for the test metrics only.
+    record["numeric_precision"] = record.pop("precision", None)
+    record = {k.removeprefix("test/"): v for k, v in record.items()}
+    if record.get("status") == "failed":
+        record["error"] = f"{record.get('error_type', 'Error')}: {record.get('error', '')}"
+    return record
+
+
+def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job: status (ok / failed / missing), what it was, and its test results."""
+    rows = []
+    for folder in job_folders(sweep_dir):
+        record = _read_metrics(folder)
+        row = {**_from_config(folder), **{k: v for k, v in record.items() if v is not None}}
+        row.update(job=folder.name, run_dir=str(folder))
+        rows.append(row)
+    runs = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+    for column in ("seed", "depth", "image_size", "params", "test_images"):
+        runs[column] = pd.to_numeric(runs[column]).astype("Int64")
+    runs["error"] = runs["error"].astype(object).fillna("")
+    return runs
+
+
+def read_predictions(run_dir: str | Path, part: str = "test") -> pd.DataFrame:
+    """A run's saved per-image predictions (file_name, label, p_male) of ``test`` or ``val``."""
+    name = PREDICTIONS_FILE if part == "test" else VAL_PREDICTIONS_FILE
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: re-run the job, or evaluate it with eval.py.")
+    frame = pd.read_csv(path)
+    missing = {"file_name", "label", "p_male"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path} lacks the columns {sorted(missing)}.")
+    return frame

@@ -1,0 +1,188 @@
+"""The report's pictures. Each function returns a matplotlib Figure (built without pyplot); the
+report saves them as PNG and logs them to TensorBoard, and the notebook shows them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from celeba_gender.analysis.conclusions import ranked
+from celeba_gender.analysis.statistics import correct
+
+
+def _figure(rows: int = 1, columns: int = 1, **options):
+    """A figure without pyplot: no backend or global state, nothing to close."""
+    figure = Figure(figsize=options.pop("figsize"))
+    return figure, figure.subplots(rows, columns, **options)
+
+
+def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
+    """Mean test ``metric`` of every model x treatment (blank: no successful run)."""
+    table = ranked(configurations)
+    wide = table.pivot_table(index="model", columns="treatment", values=f"{metric}_mean")
+    figure, axes = _figure(figsize=(1.8 + 1.6 * max(len(wide.columns), 1), 0.9 + 0.45 * len(wide)))
+    image = axes.imshow(wide.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(wide.to_numpy(dtype=float)):
+        if not math.isnan(value):
+            axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+    axes.set_xticks(range(len(wide.columns)), wide.columns)
+    axes.set_yticks(range(len(wide.index)), wide.index)
+    axes.set_title(f"test {metric} (mean over seeds)")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    return figure
+
+
+def grouped_bars(configurations: pd.DataFrame, runs: pd.DataFrame) -> Figure:
+    """Accuracy and F1 per model, one bar per treatment. Error bars: standard deviation over
+    seeds, or the bootstrap interval where a configuration has one seed."""
+    table = ranked(configurations)
+    figure, all_axes = _figure(1, 2, figsize=(12, 4), sharey=True)
+    models = sorted(table["model"].unique())
+    treatments = sorted(table["treatment"].unique())
+    width = 0.8 / max(len(treatments), 1)
+    for axes, metric in zip(all_axes, ("acc", "f1"), strict=True):
+        for k, treatment in enumerate(treatments):
+            rows = table[table["treatment"] == treatment].set_index("model").reindex(models)
+            errors = _error_bars(rows, runs, metric, treatment)
+            axes.bar(
+                np.arange(len(models)) + (k - (len(treatments) - 1) / 2) * width,
+                rows[f"{metric}_mean"],
+                width,
+                yerr=errors,
+                capsize=2,
+                label=treatment,
+            )
+        axes.set_xticks(range(len(models)), models, rotation=45, ha="right")
+        axes.set_title(f"test {metric}")
+    low = float(np.nanmin(table[["acc_mean", "f1_mean"]].to_numpy())) if len(table) else 0.0
+    all_axes[0].set_ylim(max(0.0, low - 0.1), 1.0)
+    all_axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, treatment: str) -> np.ndarray:
+    """Asymmetric error bars (2 x models) around the mean."""
+    errors = np.zeros((2, len(rows)))
+    for i, (model, row) in enumerate(rows.iterrows()):
+        if pd.isna(row.get(f"{metric}_mean")):
+            continue
+        if row["ok"] > 1 and pd.notna(row.get(f"{metric}_std")):
+            errors[:, i] = row[f"{metric}_std"]
+            continue
+        run = runs[
+            (runs["model"] == model) & (runs["treatment"] == treatment) & (runs["status"] == "ok")
+        ]
+        if len(run) and f"{metric}_ci_low" in run:
+            errors[0, i] = row[f"{metric}_mean"] - run[f"{metric}_ci_low"].iloc[0]
+            errors[1, i] = run[f"{metric}_ci_high"].iloc[0] - row[f"{metric}_mean"]
+    return np.clip(errors, 0, None)
+
+
+def accuracy_versus(configurations: pd.DataFrame, column: str, label: str) -> Figure:
+    """Mean test accuracy against a cost (parameters, training seconds), per treatment."""
+    table = ranked(configurations)
+    figure, axes = _figure(figsize=(6, 4))
+    for treatment, group in table.groupby("treatment"):
+        axes.scatter(group[column], group["acc_mean"], label=treatment)
+        for _, row in group.iterrows():
+            axes.annotate(row["model"], (row[column], row["acc_mean"]), fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel(label)
+    axes.set_ylabel("test accuracy (mean over seeds)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrices(matrices: dict[str, np.ndarray]) -> Figure:
+    """One 2x2 matrix per run (rows true, columns predicted; female, male)."""
+    count = max(len(matrices), 1)
+    columns = min(count, 6)
+    rows = math.ceil(count / columns)
+    figure, axes_grid = _figure(rows, columns, figsize=(2.4 * columns, 2.4 * rows), squeeze=False)
+    for axes in axes_grid.flat:
+        axes.axis("off")
+    for axes, (name, matrix) in zip(axes_grid.flat, matrices.items(), strict=False):
+        axes.axis("on")
+        axes.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            axes.text(j, i, str(int(value)), ha="center", va="center", fontsize=8)
+        axes.set_xticks([0, 1], ["F", "M"])
+        axes.set_yticks([0, 1], ["F", "M"])
+        axes.set_title(name, fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def worst_images(predictions: pd.DataFrame, image_dir: Path, count: int, title: str) -> Figure:
+    """The test images the run was most confidently wrong about, with their P(male)."""
+    wrong = predictions[~correct(predictions)]
+    wrong = wrong.assign(confidence=(wrong["p_male"] - 0.5).abs()).nlargest(count, "confidence")
+    columns = max(min(len(wrong), 8), 1)
+    rows = max(math.ceil(len(wrong) / columns), 1)
+    figure, axes_grid = _figure(rows, columns, figsize=(1.6 * columns, 2.1 * rows), squeeze=False)
+    for axes in axes_grid.flat:
+        axes.axis("off")
+    for axes, (_, row) in zip(axes_grid.flat, wrong.iterrows(), strict=False):
+        path = image_dir / row["file_name"]
+        if path.is_file():
+            with Image.open(path) as image:
+                axes.imshow(image.convert("RGB"))
+        truth = "male" if row["label"] == 1 else "female"
+        axes.set_title(f"{row['file_name']}\n{truth}, P(m)={row['p_male']:.2f}", fontsize=6)
+    figure.suptitle(title if len(wrong) else f"{title}: no errors", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves(
+    run_dirs: dict[str, Path], tags: tuple[str, ...] = ("val/acc", "train/loss_epoch")
+) -> Figure:
+    """Validation accuracy and training loss per epoch of each run, from its TensorBoard events."""
+    figure, all_axes = _figure(1, len(tags), figsize=(6 * len(tags), 4), squeeze=False)
+    for name, run_dir in run_dirs.items():
+        scalars = read_scalars(run_dir, tags)
+        for axes, tag in zip(all_axes[0], tags, strict=True):
+            if tag in scalars:
+                axes.plot(range(1, len(scalars[tag]) + 1), scalars[tag], label=name, marker=".")
+    for axes, tag in zip(all_axes[0], tags, strict=True):
+        axes.set_xlabel("epoch")
+        axes.set_title(tag)
+    if len(run_dirs) <= 12:
+        all_axes[0][0].legend(fontsize=6)
+    figure.tight_layout()
+    return figure
+
+
+def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[float]]:
+    """A run's logged scalar series by tag (TensorBoard event files under run_dir)."""
+    series: dict[str, list[float]] = {}
+    for events in sorted(Path(run_dir).glob("**/events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in tags:
+            if tag in accumulator.Tags().get("scalars", []):
+                series.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+    return series
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame]) -> Figure:
+    """Fraction of men against mean P(male) per bin, one line per run; the diagonal is ideal."""
+    figure, axes = _figure(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for name, table in tables.items():
+        filled = table[table["images"] > 0]
+        axes.plot(filled["mean_p_male"], filled["fraction_male"], marker="o", label=name)
+    axes.set_xlabel("mean P(male) in bin")
+    axes.set_ylabel("fraction male in bin")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

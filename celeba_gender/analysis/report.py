@@ -1,0 +1,414 @@
+"""From a sweep folder to a report folder: tables (CSV, Markdown), conclusions, figures (PNG and
+TensorBoard) and the executed analysis notebook.
+
+``analyze_sweep`` computes everything into a ``SweepAnalysis``; ``write_report`` writes it;
+``execute_notebook`` runs notebooks/analysis.ipynb on the same sweep. The notebook calls the
+same functions, so the report and the notebook cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from celeba_gender.analysis import conclusions, figures
+from celeba_gender.analysis.calibration import (
+    expected_calibration_error,
+    reliability_table,
+    threshold_comparison,
+)
+from celeba_gender.analysis.collect import METRICS, collect_runs, read_predictions
+from celeba_gender.analysis.fairness import attributes_of, fairness_summary, subgroup_table
+from celeba_gender.analysis.statistics import (
+    PairedComparison,
+    bootstrap_intervals,
+    compare_paired,
+    seed_summary,
+)
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.data import DataError
+from celeba_gender.data.annotations import detect_layout
+
+log = logging.getLogger(__name__)
+REFERENCE_FILE = "reference_study.csv"
+
+
+def load_settings(**overrides) -> DictConfig:
+    """conf/analysis.yaml with the given values replaced (None: keep the file's)."""
+    settings = OmegaConf.load(CONFIG_DIR / "analysis.yaml")
+    for dotted, value in overrides.items():
+        if value is not None:
+            OmegaConf.update(settings, dotted, value)
+    return settings
+
+
+def reference_results() -> pd.DataFrame:
+    """The reference study's own numbers (random image split, shared identities): theirs."""
+    with resources.files("celeba_gender.analysis").joinpath(REFERENCE_FILE).open() as file:
+        return pd.read_csv(file, comment="#")
+
+
+@dataclass
+class SweepAnalysis:
+    """Everything the report says about one sweep."""
+
+    sweep_dir: Path
+    settings: DictConfig
+    runs: pd.DataFrame  # one row per job, with bootstrap intervals and calibration
+    configurations: pd.DataFrame  # one row per model x treatment: mean/std over seeds, theirs
+    fairness: pd.DataFrame  # subgroup x gender cells of every run
+    fairness_runs: pd.DataFrame  # worst group and largest gap per run
+    reliability: dict[str, pd.DataFrame]  # per run: reliability diagram points
+    comparisons: dict[int, PairedComparison]  # best two configurations, by seed
+    conclusions: list[str]
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+
+    @property
+    def ok_runs(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "ok"]
+
+    @property
+    def best(self) -> pd.Series | None:
+        table = conclusions.ranked(self.configurations)
+        return None if table.empty else table.iloc[0]
+
+    def run_of(self, configuration: pd.Series) -> pd.Series:
+        """The lowest-seed successful run of a configuration (for per-run pictures)."""
+        runs = self.ok_runs
+        match = runs[
+            (runs["model"] == configuration["model"])
+            & (runs["treatment"] == configuration["treatment"])
+        ]
+        return match.sort_values("seed").iloc[0]
+
+    def predictions(self, job: str, part: str = "test") -> pd.DataFrame:
+        return read_predictions(self.runs.set_index("job").loc[job, "run_dir"], part)
+
+    def data_root(self, run: pd.Series) -> str | None:
+        return self.settings.get("data_root") or (
+            run["data_root"] if pd.notna(run["data_root"]) else None
+        )
+
+
+def analyze_sweep(sweep_dir: str | Path, settings: DictConfig | None = None) -> SweepAnalysis:
+    """Read a sweep and compute every table and conclusion of the report."""
+    settings = settings or load_settings()
+    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    runs = collect_runs(sweep_dir)
+    notes: list[str] = []
+    per_run, cells, fairness_rows, reliability = [], [], [], {}
+    for _, run in runs[runs["status"] == "ok"].iterrows():
+        extra, run_cells = _analyze_run(run, settings, notes)
+        per_run.append({"job": run["job"], **extra.pop("values")})
+        reliability[run["job"]] = extra.pop("reliability")
+        if run_cells is not None:
+            cells.append(run_cells.assign(job=run["job"]))
+            fairness_rows.append({"job": run["job"], **fairness_summary(run_cells)})
+    if per_run:
+        runs = runs.merge(pd.DataFrame(per_run), on="job", how="left")
+    configurations = seed_summary(runs)
+    reference = reference_results().rename(columns={"acc": "study_acc (theirs)"})
+    if not configurations.empty:
+        configurations = configurations.merge(
+            reference[["model", "treatment", "study_acc (theirs)"]],
+            on=["model", "treatment"],
+            how="left",
+        )
+    analysis = SweepAnalysis(
+        sweep_dir=sweep_dir,
+        settings=settings,
+        runs=runs,
+        configurations=configurations,
+        fairness=pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(),
+        fairness_runs=pd.DataFrame(fairness_rows),
+        reliability=reliability,
+        comparisons={},
+        conclusions=[],
+        notes=notes,
+    )
+    analysis.comparisons = _compare_best_two(analysis)
+    analysis.conclusions = _conclusions(analysis)
+    return analysis
+
+
+def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
+    """Bootstrap intervals, calibration and subgroup cells of one successful run."""
+    predictions = read_predictions(run["run_dir"])
+    boot = settings.bootstrap
+    intervals = bootstrap_intervals(predictions, boot.resamples, boot.confidence, boot.seed)
+    values = {}
+    for name, (low, high) in intervals.items():
+        values[f"{name}_ci_low"], values[f"{name}_ci_high"] = low, high
+    values["ece"] = expected_calibration_error(predictions, settings.calibration_bins)
+    try:
+        values.update(threshold_comparison(read_predictions(run["run_dir"], "val"), predictions))
+    except DataError:
+        notes.append(f"{run['job']}: no val_predictions.csv, so no tuned threshold.")
+    cells = None
+    data_root = settings.get("data_root") or run["data_root"]
+    if isinstance(data_root, str) and data_root:
+        try:
+            cells = subgroup_table(
+                predictions,
+                attributes_of(data_root),
+                list(settings.fairness.attributes),
+                settings.fairness.min_group_size,
+                boot.confidence,
+            )
+        except DataError as error:
+            notes.append(f"{run['job']}: no fairness slices ({error})")
+    else:
+        notes.append(f"{run['job']}: no data_root recorded; pass --data-root for fairness slices.")
+    extra = {
+        "values": values,
+        "reliability": reliability_table(predictions, settings.calibration_bins),
+    }
+    return extra, cells
+
+
+def _compare_best_two(analysis: SweepAnalysis) -> dict[int, PairedComparison]:
+    table = conclusions.ranked(analysis.configurations)
+    if len(table) < 2:
+        return {}
+    runs = analysis.ok_runs
+    first, second = (
+        runs[(runs["model"] == row["model"]) & (runs["treatment"] == row["treatment"])]
+        for row in (table.iloc[0], table.iloc[1])
+    )
+    boot = analysis.settings.bootstrap
+    comparisons = {}
+    for seed in sorted(set(first["seed"]) & set(second["seed"])):
+        a = analysis.predictions(first[first["seed"] == seed]["job"].iloc[0])
+        b = analysis.predictions(second[second["seed"] == seed]["job"].iloc[0])
+        try:
+            comparisons[int(seed)] = compare_paired(
+                a, b, boot.resamples, boot.confidence, boot.seed
+            )
+        except ValueError as error:
+            analysis.notes.append(f"seed {seed}: no paired test ({error})")
+    return comparisons
+
+
+def _conclusions(analysis: SweepAnalysis) -> list[str]:
+    configurations, level = analysis.configurations, analysis.settings.significance_level
+    if configurations.empty or conclusions.ranked(configurations).empty:
+        return ["No run finished: nothing to conclude."]
+    lines = conclusions.best_choices(configurations)
+    table = conclusions.ranked(configurations)
+    if len(table) >= 2:
+        lines.append(
+            conclusions.paired_verdict(table.iloc[0], table.iloc[1], analysis.comparisons, level)
+        )
+    lines.append(
+        conclusions.treatment_effect(
+            configurations, "pretrained_bce", "scratch_bce", "Does pretraining help?", level
+        )
+    )
+    lines.append(
+        conclusions.treatment_effect(
+            configurations, "scratch_bce", "scratch_ce", "BCE or CE from scratch?", level
+        )
+    )
+    lines.append(conclusions.depth_trend(configurations))
+    lines.append(conclusions.cost_tradeoff(configurations, analysis.settings.cost_tolerance))
+    if not analysis.fairness_runs.empty and "worst_group" in analysis.fairness_runs:
+        best_run = analysis.run_of(analysis.best)
+        row = analysis.fairness_runs.set_index("job").loc[best_run["job"]]
+        if pd.notna(row.get("worst_group")):
+            lines.append(
+                f"Fairness of the best configuration ({best_run['job']}): worst subgroup with "
+                f"at least {analysis.settings.fairness.min_group_size} images is "
+                f"{row['worst_group']} at {100 * row['worst_group_accuracy']:.1f}% "
+                f"({int(row['worst_group_images'])} images); the largest gap is "
+                f"{100 * row.get('largest_gap', float('nan')):+.1f} points "
+                f"({row.get('largest_gap_gender')} with vs without "
+                f"{row.get('largest_gap_attribute')})."
+            )
+    return lines
+
+
+# ----------------------------------------------------------------------------- figures
+def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
+    """Every figure of the report by file stem (what the notebook shows, too)."""
+    result: dict[str, object] = {}
+    if analysis.ok_runs.empty:
+        return result
+    configurations = analysis.configurations
+    result["accuracy_heatmap"] = figures.metric_heatmap(configurations, "acc")
+    result["f1_heatmap"] = figures.metric_heatmap(configurations, "f1")
+    result["accuracy_f1_bars"] = figures.grouped_bars(configurations, analysis.runs)
+    result["accuracy_vs_parameters"] = figures.accuracy_versus(
+        configurations, "params_mean", "parameters"
+    )
+    result["accuracy_vs_training_time"] = figures.accuracy_versus(
+        configurations, "train_seconds_mean", "training seconds"
+    )
+    result["confusion_matrices"] = figures.confusion_matrices(
+        {job: confusion_matrix(analysis.predictions(job)) for job in analysis.ok_runs["job"]}
+    )
+    best_run = analysis.run_of(analysis.best)
+    data_root = analysis.data_root(best_run)
+    if data_root:
+        try:
+            image_dir = detect_layout(data_root).image_dir
+            result["worst_images"] = figures.worst_images(
+                analysis.predictions(best_run["job"]),
+                image_dir,
+                analysis.settings.worst_images,
+                f"most confidently wrong: {best_run['job']}",
+            )
+        except DataError as error:
+            analysis.notes.append(f"no worst-images grid ({error})")
+    result["learning_curves"] = figures.learning_curves(
+        {
+            job: Path(d)
+            for job, d in zip(analysis.ok_runs["job"], analysis.ok_runs["run_dir"], strict=True)
+        }
+    )
+    result["reliability"] = figures.reliability_diagram(
+        {best_run["job"]: analysis.reliability[best_run["job"]]}
+    )
+    return result
+
+
+def confusion_matrix(predictions: pd.DataFrame) -> np.ndarray:
+    """[[true female->female, ->male], [true male->female, ->male]] at threshold 0.5."""
+    predicted = (predictions["p_male"] > 0.5).astype(int)  # the metrics' rule
+    table = pd.crosstab(predictions["label"], predicted).reindex(index=[0, 1], columns=[0, 1])
+    return table.fillna(0).astype(int).to_numpy()
+
+
+# ----------------------------------------------------------------------------- writing
+def _fmt(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, floatfmt=".4f") if not frame.empty else "(none)"
+
+
+def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
+    runs = analysis.runs
+    run_columns = [
+        "job",
+        "status",
+        "model",
+        "treatment",
+        "seed",
+        *METRICS,
+        "params",
+        "train_seconds",
+        "error",
+    ]
+    config_columns = [
+        c
+        for c in (
+            "model",
+            "family",
+            "treatment",
+            "runs",
+            "ok",
+            "failed",
+            "missing",
+            *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+            "study_acc (theirs)",
+            "params_mean",
+            "train_seconds_mean",
+        )
+        if c in analysis.configurations
+    ]
+    ci_columns = ["job", *(f"{m}_ci_{e}" for m in METRICS for e in ("low", "high"))]
+    calibration_columns = [
+        "job",
+        "ece",
+        "val_f1_threshold",
+        "acc_at_0.5",
+        "acc_at_val_threshold",
+        "f1_at_0.5",
+        "f1_at_val_threshold",
+    ]
+    level = int(100 * analysis.settings.bootstrap.confidence)
+    status_counts = runs["status"].value_counts().to_dict()
+    sections = [
+        f"# Sweep report: {analysis.sweep_dir.name}",
+        f"Sweep folder: `{analysis.sweep_dir}`. Jobs: {len(runs)} "
+        f"({', '.join(f'{n} {s}' for s, n in status_counts.items())}).",
+        "## Conclusions",
+        *(f"- {line}" for line in analysis.conclusions),
+        "## Configurations (mean and standard deviation over seeds)",
+        "`study_acc (theirs)` is the reference study's accuracy on a random image split that "
+        "shares celebrities between train and test; ours are on the split named in each run.",
+        _fmt(
+            conclusions.ranked(analysis.configurations)[config_columns]
+            if not conclusions.ranked(analysis.configurations).empty
+            else pd.DataFrame()
+        ),
+        "## Runs (every job, failed and missing ones included)",
+        _fmt(runs[[c for c in run_columns if c in runs]]),
+        f"## {level}% bootstrap intervals per run (percentile, "
+        f"{analysis.settings.bootstrap.resamples} resamples of the test images)",
+        _fmt(runs.loc[runs["status"] == "ok", [c for c in ci_columns if c in runs]]),
+        "## Calibration and threshold",
+        "ECE of P(male); test accuracy and F1 at 0.5 and at the threshold that maximises "
+        "validation F1.",
+        _fmt(runs.loc[runs["status"] == "ok", [c for c in calibration_columns if c in runs]]),
+        "## Fairness: worst subgroup and largest gap per run",
+        f"Cells under {analysis.settings.fairness.min_group_size} images are flagged `small` in "
+        "fairness.csv; `worst_group` ignores them, `worst_group_all` does not.",
+        _fmt(analysis.fairness_runs),
+    ]
+    if analysis.best is not None and not analysis.fairness.empty:
+        best_job = analysis.run_of(analysis.best)["job"]
+        cells = analysis.fairness[analysis.fairness["job"] == best_job].drop(columns="job")
+        sections += [f"### Subgroups of the best configuration ({best_job})", _fmt(cells)]
+    sections += ["## Figures", *(f"![{Path(f).stem}]({f})" for f in figure_files)]
+    if analysis.notes:
+        sections += ["## Notes", *(f"- {note}" for note in analysis.notes)]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) -> Path:
+    """Write runs.csv, configurations.csv, fairness.csv, report.md and figures/ (PNG, and the
+    same figures as TensorBoard images under tensorboard/) into ``report_dir``."""
+    report_dir = Path(report_dir or analysis.sweep_dir / "report")
+    figure_dir = report_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    analysis.runs.to_csv(report_dir / "runs.csv", index=False)
+    analysis.configurations.to_csv(report_dir / "configurations.csv", index=False)
+    analysis.fairness.to_csv(report_dir / "fairness.csv", index=False)
+    reference_results().to_csv(report_dir / "reference_study.csv", index=False)
+    figure_files = []
+    with SummaryWriter(str(report_dir / "tensorboard")) as writer:
+        for name, figure in report_figures(analysis).items():
+            path = figure_dir / f"{name}.png"
+            figure.savefig(path, dpi=120)
+            figure_files.append(str(path.relative_to(report_dir)))
+            writer.add_figure(f"report/{name}", figure, close=False)
+    (report_dir / "report.md").write_text(markdown_report(analysis, figure_files))
+    log.info("report written to %s", report_dir)
+    return report_dir
+
+
+def execute_notebook(sweep_dir: Path, report_dir: Path, settings: DictConfig) -> Path:
+    """Run notebooks/analysis.ipynb on the sweep with papermill; the executed copy goes into
+    the report folder."""
+    try:
+        import papermill
+    except ImportError:
+        raise DataError(
+            "Executing the notebook needs papermill and ipykernel: pip install -e '.[dev]' "
+            "(or pass --no-notebook)."
+        ) from None
+    output = report_dir / "analysis.ipynb"
+    papermill.execute_notebook(
+        str(settings.notebook),
+        str(output),
+        parameters={"sweep_dir": str(sweep_dir), "data_root": settings.get("data_root")},
+        kernel_name="python3",
+        cwd=str(Path(settings.notebook).parent),
+        progress_bar=False,
+    )
+    return output
