@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep analyze tensorboard test test-fast lint format data-check bench-data bench-lightning clean
+.PHONY: help setup train smoke sweep predict bench-latency analyze tensorboard test test-fast lint format data-check bench-data bench-lightning clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,7 @@ $(PYTHON):
 
 setup: $(PYTHON)  ## create .venv and install the package with its dev tools
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --no-deps 'facenet-pytorch==2.6.0'  # face detector (see pyproject)
 
 train:  ## train one model (ARGS='model=vgg19 treatment=scratch_ce ...')
 	$(PYTHON) train.py $(ARGS)
@@ -24,6 +25,12 @@ smoke:  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet 
 
 sweep:  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=study $(ARGS)
+
+predict:  ## label photos (ARGS='ckpt_path=.../best.ckpt input=photos/')
+	$(PYTHON) predict.py $(ARGS)
+
+bench-latency:  ## ms/image of every backbone (batch 1 and 32) and of face detection
+	$(PYTHON) benchmarks/latency.py
 
 analyze:  ## report of a sweep: tables, conclusions, figures, notebook (SWEEP=outputs/multiruns/<time>; default newest)
 	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/))))

@@ -57,6 +57,15 @@ def run_env(cache_dir, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def smoke_run(run_env, tmp_path_factory) -> Path:
+    """The README's main command at smoke size, on the embedded sample (no CELEBA_ROOT)."""
+    folder = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_script("train.py", "experiment=smoke", f"hydra.run.dir={folder}", env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
 def subset_root() -> Path:
     return _require_subset()
 

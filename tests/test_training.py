@@ -28,15 +28,6 @@ def _accuracy_from_predictions(folder: Path) -> tuple[float, int]:
     )
 
 
-@pytest.fixture(scope="module")
-def smoke_run(run_env, tmp_path_factory) -> Path:
-    """The README's main command at smoke size, on the embedded sample (no CELEBA_ROOT)."""
-    folder = tmp_path_factory.mktemp("smoke") / "run"
-    result = _run("train.py", "experiment=smoke", f"hydra.run.dir={folder}", env=run_env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
-
-
 def test_a_run_writes_metrics_predictions_checkpoints_and_tensorboard(smoke_run, sample_root):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"

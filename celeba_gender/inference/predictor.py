@@ -1,0 +1,116 @@
+"""P(male) of aligned 178x218 face crops, from a checkpoint or its ONNX export.
+
+Crops go through the run's own evaluation transform (face box, size, normalisation: stored in
+the checkpoint's hyperparameters, and in the ONNX file's metadata), so a photo is seen as the
+test images were.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from celeba_gender.data import DataError
+from celeba_gender.data.transforms import per_sample_transform
+from celeba_gender.models import GenderClassifier, load_classifier
+
+EVAL_TRANSFORM_KEY = "celeba_gender.eval_transform"  # ONNX metadata: the transform, as JSON
+BACKBONE_KEY = "celeba_gender.backbone"
+
+
+class GenderPredictor:
+    """``predict(crops)`` -> P(male) per crop, batch by batch."""
+
+    def __init__(self, eval_transform: dict, run_batch, backbone: str, batch_size: int = 32):
+        self.eval_transform = dict(eval_transform)
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self._run_batch = run_batch
+        self._transform = per_sample_transform(
+            self.eval_transform["image_size"],
+            self.eval_transform.get("face_crop"),
+            None,
+            self.eval_transform["mean"],
+            self.eval_transform["std"],
+            train=False,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", batch_size: int = 32
+    ) -> GenderPredictor:
+        model = _load(path).to(device).eval()
+
+        @torch.inference_mode()
+        def run_batch(images: torch.Tensor) -> np.ndarray:
+            return model(images.to(device)).float().cpu().numpy()
+
+        return cls(_eval_transform(model, path), run_batch, model.hparams.backbone, batch_size)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, batch_size: int = 32) -> GenderPredictor:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise DataError("ONNX models need onnxruntime: pip install -e '.[predict]'") from None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        metadata = session.get_modelmeta().custom_metadata_map
+        if EVAL_TRANSFORM_KEY not in metadata:
+            raise DataError(
+                f"{path} has no {EVAL_TRANSFORM_KEY} metadata: export it with "
+                "`python -m celeba_gender.inference.export` so predict knows its transform."
+            )
+        input_name = session.get_inputs()[0].name
+
+        def run_batch(images: torch.Tensor) -> np.ndarray:
+            return session.run(None, {input_name: images.numpy()})[0]
+
+        return cls(
+            json.loads(metadata[EVAL_TRANSFORM_KEY]),
+            run_batch,
+            metadata.get(BACKBONE_KEY, "?"),
+            batch_size,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 32) -> GenderPredictor:
+        """A checkpoint (.ckpt) or an exported ONNX model (.onnx)."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataError(f"Model {path} does not exist; pass ckpt_path=PATH/TO/best.ckpt")
+        if path.suffix == ".onnx":
+            return cls.from_onnx(path, batch_size)
+        return cls.from_checkpoint(path, device, batch_size)
+
+    def tensors(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input batch for these crops."""
+        return torch.stack([self._transform(crop) for crop in crops])
+
+    def predict(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        probabilities = [
+            self._run_batch(self.tensors(crops[start : start + self.batch_size]))
+            for start in range(0, len(crops), self.batch_size)
+        ]
+        return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
+
+
+def _load(path: str | Path) -> GenderClassifier:
+    try:
+        return load_classifier(str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: one clear message
+        raise DataError(
+            f"{path} is not a readable celeba-gender checkpoint ({type(error).__name__}: "
+            f"{str(error)[:200]})"
+        ) from None
+
+
+def _eval_transform(model: GenderClassifier, path: str | Path) -> dict:
+    settings = model.hparams.get("eval_transform")
+    if not settings:
+        raise DataError(f"{path} records no eval_transform: it predates them; re-train it.")
+    return settings

@@ -1,0 +1,227 @@
+"""predict.py on a folder of mixed real photos, alignment, EXIF, ONNX parity, framing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, SAMPLE, run_script
+from omegaconf import OmegaConf
+from PIL import Image
+
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.inference import FaceAligner, GenderPredictor, PhotoError, load_photo
+from celeba_gender.inference.framing import Framing, reframe, smooth_background
+
+skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) ships photos")
+SAMPLE_IMAGES = sorted((SAMPLE / "img_align_celeba").glob("*.jpg"))
+
+
+def _aligner() -> FaceAligner:
+    alignment = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "predict.yaml").alignment)
+    return FaceAligner(
+        alignment["template"],
+        alignment["fit_landmarks"],
+        alignment["min_face_size"],
+        alignment["min_score"],
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(smoke_run) -> Path:
+    return smoke_run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    """Aligned crops, a re-framed face, real uncropped portraits (scikit-image's astronaut and
+    cameraman), a photo with no face, and broken files."""
+    folder = tmp_path_factory.mktemp("photos")
+    for source in SAMPLE_IMAGES[:2]:
+        shutil.copy(source, folder / source.name)
+    rng = np.random.default_rng(0)
+    reframe(Image.open(SAMPLE_IMAGES[2]), Framing(), rng).save(folder / "reframed.png")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.jpg", quality=92)
+    Image.fromarray(skimage_data.camera()).save(folder / "cameraman.png")
+    smooth_background((400, 300), rng).save(folder / "no_face.webp")
+    (folder / "truncated.jpg").write_bytes(SAMPLE_IMAGES[3].read_bytes()[:300])
+    (folder / "empty.png").write_bytes(b"")
+    # 9 megapixels of one colour: a few kilobytes on disk, over the limit the run is given.
+    Image.new("L", (3000, 3000)).save(folder / "bomb.png")
+    (folder / "notes.txt").write_text("not a photo: ignored by the folder listing")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predicted(checkpoint, mixed_folder, run_env, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("predict")
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input={mixed_folder}",
+        "annotate=true",
+        "max_pixels=4000000",
+        f"hydra.run.dir={output}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_predict_labels_a_mixed_folder_without_stopping(predicted, mixed_folder):
+    table = pd.read_csv(predicted / "predictions.csv")
+    status = table.groupby(table["photo"].map(lambda p: Path(p).name))["status"].agg(set)
+    expected_ok = [SAMPLE_IMAGES[0].name, SAMPLE_IMAGES[1].name, "reframed.png", "astronaut.jpg",
+                   "cameraman.png"]  # fmt: skip
+    for name in expected_ok:
+        assert status[name] == {"ok"}, name
+    assert status["no_face.webp"] == {"no_face"}
+    for broken in ("truncated.jpg", "empty.png", "bomb.png"):
+        assert status[broken] == {"error"}, broken
+    assert "notes.txt" not in status
+    errors = table.set_index(table["photo"].map(lambda p: Path(p).name))["error"]
+    assert "bomb.png" in errors["bomb.png"] and "max_pixels" in errors["bomb.png"]
+    assert "not a readable" in errors["truncated.jpg"]
+    ok = table[table["status"] == "ok"]
+    assert ok["p_male"].between(0, 1).all()
+    assert (ok["label"] == np.where(ok["p_male"] > 0.5, "male", "female")).all()
+    for row in ok.itertuples():
+        width, height = Image.open(row.photo).size
+        assert -5 <= row.x1 < row.x2 <= width + 5 and -5 <= row.y1 < row.y2 <= height + 5
+    # The portraits' one face each, where it is: the astronaut's face is in the upper middle.
+    astronaut = ok[ok["photo"].str.endswith("astronaut.jpg")].iloc[0]
+    assert 150 < (astronaut.x1 + astronaut.x2) / 2 < 300 and (astronaut.y1 + astronaut.y2) / 2 < 200
+    records = json.loads((predicted / "predictions.json").read_text())
+    assert len(records) == len(table)
+    assert (predicted / "gallery.png").stat().st_size > 10_000
+    annotated = {p.stem for p in (predicted / "annotated").glob("*.png")}
+    assert annotated == {Path(n).stem for n in expected_ok} | {"no_face"}
+
+
+def test_detect_false_gives_the_test_predictions_of_the_run(
+    smoke_run, checkpoint, run_env, tmp_path
+):
+    tested = pd.read_csv(smoke_run / "test_predictions.csv")
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for name in tested["file_name"]:
+        shutil.copy(SAMPLE / "img_align_celeba" / name, folder / name)
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input={folder}",
+        "detect=false",
+        "gallery=false",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    predicted["file_name"] = predicted["photo"].map(lambda p: Path(p).name)
+    joined = tested.merge(predicted, on="file_name", suffixes=("_test", "_predict"))
+    assert len(joined) == len(tested)
+    np.testing.assert_allclose(joined["p_male_test"], joined["p_male_predict"], atol=1e-5)
+
+
+def test_alignment_puts_the_eyes_where_celeba_has_them():
+    aligner = _aligner()
+    rng = np.random.default_rng(1)
+    errors = []
+    for source in SAMPLE_IMAGES[:12]:
+        photo = reframe(Image.open(source), Framing(), rng)
+        faces = aligner.find(photo)
+        if not faces:
+            continue
+        again = aligner.find(faces[0].crop)  # landmarks of the aligned crop itself
+        errors.append(np.abs(again[0].landmarks[:2] - aligner.template[:2]).max())
+    assert len(errors) >= 10  # faces found in re-framed, rotated photos
+    assert np.median(errors) < 4.0  # pixels of the 178x218 frame
+
+
+def test_exif_orientation_is_respected(tmp_path):
+    original = Image.open(SAMPLE_IMAGES[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": the stored pixels lie on their side
+    sideways = original.transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    upright = load_photo(tmp_path / "sideways.jpg", 10_000_000)
+    assert upright.size == original.size
+    difference = np.abs(np.asarray(upright, float) - np.asarray(original, float)).mean()
+    assert difference < 4  # the same picture, up to JPEG re-compression
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "not a readable"), (b"\x89PNG\r\n\x1a\n broken", "not a readable")],
+)
+def test_unreadable_photos_raise_a_message_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    with pytest.raises(PhotoError, match=message) as error:
+        load_photo(path, 10_000_000)
+    assert str(path) in str(error.value)
+
+
+def test_onnx_export_matches_pytorch_and_predict_runs_on_it(checkpoint, run_env, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the predict extra installs onnxruntime")
+    onnx_path = tmp_path / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.inference.export", str(checkpoint), str(onnx_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    crops = [Image.open(p).convert("RGB") for p in SAMPLE_IMAGES[:20]]
+    torch_p = GenderPredictor.load(checkpoint).predict(crops)
+    onnx_predictor = GenderPredictor.load(onnx_path, batch_size=7)  # uneven batches: dynamic axis
+    onnx_p = onnx_predictor.predict(crops)
+    assert onnx_p.shape == torch_p.shape == (20,)
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)
+    assert onnx_predictor.eval_transform == GenderPredictor.load(checkpoint).eval_transform
+    output = tmp_path / "out"
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={onnx_path}",
+        f"input={SAMPLE_IMAGES[0]}",
+        "detect=false",
+        f"hydra.run.dir={output}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = pd.read_csv(output / "predictions.csv").iloc[0]
+    assert row["p_male"] == pytest.approx(float(torch_p[0]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["input=/no/such/*.jpg"], "matches no photo"),
+        (["ckpt_path=/no/such/best.ckpt", "input=."], "does not exist"),
+    ],
+)
+def test_predict_mistakes_end_with_a_clear_message(
+    checkpoint, run_env, tmp_path, overrides, message
+):
+    arguments = [f"ckpt_path={checkpoint}", *overrides, f"hydra.run.dir={tmp_path / 'out'}"]
+    result = run_script("predict.py", *arguments, env=run_env)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_clearly(run_env, tmp_path):
+    fake = tmp_path / "best.ckpt"
+    fake.write_text("not a checkpoint")
+    result = run_script(
+        "predict.py", f"ckpt_path={fake}", f"input={SAMPLE_IMAGES[0]}",
+        f"hydra.run.dir={tmp_path / 'out'}", env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not a readable celeba-gender checkpoint" in result.stderr
