@@ -296,3 +296,21 @@ def test_the_notebook_is_stored_without_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
     assert "parameters" in code[0].metadata.get("tags", [])  # papermill injects sweep_dir there
+
+
+def test_a_run_whose_predictions_are_gone_keeps_its_row(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    for job in ("2_resnet18_scratch_bce_seed0", "4_resnet18_scratch_ce_seed0"):
+        shutil.copytree(sweep / job, copy / job)
+    (copy / "4_resnet18_scratch_ce_seed0" / "test_predictions.csv").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.analysis", str(copy), "--no-notebook",
+         "--resamples", "50"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = pd.read_csv(copy / "report" / "runs.csv").set_index("job")
+    assert runs.loc["4_resnet18_scratch_ce_seed0", "status"] == "ok"
+    assert pd.isna(runs.loc["4_resnet18_scratch_ce_seed0", "acc_ci_low"])
+    assert pd.notna(runs.loc["2_resnet18_scratch_bce_seed0", "acc_ci_low"])
+    assert "test_predictions.csv does not exist" in (copy / "report" / "report.md").read_text()

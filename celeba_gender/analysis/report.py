@@ -105,7 +105,11 @@ def analyze_sweep(sweep_dir: str | Path, settings: DictConfig | None = None) -> 
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     for _, run in runs[runs["status"] == "ok"].iterrows():
-        extra, run_cells = _analyze_run(run, settings, notes)
+        try:
+            extra, run_cells = _analyze_run(run, settings, notes)
+        except DataError as error:  # e.g. predictions deleted: the run keeps its metrics row
+            notes.append(f"{run['job']}: no intervals, calibration or slices ({error})")
+            continue
         per_run.append({"job": run["job"], **extra.pop("values")})
         reliability[run["job"]] = extra.pop("reliability")
         if run_cells is not None:
@@ -185,13 +189,13 @@ def _compare_best_two(analysis: SweepAnalysis) -> dict[int, PairedComparison]:
     boot = analysis.settings.bootstrap
     comparisons = {}
     for seed in sorted(set(first["seed"]) & set(second["seed"])):
-        a = analysis.predictions(first[first["seed"] == seed]["job"].iloc[0])
-        b = analysis.predictions(second[second["seed"] == seed]["job"].iloc[0])
         try:
+            a = analysis.predictions(first[first["seed"] == seed]["job"].iloc[0])
+            b = analysis.predictions(second[second["seed"] == seed]["job"].iloc[0])
             comparisons[int(seed)] = compare_paired(
                 a, b, boot.resamples, boot.confidence, boot.seed
             )
-        except ValueError as error:
+        except (ValueError, DataError) as error:
             analysis.notes.append(f"seed {seed}: no paired test ({error})")
     return comparisons
 
@@ -218,8 +222,9 @@ def _conclusions(analysis: SweepAnalysis) -> list[str]:
     )
     lines.append(conclusions.depth_trend(configurations))
     lines.append(conclusions.cost_tradeoff(configurations, analysis.settings.cost_tolerance))
-    if not analysis.fairness_runs.empty and "worst_group" in analysis.fairness_runs:
-        best_run = analysis.run_of(analysis.best)
+    best_run = analysis.run_of(analysis.best)
+    fairness = analysis.fairness_runs
+    if not fairness.empty and best_run["job"] in set(fairness["job"]) and "worst_group" in fairness:
         row = analysis.fairness_runs.set_index("job").loc[best_run["job"]]
         if pd.notna(row.get("worst_group")):
             lines.append(
@@ -250,10 +255,13 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
     result["accuracy_vs_training_time"] = figures.accuracy_versus(
         configurations, "train_seconds_mean", "training seconds"
     )
+    analyzed = analysis.ok_runs[analysis.ok_runs["job"].isin(analysis.reliability)]
     result["confusion_matrices"] = figures.confusion_matrices(
-        {job: confusion_matrix(analysis.predictions(job)) for job in analysis.ok_runs["job"]}
+        {job: confusion_matrix(analysis.predictions(job)) for job in analyzed["job"]}
     )
     best_run = analysis.run_of(analysis.best)
+    if best_run["job"] not in analysis.reliability:
+        return result  # its predictions are gone (see the notes)
     data_root = analysis.data_root(best_run)
     if data_root:
         try:
