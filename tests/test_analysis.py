@@ -218,6 +218,14 @@ def test_calibration_and_threshold_use_the_saved_predictions(sweep, report):
     assert runs.loc[job, "val_f1_threshold"] == pytest.approx(threshold, abs=1e-6)
     tuned = ((test["p_male"] > threshold) == (test["label"] == 1)).mean()
     assert runs.loc[job, "acc_at_val_threshold"] == pytest.approx(tuned, abs=1e-6)
+    reliability = pd.read_csv(report / "reliability.csv")
+    points = reliability[reliability["job"] == job]
+    assert points["images"].sum() == len(test)  # every test image falls in one bin
+    filled = points[points["images"] > 0]
+    weighted_gap = (
+        filled["images"] * (filled["mean_p_male"] - filled["fraction_male"]).abs()
+    ).sum()
+    assert runs.loc[job, "ece"] == pytest.approx(weighted_gap / len(test), abs=1e-5)
 
 
 def test_the_command_writes_figures_report_and_the_executed_notebook(sweep, report):

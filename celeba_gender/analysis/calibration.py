@@ -29,12 +29,16 @@ def expected_calibration_error(predictions: pd.DataFrame, bins: int = 15) -> flo
 def reliability_table(predictions: pd.DataFrame, bins: int = 15) -> pd.DataFrame:
     """Per equal-width bin of P(male): images, mean P(male), and the fraction that are men
     (the points of a reliability diagram; the diagonal is perfect calibration)."""
+    # Bins [a, b) with 1.0 in the last, as torchmetrics' ECE bins them.
     edges = np.linspace(0.0, 1.0, bins + 1)
-    binned = pd.cut(predictions["p_male"], edges, include_lowest=True)
+    edges[-1] = np.nextafter(1.0, 2.0)
+    binned = pd.cut(predictions["p_male"], edges, right=False)
     table = predictions.groupby(binned, observed=False).agg(
         images=("label", "size"), mean_p_male=("p_male", "mean"), fraction_male=("label", "mean")
     )
-    table.index = pd.Index([f"{i.left:.2f}-{i.right:.2f}" for i in table.index], name="bin")
+    table.index = pd.Index(
+        [f"{i.left:.2f}-{min(i.right, 1.0):.2f}" for i in table.index], name="bin"
+    )
     return table.reset_index()
 
 

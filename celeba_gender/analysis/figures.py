@@ -183,6 +183,7 @@ def reliability_diagram(tables: dict[str, pd.DataFrame]) -> Figure:
         axes.plot(filled["mean_p_male"], filled["fraction_male"], marker="o", label=name)
     axes.set_xlabel("mean P(male) in bin")
     axes.set_ylabel("fraction male in bin")
-    axes.legend(fontsize=7)
+    if len(tables) <= 12:
+        axes.legend(fontsize=6)
     figure.tight_layout()
     return figure

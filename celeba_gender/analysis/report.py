@@ -280,9 +280,8 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
             for job, d in zip(analysis.ok_runs["job"], analysis.ok_runs["run_dir"], strict=True)
         }
     )
-    result["reliability"] = figures.reliability_diagram(
-        {best_run["job"]: analysis.reliability[best_run["job"]]}
-    )
+    # One line per run (the report's reliability.csv has every run's points).
+    result["reliability"] = figures.reliability_diagram(analysis.reliability)
     return result
 
 
@@ -379,14 +378,18 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
 
 
 def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) -> Path:
-    """Write runs.csv, configurations.csv, fairness.csv, report.md and figures/ (PNG, and the
-    same figures as TensorBoard images under tensorboard/) into ``report_dir``."""
+    """Write runs.csv, configurations.csv, fairness.csv, reliability.csv, report.md and
+    figures/ (PNG; the same figures as TensorBoard images under tensorboard/) into
+    ``report_dir``."""
     report_dir = Path(report_dir or analysis.sweep_dir / "report")
     figure_dir = report_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     analysis.runs.to_csv(report_dir / "runs.csv", index=False)
     analysis.configurations.to_csv(report_dir / "configurations.csv", index=False)
     analysis.fairness.to_csv(report_dir / "fairness.csv", index=False)
+    reliability = [table.assign(job=job) for job, table in analysis.reliability.items()]
+    if reliability:
+        pd.concat(reliability).to_csv(report_dir / "reliability.csv", index=False)
     reference_results().to_csv(report_dir / "reference_study.csv", index=False)
     figure_files = []
     with SummaryWriter(str(report_dir / "tensorboard")) as writer:
