@@ -212,3 +212,26 @@ def test_the_full_smoke_sweep_completes_30_jobs(run_env, fake_pretrained_home, t
     assert {(r["model"], r["treatment"]) for r in records} == {
         (m, t) for m in BACKBONES for t in ("pretrained_bce", "scratch_bce", "scratch_ce")
     }
+
+
+def test_a_job_is_freed_before_the_next_one_starts(tmp_path):
+    """Every job of a sweep runs in one process: what a job built in reference cycles (a
+    LightningModule and its Trainer are such) must be gone when the next job starts; before
+    the fix, the 30-job smoke sweep grew to 19 GB, now it stays near 4 GB."""
+    import weakref
+
+    from omegaconf import OmegaConf
+
+    from celeba_gender.training.run import _guarded
+
+    left_behind = []
+
+    def job(cfg):
+        model = torch.nn.Linear(1000, 1000)
+        model.cycle = {"model": model}  # a reference cycle, as Trainer <-> module make
+        left_behind.append(weakref.ref(model))
+        return {"test/acc": 1.0}
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    assert _guarded(job, cfg) == 1.0
+    assert left_behind[0]() is None

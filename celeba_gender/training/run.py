@@ -7,6 +7,7 @@ fails inside a sweep is recorded in its folder while the sweep goes on.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -250,6 +251,9 @@ def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> fl
         raise
     finally:
         reset_distributed_state(environ_before)
+        # A sweep runs every job in this process: free the job's model, optimizer state and
+        # trainer (reference cycles) before the next job allocates its own.
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
