@@ -131,3 +131,23 @@ def test_flip_test_time_augmentation_averages_an_image_and_its_mirror():
         single, mirrored = model(images), model(images.flip(-1))
     assert not torch.allclose(single, mirrored, atol=1e-4)
     assert torch.allclose(averaged, (single + mirrored) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_mixup_trains_on_blended_images_with_the_same_blend_of_losses(loss):
+    torch.manual_seed(0)
+    model = GenderClassifier("resnet18", loss, pretrained=False, mixup_alpha=0.4).eval()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    torch.manual_seed(1)
+    loss_value = model.training_step((images, labels, torch.arange(4)), 0)
+    # The same draws by hand: the blend weight, then the partners.
+    torch.manual_seed(1)
+    mix = float(torch.distributions.Beta(0.4, 0.4).sample())
+    partners = torch.randperm(4)
+    with torch.no_grad():
+        logits = model.net(mix * images + (1 - mix) * images[partners])
+    expected = mix * model.head.loss(logits, labels) + (1 - mix) * model.head.loss(
+        logits, labels[partners]
+    )
+    assert 0 < mix < 1 and not torch.equal(partners, torch.arange(4))
+    assert float(loss_value) == pytest.approx(float(expected), rel=1e-5)

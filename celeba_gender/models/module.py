@@ -58,6 +58,7 @@ class GenderClassifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         eval_transform: dict | None = None,
         flip_tta: bool = False,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True).
@@ -106,10 +107,27 @@ class GenderClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
+        mix, partners = 1.0, None
+        if self.hparams.mixup_alpha > 0:  # mixup (Zhang et al. 2018): blend pairs of images
+            mix = float(
+                torch.distributions.Beta(
+                    self.hparams.mixup_alpha, self.hparams.mixup_alpha
+                ).sample()
+            )
+            partners = torch.randperm(len(images), device=images.device)
+            images = mix * images + (1 - mix) * images[partners]
         main, aux = split_outputs(self.net(self._layout(images)))
-        loss = self.head.loss(main, labels)
+
+        def loss_of(logits: torch.Tensor) -> torch.Tensor:
+            # Mixed images: the same blend of the two labels' losses.
+            loss = self.head.loss(logits, labels)
+            if partners is not None:
+                loss = mix * loss + (1 - mix) * self.head.loss(logits, labels[partners])
+            return loss
+
+        loss = loss_of(main)
         if aux:  # GoogLeNet (two heads) and Inception-v3 (one): the papers' weighted sum
-            loss = loss + self.hparams.aux_loss_weight * sum(self.head.loss(a, labels) for a in aux)
+            loss = loss + self.hparams.aux_loss_weight * sum(loss_of(a) for a in aux)
         self.train_acc(self.head.male_probability(main.detach()), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -89,6 +89,7 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
         scheduler_interval=interval,
         eval_transform=datamodule.eval_transform_settings(),
         flip_tta=cfg.model.flip_tta,
+        mixup_alpha=cfg.mixup_alpha,
     )
 
 
