@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 from PIL import Image
 
-from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data.annotations import detect_layout
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.framing import Framing, reframe
@@ -53,13 +51,7 @@ def main() -> None:
     image_dir = detect_layout(run["data_root"]).image_dir
     crops = [Image.open(image_dir / name).convert("RGB") for name in tested["file_name"]]
     predictor = GenderPredictor.load(args.run_dir / "checkpoints" / "best.ckpt")
-    alignment = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "predict.yaml").alignment)
-    aligner = FaceAligner(
-        alignment["template"],
-        alignment["fit_landmarks"],
-        alignment["min_face_size"],
-        alignment["min_score"],
-    )
+    aligner = FaceAligner.from_config()
 
     def detected(photos: list[Image.Image]) -> tuple[np.ndarray, int, float]:
         started = time.perf_counter()

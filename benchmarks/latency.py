@@ -56,8 +56,7 @@ def model_latency(name: str, batch: int, repeats: int, warmup: int, device: torc
 def detection_latency(repeats: int, device: torch.device) -> list[dict]:
     from celeba_gender.inference import FaceAligner
 
-    alignment = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "predict.yaml").alignment)
-    aligner = FaceAligner(alignment["template"], alignment["fit_landmarks"], device=str(device))
+    aligner = FaceAligner.from_config(device=str(device))
     rows = []
     sample = Path(__file__).resolve().parents[1] / "celeba_gender/assets/celeba_sample"
     first = sorted((sample / "img_align_celeba").glob("*.jpg"))[0]

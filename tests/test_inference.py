@@ -12,25 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SAMPLE, run_script
-from omegaconf import OmegaConf
 from PIL import Image
 
-from celeba_gender.config import CONFIG_DIR
 from celeba_gender.inference import FaceAligner, GenderPredictor, PhotoError, load_photo
 from celeba_gender.inference.framing import Framing, reframe, smooth_background
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) ships photos")
 SAMPLE_IMAGES = sorted((SAMPLE / "img_align_celeba").glob("*.jpg"))
-
-
-def _aligner() -> FaceAligner:
-    alignment = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "predict.yaml").alignment)
-    return FaceAligner(
-        alignment["template"],
-        alignment["fit_landmarks"],
-        alignment["min_face_size"],
-        alignment["min_score"],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +118,7 @@ def test_detect_false_gives_the_test_predictions_of_the_run(
 
 
 def test_alignment_puts_the_eyes_where_celeba_has_them():
-    aligner = _aligner()
+    aligner = FaceAligner.from_config()
     rng = np.random.default_rng(1)
     errors = []
     for source in SAMPLE_IMAGES[:12]:

@@ -17,8 +17,8 @@ from celeba_gender.data import DataError
 from celeba_gender.inference.predictor import (
     BACKBONE_KEY,
     EVAL_TRANSFORM_KEY,
-    _eval_transform,
-    _load,
+    eval_transform_of,
+    load_model,
 )
 
 
@@ -26,8 +26,8 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 18) -> 
     """Write ``output``: input ``images`` (N, 3, S, S) normalised, output ``p_male`` (N,)."""
     import onnx
 
-    model = _load(checkpoint).eval()
-    settings = _eval_transform(model, checkpoint)
+    model = load_model(checkpoint).eval()
+    settings = eval_transform_of(model, checkpoint)
     size = settings["image_size"]
     example = torch.zeros(2, 3, size, size)
     output = Path(output)

@@ -14,14 +14,16 @@ position, in its 178x218 frame.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data.transforms import ALIGNED_HEIGHT, ALIGNED_WIDTH
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -61,6 +63,21 @@ class FaceAligner:
         self.min_score = min_score
         self.fit_index = [LANDMARKS.index(name) for name in fit_landmarks]
         self.template = np.array([template[name] for name in LANDMARKS], dtype=np.float32)
+
+    @classmethod
+    def from_config(cls, alignment: Mapping | None = None, device: str = "cpu") -> FaceAligner:
+        """From predict's ``alignment`` settings (default: those of conf/predict.yaml)."""
+        if alignment is None:
+            alignment = OmegaConf.load(CONFIG_DIR / "predict.yaml").alignment
+        if OmegaConf.is_config(alignment):
+            alignment = OmegaConf.to_container(alignment, resolve=True)
+        return cls(
+            alignment["template"],
+            alignment["fit_landmarks"],
+            alignment["min_face_size"],
+            alignment["min_score"],
+            device,
+        )
 
     @torch.inference_mode()
     def find(self, photo: Image.Image) -> list[Face]:

@@ -44,13 +44,13 @@ class GenderPredictor:
     def from_checkpoint(
         cls, path: str | Path, device: str = "cpu", batch_size: int = 32
     ) -> GenderPredictor:
-        model = _load(path).to(device).eval()
+        model = load_model(path).to(device).eval()
 
         @torch.inference_mode()
         def run_batch(images: torch.Tensor) -> np.ndarray:
             return model(images.to(device)).float().cpu().numpy()
 
-        return cls(_eval_transform(model, path), run_batch, model.hparams.backbone, batch_size)
+        return cls(eval_transform_of(model, path), run_batch, model.hparams.backbone, batch_size)
 
     @classmethod
     def from_onnx(cls, path: str | Path, batch_size: int = 32) -> GenderPredictor:
@@ -99,7 +99,8 @@ class GenderPredictor:
         return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
 
 
-def _load(path: str | Path) -> GenderClassifier:
+def load_model(path: str | Path) -> GenderClassifier:
+    """A checkpoint's classifier (safely: weights only), or one clear error for any bad file."""
     try:
         return load_classifier(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: one clear message
@@ -109,7 +110,8 @@ def _load(path: str | Path) -> GenderClassifier:
         ) from None
 
 
-def _eval_transform(model: GenderClassifier, path: str | Path) -> dict:
+def eval_transform_of(model: GenderClassifier, path: str | Path) -> dict:
+    """The crop, size and normalisation the model was trained with (saved in its hparams)."""
     settings = model.hparams.get("eval_transform")
     if not settings:
         raise DataError(f"{path} records no eval_transform: it predates them; re-train it.")

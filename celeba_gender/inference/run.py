@@ -140,16 +140,7 @@ def gallery(photos: dict[Path, Image.Image], table: pd.DataFrame, columns: int =
 def predict(cfg: DictConfig) -> pd.DataFrame:
     output_dir = Path(cfg.paths.output_dir)
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)
-    aligner = None
-    if cfg.detect:
-        alignment = OmegaConf.to_container(cfg.alignment, resolve=True)
-        aligner = FaceAligner(
-            alignment["template"],
-            alignment["fit_landmarks"],
-            alignment["min_face_size"],
-            alignment["min_score"],
-            cfg.device,
-        )
+    aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
     paths = expand_inputs(
         OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     )
