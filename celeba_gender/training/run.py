@@ -110,7 +110,7 @@ def _write_results(
 ) -> None:
     images = datamodule.index.images
     write_predictions(output_dir / PREDICTIONS_FILE, model.gathered_predictions["test"], images)
-    if "predict" in model.gathered_predictions:
+    if "predict" in model.gathered_predictions:  # trainer.predict ran over the val part
         write_predictions(
             output_dir / VAL_PREDICTIONS_FILE, model.gathered_predictions["predict"], images
         )
