@@ -92,9 +92,15 @@ class SweepAnalysis:
         return read_predictions(self.runs.set_index("job").loc[job, "run_dir"], part)
 
     def data_root(self, run: pd.Series) -> str | None:
-        return self.settings.get("data_root") or (
-            run["data_root"] if pd.notna(run["data_root"]) else None
-        )
+        return _data_root(self.settings, run)
+
+
+def _data_root(settings: DictConfig, run: pd.Series) -> str | None:
+    """The CelebA copy a run was tested on: --data-root if given, else what the run recorded."""
+    recorded = run["data_root"]
+    return settings.get("data_root") or (
+        recorded if isinstance(recorded, str) and recorded else None
+    )
 
 
 def analyze_sweep(sweep_dir: str | Path, settings: DictConfig | None = None) -> SweepAnalysis:
@@ -156,8 +162,8 @@ def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
     except DataError:
         notes.append(f"{run['job']}: no val_predictions.csv, so no tuned threshold.")
     cells = None
-    data_root = settings.get("data_root") or run["data_root"]
-    if isinstance(data_root, str) and data_root:
+    data_root = _data_root(settings, run)
+    if data_root:
         try:
             cells = subgroup_table(
                 predictions,

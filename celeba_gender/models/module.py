@@ -82,9 +82,9 @@ class GenderClassifier(L.LightningModule):
         self.test_metrics = binary_metrics("test/")
         self.val_confusion = BinaryConfusionMatrix()
         self.test_confusion = BinaryConfusionMatrix()
-        # Per stage, (row, label, P(male)) of every image of the last epoch, for the run's
-        # val_predictions.csv / test_predictions.csv (analysis: bootstrap, thresholds, slices).
-        self._predictions: dict[str, list[torch.Tensor]] = {"val": [], "test": [], "predict": []}
+        # (row, label, P(male)) of every image of the last test and predict epochs, for the
+        # run's test_predictions.csv / val_predictions.csv (analysis: bootstrap, thresholds).
+        self._predictions: dict[str, list[torch.Tensor]] = {"test": [], "predict": []}
         self.gathered_predictions: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,33 +134,32 @@ class GenderClassifier(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: tuple, stage: str) -> torch.Tensor:
-        """Update the stage's metrics and keep its predictions; returns the loss."""
-        images, labels, rows = batch
+        """Update the stage's metrics; returns P(male) of the batch."""
+        images, labels, _ = batch
         main, probability = self._predict(images)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         confusion = self.val_confusion if stage == "val" else self.test_confusion
         metrics.update(probability, labels)
         confusion.update(probability, labels)
-        self._predictions[stage].append(torch.stack([rows.float(), labels.float(), probability], 1))
-        loss = self.head.loss(main, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/loss", self.head.loss(main, labels), on_epoch=True, sync_dist=True)
         self.log_dict(metrics, on_epoch=True)
-        return loss
+        return probability
+
+    def _keep(self, stage: str, batch: tuple, probability: torch.Tensor) -> None:
+        _, labels, rows = batch
+        self._predictions[stage].append(torch.stack([rows.float(), labels.float(), probability], 1))
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._keep("test", batch, self._evaluate(batch, "test"))
 
     def predict_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """P(male) of a labelled batch, kept like test predictions but with no metric or log
         (the run uses it for the evaluated checkpoint's validation predictions)."""
-        images, labels, rows = batch
-        probability = self(images)
-        self._predictions["predict"].append(
-            torch.stack([rows.float(), labels.float(), probability], 1)
-        )
+        probability = self(batch[0])
+        self._keep("predict", batch, probability)
         return probability
 
     def on_predict_epoch_start(self) -> None:
@@ -169,16 +168,12 @@ class GenderClassifier(L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._gather_predictions("predict")
 
-    def on_validation_epoch_start(self) -> None:
-        self._predictions["val"] = []
-
     def on_test_epoch_start(self) -> None:
         self._predictions["test"] = []
 
     def on_validation_epoch_end(self) -> None:
         self.last_val_confusion = self.val_confusion.compute().cpu()
         self.val_confusion.reset()
-        self._gather_predictions("val")
 
     def on_test_epoch_end(self) -> None:
         self.last_test_confusion = self.test_confusion.compute().cpu()
