@@ -284,3 +284,21 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(
         # The batch engine samples the real rows above and below the crop at its edge.
         assert torch.allclose(images.flip(-1)[..., 1:-1, :], expected[..., 1:-1, :], atol=1e-4)
         assert not torch.allclose(images, expected, atol=1e-2)
+
+
+def test_attribute_table_holds_the_annotation_files_values_by_row(sample_root, tmp_path):
+    module = _module(sample_root, tmp_path)
+    names = module.attribute_names(["all"])
+    assert len(names) == 39 and "Male" not in names and "Smiling" in names
+    table = module.attribute_table(["Smiling", "Eyeglasses"])
+    # The raw file, read independently: 1 / -1 per image, the first column its name.
+    raw = (sample_root / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
+    header = raw[1].split()
+    values = {line.split()[0]: line.split()[1:] for line in raw[2:]}
+    images = module.index.images
+    assert table.shape == (len(images), 2)
+    for row, file_name in enumerate(images["file_name"]):
+        expected = [values[file_name][header.index(n)] == "1" for n in ("Smiling", "Eyeglasses")]
+        assert table[row].tolist() == [float(e) for e in expected]
+    with pytest.raises(DataError, match="Unknown attribute_targets Beard: .*list_attr_celeba.txt"):
+        module.attribute_names(["Smiling", "Beard"])

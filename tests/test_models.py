@@ -151,3 +151,39 @@ def test_mixup_trains_on_blended_images_with_the_same_blend_of_losses(loss):
     )
     assert 0 < mix < 1 and not torch.equal(partners, torch.arange(4))
     assert float(loss_value) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_attribute_targets_add_logits_and_a_weighted_loss_but_leave_p_male_alone(loss, tmp_path):
+    torch.manual_seed(0)
+    names = ["Smiling", "Eyeglasses", "Bald"]
+    model = GenderClassifier(
+        "resnet18", loss, pretrained=False, attribute_targets=names, attribute_loss_weight=0.5
+    ).eval()
+    width = model.head.num_outputs
+    assert model.net.fc.out_features == width + 3
+    images, labels, rows = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0]), torch.arange(4)
+    with pytest.raises(RuntimeError, match="no attribute table"):
+        model.training_step((images, labels, rows), 0)
+    table = torch.tensor([[1, 0, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]]).float()
+    with pytest.raises(ValueError, match="3 attribute columns"):
+        model.set_attribute_table(table[:, :2])
+    model.set_attribute_table(table)
+    rows = torch.tensor([4, 0, 2, 3])  # batches carry index rows, not positions
+    loss_value = model.training_step((images, labels, rows), 0)
+    with torch.no_grad():
+        logits = model.net(images)
+        probability = model(images)
+    expected = model.head.loss(logits[:, :width], labels) + 0.5 * (
+        torch.nn.functional.binary_cross_entropy_with_logits(logits[:, width:], table[rows])
+    )
+    assert float(loss_value) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(probability, model.head.male_probability(logits[:, :width]))
+
+    # The names travel in the checkpoint; the table (training data) does not.
+    path = tmp_path / "multi_task.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    restored = load_classifier(str(path)).eval()
+    assert restored.attribute_targets == names and len(restored.attribute_table) == 0
+    with torch.no_grad():
+        assert torch.allclose(restored(images), probability)

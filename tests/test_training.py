@@ -144,12 +144,36 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(run_env, tmp_path):
     assert passed["status"] == "ok" and passed["loss"] == "ce"
 
 
+def test_a_multi_task_run_learns_attributes_and_reports_gender_only(run_env, tmp_path):
+    folder = tmp_path / "run"
+    result = _run(
+        "train.py",
+        "experiment=smoke",
+        "attribute_targets=[all]",
+        f"hydra.run.dir={folder}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["attribute_targets"] == "all"
+    accuracy, count = _accuracy_from_predictions(folder)
+    assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    checkpoint = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    names = checkpoint["hyper_parameters"]["attribute_targets"]
+    assert len(names) == 39 and "Male" not in names
+    assert checkpoint["state_dict"]["net.fc.weight"].shape[0] == 1 + 39
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    assert "train/attribute_loss" in events.Tags()["scalars"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["model=resnet19"], "Available options in 'model'"),
         (["treatment=finetune"], "Available options in 'treatment'"),
         (["data.root=/no/such/celeba", "experiment=smoke"], "/no/such/celeba does not exist"),
+        (["experiment=smoke", "attribute_targets=[Beard]"], "Unknown attribute_targets Beard"),
     ],
 )
 def test_user_mistakes_end_with_a_clear_message(run_env, tmp_path, overrides, message):

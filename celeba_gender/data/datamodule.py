@@ -243,6 +243,26 @@ class CelebADataModule(L.LightningDataModule):
             "cache_size": list(self.cache_size),
         }
 
+    def attribute_names(self, requested: Sequence[str]) -> list[str]:
+        """``requested`` attribute names checked against the annotation file; ``["all"]``
+        stands for every attribute but the label (multi-task training targets)."""
+        available = self._ensure_index().attributes
+        if list(requested) == ["all"]:
+            return list(available)
+        unknown = [name for name in requested if name not in available]
+        if unknown:
+            raise DataError(
+                f"Unknown attribute_targets {', '.join(unknown)}: "
+                f"{self.index.layout.attributes_file} has {', '.join(available)} (or use [all])."
+            )
+        return list(requested)
+
+    def attribute_table(self, names: Sequence[str]) -> torch.Tensor:
+        """The 0/1 values of ``names`` for every image, one row per index row (the ``rows``
+        of each batch), as float32."""
+        columns = self.attribute_names(names)
+        return torch.as_tensor(self.index.images[columns].to_numpy(dtype=np.float32))
+
     @property
     def class_weights(self) -> dict[str, Any]:
         """Loss weights from the training labels (``loss_weights`` balance), else neutral."""

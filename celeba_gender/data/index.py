@@ -27,12 +27,14 @@ MISSING = -1  # identity / partition of an image its file does not list
 class CelebAIndex:
     """``images``: one row per usable unique image, in file-name order, with columns
     ``file_name`` (annotation name), ``file`` (name on disk), ``male`` (0/1), ``identity``,
-    ``partition``, ``fingerprint``, and every attribute. ``report``: what was found and dropped.
+    ``partition``, ``fingerprint``, and every attribute (0/1). ``attributes``: the attribute
+    files' column names other than the label. ``report``: what was found and dropped.
     """
 
     layout: DatasetLayout
     images: pd.DataFrame
     report: dict = field(default_factory=dict)
+    attributes: list[str] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
         return [self.layout.image_dir / name for name in self.images["file"]]
@@ -135,7 +137,10 @@ def build_index(
         "scan": scan_facts,
     }
     return CelebAIndex(
-        layout=layout, images=frame.drop(columns=["size", "mtime_ns"]), report=report
+        layout=layout,
+        images=frame.drop(columns=["size", "mtime_ns"]),
+        report=report,
+        attributes=[name for name in attributes.columns if name != LABEL_COLUMN],
     )
 
 

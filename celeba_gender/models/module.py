@@ -7,11 +7,12 @@ synchronises them across DDP ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -59,6 +60,8 @@ class GenderClassifier(L.LightningModule):
         eval_transform: dict | None = None,
         flip_tta: bool = False,
         mixup_alpha: float = 0.0,
+        attribute_targets: Sequence[str] = (),
+        attribute_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True).
@@ -66,15 +69,22 @@ class GenderClassifier(L.LightningModule):
         # training did.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.head = create_head(loss, class_weights)
+        # Multi-task: the classifier also predicts these CelebA attributes in training, one
+        # extra logit each after the loss head's; evaluation and inference read only P(male).
+        self.attribute_targets = list(attribute_targets)
         self.net = create_backbone(
             backbone,
-            self.head.num_outputs,
+            self.head.num_outputs + len(self.attribute_targets),
             pretrained=pretrained,
             aux_heads=aux_loss_weight > 0,
             allow_download=allow_download,
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # Attribute values (0/1) of every image, by data-module row: set_attribute_table.
+        self.register_buffer(
+            "attribute_table", torch.zeros(0, len(self.attribute_targets)), persistent=False
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_acc = BinaryAccuracy()
@@ -87,16 +97,33 @@ class GenderClassifier(L.LightningModule):
         self._predictions: dict[str, list[torch.Tensor]] = {"test": [], "predict": []}
         self.gathered_predictions: dict[str, torch.Tensor] = {}
 
+    def set_attribute_table(self, table: torch.Tensor) -> None:
+        """The ``attribute_targets`` values (0/1) of every image, one row per data-module row
+        (``CelebADataModule.attribute_table``); training looks batches up in it by row."""
+        if table.ndim != 2 or table.shape[1] != len(self.attribute_targets):
+            raise ValueError(
+                f"Expected a table of {len(self.attribute_targets)} attribute columns "
+                f"({', '.join(self.attribute_targets)}), got shape {tuple(table.shape)}."
+            )
+        self.attribute_table = table.float().to(self.attribute_table.device)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """P(male) of each image (evaluation; auxiliary heads unused)."""
+        """P(male) of each image (evaluation; auxiliary heads and attribute logits unused)."""
         return self._predict(images)[1]
+
+    def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The loss head's logits, the attribute logits, and the auxiliary heads' loss-head
+        logits (GoogLeNet, Inception-v3 in training)."""
+        main, aux = split_outputs(self.net(self._layout(images)))
+        width = self.head.num_outputs
+        return main[:, :width], main[:, width:], [a[:, :width] for a in aux]
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Main logits, and P(male): with ``flip_tta`` averaged with the mirror image's."""
-        main, _ = split_outputs(self.net(self._layout(images)))
+        main = self._logits(images)[0]
         probability = self.head.male_probability(main)
         if self.hparams.flip_tta:
-            mirrored, _ = split_outputs(self.net(self._layout(images.flip(-1))))
+            mirrored = self._logits(images.flip(-1))[0]
             probability = (probability + self.head.male_probability(mirrored)) / 2
         return main, probability
 
@@ -106,7 +133,7 @@ class GenderClassifier(L.LightningModule):
         return images
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        images, labels, _ = batch
+        images, labels, rows = batch
         mix, partners = 1.0, None
         if self.hparams.mixup_alpha > 0:  # mixup (Zhang et al. 2018): blend pairs of images
             mix = float(
@@ -116,18 +143,31 @@ class GenderClassifier(L.LightningModule):
             )
             partners = torch.randperm(len(images), device=images.device)
             images = mix * images + (1 - mix) * images[partners]
-        main, aux = split_outputs(self.net(self._layout(images)))
+        main, attribute_logits, aux = self._logits(images)
 
-        def loss_of(logits: torch.Tensor) -> torch.Tensor:
-            # Mixed images: the same blend of the two labels' losses.
-            loss = self.head.loss(logits, labels)
+        def blended(loss_fn: Callable, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            # Mixed images: the same blend of the two images' losses.
+            loss = loss_fn(logits, targets)
             if partners is not None:
-                loss = mix * loss + (1 - mix) * self.head.loss(logits, labels[partners])
+                loss = mix * loss + (1 - mix) * loss_fn(logits, targets[partners])
             return loss
 
-        loss = loss_of(main)
+        loss = blended(self.head.loss, main, labels)
         if aux:  # GoogLeNet (two heads) and Inception-v3 (one): the papers' weighted sum
-            loss = loss + self.hparams.aux_loss_weight * sum(loss_of(a) for a in aux)
+            aux_loss = sum(blended(self.head.loss, a, labels) for a in aux)
+            loss = loss + self.hparams.aux_loss_weight * aux_loss
+        if self.attribute_targets:
+            if len(self.attribute_table) == 0:
+                raise RuntimeError(
+                    "attribute_targets are set but no attribute table: call "
+                    "set_attribute_table(datamodule.attribute_table(names)) before training."
+                )
+            targets = self.attribute_table[rows.to(self.attribute_table.device)]
+            attribute_loss = blended(
+                nn.functional.binary_cross_entropy_with_logits, attribute_logits, targets
+            )
+            self.log("train/attribute_loss", attribute_loss, on_step=False, on_epoch=True)
+            loss = loss + self.hparams.attribute_loss_weight * attribute_loss
         self.train_acc(self.head.male_probability(main.detach()), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -69,6 +69,7 @@ def _describe(cfg: DictConfig) -> dict[str, Any]:
         "lr": cfg.optimizer.lr,
         "precision": str(cfg.trainer.precision),
         "experiment": cfg.get("experiment_name"),
+        "attribute_targets": " ".join(cfg.attribute_targets),  # as configured ("all" or names)
     }
 
 
@@ -76,7 +77,8 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
     scheduler = cfg.get("scheduler")
     scheduler = OmegaConf.to_container(scheduler, resolve=True) if scheduler else {}
     interval = scheduler.pop("interval", "epoch")
-    return GenderClassifier(
+    attribute_targets = datamodule.attribute_names(cfg.attribute_targets)
+    model = GenderClassifier(
         backbone=cfg.model.name,
         loss=cfg.treatment.loss,
         pretrained=cfg.treatment.pretrained,
@@ -90,7 +92,12 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
         eval_transform=datamodule.eval_transform_settings(),
         flip_tta=cfg.model.flip_tta,
         mixup_alpha=cfg.mixup_alpha,
+        attribute_targets=attribute_targets,
+        attribute_loss_weight=cfg.attribute_loss_weight,
     )
+    if attribute_targets:
+        model.set_attribute_table(datamodule.attribute_table(attribute_targets))
+    return model
 
 
 def _test_results(trainer: L.Trainer, model: GenderClassifier) -> dict[str, Any]:
