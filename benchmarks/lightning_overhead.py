@@ -19,17 +19,21 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from celeba_gender.data import CelebADataModule
 from celeba_gender.models import GenderClassifier
 from celeba_gender.training.callbacks import TrainingThroughput
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba-subset"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "celeba-subset"
 
 
 def _model(args) -> GenderClassifier:
     torch.manual_seed(0)
-    optimizer = lambda params: torch.optim.Adam(params, lr=1e-4)  # noqa: E731
+    # The study's optimizer, as conf/optimizer/adam.yaml builds it.
+    optimizer = instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / "adam.yaml"))
     return GenderClassifier(args.model, "bce", pretrained=False, optimizer=optimizer)
 
 

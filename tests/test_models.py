@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from celeba_gender.models import (
     BACKBONES,
@@ -20,6 +23,8 @@ from celeba_gender.models import (
 )
 from celeba_gender.models.backbones import split_outputs
 from celeba_gender.models.module import binary_metrics
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -187,3 +192,14 @@ def test_attribute_targets_add_logits_and_a_weighted_loss_but_leave_p_male_alone
     assert restored.attribute_targets == names and len(restored.attribute_table) == 0
     with torch.no_grad():
         assert torch.allclose(restored(images), probability)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_configs_build_a_fused_optimizer_that_steps_on_cpu(name):
+    factory = instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / f"{name}.yaml"))
+    parameter = torch.nn.Parameter(torch.ones(4))
+    parameter.grad = torch.full((4,), 0.5)
+    optimizer = factory(params=[parameter])
+    optimizer.step()
+    assert optimizer.defaults["fused"] is True
+    assert bool((parameter < 1).all())  # a descent step on every element
