@@ -63,7 +63,14 @@ def test_a_run_writes_metrics_predictions_checkpoints_and_tensorboard(smoke_run,
     events = EventAccumulator(str(smoke_run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"val/acc", "val/auroc", "train/loss_step", "test/acc", "test/f1"} <= scalars
+    assert {
+        "val/acc",
+        "val/auroc",
+        "train/loss_step",
+        "train/acc",
+        "test/acc",
+        "test/f1",
+    } <= scalars
     assert {"val/confusion_matrix", "test/confusion_matrix"} <= set(events.Tags()["images"])
     # The hparams table, so runs can be compared side by side in TensorBoard.
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")

@@ -168,7 +168,8 @@ class GenderClassifier(L.LightningModule):
             )
             self.log("train/attribute_loss", attribute_loss, on_step=False, on_epoch=True)
             loss = loss + self.hparams.attribute_loss_weight * attribute_loss
-        self.train_acc(self.head.male_probability(main.detach()), labels)
+        # update, not forward: only the epoch's accuracy is logged, so no per-step compute.
+        self.train_acc.update(self.head.male_probability(main.detach()), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
