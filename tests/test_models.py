@@ -195,11 +195,13 @@ def test_attribute_targets_add_logits_and_a_weighted_loss_but_leave_p_male_alone
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_optimizer_configs_build_a_fused_optimizer_that_steps_on_cpu(name):
-    factory = instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / f"{name}.yaml"))
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_configs_build_an_optimizer_that_steps_on_cpu(name, fused):
+    config = OmegaConf.load(REPO / "conf" / "optimizer" / f"{name}.yaml")
+    config.fused = fused
     parameter = torch.nn.Parameter(torch.ones(4))
     parameter.grad = torch.full((4,), 0.5)
-    optimizer = factory(params=[parameter])
+    optimizer = instantiate(config)(params=[parameter])
     optimizer.step()
-    assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["fused"] is fused
     assert bool((parameter < 1).all())  # a descent step on every element
