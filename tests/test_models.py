@@ -205,3 +205,17 @@ def test_optimizer_configs_build_an_optimizer_that_steps_on_cpu(name, fused):
     optimizer.step()
     assert optimizer.defaults["fused"] is fused
     assert bool((parameter < 1).all())  # a descent step on every element
+
+
+def test_auxiliary_heads_learn_gender_only_when_attributes_are_targets():
+    torch.manual_seed(0)
+    model = GenderClassifier(
+        "googlenet", "bce", pretrained=False, aux_loss_weight=0.3, attribute_targets=["Smiling"]
+    )
+    assert model.net.fc.out_features == 2
+    assert model.net.aux1.fc2.out_features == model.net.aux2.fc2.out_features == 1
+    model.set_attribute_table(torch.tensor([[1.0], [0.0]]))
+    loss = model.training_step(
+        (torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), torch.arange(2)), 0
+    )
+    assert torch.isfinite(loss)

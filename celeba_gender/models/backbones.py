@@ -93,8 +93,10 @@ def create_backbone(
     pretrained: bool,
     aux_heads: bool = True,
     allow_download: bool = True,
+    aux_outputs: int | None = None,
 ) -> nn.Module:
-    """A torchvision ``name`` network whose classifier (and auxiliary heads) give ``num_outputs``.
+    """A torchvision ``name`` network whose classifier gives ``num_outputs`` and whose auxiliary
+    heads give ``aux_outputs`` (default: ``num_outputs``).
 
     GoogLeNet and Inception-v3 keep their auxiliary classifiers when ``aux_heads``: in training
     mode they return (logits, aux...) and the LightningModule adds the auxiliary loss; in eval
@@ -110,6 +112,7 @@ def create_backbone(
     else:
         model = torchvision.models.get_model(name, weights=None, **kwargs)
 
+    aux_outputs = num_outputs if aux_outputs is None else aux_outputs
     if name.startswith("vgg"):
         _replace_linear(model.classifier, "6", num_outputs)
     elif name.startswith("resnet"):
@@ -117,12 +120,12 @@ def create_backbone(
     elif name == "googlenet":
         _replace_linear(model, "fc", num_outputs)
         if aux_heads:
-            _replace_linear(model.aux1, "fc2", num_outputs)
-            _replace_linear(model.aux2, "fc2", num_outputs)
+            _replace_linear(model.aux1, "fc2", aux_outputs)
+            _replace_linear(model.aux2, "fc2", aux_outputs)
     elif name == "inception_v3":
         _replace_linear(model, "fc", num_outputs)
         if aux_heads:
-            _replace_linear(model.AuxLogits, "fc", num_outputs)
+            _replace_linear(model.AuxLogits, "fc", aux_outputs)
     return model
 
 

@@ -78,6 +78,7 @@ class GenderClassifier(L.LightningModule):
             pretrained=pretrained,
             aux_heads=aux_loss_weight > 0,
             allow_download=allow_download,
+            aux_outputs=self.head.num_outputs,  # auxiliary heads learn gender only
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -112,11 +113,11 @@ class GenderClassifier(L.LightningModule):
         return self._predict(images)[1]
 
     def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """The loss head's logits, the attribute logits, and the auxiliary heads' loss-head
-        logits (GoogLeNet, Inception-v3 in training)."""
+        """The loss head's logits, the attribute logits, and the auxiliary heads' logits
+        (GoogLeNet, Inception-v3 in training)."""
         main, aux = split_outputs(self.net(self._layout(images)))
         width = self.head.num_outputs
-        return main[:, :width], main[:, width:], [a[:, :width] for a in aux]
+        return main[:, :width], main[:, width:], aux
 
     def _predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Main logits, and P(male): with ``flip_tta`` averaged with the mirror image's."""
