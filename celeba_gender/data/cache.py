@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -37,12 +38,33 @@ def cache_folder(image_dir: Path, cache_dir: Path | None = None) -> Path:
     return Path(base).expanduser() / f"{parent}-{Path(resolved).name}-{digest}"
 
 
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces ``path`` only once it is complete and on disk: a
+    reader, or a run killed mid-write, sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, before the rename
+        dir=path.parent, prefix=f".{path.name}.", delete=False
+    )
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        # NamedTemporaryFile is owner-only (0600); results are for colleagues too.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so concurrent readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, delete=False) as handle:
+    with atomic_output(path) as handle:
         handle.write(data)
-    os.replace(handle.name, path)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from celeba_gender.data.balance import (
     effective_male_fraction,
@@ -22,6 +22,7 @@ from celeba_gender.data.cache import ImageTensorCache, cache_folder
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
+from celeba_gender.data.sampling import EpochSampler, ResumableDataLoader
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
 
@@ -47,6 +48,7 @@ class CelebADataModule(L.LightningDataModule):
         seed_protocol_train_per_class: int = 1500,
         balance: str = "none",
         balance_seed: int = 0,
+        shuffle_seed: int = 0,
         image_size: int = 224,
         face_crop: Mapping[str, int] | None = None,
         augmentations: Sequence[Mapping[str, Any]] | None = None,
@@ -72,6 +74,7 @@ class CelebADataModule(L.LightningDataModule):
         self.seed_protocol_train_per_class = seed_protocol_train_per_class
         self.balance = balance
         self.balance_seed = balance_seed
+        self.shuffle_seed = shuffle_seed
         self.image_size = image_size
         self.face_crop = dict(face_crop) if face_crop else None
         self.augmentations = [dict(a) for a in augmentations or []]
@@ -186,24 +189,39 @@ class CelebADataModule(L.LightningDataModule):
                 f"The {part} part of split={self.split} is empty for {self.root}; "
                 "choose another data.split or data.split_fractions."
             )
-        sampler = None
-        if train and self.balance == "weighted_sampler":
-            generator = torch.Generator().manual_seed(self.balance_seed)
-            weights = sampler_weights(np.asarray(dataset.labels))
-            sampler = WeightedRandomSampler(
-                weights, len(dataset), replacement=True, generator=generator
+        common = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "collate_fn": prebatched if self.loader == "cached" else None,
+        }
+        if not train:
+            # Its own generator: creating an evaluation iterator draws a worker seed, which
+            # must not move the global stream that augmentation and dropout draw from.
+            return DataLoader(
+                dataset,
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                generator=torch.Generator().manual_seed(self.shuffle_seed),
+                **common,
             )
-        return DataLoader(
+        # The order of each epoch comes from (shuffle_seed, epoch) alone, so a resumed run
+        # replays it exactly; weighted_sampler draws with replacement the same way.
+        world_size, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        weights = None
+        if self.balance == "weighted_sampler":
+            weights = torch.as_tensor(sampler_weights(np.asarray(dataset.labels)))
+        sampler = EpochSampler(len(dataset), self.shuffle_seed, world_size, rank, weights)
+        return ResumableDataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
+            batch_size=self.batch_size,
             sampler=sampler,
             # A last batch of one image breaks BatchNorm in training.
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=prebatched if self.loader == "cached" else None,
+            drop_last=len(dataset) > self.batch_size,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+            **common,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -94,6 +94,16 @@ class HydraJobDDPStrategy(DDPStrategy):
             )
 
 
+def global_rank() -> int:
+    """This process's rank among all processes of the job, from the launcher's environment:
+    torchrun's RANK, the LOCAL_RANK our DDP launch gives child ranks on one node, or SLURM's
+    task id (srun). 0 outside distributed runs."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def reset_distributed_state(environ_before: dict[str, str]) -> None:
     """Leave the process as the next job of a sweep expects it: no process group, no rank env."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -30,7 +30,8 @@ from celeba_gender.training.callbacks import (
     TrainingThroughput,
     ValidationConfusionMatrix,
 )
-from celeba_gender.training.ddp import reset_distributed_state
+from celeba_gender.training.ddp import global_rank, reset_distributed_state
+from celeba_gender.training.faults import KillAtStep
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -39,6 +40,17 @@ from celeba_gender.training.outputs import (
     write_failure,
     write_json,
     write_predictions,
+)
+from celeba_gender.training.resume import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    ResumeRefused,
+    ResumeState,
+    TrainingInterrupted,
+    leave_folder_untouched,
+    plan_start,
+    save_run_config,
+    say,
 )
 
 log = logging.getLogger(__name__)
@@ -127,10 +139,35 @@ def _write_results(
     )
 
 
+def _loggers(cfg: DictConfig, resume_step: int) -> list:
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        extra = {}
+        if str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
+            # TensorBoard drops what the folder's earlier attempt logged from this step on
+            # (steps after the checkpoint, replayed now; everything, on a fresh start).
+            extra["purge_step"] = resume_step
+        loggers.append(instantiate(logger_cfg, **extra))
+    return loggers
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best checkpoint, and write the run's results; returns metrics.json."""
+    """Fit, test the best checkpoint, and write the run's results; returns metrics.json.
+
+    With ``resume=true`` a finished run is skipped and an unfinished one continues from its
+    ``last.ckpt``."""
     started = time.perf_counter()
     output_dir = _output_dir(cfg)
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir)
+    start = plan_start(cfg, output_dir, checkpoint_dir)
+    if start.finished is not None:
+        leave_folder_untouched(output_dir)
+        say(f"{output_dir}: finished earlier (status ok), skipped.")
+        return start.finished
+    if global_rank() == 0:
+        save_run_config(cfg, output_dir)
+    if start.checkpoint is not None:
+        log.info("Resuming from %s (step %d).", start.checkpoint, start.resume_step)
     L.seed_everything(cfg.seed, workers=True)
     datamodule: CelebADataModule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -147,14 +184,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
         checkpoint.monitor = None
     throughput, test_throughput = TrainingThroughput(), TestThroughput()
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    last_checkpoint = LastCheckpoint(
+        checkpoint_dir / "last.ckpt", cfg.checkpoint_every_n_steps, cfg.stop_signals
+    )
+    fault = cfg.get("fault") and cfg.fault.kill_at_step is not None
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks, throughput, test_throughput, ValidationConfusionMatrix()],
-        logger=loggers or False,
+        callbacks=[
+            *callbacks,
+            throughput,
+            test_throughput,
+            ValidationConfusionMatrix(),
+            ResumeState(),
+            last_checkpoint,
+            *([KillAtStep(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
+        ],
+        logger=_loggers(cfg, start.resume_step) or False,
+        plugins=[AtomicCheckpointIO()],
         **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
     )
-    trainer.fit(model, datamodule=datamodule)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=start.checkpoint)
+    except TrainingInterrupted as stop:
+        if trainer.is_global_zero:
+            write_json(
+                output_dir / METRICS_FILE,
+                {
+                    "status": "interrupted",
+                    **_describe(cfg),
+                    "signal": stop.signal_name,
+                    "checkpoint": str(stop.checkpoint),
+                    "epoch": stop.epoch,
+                    "global_step": stop.step,
+                    "error": str(stop),
+                    "output_dir": str(output_dir),
+                },
+            )
+        raise
     fit_seconds = time.perf_counter() - started
 
     use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
@@ -240,9 +306,23 @@ def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> fl
     output_dir = _output_dir(cfg)
     try:
         return job(cfg).get("test/acc")
+    except TrainingInterrupted as stop:
+        # The run saved its checkpoint and status; hand the signal to whoever handled it
+        # before (a cluster launcher requeues the job here), then stop: a sweep run in this
+        # process stops too, since the signal asked the process to end.
+        stop.forward()
+        say(f"{stop}. Continue with the same command and resume=true.")
+        raise SystemExit(128 + stop.signum) from None
+    except ResumeRefused as error:
+        # The folder holds another run's results: leave it exactly as it was.
+        leave_folder_untouched(output_dir)
+        if _in_multirun():
+            say(f"{output_dir}: not run. {error}")
+            return None
+        say(f"error: {error}")
+        raise SystemExit(2) from None
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
-        is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-        if is_rank_zero:
+        if global_rank() == 0:
             try:
                 context = _describe(cfg)
             except Exception:  # noqa: BLE001 - a broken config must not hide the real error

@@ -1,0 +1,92 @@
+"""Training order that a resumed run can reproduce exactly.
+
+``EpochSampler`` draws each epoch's order from ``(seed, epoch)`` alone, not from a generator
+that has run for a while, so a run resumed at epoch ``e`` sees the order the uninterrupted run
+saw. ``ResumableDataLoader`` tells Lightning how many batches of the current epoch were
+delivered (its ``state_dict`` goes into the checkpoint), and a run resumed mid-epoch starts at
+the next batch of that same order instead of replaying the epoch from its start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A generator seeded from (seed, epoch, stream) through numpy's SeedSequence, so nearby
+    seeds and epochs give unrelated streams."""
+    entropy = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffled (or, with ``weights``, drawn with replacement) order of ``size`` items per epoch.
+
+    A ``DistributedSampler`` subclass so that Lightning keeps it under DDP instead of wrapping
+    it: each of ``num_replicas`` ranks takes its own shard of one shared order, padded like
+    ``DistributedSampler`` pads. ``skip_to(epoch, items)`` makes the next pass start after the
+    first ``items`` of this rank's shard (mid-epoch resumption).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size = size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self._start = 0
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The whole epoch's order over all ranks (before padding and sharding)."""
+        generator = epoch_generator(self.seed, epoch)
+        if self.weights is None:
+            return torch.randperm(self.size, generator=generator)
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order(self.epoch)
+        total = self.num_samples * self.num_replicas
+        if total > len(order):  # pad with the order's own start, as DistributedSampler does
+            order = order.repeat(math.ceil(total / len(order)))[:total]
+        shard = order[self.rank : total : self.num_replicas]
+        start, self._start = self._start, 0
+        return iter(shard[start:].tolist())
+
+    def skip_to(self, epoch: int, items: int) -> None:
+        self.set_epoch(epoch)
+        self._start = items
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an ``EpochSampler`` whose position Lightning saves in checkpoints.
+
+    Lightning calls ``state_dict`` when it writes a checkpoint and ``load_state_dict`` before
+    the first batch of a run resumed mid-epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._delivered = 0
+        for batch in super().__iter__():
+            self._delivered += 1  # counted when handed over, so worker prefetching is not counted
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": self._delivered}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.skip_to(state["epoch"], state["batches"] * self.batch_size)

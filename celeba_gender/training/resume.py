@@ -1,0 +1,335 @@
+"""Runs that survive interruption: what a checkpoint holds beyond Lightning's own state, when
+``last.ckpt`` is written, and whether a run folder may be continued.
+
+Exact resumption rests on three things. Lightning's checkpoint holds the weights, optimizer,
+scheduler, loop counters and callback states; ``ResumeState`` adds every global random stream
+(torch, CUDA, numpy, python) at the moment of saving, and the training order of an epoch comes
+from (seed, epoch) alone (``celeba_gender.data.sampling``), with the position inside the epoch
+saved by the DataLoader. ``LastCheckpoint`` writes ``last.ckpt`` every N steps and when a
+stop signal arrives, and ``AtomicCheckpointIO`` makes every checkpoint write all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import random
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+from omegaconf import DictConfig, OmegaConf
+
+from celeba_gender.data.cache import atomic_output, atomic_write
+from celeba_gender.training.outputs import METRICS_FILE
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+SAVED_CONFIG_DIR = ".hydra"  # where Hydra itself would keep a run's config
+RESOLVED_CONFIG = "resolved_config.yaml"  # the values the run used, interpolations resolved
+
+
+class ResumeRefused(Exception):
+    """A run folder cannot be (re)used as asked; nothing in it was changed."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving ``last.ckpt``."""
+
+    def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int, forward: Any) -> None:
+        self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+        self.forward_to = forward  # the handler that was installed before training, if any
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, step {step}; "
+            f"saved {checkpoint}"
+        )
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def forward(self) -> None:
+        """Call the handler the signal had before training (a cluster launcher's requeue)."""
+        handler = self.forward_to
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)
+
+
+# --------------------------------------------------------------------------- checkpoint writing
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file, synced, then renamed over the old one: a kill
+    during the write leaves the previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        with atomic_output(Path(path)) as handle:
+            torch.save(checkpoint, handle)
+
+
+class ResumeState(L.Callback):
+    """Puts the global random streams into every checkpoint and restores them on resume; flushes
+    the loggers before each checkpoint so that what was logged up to it is on disk."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain values only, so checkpoints still load with weights_only=True.
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(state_dict["python"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            flush = getattr(getattr(logger, "experiment", None), "flush", None)
+            if callable(flush):
+                flush()
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` every ``every_n_steps`` training steps and when one of ``signals``
+    arrives (what clusters send before a time limit or a preemption), then stops training
+    with ``TrainingInterrupted``.
+
+    A ``Checkpoint`` subclass so that Lightning runs it after ``ModelCheckpoint`` at an epoch's
+    end: the last checkpoint then records that epoch's best model. Saves never happen at an
+    epoch's last batch: that epoch's validation and end-of-epoch checkpoint come first.
+    A second Ctrl-C (SIGINT) stops at once.
+    """
+
+    def __init__(
+        self, path: str | Path, every_n_steps: int | None = None, signals: Sequence[str] = ()
+    ) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps or 0
+        self.signals = [_signal_number(name) for name in signals]
+        self.requested: int | None = None
+        self._original: dict[int, Any] = {}
+        self._stop_at_next_start = False
+
+    # -- signals: ours replace Lightning's during training; its teardown restores the originals
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._original = {signum: signal.getsignal(signum) for signum in self.signals}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        for signum in self.signals:
+            try:
+                signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: the launcher handles signals
+                return
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.requested = signum
+
+    def _stop_agreed(self, trainer: L.Trainer) -> bool:
+        # Every rank must save and stop at the same step (saving is collective).
+        asked = self.requested is not None
+        return trainer.strategy.reduce_boolean_decision(asked, all=False)
+
+    # -- when to save
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._stop_at_next_start:
+            self._interrupt(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self._stop_at_next_start:
+            self._interrupt(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's end follows: validation, then its own checkpoint
+        stop = self._stop_agreed(trainer) if self.signals else False
+        periodic = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
+        if stop or periodic:
+            trainer.save_checkpoint(self.path)
+        # Stop before the next batch, so this batch's step metrics are still logged.
+        self._stop_at_next_start = stop
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.signals and self._stop_agreed(trainer):
+            trainer.save_checkpoint(self.path)  # after ModelCheckpoint's, with its new best
+            self._stop_at_next_start = True  # the epoch's metrics are logged before that
+
+    def _interrupt(self, trainer: L.Trainer) -> None:
+        signum = self.requested if self.requested is not None else signal.SIGTERM
+        raise TrainingInterrupted(
+            signum,
+            self.path,
+            trainer.current_epoch,
+            trainer.global_step,
+            self._original.get(signum),
+        )
+
+
+def _signal_number(name: str) -> int:
+    number = getattr(signal, str(name).upper(), None)
+    if not isinstance(number, signal.Signals):
+        raise ValueError(f"Unknown signal {name!r} in stop_signals (e.g. SIGTERM, SIGUSR1).")
+    return int(number)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was saved at (memory-mapped: weights are not read)."""
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return int(checkpoint.get("global_step", 0))
+
+
+# --------------------------------------------------------------------------- run folders
+@dataclass(frozen=True)
+class RunStart:
+    """How a training run starts in its folder."""
+
+    checkpoint: Path | None = None  # resume from this checkpoint
+    finished: dict | None = None  # the folder's run already finished: this is its metrics.json
+
+    @property
+    def resume_step(self) -> int:
+        return checkpoint_step(self.checkpoint) if self.checkpoint else 0
+
+
+def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunStart:
+    """Decide from the folder's files whether to skip, resume or start a run; refuse (without
+    touching anything) when the folder holds a run that ``cfg`` must not overwrite."""
+    resume = bool(cfg.get("resume", False))
+    record = read_record(output_dir)
+    last = checkpoint_dir / LAST_CHECKPOINT
+    if record.get("status") == "ok":
+        if resume:
+            return RunStart(finished=record)
+        raise ResumeRefused(
+            f"{output_dir} already holds a finished run ({METRICS_FILE}: status ok). Pass "
+            "resume=true to keep it (it is skipped), or choose another hydra.run.dir."
+        )
+    if not last.is_file():
+        if resume:
+            log.warning(
+                "resume=true: no %s in %s, starting fresh.", LAST_CHECKPOINT, checkpoint_dir
+            )
+        return RunStart()
+    if not resume:
+        raise ResumeRefused(
+            f"{output_dir} holds an unfinished run ({last}). Pass resume=true to continue it, "
+            "or choose another hydra.run.dir."
+        )
+    saved = saved_config(output_dir)
+    if saved is None:
+        log.warning("No saved config in %s: resuming without checking it.", output_dir)
+    else:
+        differences = config_differences(saved, resolved(cfg), cfg.get("resume_ignore", ()))
+        if differences:
+            raise ResumeRefused(
+                f"resume=true, but this command's config differs from the one {output_dir} was "
+                "started with:\n  "
+                + "\n  ".join(differences)
+                + "\nRun the original command with resume=true, or start a new run folder."
+            )
+    return RunStart(checkpoint=last)
+
+
+def read_record(output_dir: Path) -> dict:
+    """A run's metrics.json, or {} when it has none or it cannot be read."""
+    path = output_dir / METRICS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def saved_config(output_dir: Path) -> dict | None:
+    """The resolved config a run folder was started with (None if it has none)."""
+    folder = output_dir / SAVED_CONFIG_DIR
+    if (folder / RESOLVED_CONFIG).is_file():
+        return OmegaConf.to_container(OmegaConf.load(folder / RESOLVED_CONFIG))
+    if (folder / "config.yaml").is_file():  # a folder from before resolved configs were kept
+        try:
+            return resolved(OmegaConf.load(folder / "config.yaml"))
+        except Exception:  # noqa: BLE001 - an interpolation that no longer resolves
+            return OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+    return None
+
+
+def config_differences(saved: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """``key: saved -> current`` for each dotted key whose value differs, except keys matching
+    an ``ignore`` pattern (fnmatch, e.g. ``paths.*``)."""
+    ignore = list(ignore)
+    old, new = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
+            continue
+        before, after = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if before != after:
+            lines.append(f"{key}: {before!r} -> {after!r}")
+    return lines
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
+    """Keep the run's config in ``.hydra/`` as Hydra would (config, hydra, overrides), plus its
+    resolved values. Hydra's own writing is off (``hydra.output_subdir: null``) so that a
+    finished job that a continued sweep skips is not rewritten."""
+    folder = output_dir / SAVED_CONFIG_DIR
+    atomic_write(folder / "config.yaml", OmegaConf.to_yaml(cfg).encode())
+    atomic_write(folder / RESOLVED_CONFIG, OmegaConf.to_yaml(resolved(cfg)).encode())
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        atomic_write(folder / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}).encode())
+        atomic_write(
+            folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task).encode()
+        )
+
+
+def leave_folder_untouched(output_dir: Path) -> None:
+    """Detach the log files Hydra opened in ``output_dir``: a skipped job's folder must not
+    gain even a log line (Hydra logs the next job's launch through the last job's handler)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        filename = getattr(handler, "baseFilename", None)
+        if filename and Path(filename).resolve().parent == output_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+
+
+def say(message: str) -> None:
+    """A line for the user that must not go into a run folder's log file."""
+    print(message, file=sys.stderr, flush=True)
