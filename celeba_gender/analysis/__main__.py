@@ -12,6 +12,7 @@ from celeba_gender.analysis.report import (
     load_settings,
     write_report,
 )
+from celeba_gender.analysis.status import format_status, sweep_status
 from celeba_gender.data import DataError
 
 
@@ -21,8 +22,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Tables, intervals, paired tests, fairness, calibration, figures and "
         "conclusions of a sweep (defaults: conf/analysis.yaml).",
     )
-    parser.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/multiruns/<time>")
-    parser.add_argument("--out", help="report folder (default: SWEEP_DIR/report)")
+    parser.add_argument(
+        "sweep_dirs",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="sweep folders, e.g. outputs/multiruns/<time> (several: one report, each "
+        "configuration counted once)",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="only list each job as done / interrupted / failed / not started",
+    )
+    parser.add_argument("--out", help="report folder (default: the first SWEEP_DIR/report)")
     parser.add_argument(
         "--data-root", help="CelebA copy the runs were tested on, if it moved since"
     )
@@ -34,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings(data_root=args.data_root, **{"bootstrap.resamples": args.resamples})
     try:
-        analysis = analyze_sweep(args.sweep_dir, settings)
+        if args.status:
+            for sweep_dir in args.sweep_dirs:
+                print(f"{sweep_dir}: {format_status(sweep_status(sweep_dir))}")
+            return 0
+        analysis = analyze_sweep(args.sweep_dirs, settings)
         report_dir = write_report(analysis, args.out)
         print(f"report: {report_dir / 'report.md'}")
         for line in analysis.conclusions:
             print(f"- {line}")
         if not args.no_notebook:
-            notebook = execute_notebook(analysis.sweep_dir, report_dir, settings)
+            notebook = execute_notebook(analysis.sweep_dirs, report_dir, settings)
             print(f"executed notebook: {notebook}")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ in the table so a summary can never silently drop a configuration.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 import celeba_gender.config  # noqa: F401  (resolvers the saved configs use)
 from celeba_gender.data import DataError
 from celeba_gender.training.outputs import METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+from celeba_gender.training.resume import flatten_config, is_ignored
 
 METRICS = ("acc", "precision", "recall", "f1", "auroc")
 # Facts a job's saved config gives when its metrics.json is missing or has no context.
@@ -108,19 +110,63 @@ def _read_metrics(folder: Path) -> dict:
     return record
 
 
-def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job: status (ok / failed / missing), what it was, and its test results."""
+STATUS_RANK = {"ok": 0, "interrupted": 1, "failed": 2, "missing": 3}
+
+
+def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """One row per job: status (ok / failed / interrupted / missing), what it was, and its test
+    results. Several sweep folders (a sweep, a re-run of its failed jobs, more seeds) give one
+    table in which a configuration run in more than one folder counts once: its best record
+    (ok before interrupted, failed, missing; then the newest)."""
+    folders = _sweep_folders(sweep_dirs)
+    several = len(folders) > 1
     rows = []
-    for folder in job_folders(sweep_dir):
-        record = _read_metrics(folder)
-        row = {**_from_config(folder), **{k: v for k, v in record.items() if v is not None}}
-        row.update(job=folder.name, run_dir=str(folder))
-        rows.append(row)
-    runs = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+    for sweep_dir in folders:
+        for folder in job_folders(sweep_dir):
+            record = _read_metrics(folder)
+            row = {**_from_config(folder), **{k: v for k, v in record.items() if v is not None}}
+            row.update(
+                job=f"{sweep_dir.name}/{folder.name}" if several else folder.name,
+                run_dir=str(folder),
+                _key=job_key(folder),
+                _order=(STATUS_RANK.get(row.get("status"), 9), -_mtime(folder / METRICS_FILE)),
+            )
+            rows.append(row)
+    runs = pd.DataFrame(rows)
+    runs = runs.sort_values("_order", kind="stable").drop_duplicates("_key")
+    runs = runs.sort_index().reindex(columns=list(COLUMNS))
     for column in ("seed", "depth", "image_size", "params", "test_images"):
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")
-    return runs
+    return runs.reset_index(drop=True)
+
+
+def _sweep_folders(sweep_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(sweep_dirs, (str, Path)):
+        sweep_dirs = [sweep_dirs]
+    unique: dict[Path, None] = {}
+    for folder in sweep_dirs:
+        unique.setdefault(Path(folder).expanduser().resolve(), None)  # the same folder twice
+    return list(unique)
+
+
+def job_key(folder: Path) -> str:
+    """What makes two job folders the same job: the config it was started with, less the keys
+    a resumed run may change (``resume_ignore``), e.g. where files live."""
+    path = folder / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return f"folder:{folder.resolve()}"
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    ignore = [*config.get("resume_ignore", []), "hydra.*"]
+    flat = {k: v for k, v in flatten_config(config).items() if not is_ignored(k, ignore)}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def read_predictions(run_dir: str | Path, part: str = "test") -> pd.DataFrame:

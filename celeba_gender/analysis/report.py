@@ -9,6 +9,7 @@ same functions, so the report and the notebook cannot disagree.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,7 +60,7 @@ def reference_results() -> pd.DataFrame:
 class SweepAnalysis:
     """Everything the report says about one sweep."""
 
-    sweep_dir: Path
+    sweep_dirs: list[Path]  # the folders read (the report goes into the first by default)
     settings: DictConfig
     runs: pd.DataFrame  # one row per job, with bootstrap intervals and calibration
     configurations: pd.DataFrame  # one row per model x treatment: mean/std over seeds, theirs
@@ -69,6 +70,10 @@ class SweepAnalysis:
     comparisons: dict[int, PairedComparison]  # best two configurations, by seed
     conclusions: list[str]
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.sweep_dirs[0]
 
     @property
     def ok_runs(self) -> pd.DataFrame:
@@ -103,11 +108,16 @@ def _data_root(settings: DictConfig, run: pd.Series) -> str | None:
     )
 
 
-def analyze_sweep(sweep_dir: str | Path, settings: DictConfig | None = None) -> SweepAnalysis:
-    """Read a sweep and compute every table and conclusion of the report."""
+def analyze_sweep(
+    sweep_dirs: str | Path | Sequence[str | Path], settings: DictConfig | None = None
+) -> SweepAnalysis:
+    """Read one sweep, or several (each configuration counted once), and compute every table
+    and conclusion of the report."""
     settings = settings or load_settings()
-    sweep_dir = Path(sweep_dir).expanduser().resolve()
-    runs = collect_runs(sweep_dir)
+    if isinstance(sweep_dirs, (str, Path)):
+        sweep_dirs = [sweep_dirs]
+    sweep_dirs = list(dict.fromkeys(Path(d).expanduser().resolve() for d in sweep_dirs))
+    runs = collect_runs(sweep_dirs)
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     for _, run in runs[runs["status"] == "ok"].iterrows():
@@ -132,7 +142,7 @@ def analyze_sweep(sweep_dir: str | Path, settings: DictConfig | None = None) -> 
             how="left",
         )
     analysis = SweepAnalysis(
-        sweep_dir=sweep_dir,
+        sweep_dirs=sweep_dirs,
         settings=settings,
         runs=runs,
         configurations=configurations,
@@ -347,7 +357,7 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
     status_counts = runs["status"].value_counts().to_dict()
     sections = [
         f"# Sweep report: {analysis.sweep_dir.name}",
-        f"Sweep folder: `{analysis.sweep_dir}`. Jobs: {len(runs)} "
+        f"Sweep folder: {', '.join(f'`{d}`' for d in analysis.sweep_dirs)}. Jobs: {len(runs)} "
         f"({', '.join(f'{n} {s}' for s, n in status_counts.items())}).",
         "## Conclusions",
         *(f"- {line}" for line in analysis.conclusions),
@@ -409,7 +419,9 @@ def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) 
     return report_dir
 
 
-def execute_notebook(sweep_dir: Path, report_dir: Path, settings: DictConfig) -> Path:
+def execute_notebook(
+    sweep_dirs: Path | Sequence[Path], report_dir: Path, settings: DictConfig
+) -> Path:
     """Run notebooks/analysis.ipynb on the sweep with papermill; the executed copy goes into
     the report folder."""
     try:
@@ -423,7 +435,12 @@ def execute_notebook(sweep_dir: Path, report_dir: Path, settings: DictConfig) ->
     papermill.execute_notebook(
         str(settings.notebook),
         str(output),
-        parameters={"sweep_dir": str(sweep_dir), "data_root": settings.get("data_root")},
+        parameters={
+            "sweep_dir": [str(d) for d in sweep_dirs]
+            if isinstance(sweep_dirs, (list, tuple))
+            else str(sweep_dirs),
+            "data_root": settings.get("data_root"),
+        },
         kernel_name="python3",
         cwd=str(Path(settings.notebook).parent),
         progress_bar=False,

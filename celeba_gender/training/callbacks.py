@@ -70,7 +70,8 @@ class ValidationConfusionMatrix(L.Callback):
         # on_validation_end runs after the module's epoch-end hook has computed the matrix.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        # The step Lightning logs this validation's metrics at (that of the last training
+        # step), so that a resumed run's TensorBoard purge treats them alike.
+        step = max(trainer.global_step - 1, 0)
         for logger in trainer.loggers:
-            log_confusion_matrix(
-                logger, pl_module.last_val_confusion, "val/confusion_matrix", trainer.global_step
-            )
+            log_confusion_matrix(logger, pl_module.last_val_confusion, "val/confusion_matrix", step)

@@ -105,10 +105,15 @@ class ResumeState(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
-        for logger in trainer.loggers:
-            flush = getattr(getattr(logger, "experiment", None), "flush", None)
-            if callable(flush):
-                flush()
+        _flush(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        _flush(trainer)  # the previous epoch's metrics, logged after its checkpoint
+
+
+def _flush(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.save()
 
 
 class LastCheckpoint(Checkpoint):
@@ -284,10 +289,10 @@ def config_differences(saved: dict, current: dict, ignore: Iterable[str] = ()) -
     """``key: saved -> current`` for each dotted key whose value differs, except keys matching
     an ``ignore`` pattern (fnmatch, e.g. ``paths.*``)."""
     ignore = list(ignore)
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_config(saved), flatten_config(current)
     lines = []
     for key in sorted(old.keys() | new.keys()):
-        if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
+        if is_ignored(key, ignore):
             continue
         before, after = old.get(key, "<absent>"), new.get(key, "<absent>")
         if before != after:
@@ -295,13 +300,18 @@ def config_differences(saved: dict, current: dict, ignore: Iterable[str] = ()) -
     return lines
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"dotted.key": value}`` (lists stay values)."""
     if isinstance(node, dict):
         flat: dict[str, Any] = {}
         for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         return flat or {prefix.rstrip("."): {}}
     return {prefix.rstrip("."): node}
+
+
+def is_ignored(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
 
 
 def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
