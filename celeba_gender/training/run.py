@@ -62,7 +62,7 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def _describe(cfg: DictConfig) -> dict[str, Any]:
+def describe(cfg: DictConfig) -> dict[str, Any]:
     """The facts that identify a run in metrics.json and in TensorBoard's hparams table."""
     return {
         "model": cfg.model.name,
@@ -211,7 +211,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 output_dir / METRICS_FILE,
                 {
                     "status": "interrupted",
-                    **_describe(cfg),
+                    **describe(cfg),
                     "signal": stop.signal_name,
                     "checkpoint": str(stop.checkpoint),
                     "epoch": stop.epoch,
@@ -230,7 +230,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
     record = {
         "status": "ok",
-        **_describe(cfg),
+        **describe(cfg),
         **test_results,
         "epochs_trained": trainer.current_epoch,
         "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
@@ -253,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger, model.last_test_confusion, "test/confusion_matrix", trainer.global_step
             )
             logger.log_hyperparams(
-                _describe(cfg),
+                describe(cfg),
                 metrics={f"hp/{k.split('/')[1]}": record[k] or 0.0 for k in TEST_METRICS},
             )
             logger.save()
@@ -324,7 +324,7 @@ def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> fl
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or reported
         if global_rank() == 0:
             try:
-                context = _describe(cfg)
+                context = describe(cfg)
             except Exception:  # noqa: BLE001 - a broken config must not hide the real error
                 context = {}
             write_failure(output_dir, error, context)

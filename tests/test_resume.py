@@ -1,0 +1,269 @@
+"""Interrupted runs: SIGKILL, step checkpoints, stop signals, resumption, refusals, atomic writes.
+
+The reference is the same command left alone. A resumed run must end with exactly its test
+metrics, confusion matrix, predictions and TensorBoard curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+
+from celeba_gender.data.sampling import EpochSampler
+from celeba_gender.training.resume import AtomicCheckpointIO, config_differences
+
+# Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
+# checkpoints every 4 steps (steps 4, 8 and 16 fall inside an epoch).
+RUN = (
+    "experiment=smoke",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=2",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.save_last=true",
+    "callbacks.model_checkpoint.save_weights_only=false",
+    "checkpoint_every_n_steps=4",
+    "data.augmentations=[{name:horizontal_flip,p:0.5},{name:rotation,degrees:10}]",
+    "mixup_alpha=0.2",
+)
+STEPS_PER_EPOCH = 6
+
+
+def _train(folder: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
+    return run_script("train.py", *RUN, f"hydra.run.dir={folder}", *extra, env=env)
+
+
+@pytest.fixture(scope="module")
+def reference(run_env, tmp_path_factory) -> Path:
+    """The command run once, uninterrupted."""
+    folder = tmp_path_factory.mktemp("reference") / "run"
+    result = _train(folder, env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def _results(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "ok", metrics.get("error")
+    return {
+        **{k: v for k, v in metrics.items() if k.startswith("test/")},
+        "confusion_matrix": metrics["confusion_matrix"],
+        "best_val": metrics["best_val"],
+        "epochs_trained": metrics["epochs_trained"],
+        "test_predictions": (folder / "test_predictions.csv").read_text(),
+        "val_predictions": (folder / "val_predictions.csv").read_text(),
+    }
+
+
+def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar as TensorBoard shows it (events a resumed run replaced are
+    purged), and the steps of every image."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(
+        str(folder / "tensorboard"), size_guidance={"scalars": 0, "images": 0}
+    )
+    events.Reload()
+    curves = {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+    curves.update({t: [e.step for e in events.Images(t)] for t in events.Tags()["images"]})
+    return curves
+
+
+def _assert_same_curves(folder: Path, reference: Path, resumed_output: str) -> None:
+    """The resumed run's TensorBoard equals the reference's; only when it resumed inside an
+    epoch do that epoch's means (train/loss_epoch, train/acc, logged at the epoch's last step)
+    differ: they cover the batches after the resume."""
+    step = int(re.search(r"Resuming from .* \(step (\d+)\)", resumed_output).group(1))
+    curves, expected = _curves(folder), _curves(reference)
+    if step % STEPS_PER_EPOCH:
+        epoch_end = (step // STEPS_PER_EPOCH + 1) * STEPS_PER_EPOCH - 1
+        for tag in ("train/loss_epoch", "train/acc"):
+            assert [p for p in curves.pop(tag) if p[0] != epoch_end] == [
+                p for p in expected.pop(tag) if p[0] != epoch_end
+            ]
+    assert curves == expected
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_moment_resumes_to_the_same_results(reference, run_env, tmp_path):
+    folder = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *RUN, f"hydra.run.dir={folder}"],
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = folder / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # wherever it is now
+    assert process.wait() == -signal.SIGKILL
+    assert not (folder / "metrics.json").exists()
+
+    resumed = _train(folder, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+    assert _results(folder) == _results(reference)
+    _assert_same_curves(folder, reference, resumed.stdout)
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_step_checkpoint_resumes_mid_epoch_to_the_same_results(
+    reference, run_env, tmp_path
+):
+    folder = tmp_path / "run"
+    killed = _train(folder, "fault.kill_at_step=10", "fault.how=sigkill", env=run_env)
+    assert killed.returncode == -signal.SIGKILL
+
+    resumed = _train(folder, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(step 8)" in resumed.stdout  # the step checkpoint inside epoch 1, not its start
+    assert _results(folder) == _results(reference)
+    _assert_same_curves(folder, reference, resumed.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["sigterm", "sigusr1"])
+def test_a_stop_signal_saves_records_interrupted_and_resumes(stop, reference, run_env, tmp_path):
+    folder = tmp_path / "run"
+    stopped = _train(folder, "fault.kill_at_step=9", f"fault.how={stop}", env=run_env)
+    signum = getattr(signal, stop.upper())
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert "resume=true" in stopped.stderr
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["signal"] == stop.upper()
+    assert record["global_step"] == 9  # saved after the step the signal came in
+    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert checkpoint["global_step"] == 9
+
+    resumed = _train(folder, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _results(folder) == _results(reference)
+
+
+def test_a_finished_run_is_skipped_with_its_files_untouched(reference, run_env):
+    before = _files(reference)
+    result = _train(reference, "resume=true", env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped" in result.stderr
+    assert _files(reference) == before
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_without_resume(reference, run_env):
+    before = _files(reference)
+    result = _train(reference, env=run_env)
+    assert result.returncode == 2
+    assert "already holds a finished run" in result.stderr and "resume=true" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _files(reference) == before
+
+
+def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp_path):
+    folder = tmp_path / "run"
+    killed = _train(folder, "fault.kill_at_step=5", env=run_env)
+    assert killed.returncode == -signal.SIGKILL
+    before = _files(folder)
+    changed = _train(folder, "resume=true", "optimizer.lr=0.5", "seed=7", env=run_env)
+    assert changed.returncode == 2
+    assert "optimizer.lr: 0.0001 -> 0.5" in changed.stderr
+    assert "seed: 42 -> 7" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    assert _files(folder) == before
+    # What may change on resumption does not refuse (here: how often to checkpoint).
+    resumed = _train(folder, "resume=true", "checkpoint_every_n_steps=100", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so(run_env, tmp_path):
+    folder = tmp_path / "run"
+    result = _train(folder, "resume=true", "trainer.max_epochs=1", env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no last.ckpt" in result.stdout and "starting fresh" in result.stdout
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "ok"
+
+
+_WRITER = """
+import sys, torch
+from celeba_gender.training.resume import AtomicCheckpointIO
+io, n = AtomicCheckpointIO(), 0
+while True:
+    n += 1
+    io.save_checkpoint({"n": n, "weights": torch.full((40_000_000,), float(n))}, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.1])
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, delay):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"n": 0, "weights": torch.zeros(3)}, path)
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=REPO)
+    time.sleep(delay)  # 160 MB per write: the kill lands mid-write more often than not
+    writer.kill()
+    writer.wait()
+    checkpoint = torch.load(path, weights_only=True)
+    assert bool((checkpoint["weights"] == checkpoint["n"]).all())
+    assert not [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]  # no temporary left
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_config_differences_list_changed_keys_except_ignored_ones():
+    saved = {
+        "seed": 1,
+        "data": {"root": "/a", "image_size": 64},
+        "paths": {"x": 1},
+        "resume": False,
+    }
+    current = {"seed": 1, "data": {"root": "/b", "image_size": 64}, "paths": {"x": 2}, "new": 3}
+    assert config_differences(saved, current, ["paths.*", "resume"]) == [
+        "data.root: '/a' -> '/b'",
+        "new: '<absent>' -> 3",
+    ]
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only_and_shards_cover_it():
+    first, again = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    first.set_epoch(2)
+    again.set_epoch(2)
+    assert list(first) == list(again)
+    again.set_epoch(3)
+    assert list(first) != list(again)
+    # Two ranks: disjoint shards of one padded order, together every item.
+    ranks = [EpochSampler(51, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    shards = [list(s) for s in ranks]
+    assert len(shards[0]) == len(shards[1]) == 26
+    assert set(shards[0]) | set(shards[1]) == set(range(51))
+    # Mid-epoch: the rest of the same order, once; the next pass is whole again.
+    sampler = EpochSampler(50, seed=3)
+    sampler.set_epoch(4)
+    whole = list(sampler)
+    sampler.skip_to(4, 20)
+    assert list(sampler) == whole[20:]
+    assert list(sampler) == whole
