@@ -76,7 +76,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
-        with atomic_output(Path(path)) as handle:
+        path = Path(path)
+        # A write killed earlier (SIGKILL) left its temporary file; one process writes a run's
+        # checkpoints, so any such file is stale.
+        for stale in path.parent.glob(f".{path.name}.*"):
+            stale.unlink(missing_ok=True)
+        with atomic_output(path) as handle:
             torch.save(checkpoint, handle)
 
 
