@@ -84,8 +84,9 @@ class _RecordingLauncher(BaseSubmititLauncher):
         except Exception as error:  # noqa: BLE001 - the job's process died: record, go on
             folder = self._job_folder(overrides, number)
             message = (
-                f"The job's process died ({type(error).__name__}): {str(error).strip()[-600:]}"
-                f"\nIts output: {job.paths.stdout} and {job.paths.stderr}"
+                f"The job's process died (state {job.state}) before writing its results: "
+                f"{str(error).strip().splitlines()[0]}\n"
+                f"Its output: {job.paths.stdout} and {job.paths.stderr}"
             )
             log.error("Job #%d failed; recorded in %s. The sweep goes on.", number, folder)
             _record_crash(folder, message, self._job_config(overrides, number))
