@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep predict bench-latency analyze tensorboard test test-fast lint format data-check bench-data bench-lightning clean
+.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench-latency:  ## ms/image of every backbone (batch 1 and 32) and of face detec
 
 analyze:  ## report of a sweep: tables, conclusions, figures, notebook (SWEEP=outputs/multiruns/<time>; default newest)
 	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/))))
+
+status:  ## where a sweep stands: done / interrupted / failed / not started (SWEEP=...; default newest)
+	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/)))) --status
 
 tensorboard:  ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

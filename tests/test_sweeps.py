@@ -48,6 +48,17 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def _analysis(*arguments: str) -> subprocess.CompletedProcess:
+    """``python -m celeba_gender.analysis ...`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "celeba_gender.analysis", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+
+
 def _status(sweep: Path) -> dict[str, str]:
     return dict(zip(*sweep_status(sweep)[["job", "state"]].to_dict("list").values(), strict=True))
 
@@ -103,7 +114,7 @@ def test_the_status_view_shows_where_the_sweep_stands(continued_sweep):
     assert len(after_kill) == 4
     assert set(list(after_kill.values())[1:]) <= {"interrupted", "not started"}
     assert set(_status(continued_sweep["sweep"]).values()) == {"done"}
-    shown = run_script("-m", "celeba_gender.analysis", str(continued_sweep["sweep"]), "--status")
+    shown = _analysis(str(continued_sweep["sweep"]), "--status")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "4 jobs: 4 done, 0 interrupted, 0 failed, 0 not started" in shown.stdout
 
@@ -127,9 +138,9 @@ def test_the_analysis_of_several_sweep_folders_counts_each_job_once(continued_sw
     runs = collect_runs([broken, rerun]).set_index("job")
     assert runs.loc[f"rerun/{JOBS[2]}", "status"] == "ok"
     assert f"broken/{JOBS[2]}" not in runs.index and len(runs) == 4
-    report = run_script(
-        "-m", "celeba_gender.analysis", str(sweep), str(rerun), "--no-notebook",
-        "--out", str(tmp_path / "report"), "--resamples", "50",
+    report = _analysis(
+        str(sweep), str(rerun), "--no-notebook", "--out", str(tmp_path / "report"),
+        "--resamples", "50",
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Jobs: 4 (4 ok)" in (tmp_path / "report" / "report.md").read_text()
