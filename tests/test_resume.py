@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO, run_script
 
-from celeba_gender.data.sampling import EpochSampler
+from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
 from celeba_gender.training.resume import AtomicCheckpointIO, config_differences
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
@@ -169,6 +169,11 @@ def test_a_finished_run_is_skipped_with_its_files_untouched(reference, run_env):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped" in result.stderr
     assert _files(reference) == before
+    # Its results answer its own command only: another config is refused, not skipped.
+    changed = _train(reference, "resume=true", "trainer.max_epochs=5", env=run_env)
+    assert changed.returncode == 2
+    assert "trainer.max_epochs: 3 -> 5" in changed.stderr
+    assert _files(reference) == before
 
 
 def test_a_folder_holding_a_run_is_not_overwritten_without_resume(reference, run_env):
@@ -275,3 +280,21 @@ def test_epoch_order_depends_on_seed_and_epoch_only_and_shards_cover_it():
     sampler.skip_to(4, 20)
     assert list(sampler) == whole[20:]
     assert list(sampler) == whole
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, item: int) -> list[bool]:
+        return [signal.getsignal(s) == signal.SIG_IGN for s in STOP_SIGNALS]
+
+
+def test_loader_workers_ignore_stop_signals_so_the_main_process_can_save():
+    from celeba_gender.data.sampling import STOP_SIGNALS as stop_signals
+
+    assert stop_signals == STOP_SIGNALS
+    loader = torch.utils.data.DataLoader(
+        _WorkerSignals(), num_workers=1, worker_init_fn=ignore_stop_signals, batch_size=None
+    )
+    assert all(all(ignored) for ignored in loader)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 import celeba_gender.config  # noqa: F401  (resolvers the saved configs use)
 from celeba_gender.data import DataError
 from celeba_gender.training.outputs import METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
-from celeba_gender.training.resume import flatten_config, is_ignored
+from celeba_gender.training.resume import flatten_config, is_ignored, saved_config
 
 METRICS = ("acc", "precision", "recall", "f1", "auroc")
 # Facts a job's saved config gives when its metrics.json is missing or has no context.
@@ -153,12 +153,17 @@ def _sweep_folders(sweep_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
 def job_key(folder: Path) -> str:
     """What makes two job folders the same job: the config it was started with, less the keys
     a resumed run may change (``resume_ignore``), e.g. where files live."""
-    path = folder / ".hydra" / "config.yaml"
-    if not path.is_file():
+    config = saved_config(folder)
+    if config is None:
         return f"folder:{folder.resolve()}"
-    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     ignore = [*config.get("resume_ignore", []), "hydra.*"]
-    flat = {k: v for k, v in flatten_config(config).items() if not is_ignored(k, ignore)}
+    own = str(OmegaConf.select(OmegaConf.create(config), "paths.output_dir", default="") or "")
+    flat = {
+        key: value
+        for key, value in flatten_config(config).items()
+        # Values under the job's own folder (checkpoints, logs) differ between any two jobs.
+        if not is_ignored(key, ignore) and not (own and own in str(value))
+    }
     return json.dumps(flat, sort_keys=True, default=str)
 
 

@@ -8,6 +8,7 @@ expands them), so a job that never started still has a row.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from celeba_gender.data import DataError
 from celeba_gender.training.outputs import METRICS_FILE
 from celeba_gender.training.resume import LAST_CHECKPOINT, checkpoint_step
 
+log = logging.getLogger(__name__)
 STATES = ("done", "interrupted", "failed", "not started")
 
 
@@ -33,11 +35,15 @@ def expected_jobs(sweep_dir: Path) -> list[str] | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = list(OmegaConf.load(record).hydra.overrides.task)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
+    try:
+        overrides = list(OmegaConf.load(record).hydra.overrides.task)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
+    except Exception as error:  # noqa: BLE001 - e.g. a config group renamed since
+        log.warning("%s: cannot expand its jobs (%s); listing the folders only.", record, error)
+        return None
     return [" ".join(job) for batch in batches for job in batch]
 
 

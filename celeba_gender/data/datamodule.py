@@ -22,7 +22,7 @@ from celeba_gender.data.cache import ImageTensorCache, cache_folder
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
-from celeba_gender.data.sampling import EpochSampler, ResumableDataLoader
+from celeba_gender.data.sampling import EpochSampler, ResumableDataLoader, ignore_stop_signals
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
 
@@ -194,6 +194,7 @@ class CelebADataModule(L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "collate_fn": prebatched if self.loader == "cached" else None,
+            "worker_init_fn": ignore_stop_signals if self.num_workers > 0 else None,
         }
         if not train:
             # Its own generator: creating an evaluation iterator draws a worker seed, which

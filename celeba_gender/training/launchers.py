@@ -111,8 +111,8 @@ def _record_crash(folder: Path, message: str, config: Any) -> None:
     from celeba_gender.training.resume import read_record
     from celeba_gender.training.run import describe
 
-    if read_record(folder).get("status") == "ok":
-        return
+    if read_record(folder).get("status") in ("ok", "interrupted"):
+        return  # it finished, or it stopped on a signal and said so
     try:
         context = describe(config)
     except Exception:  # noqa: BLE001 - a config that cannot describe itself

@@ -98,7 +98,7 @@ class ResumeState(L.Callback):
             "python": random.getstate(),
         }
         if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -107,7 +107,7 @@ class ResumeState(L.Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
         random.setstate(state_dict["python"])
         if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+            torch.cuda.set_rng_state(state_dict["cuda"])
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         _flush(trainer)
@@ -176,6 +176,13 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch's end follows: validation, then its own checkpoint
+        if trainer.fit_loop._should_accumulate():
+            return  # inside a gradient-accumulation window: its gradients are not saved
+        if (
+            isinstance(trainer.val_check_batch, int)
+            and (batch_idx + 1) % trainer.val_check_batch == 0
+        ):
+            return  # a validation follows (val_check_interval < 1): a restart would skip it
         stop = self._stop_agreed(trainer) if self.signals else False
         periodic = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
         if stop or periodic:
@@ -233,6 +240,7 @@ def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunSt
     last = checkpoint_dir / LAST_CHECKPOINT
     if record.get("status") == "ok":
         if resume:
+            _refuse_changed_config(cfg, output_dir)  # its results answer the same command only
             return RunStart(finished=record)
         raise ResumeRefused(
             f"{output_dir} already holds a finished run ({METRICS_FILE}: status ok). Pass "
@@ -249,19 +257,23 @@ def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunSt
             f"{output_dir} holds an unfinished run ({last}). Pass resume=true to continue it, "
             "or choose another hydra.run.dir."
         )
+    _refuse_changed_config(cfg, output_dir)
+    return RunStart(checkpoint=last)
+
+
+def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
     saved = saved_config(output_dir)
     if saved is None:
         log.warning("No saved config in %s: resuming without checking it.", output_dir)
-    else:
-        differences = config_differences(saved, resolved(cfg), cfg.get("resume_ignore", ()))
-        if differences:
-            raise ResumeRefused(
-                f"resume=true, but this command's config differs from the one {output_dir} was "
-                "started with:\n  "
-                + "\n  ".join(differences)
-                + "\nRun the original command with resume=true, or start a new run folder."
-            )
-    return RunStart(checkpoint=last)
+        return
+    differences = config_differences(saved, resolved(cfg), cfg.get("resume_ignore", ()))
+    if differences:
+        raise ResumeRefused(
+            f"resume=true, but this command's config differs from the one {output_dir} was "
+            "started with:\n  "
+            + "\n  ".join(differences)
+            + "\nRun the original command with resume=true, or start a new run folder."
+        )
 
 
 def read_record(output_dir: Path) -> dict:

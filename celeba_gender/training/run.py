@@ -179,6 +179,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = next(
         (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
     )
+    if checkpoint is not None and checkpoint.save_last and checkpoint.save_weights_only:
+        log.warning(
+            "model_checkpoint.save_weights_only=true: last.ckpt holds weights only, so this "
+            "run cannot be resumed (set it to false to resume)."
+        )
     if checkpoint is not None and not has_val:
         # seed_protocol has no validation part: keep the last epoch's weights instead.
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
