@@ -57,8 +57,8 @@ def sweep(run_env, tmp_path_factory) -> Path:
     # A job that was killed: Hydra wrote its config, the run never wrote metrics.json.
     killed = folder / MISSING_JOB
     shutil.copytree(folder / "2_resnet18_scratch_bce_seed0" / ".hydra", killed / ".hydra")
-    config = killed / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("seed: 0", "seed: 2"))
+    for config in (killed / ".hydra").glob("*config.yaml"):  # as written, and resolved
+        config.write_text(config.read_text().replace("seed: 0", "seed: 2"))
     return folder
 
 
