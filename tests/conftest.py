@@ -47,6 +47,16 @@ def run_script(script: str, *overrides: str, env: dict | None = None, timeout: i
     )
 
 
+def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under ``folder``: equal stamps before and
+    after a command mean it wrote nothing there."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.fixture(scope="session")
 def run_env(cache_dir, tmp_path_factory) -> dict:
     """Caches in the session's temporary folder; no pretrained weights unless a test adds them."""

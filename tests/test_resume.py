@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, file_stamps, run_script
 
 from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
 from celeba_gender.training.resume import AtomicCheckpointIO, config_differences
@@ -94,14 +94,6 @@ def _assert_same_curves(folder: Path, reference: Path, resumed_output: str) -> N
     assert curves == expected
 
 
-def _files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_results(reference, run_env, tmp_path):
     folder = tmp_path / "run"
@@ -164,38 +156,38 @@ def test_a_stop_signal_saves_records_interrupted_and_resumes(stop, reference, ru
 
 
 def test_a_finished_run_is_skipped_with_its_files_untouched(reference, run_env):
-    before = _files(reference)
+    before = file_stamps(reference)
     result = _train(reference, "resume=true", env=run_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped" in result.stderr
-    assert _files(reference) == before
+    assert file_stamps(reference) == before
     # Its results answer its own command only: another config is refused, not skipped.
     changed = _train(reference, "resume=true", "trainer.max_epochs=5", env=run_env)
     assert changed.returncode == 2
     assert "trainer.max_epochs: 3 -> 5" in changed.stderr
-    assert _files(reference) == before
+    assert file_stamps(reference) == before
 
 
 def test_a_folder_holding_a_run_is_not_overwritten_without_resume(reference, run_env):
-    before = _files(reference)
+    before = file_stamps(reference)
     result = _train(reference, env=run_env)
     assert result.returncode == 2
     assert "already holds a finished run" in result.stderr and "resume=true" in result.stderr
     assert "Traceback" not in result.stderr
-    assert _files(reference) == before
+    assert file_stamps(reference) == before
 
 
 def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp_path):
     folder = tmp_path / "run"
     killed = _train(folder, "fault.kill_at_step=5", env=run_env)
     assert killed.returncode == -signal.SIGKILL
-    before = _files(folder)
+    before = file_stamps(folder)
     changed = _train(folder, "resume=true", "optimizer.lr=0.5", "seed=7", env=run_env)
     assert changed.returncode == 2
     assert "optimizer.lr: 0.0001 -> 0.5" in changed.stderr
     assert "seed: 42 -> 7" in changed.stderr
     assert "Traceback" not in changed.stderr
-    assert _files(folder) == before
+    assert file_stamps(folder) == before
     # What may change on resumption does not refuse (here: how often to checkpoint).
     resumed = _train(folder, "resume=true", "checkpoint_every_n_steps=100", env=run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

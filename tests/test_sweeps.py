@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, file_stamps, run_script
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -38,14 +38,6 @@ JOBS = [
     "2_resnet18_scratch_ce_seed1",
     "3_resnet18_scratch_ce_seed2",
 ]
-
-
-def _files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _analysis(*arguments: str) -> subprocess.CompletedProcess:
@@ -81,7 +73,7 @@ def continued_sweep(run_env, tmp_path_factory) -> dict:
     process.send_signal(signal.SIGKILL)
     process.wait()
     status_after_kill = _status(sweep)
-    first_files = _files(sweep / JOBS[0])
+    first_files = file_stamps(sweep / JOBS[0])
     continued = run_script(
         "train.py", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", env=run_env, timeout=900
     )
@@ -99,7 +91,7 @@ def test_a_killed_sweep_continues_skipping_finished_jobs(continued_sweep):
     assert continued.returncode == 0, continued.stderr[-3000:]
     # The finished job was skipped: not one of its files was written again.
     assert f"{sweep / JOBS[0]}: finished earlier (status ok), skipped." in continued.stderr
-    assert _files(sweep / JOBS[0]) == continued_sweep["first_files"]
+    assert file_stamps(sweep / JOBS[0]) == continued_sweep["first_files"]
     for job in JOBS:
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "ok", (job, record.get("error"))

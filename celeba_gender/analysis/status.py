@@ -7,7 +7,6 @@ expands them), so a job that never started still has a row.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from omegaconf import OmegaConf
 from celeba_gender.analysis.collect import job_folders
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data import DataError
-from celeba_gender.training.outputs import METRICS_FILE
-from celeba_gender.training.resume import LAST_CHECKPOINT, checkpoint_step
+from celeba_gender.training.resume import LAST_CHECKPOINT, checkpoint_step, read_record
 
 log = logging.getLogger(__name__)
 STATES = ("done", "interrupted", "failed", "not started")
@@ -49,10 +47,7 @@ def expected_jobs(sweep_dir: Path) -> list[str] | None:
 
 def job_state(folder: Path) -> dict:
     """State, progress and error of one job folder."""
-    try:
-        record = json.loads((folder / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        record = {}
+    record = read_record(folder)
     status = record.get("status")
     last = next(folder.glob(f"**/{LAST_CHECKPOINT}"), None)
     if status == "ok":

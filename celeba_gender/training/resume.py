@@ -226,10 +226,7 @@ class RunStart:
 
     checkpoint: Path | None = None  # resume from this checkpoint
     finished: dict | None = None  # the folder's run already finished: this is its metrics.json
-
-    @property
-    def resume_step(self) -> int:
-        return checkpoint_step(self.checkpoint) if self.checkpoint else 0
+    resume_step: int = 0  # the checkpoint's global step
 
 
 def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunStart:
@@ -258,7 +255,7 @@ def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunSt
             "or choose another hydra.run.dir."
         )
     _refuse_changed_config(cfg, output_dir)
-    return RunStart(checkpoint=last)
+    return RunStart(checkpoint=last, resume_step=checkpoint_step(last))
 
 
 def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
