@@ -57,17 +57,31 @@ def test_bce_and_ce_heads_give_the_same_metrics_on_the_same_predictions():
     p_bce = bce.male_probability(logit.unsqueeze(1))
     p_ce = ce.male_probability(torch.stack([torch.zeros(64), logit], dim=1))
     assert torch.allclose(p_bce, p_ce, atol=1e-6)
-    results = []
-    for probability in (p_bce, p_ce):
-        metrics = binary_metrics("test/")
-        metrics.update(probability, labels)
-        results.append({k: float(v) for k, v in metrics.compute().items()})
+    results = [
+        {k: float(v) for k, v in binary_metrics(probability, labels).items()}
+        for probability in (p_bce, p_ce)
+    ]
     assert results[0] == pytest.approx(results[1])
     predicted_male = (p_bce > 0.5).long()  # torchmetrics: male when p > threshold
-    assert results[0]["test/acc"] == pytest.approx(float((predicted_male == labels).float().mean()))
-    assert results[0]["test/recall"] == pytest.approx(
+    assert results[0]["acc"] == pytest.approx(float((predicted_male == labels).float().mean()))
+    assert results[0]["recall"] == pytest.approx(
         float(predicted_male[labels == 1].float().mean())
     )
+
+
+@pytest.mark.parametrize(
+    "head", [BCEHead(), BCEHead(pos_weight=3.0), CEHead(), CEHead(class_weights=[0.7, 1.6])]
+)
+def test_per_image_losses_average_to_the_heads_loss(head):
+    """Evaluation keeps losses per image (to count DDP's repeated images once): their weighted
+    mean over any subset must be the head's loss of that subset."""
+    torch.manual_seed(0)
+    logits = torch.randn(16, head.num_outputs) * 3
+    labels = torch.randint(0, 2, (16,))
+    losses, weights = head.image_losses(logits, labels)
+    for subset in (slice(None), slice(3, 11)):
+        expected = head.loss(logits[subset], labels[subset])
+        assert float(losses[subset].sum() / weights[subset].sum()) == pytest.approx(float(expected))
 
 
 def test_head_losses_use_the_class_weights():
@@ -219,3 +233,16 @@ def test_auxiliary_heads_learn_gender_only_when_attributes_are_targets():
         (torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), torch.arange(2)), 0
     )
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("name", "inference_params"),
+    # torchvision's own counts of the ImageNet models less their 1000-way heads, plus ours.
+    [("googlenet", 6_624_904 - 1_025_000 + 1_025), ("resnet18", 11_689_512 - 513_000 + 513)],
+)
+def test_parameter_counts_leave_out_training_only_auxiliary_heads(name, inference_params):
+    model = GenderClassifier(name, "bce", pretrained=False, aux_loss_weight=0.3)
+    assert model.parameter_count(inference=True) == inference_params
+    assert model.parameter_count(inference=False) == sum(p.numel() for p in model.net.parameters())
+    if name == "googlenet":  # two auxiliary classifiers, ~2.2 M parameters each
+        assert model.parameter_count(inference=False) > inference_params + 4_000_000

@@ -94,8 +94,16 @@ def test_eval_on_another_copy_writes_the_same_metrics(smoke_run, subset_root, ru
     assert count == 4014 and metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
 
 
+def _last_scalar(folder: Path, tag: str) -> float:
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    return events.Scalars(tag)[-1].value
+
+
 def test_ddp_with_two_cpu_processes_inside_a_two_job_multirun(run_env, tmp_path):
-    sweep = tmp_path / "sweep"
+    # A folder name Hydra's override parser would split unquoted: the child rank's command
+    # must still name this job's folder.
+    sweep = tmp_path / "sweep dir, [x]=1"
     result = _run(
         "train.py",
         "-m",
@@ -107,7 +115,10 @@ def test_ddp_with_two_cpu_processes_inside_a_two_job_multirun(run_env, tmp_path)
         "trainer.precision=32",
         "trainer.sync_batchnorm=false",  # SyncBatchNorm needs GPUs
         "trainer.benchmark=false",
-        f"hydra.sweep.dir={sweep}",
+        # The whole test part, 29 images with this split: 2 ranks of 15, one image repeated.
+        "data.split_seed=3",
+        "trainer.limit_test_batches=1.0",
+        f"hydra.sweep.dir='{sweep}'",
         env=run_env,
         timeout=900,
     )
@@ -121,9 +132,14 @@ def test_ddp_with_two_cpu_processes_inside_a_two_job_multirun(run_env, tmp_path)
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["world_size"] == 2, job
         assert (job / "ddp_rank_1.log").is_file()  # rank 1 ran this job's config, not a sweep
-        # Both ranks' test images were gathered: more rows than one rank's share.
-        _, count = _accuracy_from_predictions(job)
-        assert count == metrics["test_images"]
+        summary = json.loads((job / "data_summary.json").read_text())
+        assert summary["parts"]["test"]["images"] == 29
+        # metrics.json, the CSV and TensorBoard count each test image once, whatever the
+        # sampler repeated to even out the ranks.
+        accuracy, count = _accuracy_from_predictions(job)
+        assert count == metrics["test_images"] == sum(map(sum, metrics["confusion_matrix"])) == 29
+        assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+        assert _last_scalar(job, "test/acc") == pytest.approx(accuracy, abs=1e-6)
         # Validation predictions: uneven shards per rank (no padding in predict), all gathered.
         val = pd.read_csv(job / "val_predictions.csv")
         assert len(val) == val["file_name"].nunique() > 16  # more than one rank's 2 batches of 8
@@ -264,5 +280,5 @@ def test_a_job_is_freed_before_the_next_one_starts(tmp_path):
         return {"test/acc": 1.0}
 
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
-    assert _guarded(job, cfg) == 1.0
+    assert _guarded(job, cfg, objective="test/acc") == 1.0
     assert left_behind[0]() is None

@@ -18,7 +18,7 @@ from celeba_gender.data.balance import (
     rebalance_rows,
     sampler_weights,
 )
-from celeba_gender.data.cache import ImageTensorCache, cache_folder
+from celeba_gender.data.cache import ImageTensorCache, atomic_write, cache_folder
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
@@ -177,7 +177,13 @@ class CelebADataModule(L.LightningDataModule):
             self.write_summary(self.summary_path)
 
     def _is_global_zero(self) -> bool:
-        return self.trainer is None or self.trainer.is_global_zero
+        if self.trainer is not None:
+            return self.trainer.is_global_zero
+        # Set up before a trainer exists (a DDP child rank re-runs the job): the launcher's
+        # environment says which process this is.
+        from celeba_gender.training.ddp import global_rank
+
+        return global_rank() == 0
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, part: str, train: bool) -> DataLoader:
@@ -349,5 +355,5 @@ class CelebADataModule(L.LightningDataModule):
     def write_summary(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.summary(), indent=2, default=str))
+        atomic_write(path, json.dumps(self.summary(), indent=2, default=str).encode())
         return path

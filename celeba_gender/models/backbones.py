@@ -129,6 +129,13 @@ def create_backbone(
     return model
 
 
+def aux_head_modules(model: nn.Module) -> list[str]:
+    """Names of the training-only auxiliary classifiers of ``model`` that it holds (GoogLeNet's
+    aux1 and aux2, Inception-v3's AuxLogits): what inference never runs."""
+    names = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+    return [n for names_ in names.values() for n in names_ if getattr(model, n, None) is not None]
+
+
 def split_outputs(outputs: torch.Tensor | tuple) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Main logits and auxiliary logits of any backbone's forward (a tensor or a namedtuple)."""
     if isinstance(outputs, torch.Tensor):

@@ -23,6 +23,14 @@ class LossHead(nn.Module):
     def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def image_losses(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's loss and its weight in the mean: ``loss`` of a set of images is
+        ``losses.sum() / weights.sum()``, so losses kept per image average exactly over any
+        subset (evaluation de-duplicates DDP's repeated images before averaging)."""
+        raise NotImplementedError
+
 
 class BCEHead(LossHead):
     """One logit; BCEWithLogitsLoss, optionally with a positive-class weight."""
@@ -40,6 +48,18 @@ class BCEHead(LossHead):
     def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.squeeze(1).float())
 
+    def image_losses(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # BCEWithLogitsLoss's mean divides by the number of images, whatever pos_weight.
+        losses = nn.functional.binary_cross_entropy_with_logits(
+            logits.squeeze(1).float(),
+            labels.float(),
+            pos_weight=self.criterion.pos_weight,
+            reduction="none",
+        )
+        return losses, torch.ones_like(losses)
+
 
 class CEHead(LossHead):
     """Two logits (female, male); CrossEntropyLoss, optionally with class weights."""
@@ -56,6 +76,17 @@ class CEHead(LossHead):
 
     def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.float(), dim=1)[:, 1]
+
+    def image_losses(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # CrossEntropyLoss's mean with class weights divides by the weights of the labels.
+        weight = self.criterion.weight
+        losses = nn.functional.cross_entropy(
+            logits.float(), labels.long(), weight=weight, reduction="none"
+        )
+        weights = weight[labels.long()] if weight is not None else torch.ones_like(losses)
+        return losses, weights.to(losses.dtype)
 
 
 HEADS = {"bce": BCEHead, "ce": CEHead}

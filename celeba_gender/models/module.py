@@ -1,8 +1,10 @@
 """GenderClassifier: one LightningModule for every backbone x treatment.
 
-Batches are ``(images, labels, rows)`` from ``CelebADataModule``; ``rows`` tie test predictions
-back to image files. Metrics are torchmetrics objects logged as objects, so Lightning
-synchronises them across DDP ranks.
+Batches are ``(images, labels, rows)`` from ``CelebADataModule``; ``rows`` tie predictions back
+to image files. Validation and test metrics are computed once per epoch from every rank's
+predictions, gathered and de-duplicated by row: under DDP the evaluation sampler repeats up to
+world_size - 1 images to even out the ranks, and those must count once, as they do in the
+predictions CSV.
 """
 
 from __future__ import annotations
@@ -13,35 +15,35 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
+from torchmetrics.classification import BinaryAccuracy
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_confusion_matrix,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
 )
 
-from celeba_gender.models.backbones import create_backbone, split_outputs
+from celeba_gender.models.backbones import aux_head_modules, create_backbone, split_outputs
 from celeba_gender.models.heads import create_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
-def binary_metrics(prefix: str) -> MetricCollection:
+def binary_metrics(probability: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Accuracy, precision, recall, F1 and AUROC of P(male), male being the positive class."""
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(),
-            "precision": BinaryPrecision(),
-            "recall": BinaryRecall(),
-            "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
-        },
-        prefix=prefix,
-    )
+    return {
+        name: metric(probability, labels)
+        for name, metric in (
+            ("acc", binary_accuracy),
+            ("precision", binary_precision),
+            ("recall", binary_recall),
+            ("f1", binary_f1_score),
+            ("auroc", binary_auroc),
+        )
+    }
 
 
 class GenderClassifier(L.LightningModule):
@@ -89,14 +91,13 @@ class GenderClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_acc = BinaryAccuracy()
-        self.val_metrics = binary_metrics("val/")
-        self.test_metrics = binary_metrics("test/")
-        self.val_confusion = BinaryConfusionMatrix()
-        self.test_confusion = BinaryConfusionMatrix()
-        # (row, label, P(male)) of every image of the last test and predict epochs, for the
-        # run's test_predictions.csv / val_predictions.csv (analysis: bootstrap, thresholds).
-        self._predictions: dict[str, list[torch.Tensor]] = {"test": [], "predict": []}
+        # (row, label, P(male), loss, loss weight) of every image this rank saw in the current
+        # val / test / predict epoch; at the epoch's end, all ranks' rows without repeats
+        # (``gathered_predictions``): the metrics, and the run's test_predictions.csv /
+        # val_predictions.csv (analysis: bootstrap, thresholds).
+        self._predictions: dict[str, list[torch.Tensor]] = {"val": [], "test": [], "predict": []}
         self.gathered_predictions: dict[str, torch.Tensor] = {}
+        self.last_confusion: dict[str, torch.Tensor] = {}
 
     def set_attribute_table(self, table: torch.Tensor) -> None:
         """The ``attribute_targets`` values (0/1) of every image, one row per data-module row
@@ -167,72 +168,99 @@ class GenderClassifier(L.LightningModule):
             attribute_loss = blended(
                 nn.functional.binary_cross_entropy_with_logits, attribute_logits, targets
             )
-            self.log("train/attribute_loss", attribute_loss, on_step=False, on_epoch=True)
+            self.log(
+                "train/attribute_loss", attribute_loss, on_step=False, on_epoch=True, sync_dist=True
+            )
             loss = loss + self.hparams.attribute_loss_weight * attribute_loss
         # update, not forward: only the epoch's accuracy is logged, so no per-step compute.
         self.train_acc.update(self.head.male_probability(main.detach()), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # The mean over ranks (each rank trains on its own shard).
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch: tuple, stage: str) -> torch.Tensor:
-        """Update the stage's metrics; returns P(male) of the batch."""
-        images, labels, _ = batch
+        """Keep the batch's predictions and per-image losses for the epoch's metrics; returns
+        P(male) of the batch."""
+        images, labels, rows = batch
         main, probability = self._predict(images)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        confusion = self.val_confusion if stage == "val" else self.test_confusion
-        metrics.update(probability, labels)
-        confusion.update(probability, labels)
-        self.log(f"{stage}/loss", self.head.loss(main, labels), on_epoch=True, sync_dist=True)
-        self.log_dict(metrics, on_epoch=True)
+        losses, weights = self.head.image_losses(main, labels)
+        self._predictions[stage].append(
+            torch.stack([rows.float(), labels.float(), probability, losses, weights], 1)
+        )
         return probability
-
-    def _keep(self, stage: str, batch: tuple, probability: torch.Tensor) -> None:
-        _, labels, rows = batch
-        self._predictions[stage].append(torch.stack([rows.float(), labels.float(), probability], 1))
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        self._keep("test", batch, self._evaluate(batch, "test"))
+        self._evaluate(batch, "test")
 
     def predict_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """P(male) of a labelled batch, kept like test predictions but with no metric or log
         (the run uses it for the evaluated checkpoint's validation predictions)."""
-        probability = self(batch[0])
-        self._keep("predict", batch, probability)
-        return probability
+        return self._evaluate(batch, "predict")
 
-    def on_predict_epoch_start(self) -> None:
-        self._predictions["predict"] = []
-
-    def on_predict_epoch_end(self) -> None:
-        self._gather_predictions("predict")
+    def on_validation_epoch_start(self) -> None:
+        self._predictions["val"] = []
 
     def on_test_epoch_start(self) -> None:
         self._predictions["test"] = []
 
+    def on_predict_epoch_start(self) -> None:
+        self._predictions["predict"] = []
+
     def on_validation_epoch_end(self) -> None:
-        self.last_val_confusion = self.val_confusion.compute().cpu()
-        self.val_confusion.reset()
+        self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_confusion = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
-        self._gather_predictions("test")
+        self._log_epoch_metrics("test")
 
-    def _gather_predictions(self, stage: str) -> None:
+    def on_predict_epoch_end(self) -> None:
+        self._gather_predictions("predict")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Metrics, loss and confusion matrix of every image of the epoch, each counted once."""
+        gathered = self._gather_predictions(stage)
+        if len(gathered) == 0:
+            return
+        rows = gathered.to(self.device)
+        labels, probability = rows[:, 1].long(), rows[:, 2]
+        values = binary_metrics(probability, labels)
+        values["loss"] = rows[:, 3].sum() / rows[:, 4].sum()
+        # Every rank holds the same gathered rows, so the values agree without a reduction.
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
+        self.last_confusion[stage] = binary_confusion_matrix(probability, labels).cpu()
+
+    @property
+    def last_val_confusion(self) -> torch.Tensor:
+        return self.last_confusion["val"]
+
+    @property
+    def last_test_confusion(self) -> torch.Tensor:
+        return self.last_confusion["test"]
+
+    def _gather_predictions(self, stage: str) -> torch.Tensor:
+        """Every rank's prediction rows of ``stage``, each image once, in row order."""
         parts = self._predictions[stage]
-        local = torch.cat(parts).to(self.device) if parts else torch.zeros(0, 3, device=self.device)
-        # all_gather needs one shape on every rank, but prediction shards are uneven (Lightning
+        width = 5
+        local = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
+        local = local.to(self.device)
+        # all_gather needs one shape on every rank, but prediction shards are uneven (predict
         # does not pad them): pad to the largest with row index -1, then drop those rows.
         largest = int(self.all_gather(torch.tensor(len(local), device=self.device)).max())
-        padded = torch.full((largest, 3), -1.0, device=self.device)
+        padded = torch.full((largest, width), -1.0, device=self.device)
         padded[: len(local)] = local
         # all_gather adds a leading world-size dimension under DDP only.
-        gathered = self.all_gather(padded).reshape(-1, 3).cpu()
-        self.gathered_predictions[stage] = gathered[gathered[:, 0] >= 0]
+        gathered = self.all_gather(padded).reshape(-1, width).cpu()
+        gathered = gathered[gathered[:, 0] >= 0]
+        # The evaluation sampler repeats images to give every rank as many: keep each row once.
+        order = torch.argsort(gathered[:, 0], stable=True)
+        gathered = gathered[order]
+        first = torch.ones(len(gathered), dtype=torch.bool)
+        first[1:] = gathered[1:, 0] != gathered[:-1, 0]
+        self.gathered_predictions[stage] = gathered[first]
+        return self.gathered_predictions[stage]
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
@@ -250,8 +278,17 @@ class GenderClassifier(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
 
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+    def parameter_count(self, inference: bool = True) -> int:
+        """Parameters of the network; with ``inference``, without the training-only auxiliary
+        heads (GoogLeNet, Inception-v3), i.e. those a deployed model holds."""
+        skipped = set()
+        if inference:
+            skipped = {
+                id(p)
+                for name in aux_head_modules(self.net)
+                for p in self.net.get_submodule(name).parameters()
+            }
+        return sum(p.numel() for p in self.net.parameters() if id(p) not in skipped)
 
 
 def load_classifier(checkpoint_path: str, map_location: str = "cpu") -> GenderClassifier:

@@ -9,6 +9,7 @@ its config and the job's output folder as its run folder.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -59,10 +60,19 @@ def job_rank_command(local_rank: int) -> Sequence[str]:
         str(saved),
         "--config-name",
         "config",
-        f"hydra.run.dir={output_dir}",
+        # Quoted for Hydra's override parser: a folder may hold spaces, '=' or brackets.
+        f"hydra.run.dir={quote_override(str(output_dir))}",
         "hydra.output_subdir=null",
         f"hydra.job.name=ddp_rank_{local_rank}",
     ]
+
+
+def quote_override(value: str) -> str:
+    """``value`` as one single-quoted Hydra override value. Hydra reads backslashes literally
+    except before a quote or at the end, where they are doubled, and a quote is escaped."""
+    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
+    return f"'{value}'"
 
 
 class _JobLauncher(_SubprocessScriptLauncher):
@@ -77,8 +87,13 @@ class _JobLauncher(_SubprocessScriptLauncher):
         os.environ["NODE_RANK"] = str(self.cluster_environment.node_rank())
         os.environ["LOCAL_RANK"] = str(self.cluster_environment.local_rank())
         os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
+        node_rank = self.cluster_environment.node_rank()
+        # RANK too: which process is the job's rank 0 (it alone writes the run's files) is
+        # not LOCAL_RANK on a second node.
+        os.environ["RANK"] = str(node_rank * self.num_processes)
         for local_rank in range(1, self.num_processes):
-            env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+            rank = node_rank * self.num_processes + local_rank
+            env = {**os.environ, "LOCAL_RANK": str(local_rank), "RANK": str(rank)}
             self.procs.append(subprocess.Popen(job_rank_command(local_rank), env=env))
         return None
 
@@ -96,12 +111,19 @@ class HydraJobDDPStrategy(DDPStrategy):
 
 def global_rank() -> int:
     """This process's rank among all processes of the job, from the launcher's environment:
-    torchrun's RANK, the LOCAL_RANK our DDP launch gives child ranks on one node, or SLURM's
-    task id (srun). 0 outside distributed runs."""
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    RANK (torchrun, and our DDP launch), else SLURM's task id (srun), else LOCAL_RANK on the
+    first node (Lightning's own launch). A process on another node whose global rank is not
+    known counts as some rank other than 0. 0 outside distributed runs."""
+    for name in ("RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return 0
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if not local_rank.isdigit():
+        return 0
+    node_rank = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    if node_rank == "0":
+        return int(local_rank)
+    return int(local_rank) + 1  # not 0: some rank of a later node
 
 
 def reset_distributed_state(environ_before: dict[str, str]) -> None:

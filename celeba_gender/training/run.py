@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import sys
 import time
@@ -241,7 +242,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
         "best_val": float(checkpoint.best_model_score) if use_best else None,
         "monitor": checkpoint.monitor if use_best else None,
-        "params": model.parameter_count(),
+        "params": model.parameter_count(inference=True),
+        "params_training": model.parameter_count(inference=False),
         "train_images_per_second": throughput.images_per_second,
         "train_seconds": throughput.seconds,
         "test_images_per_second": test_throughput.images_per_second,
@@ -259,7 +261,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
             logger.log_hyperparams(
                 describe(cfg),
-                metrics={f"hp/{k.split('/')[1]}": record[k] or 0.0 for k in TEST_METRICS},
+                # A metric a run could not compute (AUROC of a one-class test part) is left
+                # out, not shown as 0.0.
+                metrics={
+                    f"hp/{k.split('/')[1]}": record[k]
+                    for k in TEST_METRICS
+                    if record[k] is not None and math.isfinite(record[k])
+                },
             )
             logger.save()
     return record
@@ -292,7 +300,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": datamodule.split,
         "image_size": datamodule.image_size,
         **_test_results(trainer, model),
-        "params": model.parameter_count(),
+        "params": model.parameter_count(inference=True),
         "test_images_per_second": test_throughput.images_per_second,
         "wall_seconds": time.perf_counter() - started,
     }
@@ -305,12 +313,15 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``job``: user errors end in one line; in a sweep, a failure is recorded and skipped."""
+def _guarded(
+    job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig, objective: str
+) -> float | None:
+    """Run ``job`` and return its record's ``objective`` (what a Hydra sweeper optimises): user
+    errors end in one line; in a sweep, a failure is recorded and skipped."""
     environ_before = dict(os.environ)
     output_dir = _output_dir(cfg)
     try:
-        return job(cfg).get("test/acc")
+        return job(cfg).get(objective)
     except TrainingInterrupted as stop:
         # The run saved its checkpoint and status; hand the signal to whoever handled it
         # before (a cluster launcher requeues the job here), then stop: a sweep run in this
@@ -352,8 +363,10 @@ def _guarded(job: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> fl
 
 
 def run_training(cfg: DictConfig) -> float | None:
-    return _guarded(train, cfg)
+    """Train and test one run; returns the best validation ``monitor`` value, so that a Hydra
+    sweeper tunes on validation, never on the test part."""
+    return _guarded(train, cfg, objective="best_val")
 
 
 def run_evaluation(cfg: DictConfig) -> float | None:
-    return _guarded(evaluate, cfg)
+    return _guarded(evaluate, cfg, objective="test/acc")
