@@ -240,3 +240,18 @@ def test_under_srun_ranks_come_from_slurm_and_nothing_is_spawned(monkeypatch):
         8,
     )
     assert global_rank() == 6  # what decides who writes a run's files
+
+
+def test_the_first_rank_of_a_second_node_is_not_rank_zero(monkeypatch):
+    """Only the job's rank 0 writes its files: LOCAL_RANK=0 on node 1 is global rank 4 or so."""
+    from celeba_gender.training.ddp import global_rank
+
+    for name in ("RANK", "SLURM_PROCID", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert global_rank() != 0
+    monkeypatch.setenv("NODE_RANK", "0")
+    assert global_rank() == 0
+    monkeypatch.setenv("RANK", "4")
+    assert global_rank() == 4

@@ -282,3 +282,33 @@ def test_a_job_is_freed_before_the_next_one_starts(tmp_path):
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
     assert _guarded(job, cfg, objective="test/acc") == 1.0
     assert left_behind[0]() is None
+
+
+def test_what_a_sweeper_optimises_is_the_best_validation_metric(
+    run_env, tmp_path, monkeypatch, caplog
+):
+    """train.py's main returns this value to Hydra; a sweeper must tune on validation. Also:
+    logger=none trains (no learning-rate monitor without a logger), and Lightning's cloud
+    advertisement is not printed."""
+    from celeba_gender.training.run import run_training
+
+    for name, value in run_env.items():
+        monkeypatch.setenv(name, value)
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=smoke",
+                "logger=none",
+                "trainer.max_epochs=2",
+                "trainer.limit_val_batches=1.0",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    returned = run_training(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["monitor"] == "val/acc"
+    assert metrics["best_val"] != metrics["test/acc"]  # else this test could not tell them apart
+    assert returned == metrics["best_val"]
+    assert "GPU available" in caplog.text  # Lightning's own messages are still there
+    assert "litlogger" not in caplog.text.lower()

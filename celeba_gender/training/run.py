@@ -22,6 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data import CelebADataModule, DataError
@@ -55,6 +56,16 @@ from celeba_gender.training.resume import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class _DropAdvertisements(logging.Filter):
+    """Lightning advertises its cloud logger on every run; our entry points leave it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg).lower()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
 USER_ERRORS = (DataError, PretrainedWeightsUnavailable)
 TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss")
 
@@ -176,7 +187,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, datamodule)  # pretrained weights missing: fails here, not mid-run
 
     has_val = len(datamodule.datasets["val"]) > 0
+    loggers = _loggers(cfg, start.resume_step)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # logger=none: nothing to show a learning rate in (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoint = next(
         (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
     )
@@ -205,7 +219,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             last_checkpoint,
             *([KillAtStep(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
         ],
-        logger=_loggers(cfg, start.resume_step) or False,
+        logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
     )
