@@ -302,3 +302,47 @@ def test_attribute_table_holds_the_annotation_files_values_by_row(sample_root, t
         assert table[row].tolist() == [float(e) for e in expected]
     with pytest.raises(DataError, match="Unknown attribute_targets Beard: .*list_attr_celeba.txt"):
         module.attribute_names(["Smiling", "Beard"])
+
+
+class _WorkerSeeds(torch.utils.data.Dataset):
+    """Each item: the torch seed of the DataLoader worker that produced it."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        return torch.initial_seed()
+
+
+def _worker_seeds(rank: int, epoch: int) -> set[int]:
+    from celeba_gender.data.sampling import EpochSampler, ResumableDataLoader
+
+    sampler = EpochSampler(8, seed=42, num_replicas=2, rank=rank)
+    sampler.set_epoch(epoch)
+    loader = ResumableDataLoader(_WorkerSeeds(), batch_size=1, sampler=sampler, num_workers=2)
+    return {int(seed) for batch in loader for seed in batch}
+
+
+def test_each_rank_and_epoch_has_its_own_worker_and_augmentation_streams(defective_copy, tmp_path):
+    """Under DDP every rank seeds with `seed`: without streams of their own, all ranks would
+    flip, rotate and mix the same way at each batch position."""
+    from celeba_gender.data.sampling import seed_epoch_streams
+
+    seeds = {(rank, epoch): _worker_seeds(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
+    assert all(len(s) == 2 for s in seeds.values())  # two workers, two streams
+    every = [seed for s in seeds.values() for seed in s]
+    assert len(set(every)) == len(every)  # no two ranks, epochs or workers share a stream
+    assert _worker_seeds(1, 1) == seeds[(1, 1)]  # the same run to run
+
+    module = _module(defective_copy.root, tmp_path, augmentations=AUGMENT)
+    module.setup("fit")
+    images = torch.from_numpy(module.cache.gather(np.arange(8)))
+
+    def augmented(rank: int, epoch: int) -> torch.Tensor:
+        seed_epoch_streams(42, epoch, rank)
+        return module.transform_batch(images, train=True)
+
+    first = augmented(0, 0)
+    assert torch.equal(augmented(0, 0), first)
+    assert not torch.allclose(augmented(1, 0), first, atol=1e-3)
+    assert not torch.allclose(augmented(0, 1), first, atol=1e-3)

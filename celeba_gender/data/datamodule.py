@@ -227,8 +227,8 @@ class CelebADataModule(L.LightningDataModule):
             sampler=sampler,
             # A last batch of one image breaks BatchNorm in training.
             drop_last=len(dataset) > self.batch_size,
-            generator=torch.Generator().manual_seed(self.shuffle_seed),
-            **common,
+            # Workers started anew each epoch, with seeds from (seed, epoch, rank).
+            **{**common, "persistent_workers": False},
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ the next batch of that same order instead of replaying the epoch from its start.
 from __future__ import annotations
 
 import math
+import random
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -18,12 +19,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+# Random streams of a training run, each derived from (seed, epoch, stream[, rank]).
+ORDER_STREAM = 0  # the epoch's order: one for all ranks (each takes its shard)
+WORKER_STREAM = 1  # the base seed of the epoch's DataLoader workers, per rank
+AUGMENTATION_STREAM = 2  # the main process's global streams: batch augmentation, mixup, dropout
 
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A generator seeded from (seed, epoch, stream) through numpy's SeedSequence, so nearby
-    seeds and epochs give unrelated streams."""
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys through numpy's SeedSequence, so nearby seeds, epochs
+    and ranks give unrelated streams."""
+    entropy = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
+    return (int(entropy[0]) << 32 | int(entropy[1])) >> 1
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = ORDER_STREAM) -> torch.Generator:
+    """A generator seeded from (seed, epoch, stream)."""
     entropy = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+
+
+def seed_epoch_streams(seed: int, epoch: int, rank: int) -> None:
+    """Seed the global streams (torch on every device, numpy, python) from (seed, epoch, rank):
+    ranks augment, mix and drop out differently, and a run is the same run to run and when
+    resumed at an epoch's start. Training calls it as each epoch starts."""
+    value = stream_seed(seed, epoch, AUGMENTATION_STREAM, rank)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
 
 
 class EpochSampler(DistributedSampler):
@@ -82,6 +104,13 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         self._delivered = 0
+        # The workers' seeds come from this generator: derive it from (seed, epoch, rank), so
+        # each rank's workers have their own streams, the same in every run (the workers are
+        # started for each epoch: not persistent).
+        sampler = self.sampler
+        self.generator = torch.Generator().manual_seed(
+            stream_seed(sampler.seed, sampler.epoch, WORKER_STREAM, sampler.rank)
+        )
         for batch in super().__iter__():
             self._delivered += 1  # counted when handed over, so worker prefetching is not counted
             yield batch

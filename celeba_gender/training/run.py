@@ -215,7 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             throughput,
             test_throughput,
             ValidationConfusionMatrix(),
-            ResumeState(),
+            ResumeState(cfg.seed),
             last_checkpoint,
             *([KillAtStep(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
         ],
