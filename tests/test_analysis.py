@@ -22,11 +22,30 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
-from celeba_gender.analysis import analyze_sweep, collect_runs, load_settings, reference_results
+from celeba_gender.analysis import (
+    analyze_sweep,
+    collect_runs,
+    execute_notebook,
+    load_settings,
+    reference_results,
+    report_figures,
+    write_report,
+)
 from celeba_gender.analysis.calibration import best_f1_threshold, expected_calibration_error
 from celeba_gender.analysis.figures import read_scalars
-from celeba_gender.analysis.statistics import _resampled_metrics, compare_paired, metric_values
-from celeba_gender.models import BACKBONES, pretrained_weights_file
+from celeba_gender.analysis.statistics import (
+    METRICS,
+    bootstrap_intervals,
+    compare_paired,
+    identities_of,
+    mcnemar,
+    metric_values,
+    resampling_units,
+    seed_summary,
+    weighted_metrics,
+)
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.models import pretrained_weights_file
 
 pytestmark = pytest.mark.slow
 MISSING_JOB = "12_resnet18_scratch_bce_seed2"
@@ -34,6 +53,7 @@ MISSING_JOB = "12_resnet18_scratch_bce_seed2"
 
 @pytest.fixture(scope="module")
 def sweep(run_env, tmp_path_factory) -> Path:
+
     torch_home = tmp_path_factory.mktemp("torch-resnet18-only")
     target = torch_home / "hub" / "checkpoints" / pretrained_weights_file("resnet18").name
     target.parent.mkdir(parents=True)
@@ -106,6 +126,8 @@ def test_the_tables_match_the_run_files(sweep, report):
         assert runs.loc[job, "acc"] == pytest.approx(from_predictions, abs=1e-6)
         assert runs.loc[job, "f1"] == pytest.approx(record["test/f1"], abs=1e-6)
         assert runs.loc[job, "params"] == record["params"]
+        val = pd.read_csv(sweep / job / "val_predictions.csv")
+        assert runs.loc[job, "val_acc"] == pytest.approx(_right(val).mean())
         for metric in ("acc", "precision", "recall", "f1", "auroc"):
             low, high = runs.loc[job, f"{metric}_ci_low"], runs.loc[job, f"{metric}_ci_high"]
             assert 0 <= low <= high <= 1
@@ -133,33 +155,93 @@ def test_the_tables_match_the_run_files(sweep, report):
     assert theirs[("googlenet", "scratch_ce")] == 0.9535
 
 
-def test_paired_test_counts_come_from_the_two_runs_predictions(sweep):
-    analysis = analyze_sweep(sweep, load_settings(**{"bootstrap.resamples": 200}))
-    table = analysis.configurations.sort_values(["acc_mean", "f1_mean"], ascending=False)
-    first, second = table.iloc[0], table.iloc[1]
-    assert set(analysis.comparisons) == {0, 1}
-    for seed, comparison in analysis.comparisons.items():
-        a = pd.read_csv(sweep / _job(sweep, first, seed) / "test_predictions.csv")
-        b = pd.read_csv(sweep / _job(sweep, second, seed) / "test_predictions.csv")
-        right_a = (a["p_male"] > 0.5) == (a["label"] == 1)
-        right_b = (b["p_male"] > 0.5) == (b["label"] == 1)
-        assert comparison.a_only_correct == int((right_a & ~right_b).sum())
-        assert comparison.b_only_correct == int((~right_a & right_b).sum())
-        assert comparison.accuracy_difference == pytest.approx(right_a.mean() - right_b.mean())
-    conclusions = "\n".join(analysis.conclusions)
-    assert f"Best configuration: {first['model']} with {first['treatment']}" in conclusions
-    assert "McNemar p" in conclusions and "Does pretraining help?" in conclusions
+def _right(predictions: pd.DataFrame) -> pd.Series:
+    return (predictions["p_male"] > 0.5) == (predictions["label"] == 1)
 
 
-def _job(sweep: Path, configuration: pd.Series, seed: int) -> str:
+def _validation_accuracies(sweep: Path) -> dict[tuple[str, str], float]:
+    """Mean over seeds of each configuration's accuracy on its val_predictions.csv."""
+    accuracies: dict[tuple[str, str], list[float]] = {}
     for job, record in _metrics(sweep).items():
-        if (record["model"], record["treatment"], record.get("seed")) == (
-            configuration["model"],
-            configuration["treatment"],
-            seed,
-        ):
+        if record["status"] == "ok":
+            val = pd.read_csv(sweep / job / "val_predictions.csv")
+            key = (record["model"], record["treatment"])
+            accuracies.setdefault(key, []).append(_right(val).mean())
+    return {key: float(np.mean(values)) for key, values in accuracies.items()}
+
+
+def test_the_validation_best_is_tested_against_every_other_with_holm(sweep, report):
+    paired = pd.read_csv(report / "paired.csv")
+    runs = pd.read_csv(report / "runs.csv").set_index("job")
+    val = _validation_accuracies(sweep)
+    best = max(val, key=val.get)
+    assert set(paired["a"]) == {f"{best[0]}/{best[1]} [smoke]"}
+    assert set(paired["b"]) == {f"{m}/{t} [smoke]" for m, t in val if (m, t) != best}
+    for _, row in paired.iterrows():
+        a = pd.read_csv(sweep / row["job_a"] / "test_predictions.csv")
+        b = pd.read_csv(sweep / row["job_b"] / "test_predictions.csv")
+        assert runs.loc[row["job_a"], "seed"] == runs.loc[row["job_b"], "seed"] == row["seed"]
+        assert row["a_only_correct"] == int((_right(a) & ~_right(b)).sum())
+        assert row["b_only_correct"] == int((~_right(a) & _right(b)).sum())
+        assert row["accuracy_difference"] == pytest.approx(_right(a).mean() - _right(b).mean())
+        assert row["resampled"] == "identities"  # the sample's identity file names them all
+    # Holm's step-down procedure, as stated: sorted p-values, reject while
+    # p_(k) <= level / (m - k + 1). The adjusted p-values reject the same tests at any level.
+    order = paired["p_value"].sort_values()
+    for level in (0.01, 0.05, 0.2, 0.5, 1.0):
+        rejected = set()
+        for k, (index, p) in enumerate(order.items()):
+            if p > level / (len(order) - k):
+                break
+            rejected.add(index)
+        assert set(paired.index[paired["p_holm"] < level]) <= rejected
+        assert rejected <= set(paired.index[paired["p_holm"] <= level])
+    settings = load_settings()
+    assert (paired["significant"] == (paired["p_holm"] < settings.significance_level)).all()
+    markdown = (report / "report.md").read_text()
+    assert "Holm-adjusted p" in markdown and "cluster bootstrap" in markdown
+
+
+def test_the_configuration_chosen_is_the_validation_best_not_the_test_best(sweep, tmp_path):
+    """Plant a configuration with the worst test accuracy but perfect validation predictions:
+    it is the one chosen, and its test accuracy is what the report says."""
+    test_acc: dict[tuple[str, str], list[float]] = {}
+    for record in _metrics(sweep).values():
+        if record["status"] == "ok":
+            key = (record["model"], record["treatment"])
+            test_acc.setdefault(key, []).append(record["test/acc"])
+    means = {key: np.mean(values) for key, values in test_acc.items()}
+    worst, best = min(means, key=means.get), max(means, key=means.get)
+    assert means[worst] < means[best]
+    copy = _copy_jobs(
+        sweep, tmp_path, [_job(sweep, c, seed) for c in (worst, best) for seed in (0, 1)]
+    )
+    for seed in (0, 1):
+        val = copy / _job(sweep, worst, seed) / "val_predictions.csv"
+        frame = pd.read_csv(val)
+        frame.assign(p_male=frame["label"].astype(float)).to_csv(val, index=False)
+    analysis = analyze_sweep(copy, load_settings(**{"bootstrap.resamples": 50}))
+    assert (analysis.best["model"], analysis.best["treatment"]) == worst
+    assert analysis.best["val_acc_mean"] == 1.0
+    assert analysis.best["acc_mean"] == pytest.approx(means[worst])
+    assert set(analysis.paired["a"]) == {f"{worst[0]}/{worst[1]} [smoke]"}
+    assert f"{worst[0]}/{worst[1]} [smoke]**" in analysis.conclusions[0]
+    assert f"test accuracy {100 * means[worst]:.2f}%" in analysis.conclusions[0]
+
+
+def _job(sweep: Path, configuration: tuple[str, str], seed: int) -> str:
+    for job, record in _metrics(sweep).items():
+        if (record["model"], record["treatment"], record.get("seed")) == (*configuration, seed):
             return job
-    raise AssertionError(f"no job for {configuration['model']} seed {seed}")
+    raise AssertionError(f"no job for {configuration} seed {seed}")
+
+
+def _copy_jobs(sweep: Path, tmp_path: Path, jobs: list[str]) -> Path:
+    """A sweep folder holding some of the sweep's jobs (without their checkpoints)."""
+    copy = tmp_path / "sweep"
+    for job in jobs:
+        shutil.copytree(sweep / job, copy / job, ignore=shutil.ignore_patterns("checkpoints"))
+    return copy
 
 
 def test_a_paired_test_refuses_different_test_sets(sweep):
@@ -168,17 +250,131 @@ def test_a_paired_test_refuses_different_test_sets(sweep):
         compare_paired(predictions, predictions.iloc[1:])
 
 
-def test_resampled_metrics_equal_torchmetrics_on_the_original_sample(sweep):
+def test_weighted_metrics_equal_torchmetrics_on_the_images_repeated(sweep):
+    """A bootstrap resample is a weight per image (how often it was drawn): its metrics are
+    torchmetrics' on the images repeated that often, AUROC included."""
     predictions = pd.read_csv(sweep / "4_resnet18_scratch_ce_seed0" / "test_predictions.csv")
     labels, p_male = predictions["label"].to_numpy(), predictions["p_male"].to_numpy()
-    values = _resampled_metrics(labels[None], p_male[None])[:, 0]
-    expected = metric_values(labels, p_male)
-    assert values == pytest.approx(
-        [expected[m] for m in ("acc", "precision", "recall", "f1", "auroc")], abs=1e-6
-    )
-    assert values[-1] == pytest.approx(
+    rng = np.random.default_rng(0)
+    weights = np.vstack([np.ones(len(labels), int), rng.integers(0, 4, (5, len(labels)))])
+    values = weighted_metrics(labels, p_male, weights)
+    for row, w in zip(values.T, weights, strict=True):
+        expected = metric_values(np.repeat(labels, w), np.repeat(p_male, w))
+        assert row == pytest.approx([expected[m] for m in METRICS], abs=1e-6)
+    assert values[-1, 0] == pytest.approx(
         float(binary_auroc(torch.tensor(p_male), torch.tensor(labels))), abs=1e-6
     )
+
+
+def test_the_bootstrap_resamples_celebrities_where_identities_are_known(sweep, tmp_path):
+    predictions = pd.read_csv(sweep / "4_resnet18_scratch_ce_seed0" / "test_predictions.csv")
+    identities = identities_of(str(SAMPLE))
+    units, kind = resampling_units(predictions["file_name"], identities)
+    assert kind == "identities"
+    assert units.max() + 1 == identities[predictions["file_name"]].nunique() < len(predictions)
+    # Each celebrity's images three times over: a cluster bootstrap sees the same celebrities
+    # and gives the same intervals; a bootstrap of images believes it has three times the data.
+    tripled = pd.concat([predictions.assign(file_name=predictions["file_name"] + f"#{k}")
+                         for k in range(3)], ignore_index=True)  # fmt: skip
+    by_identity = bootstrap_intervals(predictions, 300, 0.95, 0, units)
+    by_identity_tripled = bootstrap_intervals(tripled, 300, 0.95, 0, np.tile(units, 3))
+    for metric in METRICS:
+        assert by_identity_tripled[metric] == pytest.approx(by_identity[metric])
+    once, thrice = bootstrap_intervals(predictions, 300), bootstrap_intervals(tripled, 300)
+    assert thrice["acc"][1] - thrice["acc"][0] < 0.75 * (once["acc"][1] - once["acc"][0])
+    # One image unknown to the identity file: images are resampled, and the report says so.
+    unknown = predictions.assign(file_name=predictions["file_name"].where(
+        predictions.index > 0, "not_in_celeba.jpg"))  # fmt: skip
+    assert resampling_units(unknown["file_name"], identities)[1] == "images"
+    assert resampling_units(predictions["file_name"], None)[1] == "images"
+    no_identities = tmp_path / "celeba"
+    shutil.copytree(SAMPLE, no_identities)
+    (no_identities / "Anno" / "identity_CelebA.txt").unlink()
+    copy = _copy_jobs(sweep, tmp_path, ["4_resnet18_scratch_ce_seed0"])
+    settings = load_settings(data_root=str(no_identities), **{"bootstrap.resamples": 300})
+    analysis = analyze_sweep(copy, settings)
+    assert list(analysis.runs["resampled"]) == ["images"]
+    assert analysis.runs.loc[0, "acc_ci_low"] == pytest.approx(once["acc"][0])
+    report = write_report(analysis, tmp_path / "report")
+    assert "resamples of test images (no identity file" in (report / "report.md").read_text()
+
+
+def test_mcnemar_by_celebrity_counts_a_celebrity_once(sweep):
+    """Durkalski's clustered McNemar: one image per cluster gives McNemar's chi-square;
+    repeating each image within its cluster changes nothing, while the test that takes
+    images as independent becomes surer."""
+    runs = [pd.read_csv(p) for p in sorted(sweep.glob("*_seed0/test_predictions.csv"))]
+    a, b = max(
+        ((a, b) for a in runs for b in runs),
+        key=lambda ab: abs(
+            (_right(ab[0]) & ~_right(ab[1])).sum() - (~_right(ab[0]) & _right(ab[1])).sum()
+        ),
+    )
+    a_only, b_only = (_right(a) & ~_right(b)).to_numpy(), (~_right(a) & _right(b)).to_numpy()
+    assert a_only.sum() != b_only.sum()
+    singletons = np.arange(len(a))
+    chi_square = (a_only.sum() - b_only.sum()) ** 2 / (a_only.sum() + b_only.sum())
+    assert mcnemar(a_only, b_only, singletons) == pytest.approx(stats.chi2.sf(chi_square, 1))
+    repeated = [np.tile(x, 4) for x in (a_only, b_only)]
+    assert mcnemar(*repeated, np.tile(singletons, 4)) == pytest.approx(
+        mcnemar(a_only, b_only, singletons)
+    )
+    assert mcnemar(*repeated) < mcnemar(a_only, b_only)
+
+
+def test_runs_of_different_experiments_are_never_averaged_together(sweep, tmp_path):
+    job = "4_resnet18_scratch_ce_seed0"
+    copy = _copy_jobs(sweep, tmp_path, [job, "5_resnet18_scratch_ce_seed1"])
+    other = copy / f"99_{job}"
+    shutil.copytree(copy / job, other)  # the same job in another experiment
+    for path in [other / "metrics.json", *(other / ".hydra").glob("*config.yaml")]:
+        path.write_text(
+            path.read_text().replace('"smoke"', '"other"').replace(": smoke", ": other")
+        )
+    runs = collect_runs(copy)
+    assert sorted(runs["experiment"]) == ["other", "smoke", "smoke"]
+    summary = seed_summary(runs).set_index("experiment")
+    assert summary.loc["other", "ok"] == 1 and summary.loc["smoke", "ok"] == 2
+    assert summary.loc["other", "acc_mean"] == runs.set_index("job").loc[f"99_{job}", "acc"]
+    smoke = runs[runs["experiment"] == "smoke"]
+    assert summary.loc["smoke", "acc_mean"] == pytest.approx(smoke["acc"].mean())
+
+
+def test_the_notebook_shows_the_reports_numbers_whatever_the_settings(sweep, tmp_path):
+    """The executed notebook's interval table is the report's, for two confidence levels and
+    resample counts, and those are the intervals of the run's predictions at that setting."""
+    job = "4_resnet18_scratch_ce_seed0"
+    copy = _copy_jobs(sweep, tmp_path, [job, "0_resnet18_pretrained_bce_seed0"])
+    predictions = pd.read_csv(copy / job / "test_predictions.csv")
+    units, _ = resampling_units(predictions["file_name"], identities_of(str(SAMPLE)))
+    shown = []
+    for confidence, resamples in ((0.95, 200), (0.5, 100)):
+        settings = load_settings(
+            **{"bootstrap.confidence": confidence, "bootstrap.resamples": resamples}
+        )
+        analysis = analyze_sweep(copy, settings)
+        report = write_report(analysis, tmp_path / f"report-{confidence}")
+        notebook = nbformat.read(execute_notebook(report, settings), as_version=4)
+        (cell,) = [c for c in notebook.cells if c.source.startswith("intervals =")]
+        runs = pd.read_csv(report / "runs.csv")
+        table = runs.loc[
+            runs["status"] == "ok", ["job", "resampled", *(c for c in runs if "_ci_" in c)]
+        ]
+        assert cell.outputs[0]["data"]["text/html"] == table._repr_html_()
+        row = runs.set_index("job").loc[job]
+        expected = bootstrap_intervals(predictions, resamples, confidence, 0, units)
+        assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx(expected["acc"])
+        lines = (report / "report.md").read_text().splitlines()
+        interval_line = [x for x in lines if x.startswith(f"| {job}") and "identities" in x]
+        assert f"{row['acc_ci_low']:.4f}" in interval_line[0]
+        assert f"{row['acc_ci_high']:.4f}" in interval_line[0]
+        shown.append(row["acc_ci_high"] - row["acc_ci_low"])
+    assert shown[1] < shown[0]
+    # The parameters the report counts are those used at inference, and it says so.
+    assert report_figures(analysis)["accuracy_vs_parameters"].axes[0].get_xlabel() == (
+        "inference parameters"
+    )
+    assert "fewest inference parameters" in (report / "report.md").read_text()
 
 
 def test_fairness_cells_partition_the_test_images(sweep, report):
@@ -271,7 +467,7 @@ def test_learning_curves_come_from_the_runs_tensorboard_logs(sweep):
 def test_reference_numbers_cover_the_thirty_runs():
     reference = reference_results()
     assert len(reference) == 30
-    assert set(reference["model"]) == set(BACKBONES)
+    assert set(reference["model"]) == {p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")}
     best = reference.loc[reference["acc"].idxmax()]
     assert (best["model"], best["treatment"], best["acc"]) == ("vgg19", "pretrained_bce", 0.9785)
 

@@ -40,11 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resamples", type=int, help="bootstrap resamples per run")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting of conf/analysis.yaml, e.g. --set bootstrap.confidence=0.9",
+    )
+    parser.add_argument(
         "--no-notebook", action="store_true", help="do not execute notebooks/analysis.ipynb"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings(data_root=args.data_root, **{"bootstrap.resamples": args.resamples})
+    settings.merge_with_dotlist(args.set)
     try:
         if args.status:
             for sweep_dir in args.sweep_dirs:
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in analysis.conclusions:
             print(f"- {line}")
         if not args.no_notebook:
-            notebook = execute_notebook(analysis.sweep_dirs, report_dir, settings)
+            notebook = execute_notebook(report_dir, settings)
             print(f"executed notebook: {notebook}")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

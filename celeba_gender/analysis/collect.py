@@ -42,6 +42,7 @@ COLUMNS = (
     *METRICS,
     "test_images",
     "best_val",
+    "monitor",
     "epochs_trained",
     "params",
     "train_seconds",

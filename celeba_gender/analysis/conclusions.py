@@ -1,8 +1,10 @@
 """The study's questions, answered from a sweep's configuration table, with the evidence.
 
-Every function takes the per-configuration table of ``statistics.seed_summary`` (mean test
-metrics over seeds) and returns sentences in Markdown; the numbers in them come from that
-table, so a reader can check each one against the tables of the report.
+Every function takes the per-configuration table of ``statistics.seed_summary`` (means over
+seeds) and returns sentences in Markdown; the numbers in them come from that table, so a reader
+can check each one against the tables of the report. Configurations are chosen (ranked) by
+validation accuracy and reported with their test metrics: the test set measures, it never
+chooses.
 """
 
 from __future__ import annotations
@@ -10,16 +12,31 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats
 
-from celeba_gender.analysis.statistics import PairedComparison, wilcoxon_paired
+from celeba_gender.analysis.statistics import IDENTITIES, holm, wilcoxon_paired
 
 
 def ranked(configurations: pd.DataFrame) -> pd.DataFrame:
-    """Configurations with at least one successful run, best mean test accuracy first (F1
-    breaks ties)."""
+    """Configurations with at least one successful run, best mean validation accuracy first
+    (ties keep the sweep's order: test results never choose)."""
     if "acc_mean" not in configurations:
         return configurations.iloc[0:0]
     usable = configurations[configurations["ok"] > 0]
-    return usable.sort_values(["acc_mean", "f1_mean"], ascending=False).reset_index(drop=True)
+    if "val_acc_mean" not in usable:
+        usable = usable.assign(val_acc_mean=float("nan"))
+    return usable.sort_values("val_acc_mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def chosen(configurations: pd.DataFrame) -> pd.DataFrame:
+    """One configuration per model x treatment (where several experiments ran it, the one with
+    the best validation accuracy), best first."""
+    return ranked(configurations).drop_duplicates(["model", "treatment"]).reset_index(drop=True)
+
+
+def configuration_name(row: pd.Series) -> str:
+    experiment = row.get("experiment")
+    return f"{row['model']}/{row['treatment']}" + (
+        f" [{experiment}]" if isinstance(experiment, str) and experiment else ""
+    )
 
 
 def _pct(value: float) -> str:
@@ -36,91 +53,123 @@ def _spread(row: pd.Series) -> str:
     return f"± {100 * std:.2f} over {seeds} seeds" if seeds > 1 and pd.notna(std) else "1 seed"
 
 
+def _val_and_test(val: float, test: float) -> str:
+    return f"validation {_pct(val)}, test {_pct(test)}"
+
+
 def best_choices(configurations: pd.DataFrame) -> list[str]:
-    """Best configuration, backbone, family and treatment."""
-    table = ranked(configurations)
+    """Best configuration, backbone, family and treatment, each chosen by validation accuracy
+    and reported with its test accuracy."""
+    table = chosen(configurations)
     if table.empty:
         return ["No run finished: nothing to conclude."]
     best = table.iloc[0]
     lines = [
-        f"**Best configuration: {best['model']} with {best['treatment']}**, test accuracy "
+        f"**Best configuration (chosen by validation accuracy): {configuration_name(best)}**, "
+        f"validation accuracy {_pct(best['val_acc_mean'])}; test accuracy "
         f"{_pct(best['acc_mean'])} ({_spread(best)}), F1 {best['f1_mean']:.4f}."
     ]
-    by_model = table.groupby("model")["acc_mean"].max().sort_values(ascending=False)
+    by_model = table.drop_duplicates("model")  # each backbone's validation-best treatment
+    first = by_model.iloc[0]
     lines.append(
-        f"**Best backbone: {by_model.index[0]}** (its best treatment: {_pct(by_model.iloc[0])}"
+        f"**Best backbone: {first['model']}** (with {first['treatment']}: "
+        f"{_val_and_test(first['val_acc_mean'], first['acc_mean'])}"
         + (
-            f"; runner-up {by_model.index[1]} at {_pct(by_model.iloc[1])})."
+            f"; runner-up {by_model.iloc[1]['model']} with {by_model.iloc[1]['treatment']}: "
+            f"{_val_and_test(by_model.iloc[1]['val_acc_mean'], by_model.iloc[1]['acc_mean'])})."
             if len(by_model) > 1
             else ")."
         )
     )
-    by_family = table.groupby("family")["acc_mean"].agg(["mean", "max", "size"])
-    by_family = by_family.sort_values("mean", ascending=False)
+    by_family = table.groupby("family").agg(
+        val=("val_acc_mean", "mean"), test=("acc_mean", "mean"), size=("acc_mean", "size")
+    )
+    by_family = by_family.sort_values("val", ascending=False, kind="stable")
     family_text = "; ".join(
-        f"{name} {_pct(row['mean'])} mean over {int(row['size'])} configurations "
-        f"(best {_pct(row['max'])})"
+        f"{name} {_val_and_test(row['val'], row['test'])} (mean over {int(row['size'])} "
+        "configurations)"
         for name, row in by_family.iterrows()
     )
     lines.append(f"**Best family: {by_family.index[0]}** — {family_text}.")
-    treatments = _paired_by_model(table, "treatment")
-    if treatments is not None and not treatments.empty:
-        means = treatments.mean().sort_values(ascending=False)
-        lines.append(
-            f"**Best treatment: {means.index[0]}** — mean accuracy over the "
-            f"{len(treatments)} backbones that ran every treatment: "
-            + ", ".join(f"{name} {_pct(value)}" for name, value in means.items())
-            + "."
+    complete = _by_model(table, "treatment")  # backbones that ran every treatment
+    if complete is not None and not complete.empty:
+        rows, scope = (
+            table[table["model"].isin(complete.index)],
+            (f"over the {len(complete)} backbones that ran every treatment"),
         )
     else:
-        means = table.groupby("treatment")["acc_mean"].mean().sort_values(ascending=False)
-        lines.append(
-            f"**Best treatment: {means.index[0]}** (no backbone ran every treatment, so this "
-            "compares different sets of backbones): "
-            + ", ".join(f"{name} {_pct(value)}" for name, value in means.items())
-            + "."
+        rows, scope = table, "(no backbone ran every treatment: different sets of backbones)"
+    means = rows.groupby("treatment")[["val_acc_mean", "acc_mean"]].mean()
+    means = means.sort_values("val_acc_mean", ascending=False, kind="stable")
+    lines.append(
+        f"**Best treatment: {means.index[0]}** — mean accuracy {scope}: "
+        + "; ".join(
+            f"{name} {_val_and_test(row['val_acc_mean'], row['acc_mean'])}"
+            for name, row in means.iterrows()
         )
+        + "."
+    )
     return lines
 
 
-def _paired_by_model(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
-    """Mean accuracy per model x ``column`` value, models with every value only."""
+def _by_model(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """Mean test accuracy per model x ``column`` value, models with every value only."""
     if table.empty:
         return None
     wide = table.pivot_table(index="model", columns=column, values="acc_mean")
     return wide.dropna()
 
 
-def treatment_effect(
-    configurations: pd.DataFrame, better: str, worse: str, question: str, level: float
-) -> str:
-    """Per backbone, accuracy under ``better`` minus under ``worse``, summarised."""
-    table = ranked(configurations)
-    wide = table.pivot_table(index="model", columns="treatment", values="acc_mean")
-    if better not in wide or worse not in wide:
-        return f"{question} Not answerable: the sweep lacks {better} or {worse} runs."
-    differences = (wide[better] - wide[worse]).dropna()
-    if differences.empty:
-        return f"{question} Not answerable: no backbone finished both {better} and {worse}."
-    p_value = wilcoxon_paired(differences)
-    improved = int((differences > 0).sum())
-    test = (
-        f"Wilcoxon signed-rank p = {p_value:.3g} over {len(differences)} backbones"
-        + (" (significant)" if p_value < level else " (not significant)")
-        if p_value is not None
-        else f"too few backbones ({len(differences)}) for a paired test"
-    )
-    per_model = ", ".join(f"{m} {_points(d)}" for m, d in differences.items())
-    return (
-        f"{question} {better} minus {worse}: mean {_points(differences.mean())}, from "
-        f"{_points(differences.min())} to {_points(differences.max())}; {better} is better for "
-        f"{improved} of {len(differences)} backbones; {test}. Per backbone: {per_model}."
-    )
+def treatment_effects(
+    configurations: pd.DataFrame, questions: list[tuple[str, str, str]], level: float
+) -> list[str]:
+    """For each (better, worse, question): per backbone, test accuracy under ``better`` minus
+    under ``worse`` (each the backbone's validation-chosen configuration of that treatment),
+    summarised with a Wilcoxon signed-rank test over backbones, Holm-adjusted over the
+    questions that have one."""
+    wide = chosen(configurations).pivot(index="model", columns="treatment", values="acc_mean")
+    answers: list[str | pd.Series] = []
+    for better, worse, question in questions:
+        if better not in wide or worse not in wide:
+            answers.append(f"{question} Not answerable: the sweep lacks {better} or {worse} runs.")
+        elif (wide[better] - wide[worse]).dropna().empty:
+            answers.append(
+                f"{question} Not answerable: no backbone finished both {better} and {worse}."
+            )
+        else:
+            answers.append((wide[better] - wide[worse]).dropna())
+    p_values = {
+        i: p
+        for i, a in enumerate(answers)
+        if isinstance(a, pd.Series) and (p := wilcoxon_paired(a)) is not None
+    }
+    adjusted = dict(zip(p_values, holm(list(p_values.values())), strict=True))
+    lines = []
+    for i, ((better, worse, question), answer) in enumerate(zip(questions, answers, strict=True)):
+        if isinstance(answer, str):
+            lines.append(answer)
+            continue
+        test = (
+            f"Wilcoxon signed-rank over {len(answer)} backbones (the backbone is the unit; no "
+            f"resampling): p = {p_values[i]:.3g}, Holm-adjusted over {len(p_values)} treatment "
+            f"question{'s' if len(p_values) > 1 else ''} p = {adjusted[i]:.3g}"
+            + (" (significant)" if adjusted[i] < level else " (not significant)")
+            if i in p_values
+            else f"too few backbones ({len(answer)}) for a paired test"
+        )
+        per_model = ", ".join(f"{m} {_points(d)}" for m, d in answer.items())
+        lines.append(
+            f"{question} Test accuracy, {better} minus {worse}: mean {_points(answer.mean())}, "
+            f"from {_points(answer.min())} to {_points(answer.max())}; {better} is better for "
+            f"{int((answer > 0).sum())} of {len(answer)} backbones; {test}. "
+            f"Per backbone: {per_model}."
+        )
+    return lines
 
 
 def depth_trend(configurations: pd.DataFrame) -> str:
-    """Spearman correlation of depth and accuracy within each family and treatment."""
-    table = ranked(configurations)
+    """Spearman correlation of depth and test accuracy within each family and treatment."""
+    table = chosen(configurations)
     parts = []
     for (family, treatment), group in table.groupby(["family", "treatment"]):
         if group["depth"].nunique() < 3:
@@ -134,66 +183,81 @@ def depth_trend(configurations: pd.DataFrame) -> str:
         parts.append(f"{family} / {treatment}: Spearman ρ = {rho:+.2f}, {trend} ({order})")
     if not parts:
         return "Depth versus accuracy: no family has three depths that finished in this sweep."
-    return "Depth versus accuracy within a family: " + "; ".join(parts) + "."
+    return "Depth versus test accuracy within a family: " + "; ".join(parts) + "."
 
 
 def cost_tradeoff(configurations: pd.DataFrame, tolerance: float) -> str:
-    """The cheapest configurations within ``tolerance`` of the best accuracy, by each cost."""
+    """The cheapest configurations within ``tolerance`` of the best validation accuracy, by
+    each cost (parameters: those used at inference)."""
     table = ranked(configurations)
     if table.empty:
         return ""
-    best = table.iloc[0]
-    near = table[table["acc_mean"] >= best["acc_mean"] - tolerance]
+    near = table[table["val_acc_mean"] >= table.iloc[0]["val_acc_mean"] - tolerance]
     parts = []
     for column, label, fmt in (
-        ("params_mean", "fewest parameters", lambda v: f"{v / 1e6:.1f} M"),
+        ("params_mean", "fewest inference parameters", lambda v: f"{v / 1e6:.1f} M"),
         ("train_seconds_mean", "shortest training", lambda v: f"{v:.0f} s"),
     ):
         if column in near and near[column].notna().any():
             row = near.loc[near[column].idxmin()]
             parts.append(
-                f"{label}: {row['model']} / {row['treatment']} ({fmt(row[column])}, "
+                f"{label}: {configuration_name(row)} ({fmt(row[column])}, test "
                 f"{_pct(row['acc_mean'])})"
             )
     if "test_images_per_second_mean" in near and near["test_images_per_second_mean"].notna().any():
         row = near.loc[near["test_images_per_second_mean"].idxmax()]
         parts.append(
-            f"fastest inference: {row['model']} / {row['treatment']} "
-            f"({1000 / row['test_images_per_second_mean']:.2f} ms per test image, "
+            f"fastest inference: {configuration_name(row)} "
+            f"({1000 / row['test_images_per_second_mean']:.2f} ms per test image, test "
             f"{_pct(row['acc_mean'])})"
         )
     return (
         f"Accuracy versus cost, among the {len(near)} configurations within "
-        f"{100 * tolerance:.1f} points of the best: " + "; ".join(parts) + "."
+        f"{100 * tolerance:.1f} points of the best validation accuracy: " + "; ".join(parts) + "."
     )
 
 
-def paired_verdict(
-    first: pd.Series, second: pd.Series, comparisons: dict[int, PairedComparison], level: float
-) -> str:
-    """The best two configurations compared on the same test images, seed by seed."""
-    if not comparisons:
+def paired_verdict(first: pd.Series, second: pd.Series, paired: pd.DataFrame, level: float) -> str:
+    """The validation-best configuration against the runner-up on the same test images, seed
+    by seed, with how many of all the other configurations it beats; p-values Holm-adjusted
+    over every comparison of the best with another configuration (``paired``)."""
+    a, b = configuration_name(first), configuration_name(second)
+    runner_up = paired[paired["b"] == b] if not paired.empty else paired
+    if runner_up.empty:
         return (
-            f"The best two configurations ({first['model']}/{first['treatment']} and "
-            f"{second['model']}/{second['treatment']}) share no successful seed: no paired test."
+            f"The best two configurations ({a} and {b}) share no successful seed: no paired test."
         )
-    significant = sum(c.significant(level) for c in comparisons.values())
     details = "; ".join(
-        f"seed {seed}: difference {_points(c.accuracy_difference)} "
-        f"[{_points(c.difference_interval[0])}, {_points(c.difference_interval[1])}], "
-        f"{c.a_only_correct} vs {c.b_only_correct} images only one got right, "
-        f"McNemar p = {c.p_value:.3g}"
-        for seed, c in comparisons.items()
+        f"seed {row['seed']}: difference {_points(row['accuracy_difference'])} "
+        f"[{_points(row['difference_low'])}, {_points(row['difference_high'])}], "
+        f"{row['a_only_correct']} vs {row['b_only_correct']} images only one got right, "
+        f"p = {row['p_value']:.3g}, Holm-adjusted p = {row['p_holm']:.3g}"
+        for _, row in runner_up.iterrows()
     )
+    significant = int(runner_up["significant"].sum())
     verdict = (
         "significant"
-        if significant == len(comparisons)
+        if significant == len(runner_up)
         else "not significant"
         if significant == 0
         else "significant for some seeds only"
     )
+    ahead = paired.assign(won=paired["significant"] & (paired["accuracy_difference"] > 0))
+    beaten = int(ahead.groupby("b")["won"].all().sum())
+    clustered = (paired["resampled"] == IDENTITIES).all()
+    method = (
+        "McNemar's test clustered by celebrity (Durkalski) and a cluster bootstrap of "
+        "celebrities for the intervals"
+        if clustered
+        else "McNemar's test and a bootstrap of "
+        + ("images" if (paired["resampled"] != IDENTITIES).all() else "identities or images")
+        + " (see paired.csv: identities are not known for every test set)"
+    )
     return (
-        f"Is {first['model']}/{first['treatment']} really better than "
-        f"{second['model']}/{second['treatment']}? The difference is **{verdict}** at "
-        f"{level:g} ({significant} of {len(comparisons)} seeds): {details}."
+        f"Is {a} (best by validation) really better than {b} (second by validation) on the "
+        f"test set? The difference is **{verdict}** at {level:g} after Holm's correction over "
+        f"all {len(paired)} tests of {a} against the {paired['b'].nunique()} other "
+        f"configurations, seed by seed ({significant} of {len(runner_up)} seeds): {details}. "
+        f"{a} is significantly better than {beaten} of the {paired['b'].nunique()} others on "
+        f"every shared seed. Method: {method}."
     )

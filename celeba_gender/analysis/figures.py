@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from celeba_gender.analysis.conclusions import ranked
+from celeba_gender.analysis.conclusions import chosen
 from celeba_gender.analysis.statistics import correct
 
 
@@ -23,8 +23,9 @@ def _figure(rows: int = 1, columns: int = 1, **options):
 
 
 def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
-    """Mean test ``metric`` of every model x treatment (blank: no successful run)."""
-    table = ranked(configurations)
+    """Mean test ``metric`` of every model x treatment (blank: no successful run; where several
+    experiments ran one, the validation-best)."""
+    table = chosen(configurations)
     wide = table.pivot_table(index="model", columns="treatment", values=f"{metric}_mean")
     figure, axes = _figure(figsize=(1.8 + 1.6 * max(len(wide.columns), 1), 0.9 + 0.45 * len(wide)))
     image = axes.imshow(wide.to_numpy(dtype=float), cmap="viridis", aspect="auto")
@@ -42,7 +43,7 @@ def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
 def grouped_bars(configurations: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     """Accuracy and F1 per model, one bar per treatment. Error bars: standard deviation over
     seeds, or the bootstrap interval where a configuration has one seed."""
-    table = ranked(configurations)
+    table = chosen(configurations)
     figure, all_axes = _figure(1, 2, figsize=(12, 4), sharey=True)
     models = sorted(table["model"].unique())
     treatments = sorted(table["treatment"].unique())
@@ -50,7 +51,7 @@ def grouped_bars(configurations: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     for axes, metric in zip(all_axes, ("acc", "f1"), strict=True):
         for k, treatment in enumerate(treatments):
             rows = table[table["treatment"] == treatment].set_index("model").reindex(models)
-            errors = _error_bars(rows, runs, metric, treatment)
+            errors = _error_bars(rows, runs, metric)
             axes.bar(
                 np.arange(len(models)) + (k - (len(treatments) - 1) / 2) * width,
                 rows[f"{metric}_mean"],
@@ -68,7 +69,7 @@ def grouped_bars(configurations: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     return figure
 
 
-def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, treatment: str) -> np.ndarray:
+def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str) -> np.ndarray:
     """Asymmetric error bars (2 x models) around the mean."""
     errors = np.zeros((2, len(rows)))
     for i, (model, row) in enumerate(rows.iterrows()):
@@ -78,7 +79,10 @@ def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, treatment: 
             errors[:, i] = row[f"{metric}_std"]
             continue
         run = runs[
-            (runs["model"] == model) & (runs["treatment"] == treatment) & (runs["status"] == "ok")
+            (runs["model"] == model)
+            & (runs["treatment"] == row["treatment"])
+            & (runs["experiment"] == row["experiment"])
+            & (runs["status"] == "ok")
         ]
         if len(run) and f"{metric}_ci_low" in run:
             errors[0, i] = row[f"{metric}_mean"] - run[f"{metric}_ci_low"].iloc[0]
@@ -87,8 +91,9 @@ def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, treatment: 
 
 
 def accuracy_versus(configurations: pd.DataFrame, column: str, label: str) -> Figure:
-    """Mean test accuracy against a cost (parameters, training seconds), per treatment."""
-    table = ranked(configurations)
+    """Mean test accuracy against a cost (inference parameters, training seconds), per
+    treatment."""
+    table = chosen(configurations)
     figure, axes = _figure(figsize=(6, 4))
     for treatment, group in table.groupby("treatment"):
         axes.scatter(group[column], group["acc_mean"], label=treatment)

@@ -2,8 +2,9 @@
 TensorBoard) and the executed analysis notebook.
 
 ``analyze_sweep`` computes everything into a ``SweepAnalysis``; ``write_report`` writes it;
-``execute_notebook`` runs notebooks/analysis.ipynb on the same sweep. The notebook calls the
-same functions, so the report and the notebook cannot disagree.
+``execute_notebook`` runs notebooks/analysis.ipynb on the report folder. The notebook reads the
+tables, conclusions and figures the report wrote and computes nothing, so the report and the
+notebook cannot disagree.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ from celeba_gender.analysis.calibration import (
 from celeba_gender.analysis.collect import METRICS, collect_runs, read_predictions
 from celeba_gender.analysis.fairness import attributes_of, fairness_summary, subgroup_table
 from celeba_gender.analysis.statistics import (
-    PairedComparison,
+    CONFIGURATION,
+    IDENTITIES,
     bootstrap_intervals,
     compare_paired,
+    correct,
+    holm,
+    identities_of,
+    resampling_units,
     seed_summary,
 )
 from celeba_gender.config import CONFIG_DIR
@@ -39,6 +45,8 @@ from celeba_gender.data.annotations import detect_layout
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_study.csv"
+# What the report folder holds for the notebook (and any reader) besides report.md.
+SETTINGS_FILE, CONCLUSIONS_FILE = "analysis.yaml", "conclusions.md"
 
 
 def load_settings(**overrides) -> DictConfig:
@@ -62,12 +70,12 @@ class SweepAnalysis:
 
     sweep_dirs: list[Path]  # the folders read (the report goes into the first by default)
     settings: DictConfig
-    runs: pd.DataFrame  # one row per job, with bootstrap intervals and calibration
-    configurations: pd.DataFrame  # one row per model x treatment: mean/std over seeds, theirs
+    runs: pd.DataFrame  # one row per job, with validation accuracy, intervals, calibration
+    configurations: pd.DataFrame  # one row per experiment x model x treatment: over seeds
     fairness: pd.DataFrame  # subgroup x gender cells of every run
     fairness_runs: pd.DataFrame  # worst group and largest gap per run
     reliability: dict[str, pd.DataFrame]  # per run: reliability diagram points
-    comparisons: dict[int, PairedComparison]  # best two configurations, by seed
+    paired: pd.DataFrame  # the validation-best configuration against each other, by seed
     conclusions: list[str]
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
 
@@ -84,20 +92,28 @@ class SweepAnalysis:
         table = conclusions.ranked(self.configurations)
         return None if table.empty else table.iloc[0]
 
+    def runs_of(self, configuration: pd.Series) -> pd.DataFrame:
+        """The successful runs of a configuration (its seeds), lowest seed first."""
+        runs = self.ok_runs
+        same = pd.Series(True, index=runs.index)
+        for key in CONFIGURATION:
+            same &= (runs[key] == configuration[key]) | (
+                runs[key].isna() & pd.isna(configuration[key])
+            )
+        return runs[same].sort_values("seed")
+
     def run_of(self, configuration: pd.Series) -> pd.Series:
         """The lowest-seed successful run of a configuration (for per-run pictures)."""
-        runs = self.ok_runs
-        match = runs[
-            (runs["model"] == configuration["model"])
-            & (runs["treatment"] == configuration["treatment"])
-        ]
-        return match.sort_values("seed").iloc[0]
+        return self.runs_of(configuration).iloc[0]
 
     def predictions(self, job: str, part: str = "test") -> pd.DataFrame:
         return read_predictions(self.runs.set_index("job").loc[job, "run_dir"], part)
 
     def data_root(self, run: pd.Series) -> str | None:
         return _data_root(self.settings, run)
+
+    def identities(self, run: pd.Series) -> pd.Series | None:
+        return _identities(self.settings, run)
 
 
 def _data_root(settings: DictConfig, run: pd.Series) -> str | None:
@@ -106,6 +122,25 @@ def _data_root(settings: DictConfig, run: pd.Series) -> str | None:
     return settings.get("data_root") or (
         recorded if isinstance(recorded, str) and recorded else None
     )
+
+
+def _identities(settings: DictConfig, run: pd.Series) -> pd.Series | None:
+    """Celebrity by file name in the run's CelebA copy (None: unknown; bootstraps then resample
+    images)."""
+    data_root = _data_root(settings, run)
+    try:
+        return identities_of(data_root) if data_root else None
+    except DataError:
+        return None
+
+
+def _validation_accuracy(run: pd.Series) -> float:
+    """Accuracy of the evaluated checkpoint on the whole validation part (val_predictions.csv),
+    or else the run's best monitored val/acc: what chooses configurations."""
+    try:
+        return float(correct(read_predictions(run["run_dir"], "val")).mean())
+    except DataError:
+        return float(run["best_val"]) if run["monitor"] == "val/acc" else float("nan")
 
 
 def analyze_sweep(
@@ -118,6 +153,10 @@ def analyze_sweep(
         sweep_dirs = [sweep_dirs]
     sweep_dirs = list(dict.fromkeys(Path(d).expanduser().resolve() for d in sweep_dirs))
     runs = collect_runs(sweep_dirs)
+    runs["val_acc"] = [
+        _validation_accuracy(run) if run["status"] == "ok" else float("nan")
+        for _, run in runs.iterrows()
+    ]
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     for _, run in runs[runs["status"] == "ok"].iterrows():
@@ -149,11 +188,11 @@ def analyze_sweep(
         fairness=pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(),
         fairness_runs=pd.DataFrame(fairness_rows),
         reliability=reliability,
-        comparisons={},
+        paired=pd.DataFrame(),
         conclusions=[],
         notes=notes,
     )
-    analysis.comparisons = _compare_best_two(analysis)
+    analysis.paired = _compare_best(analysis)
     analysis.conclusions = _conclusions(analysis)
     return analysis
 
@@ -162,8 +201,9 @@ def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
     """Bootstrap intervals, calibration and subgroup cells of one successful run."""
     predictions = read_predictions(run["run_dir"])
     boot = settings.bootstrap
-    intervals = bootstrap_intervals(predictions, boot.resamples, boot.confidence, boot.seed)
-    values = {}
+    units, resampled = resampling_units(predictions["file_name"], _identities(settings, run))
+    intervals = bootstrap_intervals(predictions, boot.resamples, boot.confidence, boot.seed, units)
+    values = {"resampled": resampled}
     for name, (low, high) in intervals.items():
         values[f"{name}_ci_low"], values[f"{name}_ci_high"] = low, high
     values["ece"] = expected_calibration_error(predictions, settings.calibration_bins)
@@ -193,27 +233,54 @@ def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
     return extra, cells
 
 
-def _compare_best_two(analysis: SweepAnalysis) -> dict[int, PairedComparison]:
+def _compare_best(analysis: SweepAnalysis) -> pd.DataFrame:
+    """The validation-best configuration against every other one on the same test images, seed
+    by seed: one row per test, with Holm-adjusted p-values over them all."""
     table = conclusions.ranked(analysis.configurations)
     if len(table) < 2:
-        return {}
-    runs = analysis.ok_runs
-    first, second = (
-        runs[(runs["model"] == row["model"]) & (runs["treatment"] == row["treatment"])]
-        for row in (table.iloc[0], table.iloc[1])
-    )
+        return pd.DataFrame()
+    best_runs = analysis.runs_of(table.iloc[0]).set_index("seed")
     boot = analysis.settings.bootstrap
-    comparisons = {}
-    for seed in sorted(set(first["seed"]) & set(second["seed"])):
-        try:
-            a = analysis.predictions(first[first["seed"] == seed]["job"].iloc[0])
-            b = analysis.predictions(second[second["seed"] == seed]["job"].iloc[0])
-            comparisons[int(seed)] = compare_paired(
-                a, b, boot.resamples, boot.confidence, boot.seed
+    rows = []
+    for rank, other in table.iloc[1:].iterrows():
+        other_runs = analysis.runs_of(other).set_index("seed")
+        for seed in sorted(set(best_runs.index) & set(other_runs.index)):
+            run_a, run_b = best_runs.loc[seed], other_runs.loc[seed]
+            try:
+                comparison = compare_paired(
+                    analysis.predictions(run_a["job"]),
+                    analysis.predictions(run_b["job"]),
+                    boot.resamples,
+                    boot.confidence,
+                    boot.seed,
+                    analysis.identities(run_a),
+                )
+            except (ValueError, DataError) as error:
+                analysis.notes.append(f"{run_a['job']} vs {run_b['job']}: no paired test ({error})")
+                continue
+            rows.append(
+                {
+                    "a": conclusions.configuration_name(table.iloc[0]),
+                    "b": conclusions.configuration_name(other),
+                    "b_validation_rank": rank + 1,
+                    "seed": int(seed),
+                    "job_a": run_a["job"],
+                    "job_b": run_b["job"],
+                    "images": comparison.images,
+                    "a_only_correct": comparison.a_only_correct,
+                    "b_only_correct": comparison.b_only_correct,
+                    "accuracy_difference": comparison.accuracy_difference,
+                    "difference_low": comparison.difference_interval[0],
+                    "difference_high": comparison.difference_interval[1],
+                    "resampled": comparison.resampled,
+                    "p_value": comparison.p_value,
+                }
             )
-        except (ValueError, DataError) as error:
-            analysis.notes.append(f"seed {seed}: no paired test ({error})")
-    return comparisons
+    paired = pd.DataFrame(rows)
+    if not paired.empty:
+        paired["p_holm"] = holm(paired["p_value"])
+        paired["significant"] = paired["p_holm"] < analysis.settings.significance_level
+    return paired
 
 
 def _conclusions(analysis: SweepAnalysis) -> list[str]:
@@ -224,18 +291,13 @@ def _conclusions(analysis: SweepAnalysis) -> list[str]:
     table = conclusions.ranked(configurations)
     if len(table) >= 2:
         lines.append(
-            conclusions.paired_verdict(table.iloc[0], table.iloc[1], analysis.comparisons, level)
+            conclusions.paired_verdict(table.iloc[0], table.iloc[1], analysis.paired, level)
         )
-    lines.append(
-        conclusions.treatment_effect(
-            configurations, "pretrained_bce", "scratch_bce", "Does pretraining help?", level
-        )
-    )
-    lines.append(
-        conclusions.treatment_effect(
-            configurations, "scratch_bce", "scratch_ce", "BCE or CE from scratch?", level
-        )
-    )
+    questions = [
+        ("pretrained_bce", "scratch_bce", "Does pretraining help?"),
+        ("scratch_bce", "scratch_ce", "BCE or CE from scratch?"),
+    ]
+    lines += conclusions.treatment_effects(configurations, questions, level)
     lines.append(conclusions.depth_trend(configurations))
     lines.append(conclusions.cost_tradeoff(configurations, analysis.settings.cost_tolerance))
     best_run = analysis.run_of(analysis.best)
@@ -266,7 +328,7 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
     result["f1_heatmap"] = figures.metric_heatmap(configurations, "f1")
     result["accuracy_f1_bars"] = figures.grouped_bars(configurations, analysis.runs)
     result["accuracy_vs_parameters"] = figures.accuracy_versus(
-        configurations, "params_mean", "parameters"
+        configurations, "params_mean", "inference parameters"
     )
     result["accuracy_vs_training_time"] = figures.accuracy_versus(
         configurations, "train_seconds_mean", "training seconds"
@@ -321,6 +383,7 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
         "model",
         "treatment",
         "seed",
+        "val_acc",
         *METRICS,
         "params",
         "train_seconds",
@@ -329,6 +392,7 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
     config_columns = [
         c
         for c in (
+            "experiment",
             "model",
             "family",
             "treatment",
@@ -336,14 +400,18 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
             "ok",
             "failed",
             "missing",
-            *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+            *(f"{m}_{s}" for m in ("val_acc", *METRICS) for s in ("mean", "std")),
             "study_acc (theirs)",
             "params_mean",
             "train_seconds_mean",
         )
         if c in analysis.configurations
     ]
-    ci_columns = ["job", *(f"{m}_ci_{e}" for m in METRICS for e in ("low", "high"))]
+    ci_columns = [
+        "job",
+        "resampled",
+        *(f"{m}_ci_{e}" for m in METRICS for e in ("low", "high")),
+    ]
     calibration_columns = [
         "job",
         "ece",
@@ -353,27 +421,50 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
         "f1_at_0.5",
         "f1_at_val_threshold",
     ]
-    level = int(100 * analysis.settings.bootstrap.confidence)
+    boot = analysis.settings.bootstrap
+    level = f"{100 * boot.confidence:g}"
     status_counts = runs["status"].value_counts().to_dict()
+    units = set(runs.get("resampled", pd.Series(dtype=object)).dropna())
+    resampled = (
+        "test celebrities (cluster bootstrap: every image of a drawn celebrity), as the data's "
+        "identity file names every test image's celebrity"
+        if units == {IDENTITIES}
+        else "test images (no identity file names every test image's celebrity)"
+        if units and IDENTITIES not in units
+        else "test celebrities where the identity file names them all, else images: see `resampled`"
+    )
+    inference = {"params": "inference params", "params_mean": "inference params (mean)"}
     sections = [
         f"# Sweep report: {analysis.sweep_dir.name}",
         f"Sweep folder: {', '.join(f'`{d}`' for d in analysis.sweep_dirs)}. Jobs: {len(runs)} "
         f"({', '.join(f'{n} {s}' for s, n in status_counts.items())}).",
         "## Conclusions",
         *(f"- {line}" for line in analysis.conclusions),
-        "## Configurations (mean and standard deviation over seeds)",
+        "## How configurations are chosen and tested",
+        "Configurations are ranked by validation accuracy (`val_acc`: the evaluated checkpoint "
+        "on the whole validation part, mean over seeds) and reported with their test metrics; "
+        "the test set never chooses. The validation-best configuration is compared with every "
+        "other on the same test images, seed by seed (paired.csv); the p-values of that family "
+        "are Holm-adjusted, as are the Wilcoxon tests of the treatment questions. Bootstraps "
+        f"resample {resampled}, and where they resample celebrities McNemar's test is the "
+        "clustered one (Durkalski). Parameters are those used at inference (GoogLeNet's and "
+        "Inception-v3's training-only auxiliary heads excluded).",
+        "## Configurations (mean and standard deviation over seeds), best validation first",
         "`study_acc (theirs)` is the reference study's accuracy on a random image split that "
         "shares celebrities between train and test; ours are on the split named in each run.",
         _fmt(
-            conclusions.ranked(analysis.configurations)[config_columns]
+            conclusions.ranked(analysis.configurations)[config_columns].rename(columns=inference)
             if not conclusions.ranked(analysis.configurations).empty
             else pd.DataFrame()
         ),
         "## Runs (every job, failed and missing ones included)",
-        _fmt(runs[[c for c in run_columns if c in runs]]),
-        f"## {level}% bootstrap intervals per run (percentile, "
-        f"{analysis.settings.bootstrap.resamples} resamples of the test images)",
+        _fmt(runs[[c for c in run_columns if c in runs]].rename(columns=inference)),
+        f"## {level}% bootstrap intervals per run (percentile, {boot.resamples} resamples of "
+        f"{resampled})",
         _fmt(runs.loc[runs["status"] == "ok", [c for c in ci_columns if c in runs]]),
+        f"## The validation-best configuration against each other ({level}% intervals of the "
+        "accuracy difference; Holm-adjusted p-values)",
+        _fmt(analysis.paired),
         "## Calibration and threshold",
         "ECE of P(male); test accuracy and F1 at 0.5 and at the threshold that maximises "
         "validation F1.",
@@ -394,15 +485,31 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
 
 
 def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) -> Path:
-    """Write runs.csv, configurations.csv, fairness.csv, reliability.csv, report.md and
-    figures/ (PNG; the same figures as TensorBoard images under tensorboard/) into
-    ``report_dir``."""
+    """Write runs.csv, configurations.csv, paired.csv, fairness.csv, fairness_summary.csv,
+    reliability.csv, conclusions.md, analysis.yaml (the settings used, and the sweep folders),
+    report.md and figures/ (PNG; the same figures as TensorBoard images under tensorboard/)
+    into ``report_dir``."""
     report_dir = Path(report_dir or analysis.sweep_dir / "report")
     figure_dir = report_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     analysis.runs.to_csv(report_dir / "runs.csv", index=False)
     analysis.configurations.to_csv(report_dir / "configurations.csv", index=False)
     analysis.fairness.to_csv(report_dir / "fairness.csv", index=False)
+    analysis.paired.to_csv(report_dir / "paired.csv", index=False)
+    analysis.fairness_runs.to_csv(report_dir / "fairness_summary.csv", index=False)
+    (report_dir / CONCLUSIONS_FILE).write_text(
+        "\n".join(f"- {line}" for line in analysis.conclusions)
+        + (
+            "\n\n## Notes\n\n" + "\n".join(f"- {n}" for n in analysis.notes)
+            if analysis.notes
+            else ""
+        )
+        + "\n"
+    )
+    settings = OmegaConf.merge(
+        analysis.settings, {"sweep_dirs": [str(d) for d in analysis.sweep_dirs]}
+    )
+    OmegaConf.save(settings, report_dir / SETTINGS_FILE, resolve=True)
     reliability = [table.assign(job=job) for job, table in analysis.reliability.items()]
     if reliability:
         pd.concat(reliability).to_csv(report_dir / "reliability.csv", index=False)
@@ -419,11 +526,10 @@ def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) 
     return report_dir
 
 
-def execute_notebook(
-    sweep_dirs: Path | Sequence[Path], report_dir: Path, settings: DictConfig
-) -> Path:
-    """Run notebooks/analysis.ipynb on the sweep with papermill; the executed copy goes into
-    the report folder."""
+def execute_notebook(report_dir: Path, settings: DictConfig) -> Path:
+    """Run notebooks/analysis.ipynb on a report folder that ``write_report`` wrote, with
+    papermill; the executed copy goes into that folder. The notebook reads the folder's
+    tables, so it shows exactly the report's numbers, whatever the settings."""
     try:
         import papermill
     except ImportError:
@@ -431,16 +537,11 @@ def execute_notebook(
             "Executing the notebook needs papermill and ipykernel: pip install -e '.[dev]' "
             "(or pass --no-notebook)."
         ) from None
-    output = report_dir / "analysis.ipynb"
+    output = Path(report_dir) / "analysis.ipynb"
     papermill.execute_notebook(
         str(settings.notebook),
         str(output),
-        parameters={
-            "sweep_dir": [str(d) for d in sweep_dirs]
-            if isinstance(sweep_dirs, (list, tuple))
-            else str(sweep_dirs),
-            "data_root": settings.get("data_root"),
-        },
+        parameters={"report_dir": str(Path(report_dir).resolve())},
         kernel_name="python3",
         cwd=str(Path(settings.notebook).parent),
         progress_bar=False,

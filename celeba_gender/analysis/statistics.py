@@ -1,13 +1,18 @@
 """How sure are we: seed spread, bootstrap intervals, and paired tests on the same test images.
 
-Metrics are torchmetrics' (the ones training logs), so a bootstrap interval is an interval of
-exactly the number in metrics.json. Resampling and tests are scipy's.
+A test set holds several images of one celebrity, and those are not independent: where the
+data's identity file names every test image's celebrity, the bootstrap resamples celebrities
+(a cluster bootstrap: all images of a drawn celebrity, as often as it is drawn) and McNemar's
+test is the clustered one (Durkalski et al., 2003); otherwise images. Either way the report
+says which. Metric values are those torchmetrics logs in training (a test checks it).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,12 @@ from torchmetrics.functional.classification import (
 )
 
 from celeba_gender.analysis.collect import METRICS
+from celeba_gender.data.annotations import canonical_name, detect_layout, read_name_value_file
+
+# One configuration: runs that differ only by seed. Runs of different experiments found in
+# one folder are never averaged together.
+CONFIGURATION = ("experiment", "model", "treatment")
+IDENTITIES, IMAGES = "identities", "images"  # what a bootstrap resamples
 
 
 def correct(predictions: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
@@ -30,7 +41,7 @@ def correct(predictions: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
     return ((predictions["p_male"] > threshold) == (predictions["label"] == 1)).to_numpy()
 
 
-_SAMPLEWISE = {
+_TORCHMETRICS = {
     "acc": binary_accuracy,
     "precision": binary_precision,
     "recall": binary_recall,
@@ -43,33 +54,94 @@ def metric_values(labels: np.ndarray, p_male: np.ndarray, threshold: float = 0.5
     target = torch.tensor(np.asarray(labels), dtype=torch.long)
     preds = torch.tensor(np.asarray(p_male), dtype=torch.float32)
     values = {
-        name: float(fn(preds, target, threshold=threshold)) for name, fn in _SAMPLEWISE.items()
+        name: float(fn(preds, target, threshold=threshold)) for name, fn in _TORCHMETRICS.items()
     }
     values["auroc"] = float(binary_auroc(preds, target))
     return values
 
 
-def _resampled_metrics(labels: np.ndarray, p_male: np.ndarray, axis: int = -1) -> np.ndarray:
-    """The metrics of every resample at once (a scipy-bootstrap statistic): shape (5, ...).
+@cache
+def identities_of(data_root: str) -> pd.Series:
+    """Celebrity identity by file name of a CelebA copy (read once per root); empty when the
+    copy has no identity file."""
+    identity_file = detect_layout(data_root).identity_file
+    if identity_file is None:
+        return pd.Series(dtype="int64")
+    return read_name_value_file(identity_file, "identity")
 
-    Accuracy, precision, recall and F1 are torchmetrics' per-row ("samplewise") forms. AUROC is
-    the Mann-Whitney form from tied ranks, exact and per row (torchmetrics has no per-row AUROC;
-    a test checks the two agree)."""
-    target = torch.tensor(np.moveaxis(labels, axis, -1), dtype=torch.long)
-    preds = torch.tensor(np.moveaxis(p_male, axis, -1), dtype=torch.float32)
-    batch_shape = target.shape[:-1]
-    target, preds = target.reshape(-1, target.shape[-1]), preds.reshape(-1, preds.shape[-1])
-    rows = [
-        fn(preds, target, multidim_average="samplewise", validate_args=False).reshape(-1).numpy()
-        for fn in _SAMPLEWISE.values()
-    ]
-    positives = target.numpy() == 1
-    ranks = stats.rankdata(preds.numpy(), axis=-1)
-    n_pos, n_neg = positives.sum(-1), (~positives).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # one-class resamples: NaN
-        auroc = ((ranks * positives).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    rows.append(auroc)
-    return np.stack(rows).reshape(len(rows), *batch_shape)
+
+def resampling_units(file_names: pd.Series, identities: pd.Series | None) -> tuple[np.ndarray, str]:
+    """Each image's resampling unit as a code 0..K-1, and what the units are: its celebrity
+    where ``identities`` names every image's (``"identities"``), else the image itself."""
+    if identities is not None and len(identities):
+        known = file_names.map(canonical_name).map(identities)
+        if known.notna().all():
+            return pd.factorize(known)[0], IDENTITIES
+    return np.arange(len(file_names)), IMAGES
+
+
+def resample_weights(
+    units: np.ndarray, resamples: int, rng: np.random.Generator, batch: int = 200
+) -> Iterator[np.ndarray]:
+    """Bootstrap resamples as weights, ``batch`` at a time (batch x images): how often each
+    image is drawn when the units are drawn with replacement, as many as there are."""
+    count = int(units.max()) + 1
+    for start in range(0, resamples, batch):
+        size = min(batch, resamples - start)
+        drawn = rng.integers(0, count, size=(size, count)) + count * np.arange(size)[:, None]
+        times = np.bincount(drawn.ravel(), minlength=size * count).reshape(size, count)
+        yield times[:, units]
+
+
+def weighted_metrics(labels: np.ndarray, p_male: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The five metrics (``METRICS`` order) of each resample given as image weights
+    (resamples x images): the metrics of the images repeated that many times. As in
+    torchmetrics, precision, recall and F1 are 0 where undefined (no male predicted or
+    present). AUROC is the Mann-Whitney form (ties count half), NaN with one class only."""
+    male = np.asarray(labels) == 1
+    p_male = np.asarray(p_male)
+    weights = np.asarray(weights, dtype=float)
+    predicted = p_male > 0.5
+    tp, fp = weights @ (male & predicted), weights @ (~male & predicted)
+    fn, total = weights @ (male & ~predicted), weights.sum(axis=1)
+    # Mann-Whitney: for each man, the weight of women scored below him, ties half.
+    order = np.argsort(p_male, kind="stable")
+    scores, men = p_male[order], male[order]
+    new_score = np.r_[True, scores[1:] != scores[:-1]]
+    starts = np.flatnonzero(new_score)
+    ends = np.r_[starts[1:], len(scores)]
+    tie_group = np.cumsum(new_score) - 1
+    women_below = np.zeros((len(weights), len(scores) + 1))
+    np.cumsum(weights[:, order] * ~men, axis=1, out=women_below[:, 1:])
+    below = women_below[:, starts[tie_group]]
+    tied = women_below[:, ends[tie_group]] - below
+    men_weights = weights[:, order] * men
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (men_weights * (below + tied / 2)).sum(axis=1) / (
+            men_weights.sum(axis=1) * women_below[:, -1]
+        )
+    return np.stack(
+        [
+            (total - fp - fn) / total,
+            _ratio(tp, tp + fp),
+            _ratio(tp, tp + fn),
+            _ratio(2 * tp, 2 * tp + fp + fn),
+            auroc,
+        ]
+    )
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (torchmetrics' zero_division)."""
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def _percentiles(distribution: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    tail = (1 - confidence) / 2 * 100
+    with warnings.catch_warnings():  # a metric undefined in every resample: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(distribution, [tail, 100 - tail], axis=-1)
+    return low, high
 
 
 def bootstrap_intervals(
@@ -77,33 +149,25 @@ def bootstrap_intervals(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    units: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap interval of each test metric, resampling test images (label and
-    prediction together). Resamples where a metric is undefined (one class only: AUROC,
-    precision with no male prediction) are left out of that metric's interval."""
-    labels = predictions["label"].to_numpy()
-    p_male = predictions["p_male"].to_numpy()
+    """Percentile bootstrap interval of each test metric, resampling ``units`` (codes from
+    ``resampling_units``; default: the images). Resamples where a metric is undefined are left
+    out of that metric's interval (AUROC of resamples with one class)."""
+    labels, p_male = predictions["label"].to_numpy(), predictions["p_male"].to_numpy()
+    units = np.arange(len(labels)) if units is None else units
     rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():  # NaN resamples of small test sets
-        warnings.simplefilter("ignore")
-        distribution = stats.bootstrap(
-            (labels, p_male),
-            _resampled_metrics,
-            paired=True,
-            vectorized=True,
-            n_resamples=resamples,
-            batch=200,  # bounds memory: 200 resamples x test images at a time
-            method="percentile",
-            rng=rng,
-        ).bootstrap_distribution
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(distribution, [tail, 100 - tail], axis=-1)
+    distribution = np.concatenate(
+        [weighted_metrics(labels, p_male, w) for w in resample_weights(units, resamples, rng)],
+        axis=1,
+    )
+    low, high = _percentiles(distribution, confidence)
     return {name: (float(low[i]), float(high[i])) for i, name in enumerate(METRICS)}
 
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """McNemar's exact test and a paired bootstrap of the accuracy difference, A minus B."""
+    """McNemar's test and a paired bootstrap of the accuracy difference, A minus B."""
 
     images: int
     a_only_correct: int
@@ -111,6 +175,7 @@ class PairedComparison:
     accuracy_difference: float
     difference_interval: tuple[float, float]
     p_value: float
+    resampled: str  # "identities" (cluster bootstrap, clustered McNemar) or "images"
 
     def significant(self, level: float) -> bool:
         return self.p_value < level
@@ -122,8 +187,10 @@ def compare_paired(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    identities: pd.Series | None = None,
 ) -> PairedComparison:
-    """Compare two runs' predictions on the same test images (joined on file name)."""
+    """Compare two runs' predictions on the same test images (joined on file name); by
+    celebrity where ``identities`` names every image's."""
     joined = a.merge(b, on="file_name", suffixes=("_a", "_b"), validate="one_to_one")
     if len(joined) != len(a) or len(joined) != len(b):
         raise ValueError(
@@ -134,35 +201,54 @@ def compare_paired(
         raise ValueError("The two runs disagree on the labels of the same files.")
     correct_a = correct(joined.rename(columns={"p_male_a": "p_male", "label_a": "label"}))
     correct_b = correct(joined.rename(columns={"p_male_b": "p_male", "label_b": "label"}))
-    a_only, b_only = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
-    # Exact McNemar: under "equally accurate", each discordant image is a fair coin.
-    p_value = 1.0 if a_only + b_only == 0 else stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
-    difference = stats.bootstrap(
-        (correct_a.astype(float), correct_b.astype(float)),
-        lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    ).confidence_interval
+    units, resampled = resampling_units(joined["file_name"], identities)
+    a_only, b_only = correct_a & ~correct_b, ~correct_a & correct_b
+    rng = np.random.default_rng(seed)
+    gain = correct_a.astype(float) - correct_b
+    differences = np.concatenate(
+        [w @ gain / w.sum(axis=1) for w in resample_weights(units, resamples, rng)]
+    )
+    low, high = _percentiles(differences, confidence)
     return PairedComparison(
         images=len(joined),
-        a_only_correct=a_only,
-        b_only_correct=b_only,
-        accuracy_difference=float(correct_a.mean() - correct_b.mean()),
-        difference_interval=(float(difference.low), float(difference.high)),
-        p_value=float(p_value),
+        a_only_correct=int(a_only.sum()),
+        b_only_correct=int(b_only.sum()),
+        accuracy_difference=float(gain.mean()),
+        difference_interval=(float(low), float(high)),
+        p_value=mcnemar(a_only, b_only, units if resampled == IDENTITIES else None),
+        resampled=resampled,
     )
 
 
-def seed_summary(
-    runs: pd.DataFrame, keys: tuple[str, ...] = ("model", "treatment")
-) -> pd.DataFrame:
-    """One row per configuration: how many seeds ran, failed or are missing, and the mean and
-    standard deviation (ddof=1; NaN with one seed) of every test metric and cost over its
-    successful seeds."""
+def mcnemar(a_only: np.ndarray, b_only: np.ndarray, clusters: np.ndarray | None = None) -> float:
+    """McNemar's p-value from the images only A or only B got right: exact (each such image a
+    fair coin under "equally accurate"), or, with ``clusters``, Durkalski's clustered
+    chi-square (per cluster, A-only minus B-only; one image per cluster: plain McNemar)."""
+    if clusters is None:
+        discordant = int(a_only.sum() + b_only.sum())
+        return (
+            1.0 if discordant == 0 else float(stats.binomtest(int(a_only.sum()), discordant).pvalue)
+        )
+    per_cluster = np.bincount(clusters, weights=a_only.astype(float) - b_only)
+    spread = float((per_cluster**2).sum())
+    return 1.0 if spread == 0 else float(stats.chi2.sf(per_cluster.sum() ** 2 / spread, df=1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a family of tests (reject where below the level):
+    the k-th smallest times (m - k + 1), kept non-decreasing, at most 1."""
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values)
+    scaled = (len(p_values) - np.arange(len(p_values))) * p_values[order]
+    adjusted = np.empty_like(p_values)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
+def seed_summary(runs: pd.DataFrame, keys: tuple[str, ...] = CONFIGURATION) -> pd.DataFrame:
+    """One row per configuration (experiment, model, treatment): how many seeds ran, failed or
+    are missing, and the mean and standard deviation (ddof=1; NaN with one seed) of every test
+    metric, the validation accuracy and the costs over its successful seeds."""
     if runs.empty:
         return pd.DataFrame()
     grouped = runs.groupby(list(keys), sort=False, dropna=False)
@@ -175,13 +261,15 @@ def seed_summary(
         missing=("status", lambda s: int((s == "missing").sum())),
     )
     ok = runs[runs["status"] == "ok"]
-    measured = [*METRICS, "params", "train_seconds", "test_images_per_second"]
+    measured = [*METRICS, "val_acc", "params", "train_seconds", "test_images_per_second"]
+    measured = [m for m in measured if m in runs]
     if not ok.empty:
         values = ok[[*keys, *measured]].astype({m: float for m in measured})
         by_config = values.groupby(list(keys), sort=False, dropna=False)
         means = by_config.mean().add_suffix("_mean")
-        stds = by_config[list(METRICS)].std(ddof=1).add_suffix("_std")
-        summary = summary.join(means).join(stds)
+        spread = [m for m in (*METRICS, "val_acc") if m in runs]
+        stds = by_config[spread].std(ddof=1)
+        summary = summary.join(means).join(stds.add_suffix("_std"))
     return summary.reset_index()
 
 
