@@ -509,10 +509,12 @@ def test_a_run_whose_predictions_are_gone_keeps_its_row(sweep, tmp_path):
     (copy / "4_resnet18_scratch_ce_seed0" / "test_predictions.csv").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(copy), "--no-notebook",
-         "--resamples", "50"],
+         "--resamples", "50", "--set", "bootstrap.confidence=0.8"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "## 80% bootstrap intervals" in (copy / "report" / "report.md").read_text()
+    assert "confidence: 0.8" in (copy / "report" / "analysis.yaml").read_text()
     runs = pd.read_csv(copy / "report" / "runs.csv").set_index("job")
     assert runs.loc["4_resnet18_scratch_ce_seed0", "status"] == "ok"
     assert pd.isna(runs.loc["4_resnet18_scratch_ce_seed0", "acc_ci_low"])
