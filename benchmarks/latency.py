@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data.transforms import ALIGNED_HEIGHT, ALIGNED_WIDTH
-from celeba_gender.models import BACKBONES, GenderClassifier
+from celeba_gender.models import GenderClassifier, model_names
 
 
 def _median_ms(call, repeats: int, warmup: int, device: torch.device) -> float:
@@ -42,8 +43,10 @@ def _median_ms(call, repeats: int, warmup: int, device: torch.device) -> float:
 
 
 def model_latency(name: str, batch: int, repeats: int, warmup: int, device: torch.device) -> dict:
-    size = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml").image_size
-    model = GenderClassifier(name, "bce", pretrained=False).to(device).eval()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", "treatment=scratch_bce"])
+    size = cfg.model.image_size
+    model: GenderClassifier = instantiate(cfg.module).to(device).eval()
     row = {"model": name, "image_size": size}
     with torch.inference_mode():
         for label, n in (("batch_1", 1), (f"batch_{batch}", batch)):
@@ -72,7 +75,7 @@ def detection_latency(repeats: int, device: torch.device) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(BACKBONES))
+    parser.add_argument("--models", nargs="*", default=model_names())
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from celeba_gender.models import (
-    BACKBONES,
     BCEHead,
     CEHead,
     GenderClassifier,
     PretrainedWeightsUnavailable,
     create_backbone,
     load_classifier,
+    model_names,
     pretrained_weights_file,
 )
 from celeba_gender.models.backbones import split_outputs
@@ -27,13 +28,20 @@ from celeba_gender.models.module import binary_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _module(model: str, **overrides) -> GenderClassifier:
+    """The GenderClassifier that conf/ builds for ``model`` (config.yaml's ``module`` node)."""
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}"])
+    return instantiate(cfg.module, **overrides)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", model_names())
 def test_every_backbone_gives_the_heads_outputs(name):
     size = 299 if name == "inception_v3" else 64
     aux = name in ("googlenet", "inception_v3")
-    for outputs in (1, 2):
-        model = create_backbone(name, outputs, pretrained=False)
+    for loss, outputs in (("bce", 1), ("ce", 2)):
+        model = _module(name, loss=loss).net
         images = torch.randn(2, 3, size, size)
         model.train()
         main, aux_logits = split_outputs(model(images))
@@ -64,9 +72,7 @@ def test_bce_and_ce_heads_give_the_same_metrics_on_the_same_predictions():
     assert results[0] == pytest.approx(results[1])
     predicted_male = (p_bce > 0.5).long()  # torchmetrics: male when p > threshold
     assert results[0]["acc"] == pytest.approx(float((predicted_male == labels).float().mean()))
-    assert results[0]["recall"] == pytest.approx(
-        float(predicted_male[labels == 1].float().mean())
-    )
+    assert results[0]["recall"] == pytest.approx(float(predicted_male[labels == 1].float().mean()))
 
 
 @pytest.mark.parametrize(
@@ -223,9 +229,7 @@ def test_optimizer_configs_build_an_optimizer_that_steps_on_cpu(name, fused):
 
 def test_auxiliary_heads_learn_gender_only_when_attributes_are_targets():
     torch.manual_seed(0)
-    model = GenderClassifier(
-        "googlenet", "bce", pretrained=False, aux_loss_weight=0.3, attribute_targets=["Smiling"]
-    )
+    model = _module("googlenet", loss="bce", attribute_targets=["Smiling"])
     assert model.net.fc.out_features == 2
     assert model.net.aux1.fc2.out_features == model.net.aux2.fc2.out_features == 1
     model.set_attribute_table(torch.tensor([[1.0], [0.0]]))
@@ -241,7 +245,7 @@ def test_auxiliary_heads_learn_gender_only_when_attributes_are_targets():
     [("googlenet", 6_624_904 - 1_025_000 + 1_025), ("resnet18", 11_689_512 - 513_000 + 513)],
 )
 def test_parameter_counts_leave_out_training_only_auxiliary_heads(name, inference_params):
-    model = GenderClassifier(name, "bce", pretrained=False, aux_loss_weight=0.3)
+    model = _module(name, loss="bce")
     assert model.parameter_count(inference=True) == inference_params
     assert model.parameter_count(inference=False) == sum(p.numel() for p in model.net.parameters())
     if name == "googlenet":  # two auxiliary classifiers, ~2.2 M parameters each

@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import celeba_gender.config  # noqa: F401  (resolvers)
-from celeba_gender.models import BACKBONES, pretrained_weights_file
-from celeba_gender.models.backbones import WITH_AUX_HEADS
+from celeba_gender.models import load_classifier, model_names, pretrained_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc")
@@ -207,7 +206,7 @@ def test_user_mistakes_end_with_a_clear_message(run_env, tmp_path, overrides, me
 
 
 @pytest.mark.parametrize("experiment", ["smoke", "cpu_quick", "study"])
-@pytest.mark.parametrize("model", BACKBONES)
+@pytest.mark.parametrize("model", model_names())
 def test_experiment_configs_compose_for_every_model(experiment, model):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}", f"model={model}"])
@@ -227,8 +226,9 @@ def fake_pretrained_home(tmp_path_factory) -> Path:
     """Random-init state dicts saved under torchvision's cache names: the pretrained code path,
     offline (the values are not ImageNet's; half precision keeps the 2.6 GB of VGGs smaller)."""
     home = tmp_path_factory.mktemp("torch-home")
-    for name in BACKBONES:
-        options = {"aux_logits": True, "init_weights": False} if name in WITH_AUX_HEADS else {}
+    for name in model_names():
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            options = compose("config", overrides=[f"model={name}"]).model.kwargs
         model = torchvision.models.get_model(name, weights=None, **options)
         target = home / "hub" / "checkpoints" / Path(pretrained_weights_file(name).name)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def test_the_full_smoke_sweep_completes_30_jobs(run_env, fake_pretrained_home, t
     assert len(records) == 30
     assert [r for r in records if r["status"] != "ok"] == []
     assert {(r["model"], r["treatment"]) for r in records} == {
-        (m, t) for m in BACKBONES for t in ("pretrained_bce", "scratch_bce", "scratch_ce")
+        (m, t) for m in model_names() for t in ("pretrained_bce", "scratch_bce", "scratch_ce")
     }
 
 
@@ -312,3 +312,46 @@ def test_what_a_sweeper_optimises_is_the_best_validation_metric(
     assert returned == metrics["best_val"]
     assert "GPU available" in caplog.text  # Lightning's own messages are still there
     assert "litlogger" not in caplog.text.lower()
+
+
+def test_a_new_backbone_is_one_yaml_file(run_env, tmp_path):
+    """A backbone the study does not ship, added as one file in a config folder of the
+    user's own (Hydra's search path), with one torchvision argument; one more run fact is one
+    line too, and reaches metrics.json and the analysis' table."""
+    from celeba_gender.analysis.collect import collect_runs
+
+    extra = tmp_path / "my_conf"
+    (extra / "model").mkdir(parents=True)
+    (extra / "model" / "mobilenet_v3_small.yaml").write_text(
+        "defaults:\n"
+        "  - /model_base/torchvision@_here_\n"
+        "  - _self_\n"
+        "name: mobilenet_v3_small\n"
+        "family: MobileNet\n"
+        "depth: 18\n"
+        "kwargs:\n"
+        "  dropout: 0.3\n"
+    )
+    run = tmp_path / "run"
+    result = _run(
+        "train.py",
+        f"hydra.searchpath=[file://{extra}]",
+        "model=mobilenet_v3_small",
+        "experiment=smoke",
+        "+run_facts.dropout=model.kwargs.dropout",
+        f"hydra.run.dir={run}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+    assert (metrics["model"], metrics["family"], metrics["dropout"]) == (
+        "mobilenet_v3_small",
+        "MobileNet",
+        0.3,
+    )
+    model = load_classifier(str(run / "checkpoints" / "best.ckpt"))
+    assert type(model.net).__name__ == "MobileNetV3"
+    assert model.net.classifier[2].p == 0.3 and model.net.classifier[3].out_features == 1
+    row = collect_runs(run).iloc[0]
+    assert (row["model"], row["family"], row["status"]) == ("mobilenet_v3_small", "MobileNet", "ok")

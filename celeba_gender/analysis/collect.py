@@ -14,31 +14,20 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-import celeba_gender.config  # noqa: F401  (resolvers the saved configs use)
+from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
 from celeba_gender.training.outputs import METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from celeba_gender.training.resume import flatten_config, is_ignored, saved_config
 
 METRICS = ("acc", "precision", "recall", "f1", "auroc")
-# Facts a job's saved config gives when its metrics.json is missing or has no context.
-_CONFIG_FIELDS = {
-    "model": "model.name",
-    "family": "model.family",
-    "depth": "model.depth",
-    "treatment": "treatment.name",
-    "pretrained": "treatment.pretrained",
-    "loss": "treatment.loss",
-    "seed": "seed",
-    "image_size": "data.image_size",
-    "split": "data.split",
-    "max_epochs": "trainer.max_epochs",
-    "numeric_precision": "trainer.precision",
-    "experiment": "experiment_name",
-}
+# What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
+# that names the facts in each run's metrics.json. A job's saved config gives them when its
+# metrics.json is missing or has no context.
+RUN_FACTS: dict[str, str] = dict(OmegaConf.load(CONFIG_DIR / "config.yaml").run_facts)
 COLUMNS = (
     "job",
     "status",
-    *_CONFIG_FIELDS,
+    *RUN_FACTS,
     *METRICS,
     "test_images",
     "best_val",
@@ -88,9 +77,10 @@ def _from_config(folder: Path) -> dict:
     if not path.is_file():
         return {}
     config = OmegaConf.load(path)
+    facts = {**RUN_FACTS, **(config.get("run_facts") or {})}  # the job's own list, if it has one
     return {
         key: OmegaConf.select(config, dotted, default=None, throw_on_resolution_failure=False)
-        for key, dotted in _CONFIG_FIELDS.items()
+        for key, dotted in facts.items()
     }
 
 
@@ -104,7 +94,8 @@ def _read_metrics(folder: Path) -> dict:
         return {"status": "missing", "error": f"unreadable {path}: {error}"}
     # "precision" in a run's description is the numeric precision (32, 16-mixed): keep the
     # metric names for the test metrics only.
-    record["numeric_precision"] = record.pop("precision", None)
+    if "numeric_precision" not in record:  # records written before run_facts named it so
+        record["numeric_precision"] = record.pop("precision", None)
     record = {k.removeprefix("test/"): v for k, v in record.items()}
     if record.get("status") == "failed":
         record["error"] = f"{record.get('error_type', 'Error')}: {record.get('error', '')}"

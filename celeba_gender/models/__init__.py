@@ -1,18 +1,15 @@
 """Models: the backbone factory, the loss heads, and the LightningModule."""
 
 from celeba_gender.models.backbones import (
-    BACKBONES,
-    FAMILIES,
     PretrainedWeightsUnavailable,
     create_backbone,
+    model_names,
     pretrained_weights_file,
 )
 from celeba_gender.models.heads import BCEHead, CEHead, create_head
 from celeba_gender.models.module import GenderClassifier, load_classifier
 
 __all__ = [
-    "BACKBONES",
-    "FAMILIES",
     "BCEHead",
     "CEHead",
     "GenderClassifier",
@@ -20,5 +17,6 @@ __all__ = [
     "create_backbone",
     "create_head",
     "load_classifier",
+    "model_names",
     "pretrained_weights_file",
 ]

@@ -1,4 +1,5 @@
-"""One factory for the ten torchvision backbones, with the classifier head sized for the loss.
+"""One factory for torchvision backbones, with the classifier head sized for the loss. Which
+backbones the study has, and their settings, is conf/model/*.yaml (``model_names``).
 
 Pretrained weights come from torchvision's weights API and its cache
 (``$TORCH_HOME/hub/checkpoints``). Without the cached file and without network, the error says
@@ -8,38 +9,24 @@ which file to put where, before any training starts.
 from __future__ import annotations
 
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-BACKBONES = (
-    "vgg11",
-    "vgg13",
-    "vgg16",
-    "vgg19",
-    "googlenet",
-    "inception_v3",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-)
-FAMILIES = {
-    "vgg11": "VGG",
-    "vgg13": "VGG",
-    "vgg16": "VGG",
-    "vgg19": "VGG",
-    "googlenet": "GoogLeNet/Inception",
-    "inception_v3": "GoogLeNet/Inception",
-    "resnet18": "ResNet",
-    "resnet34": "ResNet",
-    "resnet50": "ResNet",
-    "resnet101": "ResNet",
-}
-WITH_AUX_HEADS = ("googlenet", "inception_v3")
+from celeba_gender.config import CONFIG_DIR
+
+# The class count of torchvision's ImageNet heads: the layers create_backbone resizes.
+IMAGENET_CLASSES = 1000
+
+
+def model_names(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The study's backbones: one config file each in conf/model/."""
+    return sorted(path.stem for path in (config_dir / "model").glob("*.yaml"))
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -82,9 +69,22 @@ def _load_pretrained(name: str, allow_download: bool, **kwargs) -> nn.Module:
         ) from None
 
 
-def _replace_linear(module: nn.Module, attribute: str, outputs: int) -> None:
-    old = getattr(module, attribute)
-    setattr(module, attribute, nn.Linear(old.in_features, outputs))
+def classifier_layers(model: nn.Module) -> list[str]:
+    """Names of ``model``'s ImageNet classifiers (linear layers with 1000 outputs), in
+    registration order: torchvision registers the main classifier last (``fc``,
+    ``classifier.6``, ``heads.head``), auxiliary ones before it (GoogLeNet's ``aux1.fc2``)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module.out_features == IMAGENET_CLASSES
+    ]
+
+
+def aux_head_modules(model: nn.Module) -> list[str]:
+    """Names of the top-level modules that hold the training-only auxiliary classifiers
+    (GoogLeNet's aux1 and aux2, Inception-v3's AuxLogits): what inference never runs."""
+    heads = getattr(model, "aux_classifiers", [])
+    return sorted({name.split(".", 1)[0] for name in heads})
 
 
 def create_backbone(
@@ -94,46 +94,46 @@ def create_backbone(
     aux_heads: bool = True,
     allow_download: bool = True,
     aux_outputs: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    scratch_kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """A torchvision ``name`` network whose classifier gives ``num_outputs`` and whose auxiliary
-    heads give ``aux_outputs`` (default: ``num_outputs``).
+    """The torchvision network ``name`` (any of ``torchvision.models.list_models()``) whose
+    classifier gives ``num_outputs`` and whose auxiliary classifiers give ``aux_outputs``
+    (default: ``num_outputs``).
 
-    GoogLeNet and Inception-v3 keep their auxiliary classifiers when ``aux_heads``: in training
-    mode they return (logits, aux...) and the LightningModule adds the auxiliary loss; in eval
-    mode they return the main logits only.
+    ``kwargs`` go to ``torchvision.models.get_model``, and ``scratch_kwargs`` too when not
+    ``pretrained`` (conf/model/*.yaml). An ``aux_logits`` argument (GoogLeNet, Inception-v3)
+    builds auxiliary classifiers only when ``aux_heads``: in training mode the network then
+    returns (logits, aux...) and the LightningModule adds their loss; in eval mode the main
+    logits only.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
-    kwargs = {"aux_logits": aux_heads} if name in WITH_AUX_HEADS else {}
-    if name in WITH_AUX_HEADS and not pretrained:
-        kwargs["init_weights"] = True  # torchvision's truncated-normal init, and no warning
+    if name not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(
+            f"Unknown backbone {name!r}: not a torchvision classification model "
+            "(torchvision.models.list_models())."
+        )
+    options = {**(kwargs or {}), **({} if pretrained else dict(scratch_kwargs or {}))}
+    if "aux_logits" in options:
+        options["aux_logits"] = bool(options["aux_logits"]) and aux_heads
     if pretrained:
-        model = _load_pretrained(name, allow_download, **kwargs)
+        model = _load_pretrained(name, allow_download, **options)
     else:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        model = torchvision.models.get_model(name, weights=None, **options)
 
+    found = classifier_layers(model)
+    if not found:
+        raise ValueError(
+            f"{name}: no {IMAGENET_CLASSES}-way linear classifier to replace; leave num_classes "
+            "out of the model's kwargs."
+        )
+    *aux_names, main_name = found
     aux_outputs = num_outputs if aux_outputs is None else aux_outputs
-    if name.startswith("vgg"):
-        _replace_linear(model.classifier, "6", num_outputs)
-    elif name.startswith("resnet"):
-        _replace_linear(model, "fc", num_outputs)
-    elif name == "googlenet":
-        _replace_linear(model, "fc", num_outputs)
-        if aux_heads:
-            _replace_linear(model.aux1, "fc2", aux_outputs)
-            _replace_linear(model.aux2, "fc2", aux_outputs)
-    elif name == "inception_v3":
-        _replace_linear(model, "fc", num_outputs)
-        if aux_heads:
-            _replace_linear(model.AuxLogits, "fc", aux_outputs)
+    for layer, outputs in [(main_name, num_outputs), *((a, aux_outputs) for a in aux_names)]:
+        parent, _, attribute = layer.rpartition(".")
+        old = model.get_submodule(layer)
+        setattr(model.get_submodule(parent), attribute, nn.Linear(old.in_features, outputs))
+    model.aux_classifiers = aux_names
     return model
-
-
-def aux_head_modules(model: nn.Module) -> list[str]:
-    """Names of the training-only auxiliary classifiers of ``model`` that it holds (GoogLeNet's
-    aux1 and aux2, Inception-v3's AuxLogits): what inference never runs."""
-    names = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
-    return [n for names_ in names.values() for n in names_ if getattr(model, n, None) is not None]
 
 
 def split_outputs(outputs: torch.Tensor | tuple) -> tuple[torch.Tensor, list[torch.Tensor]]:

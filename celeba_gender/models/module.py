@@ -9,7 +9,7 @@ predictions CSV.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -29,7 +29,6 @@ from celeba_gender.models.backbones import aux_head_modules, create_backbone, sp
 from celeba_gender.models.heads import create_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., Any]
 
 
 def binary_metrics(probability: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,24 +51,29 @@ class GenderClassifier(L.LightningModule):
         backbone: str,
         loss: str,
         pretrained: bool,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        scratch_kwargs: Mapping[str, Any] | None = None,
         aux_loss_weight: float = 0.0,
         class_weights: dict | None = None,
         allow_download: bool = True,
         channels_last: bool = False,
         optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
+        lr_scheduler: Mapping[str, Any] | None = None,
         eval_transform: dict | None = None,
         flip_tta: bool = False,
         mixup_alpha: float = 0.0,
         attribute_targets: Sequence[str] = (),
         attribute_loss_weight: float = 1.0,
     ) -> None:
+        """Built from conf/config.yaml's ``module`` node (``_target_``): the backbone's settings
+        come from conf/model/, the loss from conf/treatment/, ``optimizer`` (a partial taking
+        the parameters) from conf/optimizer/, ``lr_scheduler`` (Lightning's scheduler config
+        whose ``scheduler`` is a partial taking the optimizer) from conf/scheduler/."""
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True).
         # ``eval_transform`` (crop, size, normalisation) lets eval and predict see images as
         # training did.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.head = create_head(loss, class_weights)
         # Multi-task: the classifier also predicts these CelebA attributes in training, one
         # extra logit each after the loss head's; evaluation and inference read only P(male).
@@ -81,6 +85,8 @@ class GenderClassifier(L.LightningModule):
             aux_heads=aux_loss_weight > 0,
             allow_download=allow_download,
             aux_outputs=self.head.num_outputs,  # auxiliary heads learn gender only
+            kwargs=backbone_kwargs,
+            scratch_kwargs=scratch_kwargs,
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -89,7 +95,7 @@ class GenderClassifier(L.LightningModule):
             "attribute_table", torch.zeros(0, len(self.attribute_targets)), persistent=False
         )
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.lr_scheduler = dict(lr_scheduler or {})
         self.train_acc = BinaryAccuracy()
         # (row, label, P(male), loss, loss weight) of every image this rank saw in the current
         # val / test / predict epoch; at the epoch's end, all ranks' rows without repeats
@@ -266,16 +272,21 @@ class GenderClassifier(L.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("GenderClassifier needs an optimizer factory to train.")
         optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
+        if not self.lr_scheduler.get("scheduler"):
             return optimizer
-        keywords = getattr(self.scheduler_factory, "keywords", {})
+        factory = self.lr_scheduler["scheduler"]
         extra = {}
-        if "total_steps" in keywords and keywords["total_steps"] is None:
+        if (
+            "total_steps" in getattr(factory, "keywords", {})
+            and factory.keywords["total_steps"] is None
+        ):
             extra["total_steps"] = int(self.trainer.estimated_stepping_batches)  # one-cycle
-        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+            "lr_scheduler": {
+                **self.lr_scheduler,
+                "scheduler": factory(optimizer=optimizer, **extra),
+            },
         }
 
     def parameter_count(self, inference: bool = True) -> int:

@@ -20,10 +20,11 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
@@ -75,50 +76,37 @@ def _output_dir(cfg: DictConfig) -> Path:
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
-    """The facts that identify a run in metrics.json and in TensorBoard's hparams table."""
-    return {
-        "model": cfg.model.name,
-        "family": cfg.model.family,
-        "depth": cfg.model.depth,
-        "treatment": cfg.treatment.name,
-        "pretrained": cfg.treatment.pretrained,
-        "loss": cfg.treatment.loss,
-        "seed": cfg.seed,
-        "image_size": cfg.data.image_size,
-        "split": cfg.data.split,
-        "balance": cfg.data.balance,
-        "batch_size": cfg.data.batch_size,
-        "max_epochs": cfg.trainer.max_epochs,
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.lr,
-        "precision": str(cfg.trainer.precision),
-        "experiment": cfg.get("experiment_name"),
-        "attribute_targets": " ".join(cfg.attribute_targets),  # as configured ("all" or names)
-    }
+    """The facts that identify a run in metrics.json, TensorBoard's hparams table and the
+    analysis: ``run_facts`` of the config (name: config key). A list becomes one string of
+    its items, a class path its class name: hparams tables take scalars."""
+    facts = {}
+    for name, key in cfg.run_facts.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, ListConfig):
+            value = " ".join(str(item) for item in value)
+        elif key.endswith("_target_"):
+            value = str(value).rsplit(".", 1)[-1]
+        elif isinstance(value, DictConfig):
+            value = str(OmegaConf.to_container(value))
+        facts[name] = value
+    return facts
 
 
 def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifier:
-    scheduler = cfg.get("scheduler")
-    scheduler = OmegaConf.to_container(scheduler, resolve=True) if scheduler else {}
-    interval = scheduler.pop("interval", "epoch")
+    """``cfg.module`` instantiated, with what the data decides."""
     attribute_targets = datamodule.attribute_names(cfg.attribute_targets)
-    model = GenderClassifier(
-        backbone=cfg.model.name,
-        loss=cfg.treatment.loss,
-        pretrained=cfg.treatment.pretrained,
-        aux_loss_weight=cfg.model.aux_loss_weight,
-        class_weights=datamodule.class_weights if cfg.data.balance == "loss_weights" else None,
-        allow_download=cfg.model.allow_download,
-        channels_last=cfg.model.channels_last,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler) if scheduler else None,
-        scheduler_interval=interval,
-        eval_transform=datamodule.eval_transform_settings(),
-        flip_tta=cfg.model.flip_tta,
-        mixup_alpha=cfg.mixup_alpha,
-        attribute_targets=attribute_targets,
-        attribute_loss_weight=cfg.attribute_loss_weight,
-    )
+    try:
+        model = instantiate(
+            cfg.module,
+            class_weights=datamodule.class_weights if cfg.data.balance == "loss_weights" else None,
+            eval_transform=datamodule.eval_transform_settings(),
+            attribute_targets=attribute_targets,
+        )
+    except InstantiationException as error:
+        # Hydra wraps what the constructor raised (missing pretrained weights, ...): report that.
+        if error.__cause__ is not None:
+            raise error.__cause__ from None
+        raise
     if attribute_targets:
         model.set_attribute_table(datamodule.attribute_table(attribute_targets))
     return model
