@@ -57,6 +57,33 @@ def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+# Files at least this big (checkpoints, image caches) are deleted when the session ends: pytest
+# keeps the temporary folders of the last three sessions, and they must not fill a disk.
+BIG_FILE_BYTES = 5 * 2**20
+
+
+@pytest.fixture(scope="session", autouse=True)
+def delete_big_files_at_the_end(tmp_path_factory):
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for path in base.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size >= BIG_FILE_BYTES:
+            path.unlink()
+
+
+def write_sparse(path: Path, data: bytes, block: int = 2**16) -> None:
+    """Write ``data`` leaving its all-zero blocks as holes: the file reads the same and takes
+    only its non-zero blocks on disk."""
+    with open(path, "wb") as file:
+        for offset in range(0, len(data), block):
+            chunk = data[offset : offset + block]
+            if chunk.count(0) == len(chunk):
+                file.seek(len(chunk), 1)
+            else:
+                file.write(chunk)
+        file.truncate(len(data))
+
+
 @pytest.fixture(scope="session")
 def run_env(cache_dir, tmp_path_factory) -> dict:
     """Caches in the session's temporary folder; no pretrained weights unless a test adds them."""
