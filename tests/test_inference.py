@@ -6,15 +6,19 @@ import json
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SAMPLE, run_script
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from celeba_gender.config import CONFIG_DIR
 from celeba_gender.inference import FaceAligner, GenderPredictor, PhotoError, load_photo
+from celeba_gender.inference import run as predict_run
 from celeba_gender.inference.framing import Framing, reframe, smooth_background
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) ships photos")
@@ -88,8 +92,117 @@ def test_predict_labels_a_mixed_folder_without_stopping(predicted, mixed_folder)
     records = json.loads((predicted / "predictions.json").read_text())
     assert len(records) == len(table)
     assert (predicted / "gallery.png").stat().st_size > 10_000
-    annotated = {p.stem for p in (predicted / "annotated").glob("*.png")}
-    assert annotated == {Path(n).stem for n in expected_ok} | {"no_face"}
+    annotated = {p.name for p in (predicted / "annotated").iterdir()}
+    assert annotated == {*expected_ok, "no_face.webp"}
+
+
+def _difference(picture: Path, source: Path) -> float:
+    """Mean absolute pixel difference of two photos, on the source's size."""
+    original = Image.open(source).convert("RGB")
+    other = Image.open(picture).convert("RGB").resize(original.size)
+    return float(np.abs(np.asarray(other, float) - np.asarray(original, float)).mean())
+
+
+def test_photos_with_one_name_get_distinct_annotated_copies(checkpoint, run_env, tmp_path):
+    """a.jpg and a.png, and b.jpg in two folders: four copies, each row naming its own."""
+    folder = tmp_path / "photos"
+    sources = {
+        folder / "a.jpg": SAMPLE_IMAGES[0],
+        folder / "a.png": SAMPLE_IMAGES[1],
+        folder / "one" / "b.jpg": SAMPLE_IMAGES[2],
+        folder / "two" / "b.jpg": SAMPLE_IMAGES[3],
+    }
+    for photo, source in sources.items():
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(photo)
+    output = tmp_path / "out"
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input=[{folder},{folder / 'one'},{folder / 'two'}]",
+        "detect=false",
+        "annotate=true",
+        f"hydra.run.dir={output}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    copies = {p.name for p in (output / "annotated").iterdir()}
+    assert len(copies) == len(sources)  # none overwritten
+    table = pd.read_csv(output / "predictions.csv")
+    assert sorted(map(Path, table["photo"])) == sorted(sources)
+    assert table["annotated"].is_unique
+    assert {Path(name).name for name in table["annotated"]} == copies
+    for row in table.itertuples():
+        # The row's copy is its own photo (boxes and labels drawn on it), not another one.
+        differences = {
+            source: _difference(output / row.annotated, source) for source in sources.values()
+        }
+        assert min(differences, key=differences.get) == sources[Path(row.photo)], row.photo
+    records = json.loads((output / "predictions.json").read_text())
+    assert [r["annotated"] for r in records] == list(table["annotated"])
+
+
+def test_output_names_stay_distinct_when_flattened_names_clash(tmp_path):
+    paths = [
+        tmp_path / "x" / "a.jpg",
+        tmp_path / "x__a.jpg",
+        tmp_path / "A.JPG",
+        tmp_path / "a.jpg",
+    ]
+    names = predict_run.output_names(paths)
+    assert len({name.casefold() for name in names.values()}) == len(paths)
+    assert names[paths[0]] == "x__a.jpg" and names[paths[2]] == "A.JPG"  # readable when free
+    assert all(Path(name).suffix.lower() == ".jpg" for name in names.values())
+
+
+def test_predict_streams_photos_and_caps_the_gallery(checkpoint, tmp_path, monkeypatch):
+    """Photos are let go batch by batch and rows written as they come: however many photos,
+    at most one batch (and the one being written) is held; the gallery keeps a few."""
+    count, batch_size, shown = 40, 4, 3
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for source in SAMPLE_IMAGES[:count]:
+        shutil.copy(source, folder / source.name)
+    output = tmp_path / "out"
+    decoded: list[weakref.ref] = []  # every photo read; alive until predict lets it go
+    peak, written = 0, []
+    real_load_photo = predict_run.load_photo
+
+    def load_photo_counted(path: Path, max_pixels: int) -> Image.Image:
+        nonlocal peak
+        csv_path = output / "predictions.csv"
+        written.append(pd.read_csv(csv_path)["photo"].nunique() if csv_path.exists() else 0)
+        photo = real_load_photo(path, max_pixels)
+        decoded.append(weakref.ref(photo))
+        peak = max(peak, sum(ref() is not None for ref in decoded))
+        return photo
+
+    monkeypatch.setattr(predict_run, "load_photo", load_photo_counted)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"input={folder}",
+                f"paths.output_dir={output}",
+                f"batch_size={batch_size}",
+                f"gallery_max_photos={shown}",
+                "annotate=true",
+            ],
+        )
+    predict_run.predict(cfg)
+    table = pd.read_csv(output / "predictions.csv")
+    assert table["photo"].nunique() == count
+    assert len(list((output / "annotated").iterdir())) == count
+    assert peak <= batch_size + 1
+    assert written[-1] >= count - batch_size  # rows of earlier batches already on disk
+    assert len(json.loads((output / "predictions.json").read_text())) == len(table)
+    # The gallery: one row of ``shown`` cells, not ``count`` photos.
+    width, height = Image.open(output / "gallery.png").size
+    cell_width, cell_height = (
+        inches * predict_run.GALLERY_DPI for inches in predict_run.GALLERY_CELL
+    )
+    assert (width, height) == (round(shown * cell_width), round(cell_height))
 
 
 def test_detect_false_gives_the_test_predictions_of_the_run(
