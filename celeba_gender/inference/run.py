@@ -125,7 +125,6 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     and ``a.png``, or ``a.jpg`` in two folders, never overwrite each other. A name already taken
     (ignoring case, as some file systems do) gets a short hash of the photo's full path."""
     absolute = [Path(os.path.abspath(path)) for path in paths]  # without any '..'
-
     root = Path(os.path.commonpath([path.parent for path in absolute])) if paths else Path()
     names: dict[Path, str] = {}
     taken: set[str] = set()
