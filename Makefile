@@ -15,7 +15,6 @@ $(PYTHON):
 
 setup: $(PYTHON)  ## create .venv and install the package with its dev tools
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
-	$(PYTHON) -m pip install --quiet --no-deps 'facenet-pytorch==2.6.0'  # face detector (see pyproject)
 
 train:  ## train one model (ARGS='model=vgg19 treatment=scratch_ce ...')
 	$(PYTHON) train.py $(ARGS)

@@ -1,20 +1,40 @@
-"""OmegaConf resolvers the configs use, registered on import (before Hydra composes)."""
+"""Where the configs, the notebook and the run outputs are; the OmegaConf resolvers the configs
+use, registered on import (before Hydra composes).
+
+Two layouts: a clone of the repository (or an editable install of it), where conf/ and
+notebooks/ sit beside the package, and an installed wheel (``pip install .``), which ships
+them inside the package as celeba_gender/conf and celeba_gender/notebooks (setup.py maps them).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = PACKAGE_DIR.parent
-CONFIG_DIR = PROJECT_ROOT / "conf"
+# The repository the package runs from, or None for an installed wheel (it carries its conf/).
+PROJECT_ROOT: Path | None = None if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent
+_SHIPPED_DIR = PACKAGE_DIR if PROJECT_ROOT is None else PROJECT_ROOT
+CONFIG_DIR = _SHIPPED_DIR / "conf"
+NOTEBOOK_DIR = _SHIPPED_DIR / "notebooks"
+# Where outputs/ goes when set; else the clone, or the current directory for an installed wheel
+# (never site-packages).
+ROOT_ENV = "CELEBA_GENDER_ROOT"
+
+
+def output_root() -> Path:
+    """The folder that holds outputs/ (``${project_root:}`` in the configs)."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).expanduser().resolve()
+    return PROJECT_ROOT if PROJECT_ROOT is not None else Path.cwd()
 
 
 def register_resolvers() -> None:
-    # ${project_root:} anchors outputs/ and the sample data to the checkout, not the cwd.
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("project_root", lambda: str(output_root()), replace=True)
     OmegaConf.register_new_resolver("package_dir", lambda: str(PACKAGE_DIR), replace=True)
+    OmegaConf.register_new_resolver("notebook_dir", lambda: str(NOTEBOOK_DIR), replace=True)
 
 
 register_resolvers()
