@@ -55,8 +55,7 @@ class FaceAligner:
         except ImportError:
             raise DetectorUnavailable(
                 "Face detection needs facenet-pytorch: `make setup`, or "
-                "`pip install --no-deps facenet-pytorch==2.6.0` (its pinned dependencies "
-                "do not fit ours; it only needs torch, torchvision and pillow). "
+                "`pip install 'celeba-gender[predict]'` (facenet-pytorch 2.5.3). "
                 "Or pass detect=false for photos that are already aligned CelebA crops."
             ) from None
         self.detector = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
