@@ -3,7 +3,7 @@ use, registered on import (before Hydra composes).
 
 Two layouts: a clone of the repository (or an editable install of it), where conf/ and
 notebooks/ sit beside the package, and an installed wheel (``pip install .``), which ships
-them inside the package as celeba_gender/conf and celeba_gender/notebooks (setup.py maps them).
+them inside the package as celeba_gender/conf and celeba_gender/notebooks (pyproject.toml).
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ def _worker_seeds(rank: int, epoch: int) -> set[int]:
 def test_each_rank_and_epoch_has_its_own_worker_and_augmentation_streams(defective_copy, tmp_path):
     """Under DDP every rank seeds with `seed`: without streams of their own, all ranks would
     flip, rotate and mix the same way at each batch position."""
-    from celeba_gender.data.sampling import seed_epoch_streams
+    from celeba_gender.data.sampling import seed_batch_streams
 
     seeds = {(rank, epoch): _worker_seeds(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
     assert all(len(s) == 2 for s in seeds.values())  # two workers, two streams
@@ -338,11 +338,12 @@ def test_each_rank_and_epoch_has_its_own_worker_and_augmentation_streams(defecti
     module.setup("fit")
     images = torch.from_numpy(module.cache.gather(np.arange(8)))
 
-    def augmented(rank: int, epoch: int) -> torch.Tensor:
-        seed_epoch_streams(42, epoch, rank)
+    def augmented(rank: int, epoch: int, batch: int = 0) -> torch.Tensor:
+        seed_batch_streams(42, epoch, rank, batch)
         return module.transform_batch(images, train=True)
 
     first = augmented(0, 0)
     assert torch.equal(augmented(0, 0), first)
     assert not torch.allclose(augmented(1, 0), first, atol=1e-3)
     assert not torch.allclose(augmented(0, 1), first, atol=1e-3)
+    assert not torch.allclose(augmented(0, 0, batch=1), first, atol=1e-3)

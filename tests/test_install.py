@@ -27,7 +27,7 @@ from celeba_gender import config
 
 REPO = Path(__file__).resolve().parents[1]
 # What the build reads: the metadata, and the folders the wheel is made of.
-BUILD_INPUTS = ["pyproject.toml", "setup.py", "README.md"]
+BUILD_INPUTS = ["pyproject.toml", "README.md"]
 BUILD_TREES = ["celeba_gender", "conf", "notebooks", "hydra_plugins"]
 
 

@@ -250,3 +250,39 @@ def test_parameter_counts_leave_out_training_only_auxiliary_heads(name, inferenc
     assert model.parameter_count(inference=False) == sum(p.numel() for p in model.net.parameters())
     if name == "googlenet":  # two auxiliary classifiers, ~2.2 M parameters each
         assert model.parameter_count(inference=False) > inference_params + 4_000_000
+
+
+def test_auroc_of_one_class_is_undefined_not_zero():
+    probability = torch.tensor([0.2, 0.7, 0.9])
+    one_class = binary_metrics(probability, torch.tensor([1, 1, 1]))
+    assert torch.isnan(one_class["auroc"])
+    assert float(one_class["acc"]) == pytest.approx(2 / 3)
+    assert float(binary_metrics(probability, torch.tensor([0, 1, 1]))["auroc"]) == 1.0
+
+
+@pytest.mark.parametrize("head", [BCEHead(pos_weight=3.0), CEHead(class_weights=[0.7, 1.6])])
+def test_per_image_losses_work_in_half_precision(head):
+    """A bf16-true run casts the heads' weight buffers: evaluation must still compute."""
+    head = head.to(torch.bfloat16)
+    logits = torch.randn(4, head.num_outputs, dtype=torch.bfloat16)
+    losses, weights = head.image_losses(logits, torch.tensor([0, 1, 1, 0]))
+    assert losses.dtype == weights.dtype == torch.float32 and bool(torch.isfinite(losses).all())
+
+
+def test_checkpoints_from_before_the_module_config_still_load(tmp_path):
+    """Checkpoints written before the model came from conf's module node: a scheduler setting
+    the constructor no longer takes, and GoogLeNet built without its auxiliary heads."""
+    torch.manual_seed(0)
+    old = create_backbone(
+        "googlenet", 1, pretrained=False, kwargs={"aux_logits": False, "init_weights": True}
+    )
+    hparams = {"backbone": "googlenet", "loss": "bce", "pretrained": False}
+    hparams.update(aux_loss_weight=0.0, scheduler_interval="epoch", flip_tta=False)
+    state = {f"net.{k}": v for k, v in old.state_dict().items()}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    restored = load_classifier(str(path))
+    assert restored.net.aux1 is None
+    # Without the model config's arguments too: no auxiliary heads unless they are trained.
+    assert create_backbone("googlenet", 1, pretrained=False, aux_heads=False).aux1 is None
+    assert torch.equal(restored.net.fc.weight, old.fc.weight)

@@ -364,3 +364,4 @@ def test_a_new_backbone_is_one_yaml_file(run_env, tmp_path):
     assert model.net.classifier[2].p == 0.3 and model.net.classifier[3].out_features == 1
     row = collect_runs(run).iloc[0]
     assert (row["model"], row["family"], row["status"]) == ("mobilenet_v3_small", "MobileNet", "ok")
+    assert row["dropout"] == 0.3

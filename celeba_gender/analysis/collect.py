@@ -16,7 +16,12 @@ from omegaconf import OmegaConf
 
 from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
-from celeba_gender.training.outputs import METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+from celeba_gender.training.outputs import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+    run_facts,
+)
 from celeba_gender.training.resume import flatten_config, is_ignored, saved_config
 
 METRICS = ("acc", "precision", "recall", "f1", "auroc")
@@ -78,10 +83,7 @@ def _from_config(folder: Path) -> dict:
         return {}
     config = OmegaConf.load(path)
     facts = {**RUN_FACTS, **(config.get("run_facts") or {})}  # the job's own list, if it has one
-    return {
-        key: OmegaConf.select(config, dotted, default=None, throw_on_resolution_failure=False)
-        for key, dotted in facts.items()
-    }
+    return run_facts(config, facts)
 
 
 def _read_metrics(folder: Path) -> dict:
@@ -113,10 +115,13 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     folders = _sweep_folders(sweep_dirs)
     several = len(folders) > 1
     rows = []
+    fact_names: set[str] = set()
     for sweep_dir in folders:
         for folder in job_folders(sweep_dir):
             record = _read_metrics(folder)
-            row = {**_from_config(folder), **{k: v for k, v in record.items() if v is not None}}
+            facts = _from_config(folder)
+            fact_names.update(facts)
+            row = {**facts, **{k: v for k, v in record.items() if v is not None}}
             row.update(
                 job=f"{sweep_dir.name}/{folder.name}" if several else folder.name,
                 run_dir=str(folder),
@@ -126,7 +131,11 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
             rows.append(row)
     runs = pd.DataFrame(rows)
     runs = runs.sort_values("_order", kind="stable").drop_duplicates("_key")
-    runs = runs.sort_index().reindex(columns=list(COLUMNS))
+    # Facts some jobs' own run_facts add (one line in their config) join the table too.
+    added = [c for c in runs.columns if c in fact_names and c not in COLUMNS]
+    columns = list(COLUMNS)
+    at = columns.index(next(reversed(RUN_FACTS))) + 1
+    runs = runs.sort_index().reindex(columns=[*columns[:at], *added, *columns[at:]])
     for column in ("seed", "depth", "image_size", "params", "test_images"):
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")

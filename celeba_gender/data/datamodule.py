@@ -22,7 +22,12 @@ from celeba_gender.data.cache import ImageTensorCache, atomic_write, cache_folde
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
-from celeba_gender.data.sampling import EpochSampler, ResumableDataLoader, ignore_stop_signals
+from celeba_gender.data.sampling import (
+    EpochSampler,
+    ResumableDataLoader,
+    ignore_stop_signals,
+    seed_batch_streams,
+)
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
 
@@ -246,11 +251,22 @@ class CelebADataModule(L.LightningDataModule):
         return self._loader("val", train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Cached loader only: crop, resize, augment and normalise the batch on its device."""
+        """Seed a training batch's random draws; cached loader: crop, resize, augment and
+        normalise the batch on its device."""
+        train = bool(self.trainer is not None and self.trainer.training)
+        if train:
+            # Augmentation here, mixup and dropout in the step draw from (seed, epoch, rank,
+            # batch): ranks differ, and a run resumed at any step draws what it drew before.
+            # ``ready`` counts this epoch's earlier batches, restored on resume.
+            seed_batch_streams(
+                self.shuffle_seed,
+                self.trainer.current_epoch,
+                self.trainer.global_rank,
+                self.trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+            )
         if self.loader != "cached":
             return batch
         images, labels, rows = batch
-        train = bool(self.trainer is not None and self.trainer.training)
         return self.transform_batch(images, train), labels, rows
 
     def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:

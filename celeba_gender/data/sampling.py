@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 # Random streams of a training run, each derived from (seed, epoch, stream[, rank]).
 ORDER_STREAM = 0  # the epoch's order: one for all ranks (each takes its shard)
 WORKER_STREAM = 1  # the base seed of the epoch's DataLoader workers, per rank
-AUGMENTATION_STREAM = 2  # the main process's global streams: batch augmentation, mixup, dropout
+AUGMENTATION_STREAM = 2  # the global streams, per batch: augmentation, mixup, dropout
 
 
 def stream_seed(*keys: int) -> int:
@@ -38,11 +38,11 @@ def epoch_generator(seed: int, epoch: int, stream: int = ORDER_STREAM) -> torch.
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
 
 
-def seed_epoch_streams(seed: int, epoch: int, rank: int) -> None:
-    """Seed the global streams (torch on every device, numpy, python) from (seed, epoch, rank):
-    ranks augment, mix and drop out differently, and a run is the same run to run and when
-    resumed at an epoch's start. Training calls it as each epoch starts."""
-    value = stream_seed(seed, epoch, AUGMENTATION_STREAM, rank)
+def seed_batch_streams(seed: int, epoch: int, rank: int, batch: int) -> None:
+    """Seed the global streams (torch on every device, numpy, python) from (seed, epoch, rank,
+    batch): ranks augment, mix and drop out differently, and a run is the same run to run and
+    when resumed at any step. Training calls it before each batch's augmentation."""
+    value = stream_seed(seed, epoch, AUGMENTATION_STREAM, rank, batch)
     torch.manual_seed(value)
     np.random.seed(value % 2**32)
     random.seed(value)
@@ -108,18 +108,20 @@ class ResumableDataLoader(DataLoader):
         # each rank's workers have their own streams, the same in every run (the workers are
         # started for each epoch: not persistent).
         sampler = self.sampler
-        self.generator = torch.Generator().manual_seed(
-            stream_seed(sampler.seed, sampler.epoch, WORKER_STREAM, sampler.rank)
-        )
+        if isinstance(sampler, EpochSampler):  # (Lightning's overfit_batches replaces it)
+            self.generator = torch.Generator().manual_seed(
+                stream_seed(sampler.seed, sampler.epoch, WORKER_STREAM, sampler.rank)
+            )
         for batch in super().__iter__():
             self._delivered += 1  # counted when handed over, so worker prefetching is not counted
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": self._delivered}
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": self._delivered}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.skip_to(state["epoch"], state["batches"] * self.batch_size)
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.skip_to(state["epoch"], state["batches"] * self.batch_size)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

@@ -8,6 +8,7 @@ which file to put where, before any training starts.
 
 from __future__ import annotations
 
+import inspect
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def aux_head_modules(model: nn.Module) -> list[str]:
     return sorted({name.split(".", 1)[0] for name in heads})
 
 
+def _takes_argument(name: str, argument: str) -> bool:
+    """Whether torchvision's ``name`` network class takes ``argument`` (its builder passes its
+    keyword arguments on to the class it is annotated to return)."""
+    built = inspect.signature(torchvision.models.get_model_builder(name)).return_annotation
+    return inspect.isclass(built) and argument in inspect.signature(built.__init__).parameters
+
+
 def create_backbone(
     name: str,
     num_outputs: int,
@@ -113,8 +121,8 @@ def create_backbone(
             "(torchvision.models.list_models())."
         )
     options = {**(kwargs or {}), **({} if pretrained else dict(scratch_kwargs or {}))}
-    if "aux_logits" in options:
-        options["aux_logits"] = bool(options["aux_logits"]) and aux_heads
+    if _takes_argument(name, "aux_logits"):  # GoogLeNet, Inception-v3: heads only if trained
+        options["aux_logits"] = bool(options.get("aux_logits", True)) and aux_heads
     if pretrained:
         model = _load_pretrained(name, allow_download, **options)
     else:
@@ -123,8 +131,9 @@ def create_backbone(
     found = classifier_layers(model)
     if not found:
         raise ValueError(
-            f"{name}: no {IMAGENET_CLASSES}-way linear classifier to replace; leave num_classes "
-            "out of the model's kwargs."
+            f"{name}: no {IMAGENET_CLASSES}-way nn.Linear classifier to resize for the loss. "
+            "Backbones whose classifier is not a linear layer (SqueezeNet's is a convolution "
+            "followed by ReLU) are not supported; and leave num_classes out of model.kwargs."
         )
     *aux_names, main_name = found
     aux_outputs = num_outputs if aux_outputs is None else aux_outputs

@@ -55,7 +55,9 @@ class BCEHead(LossHead):
         losses = nn.functional.binary_cross_entropy_with_logits(
             logits.squeeze(1).float(),
             labels.float(),
-            pos_weight=self.criterion.pos_weight,
+            pos_weight=None
+            if self.criterion.pos_weight is None
+            else self.criterion.pos_weight.float(),
             reduction="none",
         )
         return losses, torch.ones_like(losses)
@@ -81,7 +83,7 @@ class CEHead(LossHead):
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # CrossEntropyLoss's mean with class weights divides by the weights of the labels.
-        weight = self.criterion.weight
+        weight = None if self.criterion.weight is None else self.criterion.weight.float()
         losses = nn.functional.cross_entropy(
             logits.float(), labels.long(), weight=weight, reduction="none"
         )

@@ -32,17 +32,25 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def binary_metrics(probability: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy, precision, recall, F1 and AUROC of P(male), male being the positive class."""
-    return {
+    """Accuracy, precision, recall, F1 and AUROC of P(male), male being the positive class.
+    AUROC is NaN (metrics.json: null) when the images hold one class: it is undefined then,
+    where torchmetrics gives 0."""
+    values = {
         name: metric(probability, labels)
         for name, metric in (
             ("acc", binary_accuracy),
             ("precision", binary_precision),
             ("recall", binary_recall),
             ("f1", binary_f1_score),
-            ("auroc", binary_auroc),
         )
     }
+    one_class = labels.min() == labels.max()
+    values["auroc"] = (
+        torch.tensor(float("nan"), device=probability.device)
+        if one_class
+        else binary_auroc(probability, labels)
+    )
+    return values
 
 
 class GenderClassifier(L.LightningModule):
@@ -180,8 +188,10 @@ class GenderClassifier(L.LightningModule):
             loss = loss + self.hparams.attribute_loss_weight * attribute_loss
         # update, not forward: only the epoch's accuracy is logged, so no per-step compute.
         self.train_acc.update(self.head.male_probability(main.detach()), labels)
-        # The mean over ranks (each rank trains on its own shard).
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        # Each step's loss as this rank saw it (no all-reduce per step); the epoch's mean over
+        # every rank's batches.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
@@ -234,8 +244,13 @@ class GenderClassifier(L.LightningModule):
         labels, probability = rows[:, 1].long(), rows[:, 2]
         values = binary_metrics(probability, labels)
         values["loss"] = rows[:, 3].sum() / rows[:, 4].sum()
-        # Every rank holds the same gathered rows, so the values agree without a reduction.
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()})
+        # Every rank holds the same gathered rows, hence the same values: the max over ranks
+        # keeps them exact (a mean of equal floats may not be).
+        self.log_dict(
+            {f"{stage}/{name}": value for name, value in values.items()},
+            sync_dist=True,
+            reduce_fx="max",
+        )
         self.last_confusion[stage] = binary_confusion_matrix(probability, labels).cpu()
 
     @property
@@ -302,10 +317,24 @@ class GenderClassifier(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters() if id(p) not in skipped)
 
 
+def _current_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a checkpoint written before the model came from conf's ``module``
+    node (2026-11-29) in today's form: no scheduler settings (training only), and the
+    auxiliary heads GoogLeNet and Inception-v3 were then built with (only when trained)."""
+    hparams.pop("scheduler_interval", None)
+    if "backbone_kwargs" not in hparams and hparams.get("backbone") in (
+        "googlenet",
+        "inception_v3",
+    ):
+        hparams["backbone_kwargs"] = {"aux_logits": hparams.get("aux_loss_weight", 0) > 0}
+        hparams["scratch_kwargs"] = {"init_weights": True}
+    return hparams
+
+
 def load_classifier(checkpoint_path: str, map_location: str = "cpu") -> GenderClassifier:
     """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects."""
     checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = _current_hparams(dict(checkpoint["hyper_parameters"]))
     hparams.update(pretrained=False, allow_download=False)  # the checkpoint holds the weights
     model = GenderClassifier(**hparams)
     model.load_state_dict(checkpoint["state_dict"])

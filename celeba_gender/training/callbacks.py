@@ -54,8 +54,9 @@ class TestThroughput(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self.images += len(batch[0]) * trainer.world_size
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs after the module's epoch end, whose gather waits for the device to finish.
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the module's epoch end (callbacks' on_test_epoch_end run before it), whose
+        # gather and metrics wait for the device to finish.
         self.seconds = time.perf_counter() - self._started
 
     @property

@@ -5,17 +5,44 @@ from __future__ import annotations
 import json
 import math
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_write
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"  # same columns, the evaluated checkpoint on val
+
+
+def run_facts(config: DictConfig, facts: Mapping[str, str], strict: bool = False) -> dict[str, Any]:
+    """The values of ``facts`` (name: config key) in ``config``, as metrics.json, TensorBoard's
+    hparams table and the analysis hold them: scalars, a list as one string of its items, a
+    class path as its class name, a numeric precision as text (32 and "16-mixed" alike).
+    ``strict``: a key ``config`` lacks is an error (a typo in run_facts), not a None."""
+    values = {}
+    absent = object()
+    for name, key in facts.items():
+        value = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=strict)
+        if value is absent:
+            if strict:
+                raise ValueError(f"run_facts.{name}: the config has no key {key!r}.")
+            value = None
+        if isinstance(value, ListConfig):
+            value = " ".join(str(item) for item in value)
+        elif isinstance(value, DictConfig):
+            value = str(OmegaConf.to_container(value))
+        elif key.endswith("_target_") and value is not None:
+            value = str(value).rsplit(".", 1)[-1]
+        elif key.endswith("precision") and value is not None:
+            value = str(value)
+        values[name] = value
+    return values
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

@@ -31,7 +31,6 @@ from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_output, atomic_write
-from celeba_gender.data.sampling import seed_epoch_streams
 from celeba_gender.training.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -87,13 +86,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumeState(L.Callback):
-    """Seeds the global random streams from (seed, epoch, rank) as each epoch starts, puts them
-    into every checkpoint and restores them on resume (Lightning calls no epoch-start hook when
-    it resumes mid-epoch); flushes the loggers before each checkpoint so that what was logged
-    up to it is on disk."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    """Puts the global random streams into every checkpoint and restores them on resume (each
+    training batch reseeds them from its position, ``seed_batch_streams``; what draws between
+    batches, per-sample transforms in the main process, continues from here); flushes the
+    loggers before each checkpoint so that what was logged up to it is on disk."""
 
     def state_dict(self) -> dict[str, Any]:
         # Tensors and plain values only, so checkpoints still load with weights_only=True.
@@ -120,7 +116,6 @@ class ResumeState(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         _flush(trainer)  # the previous epoch's metrics, logged after its checkpoint
-        seed_epoch_streams(self.seed, trainer.current_epoch, trainer.global_rank)
 
 
 def _flush(trainer: L.Trainer) -> None:

@@ -24,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
@@ -40,6 +40,7 @@ from celeba_gender.training.outputs import (
     PREDICTIONS_FILE,
     VAL_PREDICTIONS_FILE,
     log_confusion_matrix,
+    run_facts,
     write_failure,
     write_json,
     write_predictions,
@@ -77,19 +78,8 @@ def _output_dir(cfg: DictConfig) -> Path:
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """The facts that identify a run in metrics.json, TensorBoard's hparams table and the
-    analysis: ``run_facts`` of the config (name: config key). A list becomes one string of
-    its items, a class path its class name: hparams tables take scalars."""
-    facts = {}
-    for name, key in cfg.run_facts.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, ListConfig):
-            value = " ".join(str(item) for item in value)
-        elif key.endswith("_target_"):
-            value = str(value).rsplit(".", 1)[-1]
-        elif isinstance(value, DictConfig):
-            value = str(OmegaConf.to_container(value))
-        facts[name] = value
-    return facts
+    analysis: the config's ``run_facts`` (name: config key)."""
+    return run_facts(cfg, cfg.run_facts, strict=True)
 
 
 def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifier:
@@ -164,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         leave_folder_untouched(output_dir)
         say(f"{output_dir}: finished earlier (status ok), skipped.")
         return start.finished
+    describe(cfg)  # a run_facts entry that does not resolve fails now, not after training
     if global_rank() == 0:
         save_run_config(cfg, output_dir)
     if start.checkpoint is not None:
@@ -203,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             throughput,
             test_throughput,
             ValidationConfusionMatrix(),
-            ResumeState(cfg.seed),
+            ResumeState(),
             last_checkpoint,
             *([KillAtStep(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
         ],
