@@ -62,13 +62,25 @@ def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
 BIG_FILE_BYTES = 5 * 2**20
 
 
+def _delete_big_files(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size >= BIG_FILE_BYTES:
+            path.unlink()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def delete_big_files_at_the_end(tmp_path_factory):
     yield
-    base = tmp_path_factory.getbasetemp()
-    for path in base.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_size >= BIG_FILE_BYTES:
-            path.unlink()
+    _delete_big_files(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def delete_big_files_after_each_test(request):
+    """A test's own temporary folder loses its checkpoints and caches when the test ends, so
+    the session's folders stay small while it runs (shared fixtures keep theirs)."""
+    yield
+    if "tmp_path" in request.fixturenames:
+        _delete_big_files(request.getfixturevalue("tmp_path"))
 
 
 def write_sparse(path: Path, data: bytes, block: int = 2**16) -> None:
