@@ -62,7 +62,8 @@ def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
 BIG_FILE_BYTES = 5 * 2**20
 
 
-def _delete_big_files(folder: Path) -> None:
+def delete_big_files(folder: Path) -> None:
+    """Delete the files of at least BIG_FILE_BYTES under ``folder`` (a fixture's, at its end)."""
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink() and path.stat().st_size >= BIG_FILE_BYTES:
             path.unlink()
@@ -71,16 +72,18 @@ def _delete_big_files(folder: Path) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def delete_big_files_at_the_end(tmp_path_factory):
     yield
-    _delete_big_files(tmp_path_factory.getbasetemp())
+    delete_big_files(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)
 def delete_big_files_after_each_test(request):
     """A test's own temporary folder loses its checkpoints and caches when the test ends, so
     the session's folders stay small while it runs (shared fixtures keep theirs)."""
+    # Asked for now, so that it is torn down after this fixture.
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" in request.fixturenames:
-        _delete_big_files(request.getfixturevalue("tmp_path"))
+    if folder is not None:
+        delete_big_files(folder)
 
 
 def write_sparse(path: Path, data: bytes, block: int = 2**16) -> None:

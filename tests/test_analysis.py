@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import REPO, SAMPLE, run_script
+from conftest import REPO, SAMPLE, delete_big_files, run_script
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
@@ -52,7 +53,7 @@ MISSING_JOB = "12_resnet18_scratch_bce_seed2"
 
 
 @pytest.fixture(scope="module")
-def sweep(run_env, tmp_path_factory) -> Path:
+def sweep(run_env, tmp_path_factory) -> Iterator[Path]:
 
     torch_home = tmp_path_factory.mktemp("torch-resnet18-only")
     target = torch_home / "hub" / "checkpoints" / pretrained_weights_file("resnet18").name
@@ -79,7 +80,9 @@ def sweep(run_env, tmp_path_factory) -> Path:
     shutil.copytree(folder / "2_resnet18_scratch_bce_seed0" / ".hydra", killed / ".hydra")
     for config in (killed / ".hydra").glob("*config.yaml"):  # as written, and resolved
         config.write_text(config.read_text().replace("seed: 0", "seed: 2"))
-    return folder
+    yield folder
+    delete_big_files(folder.parent)  # checkpoints: the module's tests are done with them
+    delete_big_files(torch_home)
 
 
 @pytest.fixture(scope="module")

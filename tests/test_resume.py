@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, file_stamps, run_script
+from conftest import REPO, delete_big_files, file_stamps, run_script
 
 from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
 from celeba_gender.training.resume import AtomicCheckpointIO, config_differences
@@ -44,12 +45,13 @@ def _train(folder: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def reference(run_env, tmp_path_factory) -> Path:
+def reference(run_env, tmp_path_factory) -> Iterator[Path]:
     """The command run once, uninterrupted."""
     folder = tmp_path_factory.mktemp("reference") / "run"
     result = _train(folder, env=run_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+    yield folder
+    delete_big_files(folder)
 
 
 def _results(folder: Path) -> dict:

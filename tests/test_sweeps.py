@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, file_stamps, run_script
+from conftest import REPO, delete_big_files, file_stamps, run_script
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -56,7 +57,7 @@ def _status(sweep: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def continued_sweep(run_env, tmp_path_factory) -> dict:
+def continued_sweep(run_env, tmp_path_factory) -> Iterator[dict]:
     """A 4-job sweep killed once its first job finished, then continued with resume=true."""
     sweep = tmp_path_factory.mktemp("sweeps") / "study"
     command = [sys.executable, str(REPO / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"]
@@ -77,12 +78,13 @@ def continued_sweep(run_env, tmp_path_factory) -> dict:
     continued = run_script(
         "train.py", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", env=run_env, timeout=900
     )
-    return {
+    yield {
         "sweep": sweep,
         "status_after_kill": status_after_kill,
         "first_files": first_files,
         "continued": continued,
     }
+    delete_big_files(sweep)
 
 
 @pytest.mark.slow
