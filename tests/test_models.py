@@ -286,3 +286,33 @@ def test_checkpoints_from_before_the_module_config_still_load(tmp_path):
     # Without the model config's arguments too: no auxiliary heads unless they are trained.
     assert create_backbone("googlenet", 1, pretrained=False, aux_heads=False).aux1 is None
     assert torch.equal(restored.net.fc.weight, old.fc.weight)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_pretrained_inception_family_without_auxiliary_loss_and_its_checkpoint(
+    name, tmp_path, monkeypatch
+):
+    """torchvision's weights come with the auxiliary heads and transform_input=True: a model
+    trained without the heads' loss drops them, and its checkpoint rebuilds the same network
+    (same outputs) without the weights file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, weights=None, aux_logits=True, init_weights=True)
+    expected = pretrained_weights_file(name)
+    expected.folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), expected.path)
+
+    model = _module(name, loss="bce", pretrained=True, aux_loss_weight=0.0).eval()
+    assert model.net.transform_input and model.parameter_count(inference=False) == (
+        model.parameter_count(inference=True)
+    )
+    assert [m for m in ("aux1", "aux2", "AuxLogits") if getattr(model.net, m, None)] == []
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, checkpoint
+    )
+    expected.path.unlink()  # a checkpoint needs no weights file
+    restored = load_classifier(str(checkpoint)).eval()
+    images = torch.randn(2, 3, 299, 299)
+    with torch.no_grad():
+        assert torch.allclose(restored(images), model(images), atol=1e-6)

@@ -118,8 +118,9 @@ def test_the_analysis_of_several_sweep_folders_counts_each_job_once(continued_sw
     sweep = continued_sweep["sweep"]
     # A second folder: a re-run of job 1 that failed, and of job 2 that finished.
     rerun = tmp_path / "rerun"
+    no_checkpoints = shutil.ignore_patterns("*.ckpt")  # the analysis reads none; 0.1 GB each
     for job in JOBS[1:3]:
-        shutil.copytree(sweep / job, rerun / job)
+        shutil.copytree(sweep / job, rerun / job, ignore=no_checkpoints)
     failed = rerun / JOBS[1] / "metrics.json"
     failed.write_text(json.dumps({"status": "failed", "error": "out of memory"}))
     runs = collect_runs([sweep, rerun, sweep])
@@ -127,7 +128,7 @@ def test_the_analysis_of_several_sweep_folders_counts_each_job_once(continued_sw
     assert sorted(runs["seed"].tolist()) == [1, 1, 2, 2]
     # The other way round: the first folder's failed record gives way to the re-run's result.
     broken = tmp_path / "broken"
-    shutil.copytree(sweep, broken)
+    shutil.copytree(sweep, broken, ignore=no_checkpoints)
     (broken / JOBS[2] / "metrics.json").write_text(json.dumps({"status": "failed", "error": "x"}))
     runs = collect_runs([broken, rerun]).set_index("job")
     assert runs.loc[f"rerun/{JOBS[2]}", "status"] == "ok"

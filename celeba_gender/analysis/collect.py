@@ -98,6 +98,8 @@ def _read_metrics(folder: Path) -> dict:
     # metric names for the test metrics only.
     if "numeric_precision" not in record:  # records written before run_facts named it so
         record["numeric_precision"] = record.pop("precision", None)
+    if record["numeric_precision"] is not None:  # 32 in older records, "32" now
+        record["numeric_precision"] = str(record["numeric_precision"])
     record = {k.removeprefix("test/"): v for k, v in record.items()}
     if record.get("status") == "failed":
         record["error"] = f"{record.get('error_type', 'Error')}: {record.get('error', '')}"

@@ -56,7 +56,8 @@ def metric_values(labels: np.ndarray, p_male: np.ndarray, threshold: float = 0.5
     values = {
         name: float(fn(preds, target, threshold=threshold)) for name, fn in _TORCHMETRICS.items()
     }
-    values["auroc"] = float(binary_auroc(preds, target))
+    one_class = len(np.unique(target.numpy())) < 2  # AUROC undefined (training logs NaN)
+    values["auroc"] = float("nan") if one_class else float(binary_auroc(preds, target))
     return values
 
 

@@ -54,6 +54,7 @@ class CelebADataModule(L.LightningDataModule):
         balance: str = "none",
         balance_seed: int = 0,
         shuffle_seed: int = 0,
+        augmentation_seed: int = 0,
         image_size: int = 224,
         face_crop: Mapping[str, int] | None = None,
         augmentations: Sequence[Mapping[str, Any]] | None = None,
@@ -80,6 +81,7 @@ class CelebADataModule(L.LightningDataModule):
         self.balance = balance
         self.balance_seed = balance_seed
         self.shuffle_seed = shuffle_seed
+        self.augmentation_seed = augmentation_seed
         self.image_size = image_size
         self.face_crop = dict(face_crop) if face_crop else None
         self.augmentations = [dict(a) for a in augmentations or []]
@@ -259,7 +261,7 @@ class CelebADataModule(L.LightningDataModule):
             # batch): ranks differ, and a run resumed at any step draws what it drew before.
             # ``ready`` counts this epoch's earlier batches, restored on resume.
             seed_batch_streams(
-                self.shuffle_seed,
+                self.augmentation_seed,
                 self.trainer.current_epoch,
                 self.trainer.global_rank,
                 self.trainer.fit_loop.epoch_loop.batch_progress.current.ready,

@@ -88,7 +88,15 @@ def aux_head_modules(model: nn.Module) -> list[str]:
     return sorted({name.split(".", 1)[0] for name in heads})
 
 
-def _takes_argument(name: str, argument: str) -> bool:
+def _drop_aux_heads(model: nn.Module) -> None:
+    """Remove the auxiliary classifiers (GoogLeNet's aux1, aux2, Inception-v3's AuxLogits),
+    as the networks' own ``aux_logits=False`` leaves them: None, and not returned."""
+    for name in {layer.split(".", 1)[0] for layer in classifier_layers(model)[:-1]}:
+        setattr(model, name, None)
+    model.aux_logits = False
+
+
+def takes_argument(name: str, argument: str) -> bool:
     """Whether torchvision's ``name`` network class takes ``argument`` (its builder passes its
     keyword arguments on to the class it is annotated to return)."""
     built = inspect.signature(torchvision.models.get_model_builder(name)).return_annotation
@@ -121,12 +129,17 @@ def create_backbone(
             "(torchvision.models.list_models())."
         )
     options = {**(kwargs or {}), **({} if pretrained else dict(scratch_kwargs or {}))}
-    if _takes_argument(name, "aux_logits"):  # GoogLeNet, Inception-v3: heads only if trained
-        options["aux_logits"] = bool(options.get("aux_logits", True)) and aux_heads
+    with_aux = takes_argument(name, "aux_logits") and bool(options.get("aux_logits", True))
     if pretrained:
+        if takes_argument(name, "aux_logits"):
+            options["aux_logits"] = True  # torchvision's weights come with their heads
         model = _load_pretrained(name, allow_download, **options)
     else:
+        if takes_argument(name, "aux_logits"):  # GoogLeNet, Inception-v3
+            options["aux_logits"] = with_aux and aux_heads
         model = torchvision.models.get_model(name, weights=None, **options)
+    if with_aux and not aux_heads:
+        _drop_aux_heads(model)  # pretrained: built with them; no loss will train them
 
     found = classifier_layers(model)
     if not found:

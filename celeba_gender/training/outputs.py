@@ -23,16 +23,12 @@ VAL_PREDICTIONS_FILE = "val_predictions.csv"  # same columns, the evaluated chec
 def run_facts(config: DictConfig, facts: Mapping[str, str], strict: bool = False) -> dict[str, Any]:
     """The values of ``facts`` (name: config key) in ``config``, as metrics.json, TensorBoard's
     hparams table and the analysis hold them: scalars, a list as one string of its items, a
-    class path as its class name, a numeric precision as text (32 and "16-mixed" alike).
-    ``strict``: a key ``config`` lacks is an error (a typo in run_facts), not a None."""
+    class path as its class name, a numeric precision as text (32 and "16-mixed" alike). A key
+    the config lacks (one scheduler's setting, when another is chosen) gives None; ``strict``:
+    a value that does not resolve is an error, not a None."""
     values = {}
-    absent = object()
     for name, key in facts.items():
-        value = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=strict)
-        if value is absent:
-            if strict:
-                raise ValueError(f"run_facts.{name}: the config has no key {key!r}.")
-            value = None
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=strict)
         if isinstance(value, ListConfig):
             value = " ".join(str(item) for item in value)
         elif isinstance(value, DictConfig):
