@@ -84,14 +84,18 @@ def classifier_layers(model: nn.Module) -> list[str]:
 def aux_head_modules(model: nn.Module) -> list[str]:
     """Names of the top-level modules that hold the training-only auxiliary classifiers
     (GoogLeNet's aux1 and aux2, Inception-v3's AuxLogits): what inference never runs."""
-    heads = getattr(model, "aux_classifiers", [])
-    return sorted({name.split(".", 1)[0] for name in heads})
+    return _holding_modules(getattr(model, "aux_classifiers", []))
+
+
+def _holding_modules(layers: list[str]) -> list[str]:
+    """The top-level modules that hold ``layers`` (dotted names)."""
+    return sorted({name.split(".", 1)[0] for name in layers})
 
 
 def _drop_aux_heads(model: nn.Module) -> None:
     """Remove the auxiliary classifiers (GoogLeNet's aux1, aux2, Inception-v3's AuxLogits),
     as the networks' own ``aux_logits=False`` leaves them: None, and not returned."""
-    for name in {layer.split(".", 1)[0] for layer in classifier_layers(model)[:-1]}:
+    for name in _holding_modules(classifier_layers(model)[:-1]):
         setattr(model, name, None)
     model.aux_logits = False
 
