@@ -523,3 +523,57 @@ def test_a_run_whose_predictions_are_gone_keeps_its_row(sweep, tmp_path):
     assert pd.isna(runs.loc["4_resnet18_scratch_ce_seed0", "acc_ci_low"])
     assert pd.notna(runs.loc["2_resnet18_scratch_bce_seed0", "acc_ci_low"])
     assert "test_predictions.csv does not exist" in (copy / "report" / "report.md").read_text()
+
+
+def test_a_job_the_sweep_lists_keeps_its_row_when_its_folder_is_deleted(sweep, tmp_path):
+    """multirun.yaml lists every job the command asked for: a deleted job folder is a missing
+    row with what it was (from its overrides), unless another folder given ran it."""
+    deleted = _job(sweep, ("resnet18", "scratch_ce"), 1)
+    copy = tmp_path / "sweep"
+    shutil.copytree(
+        sweep, copy, ignore=shutil.ignore_patterns("checkpoints", "report", "*.ckpt", "events.*")
+    )
+    shutil.rmtree(copy / deleted)
+    runs = collect_runs(copy).set_index("job")
+    number = deleted.split("_", 1)[0]
+    assert number in runs.index, runs.index.tolist()
+    row = runs.loc[number]
+    assert row["status"] == "missing" and "multirun.yaml" in row["error"]
+    assert (row["model"], row["treatment"], row["seed"]) == ("resnet18", "scratch_ce", 1)
+    assert len(runs) == len(collect_runs(sweep))  # every job still has a row
+    summary = seed_summary(collect_runs(copy))
+    cell = summary[(summary["model"] == "resnet18") & (summary["treatment"] == "scratch_ce")]
+    assert int(cell["missing"].iloc[0]) == 1 and int(cell["ok"].iloc[0]) == 1
+
+    # The same job run in another folder given alongside (a continued sweep) is that row.
+    other = tmp_path / "continued"
+    shutil.copytree(sweep / deleted, other / deleted, ignore=shutil.ignore_patterns("checkpoints"))
+    both = collect_runs([copy, other])
+    same = both[(both["model"] == "resnet18") & (both["treatment"] == "scratch_ce")]
+    assert sorted(same["status"]) == ["ok", "ok"], same[["job", "status"]]
+
+
+def test_a_tie_on_validation_names_one_winner_in_every_sentence(sweep, tmp_path):
+    """Two configurations of different backbones and treatments, both perfect on validation:
+    the best configuration, backbone, family and treatment sentences name the same one (the
+    smaller model), and the tie is said."""
+    tied = [("resnet18", "scratch_bce"), ("googlenet", "scratch_ce")]
+    copy = _copy_jobs(sweep, tmp_path, [_job(sweep, c, s) for c in tied for s in (0, 1)])
+    for configuration in tied:
+        for seed in (0, 1):
+            val = copy / _job(sweep, configuration, seed) / "val_predictions.csv"
+            frame = pd.read_csv(val)
+            frame.assign(p_male=frame["label"].astype(float)).to_csv(val, index=False)
+    analysis = analyze_sweep(copy, load_settings(**{"bootstrap.resamples": 50}))
+    table = analysis.configurations.set_index("model")
+    assert table.loc["googlenet", "params_mean"] < table.loc["resnet18", "params_mean"]
+    family = table.loc["googlenet", "family"]
+    assert family != table.loc["resnet18", "family"]
+    lines = analysis.conclusions
+    assert "**Best configuration (chosen by validation accuracy): googlenet/scratch_ce" in lines[0]
+    assert "tied on validation accuracy with resnet18/scratch_bce" in lines[0]
+    assert "**Best backbone: googlenet**" in lines[1]
+    assert f"**Best family: {family}**" in lines[2]
+    assert "**Best treatment: scratch_ce**" in lines[3]
+    assert analysis.best["model"] == "googlenet"
+    assert set(analysis.paired["a"]) == {"googlenet/scratch_ce [smoke]"}

@@ -1,13 +1,15 @@
 """Reading a sweep: one row per job folder, from its metrics.json and .hydra/config.yaml.
 
 A job that failed has ``status: failed`` in its metrics.json (written by the training run); a
-job folder without metrics.json (killed, out of memory, still running) is ``missing``. Both stay
-in the table so a summary can never silently drop a configuration.
+job folder without metrics.json (killed, out of memory, still running) is ``missing``, and so is
+a job the sweep's own record (``multirun.yaml``) lists whose folder is gone. All stay in the
+table so a summary can never silently drop a configuration.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from celeba_gender.training.outputs import (
 )
 from celeba_gender.training.resume import flatten_config, is_ignored, saved_config
 
+log = logging.getLogger(__name__)
 METRICS = ("acc", "precision", "recall", "f1", "auroc")
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
 # that names the facts in each run's metrics.json. A job's saved config gives them when its
@@ -66,6 +69,61 @@ def job_folders(sweep_dir: str | Path) -> list[Path]:
             f"{METRICS_FILE} (a `python train.py -m ...` sweep folder)."
         )
     return jobs
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """The overrides of each job the sweep's command asked for, by job number, expanded as
+    Hydra's basic sweeper expands them (None when the folder has no readable multirun.yaml)."""
+    record = sweep_dir / "multirun.yaml"
+    if not record.is_file():
+        return None
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = list(OmegaConf.load(record).hydra.overrides.task)
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
+    except Exception as error:  # noqa: BLE001 - e.g. a config group renamed since
+        log.warning("%s: cannot expand its jobs (%s); listing the folders only.", record, error)
+        return None
+    return [list(job) for batch in batches for job in batch]
+
+
+def _expected_facts(overrides: list[str]) -> dict:
+    """The run facts of a job that left no folder, from its config composed anew."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            config = compose("config", overrides=overrides)
+        return run_facts(config, {**RUN_FACTS, **(config.get("run_facts") or {})})
+    except Exception as error:  # noqa: BLE001 - the configs changed since the sweep ran
+        log.warning("cannot compose %s (%s): its row gives the overrides only.", overrides, error)
+        return {}
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _job_overrides(folder: Path) -> frozenset[str] | None:
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        return frozenset(OmegaConf.load(path)) if path.is_file() else None
+    except Exception:  # noqa: BLE001 - an unreadable record only loses the match
+        return None
+
+
+def _deleted_jobs(sweep_dir: Path, present: list[Path]) -> list[tuple[str, list[str]]]:
+    """(job number, overrides) of the jobs multirun.yaml lists that have no folder."""
+    expected = expected_jobs(sweep_dir) or []
+    numbers = {folder.name.split("_", 1)[0] for folder in present}
+    return [(str(n), job) for n, job in enumerate(expected) if str(n) not in numbers]
 
 
 def _is_job(folder: Path) -> bool:
@@ -118,8 +176,26 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     several = len(folders) > 1
     rows = []
     fact_names: set[str] = set()
+    deleted: list[dict] = []
     for sweep_dir in folders:
-        for folder in job_folders(sweep_dir):
+        present = job_folders(sweep_dir) if not _lists_jobs_only(sweep_dir) else []
+        for number, overrides in _deleted_jobs(sweep_dir, present):
+            facts = _expected_facts(overrides)
+            fact_names.update(facts)
+            deleted.append(
+                {
+                    **facts,
+                    "status": "missing",
+                    "error": f"job {number} ({' '.join(overrides)}) is in the sweep's "
+                    "multirun.yaml but its folder is gone: re-run the sweep's command to redo it",
+                    "job": f"{sweep_dir.name}/{number}" if several else number,
+                    "run_dir": str(sweep_dir / number),
+                    "_overrides": frozenset(overrides),
+                    "_key": f"deleted:{sweep_dir}/{number}",
+                    "_order": (STATUS_RANK["missing"], 0.0),
+                }
+            )
+        for folder in present:
             record = _read_metrics(folder)
             facts = _from_config(folder)
             fact_names.update(facts)
@@ -129,9 +205,16 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
                 run_dir=str(folder),
                 _key=job_key(folder),
                 _order=(STATUS_RANK.get(row.get("status"), 9), -_mtime(folder / METRICS_FILE)),
+                _overrides=_job_overrides(folder),
             )
             rows.append(row)
-    runs = pd.DataFrame(rows)
+    # A deleted job that another folder (a continued sweep) ran with the same overrides is
+    # that folder's row.
+    ran = {row["_overrides"] for row in rows if row["_overrides"] is not None}
+    rows += [row for row in deleted if row["_overrides"] not in ran]
+    if not rows:
+        raise DataError(f"{', '.join(map(str, folders))}: no training job, run or listed.")
+    runs = pd.DataFrame(rows).drop(columns="_overrides")
     runs = runs.sort_values("_order", kind="stable").drop_duplicates("_key")
     # Facts some jobs' own run_facts add (one line in their config) join the table too.
     added = [c for c in runs.columns if c in fact_names and c not in COLUMNS]
@@ -142,6 +225,16 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")
     return runs.reset_index(drop=True)
+
+
+def _lists_jobs_only(sweep_dir: Path) -> bool:
+    """A sweep folder whose record lists jobs but that holds no job folder (all deleted)."""
+    return (
+        sweep_dir.is_dir()
+        and (sweep_dir / "multirun.yaml").is_file()
+        and not _is_job(sweep_dir)
+        and not any(p.is_dir() and _is_job(p) for p in sweep_dir.iterdir())
+    )
 
 
 def _sweep_folders(sweep_dirs: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -16,14 +16,55 @@ from celeba_gender.analysis.statistics import IDENTITIES, holm, wilcoxon_paired
 
 
 def ranked(configurations: pd.DataFrame) -> pd.DataFrame:
-    """Configurations with at least one successful run, best mean validation accuracy first
-    (ties keep the sweep's order: test results never choose)."""
+    """Configurations with at least one successful run, best mean validation accuracy first.
+
+    Ties on validation accuracy are broken the same way wherever a winner is named: fewer
+    inference parameters first (the simpler model), then the configuration's name. The test
+    results never choose.
+    """
     if "acc_mean" not in configurations:
         return configurations.iloc[0:0]
     usable = configurations[configurations["ok"] > 0]
     if "val_acc_mean" not in usable:
         usable = usable.assign(val_acc_mean=float("nan"))
-    return usable.sort_values("val_acc_mean", ascending=False, kind="stable").reset_index(drop=True)
+    order = usable.assign(
+        _params=usable["params_mean"] if "params_mean" in usable else float("nan"),
+        _name=usable.apply(configuration_name, axis=1) if len(usable) else "",
+    )
+    order = order.sort_values(
+        ["val_acc_mean", "_params", "_name"],
+        ascending=[False, True, True],
+        kind="stable",
+        na_position="last",
+    )
+    return order.drop(columns=["_params", "_name"]).reset_index(drop=True)
+
+
+def _ranked_groups(table: pd.DataFrame, column: str, values: list[str]) -> pd.DataFrame:
+    """Mean of ``values`` per ``column`` value, best mean validation accuracy first; a tie goes
+    to the group whose best member ranks first in ``table`` (already ``ranked``), so a family or
+    treatment named best agrees with the configuration named best."""
+    grouped = table.groupby(column, sort=False)
+    means = (
+        grouped[values]
+        .mean()
+        .assign(size=grouped.size(), _first=grouped.apply(lambda group: group.index.min()))
+    )
+    means = means.sort_values(["val_acc_mean", "_first"], ascending=[False, True], kind="stable")
+    return means.drop(columns="_first")
+
+
+def _tied_with(table: pd.DataFrame) -> str:
+    """' (tied on validation accuracy with A, B; ...)' when others equal the first's."""
+    best = table.iloc[0]["val_acc_mean"]
+    tied = table.iloc[1:][table.iloc[1:]["val_acc_mean"] == best]
+    if tied.empty:
+        return ""
+    names = ", ".join(configuration_name(row) for _, row in tied.iterrows())
+    return (
+        f" (tied on validation accuracy with {names}; a tie goes to fewer inference "
+        "parameters, then the name)"
+    )
 
 
 def chosen(configurations: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +107,7 @@ def best_choices(configurations: pd.DataFrame) -> list[str]:
     best = table.iloc[0]
     lines = [
         f"**Best configuration (chosen by validation accuracy): {configuration_name(best)}**, "
-        f"validation accuracy {_pct(best['val_acc_mean'])}; test accuracy "
+        f"validation accuracy {_pct(best['val_acc_mean'])}{_tied_with(table)}; test accuracy "
         f"{_pct(best['acc_mean'])} ({_spread(best)}), F1 {best['f1_mean']:.4f}."
     ]
     by_model = table.drop_duplicates("model")  # each backbone's validation-best treatment
@@ -81,10 +122,9 @@ def best_choices(configurations: pd.DataFrame) -> list[str]:
             else ")."
         )
     )
-    by_family = table.groupby("family").agg(
-        val=("val_acc_mean", "mean"), test=("acc_mean", "mean"), size=("acc_mean", "size")
-    )
-    by_family = by_family.sort_values("val", ascending=False, kind="stable")
+    by_family = _ranked_groups(
+        table.rename(columns={"acc_mean": "test"}), "family", ["val_acc_mean", "test"]
+    ).rename(columns={"val_acc_mean": "val"})
     family_text = "; ".join(
         f"{name} {_val_and_test(row['val'], row['test'])} (mean over {int(row['size'])} "
         "configurations)"
@@ -99,8 +139,7 @@ def best_choices(configurations: pd.DataFrame) -> list[str]:
         )
     else:
         rows, scope = table, "(no backbone ran every treatment: different sets of backbones)"
-    means = rows.groupby("treatment")[["val_acc_mean", "acc_mean"]].mean()
-    means = means.sort_values("val_acc_mean", ascending=False, kind="stable")
+    means = _ranked_groups(rows, "treatment", ["val_acc_mean", "acc_mean"])
     lines.append(
         f"**Best treatment: {means.index[0]}** — mean accuracy {scope}: "
         + "; ".join(

@@ -7,42 +7,15 @@ expands them), so a job that never started still has a row.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from celeba_gender.analysis.collect import job_folders
-from celeba_gender.config import CONFIG_DIR
+from celeba_gender.analysis.collect import expected_jobs, job_folders
 from celeba_gender.data import DataError
 from celeba_gender.training.resume import LAST_CHECKPOINT, checkpoint_step, read_record
 
-log = logging.getLogger(__name__)
 STATES = ("done", "interrupted", "failed", "not started")
-
-
-def expected_jobs(sweep_dir: Path) -> list[str] | None:
-    """The override line of each job the sweep's command asked for, by job number (None when
-    the folder has no readable multirun.yaml)."""
-    record = sweep_dir / "multirun.yaml"
-    if not record.is_file():
-        return None
-    from hydra import initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        overrides = list(OmegaConf.load(record).hydra.overrides.task)
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
-    except Exception as error:  # noqa: BLE001 - e.g. a config group renamed since
-        log.warning("%s: cannot expand its jobs (%s); listing the folders only.", record, error)
-        return None
-    return [" ".join(job) for batch in batches for job in batch]
 
 
 def job_state(folder: Path) -> dict:
@@ -86,7 +59,7 @@ def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
         folder = folders.pop(number, None)
         row = {"job": folder.name if folder else number}
         if expected:
-            row["overrides"] = expected[int(number)]
+            row["overrides"] = " ".join(expected[int(number)])
         row.update(job_state(folder) if folder else {"state": "not started", "detail": "no folder"})
         rows.append(row)
     for folder in folders.values():  # folders the record does not list
