@@ -22,6 +22,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.images import ImageDecodeError, decode_image
+
 CACHE_ENV = "CELEBA_GENDER_CACHE"
 
 
@@ -51,14 +54,32 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        # NamedTemporaryFile is owner-only (0600); results are for colleagues too.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)
+        # NamedTemporaryFile is owner-only (0600); results are for colleagues too, with the
+        # permissions any new file of this user gets.
+        os.chmod(handle.name, 0o666 & ~current_umask())
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it.
+
+    ``os.umask`` can only be read by setting it: setting 0 and back lets any file another
+    thread creates in between (the scan and cache builds use thread pools) be world-writable.
+    Linux states it in /proc/self/status; elsewhere the set-and-restore is the only way.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # the fallback's window leaves files private, not open to all
+    os.umask(umask)
+    return umask
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -80,12 +101,12 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def decode_rgb(path: Path, height: int, width: int) -> np.ndarray:
-    """Decode one image to a uint8 (3, height, width) array: grey, RGBA and CMYK become RGB."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image).transpose(2, 0, 1)
+    """Decode one image with ``images.decode_image`` (the decode the data scan checked) to a
+    uint8 (3, height, width) array. Raises ImageDecodeError for a file that cannot be used."""
+    image = decode_image(path, name=Path(path).name)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image).transpose(2, 0, 1)
 
 
 class ImageTensorCache:
@@ -147,8 +168,17 @@ class ImageTensorCache:
             def fill(row: int) -> None:
                 target[row] = decode_rgb(files[row], height, width)
 
-            with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-                list(pool.map(fill, range(len(files))))
+            try:
+                with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+                    list(pool.map(fill, range(len(files))))
+            except ImageDecodeError as error:
+                del target
+                partial.unlink(missing_ok=True)
+                raise DataError(
+                    f"{Path(files[0]).parent / error.name} changed since the data scan checked "
+                    f"it and can no longer be used ({error.reason}). Run again: the scan "
+                    "checks changed files anew and leaves broken ones out."
+                ) from None
             target.flush()
             os.replace(partial, path)
             atomic_write(

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from celeba_gender.data.cache import ImageTensorCache
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.images import ImageDecodeError, decode_image
 
 
 class PerSampleImageDataset(Dataset):
@@ -32,9 +33,16 @@ class PerSampleImageDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int, int]:
-        with Image.open(self.paths[item]) as image:
-            tensor = self.transform(image.convert("RGB"))
-        return tensor, int(self.labels[item]), int(self.rows[item])
+        path = self.paths[item]
+        try:
+            image = decode_image(path, name=Path(path).name)
+        except ImageDecodeError as error:
+            raise DataError(
+                f"{path} changed since the data scan checked it and can no longer be used "
+                f"({error.reason}). Run again: the scan checks changed files anew and leaves "
+                "broken ones out."
+            ) from None
+        return self.transform(image), int(self.labels[item]), int(self.rows[item])
 
 
 class CachedImageDataset(Dataset):

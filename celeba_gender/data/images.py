@@ -11,8 +11,14 @@ areas show whatever colour they happen to store.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import os
+import stat
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,8 +32,12 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 8
 # Transparent pixels are shown over white, as an image viewer shows them.
 _BACKGROUND = (255, 255, 255)
-# Modes whose samples are wider than 8 bits: scaled to 0..255 by their range, not clipped.
-_WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _is_wide(mode: str) -> bool:
+    """Modes whose samples are wider than 8 bits (32-bit int, float, every 16-bit variant):
+    scaled to 0..255, not clipped."""
+    return mode in ("I", "F") or mode.startswith(("I;", "F;"))
 
 
 class ImageDecodeError(Exception):
@@ -37,6 +47,16 @@ class ImageDecodeError(Exception):
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """``decode_image``'s picture with what the file held: its mode, format and frame count."""
+
+    image: Image.Image  # upright 8-bit RGB
+    mode: str  # the file's own mode ("L", "I;16", "CMYK", "P", ...)
+    format: str  # "JPEG", "PNG", ... ("" when PIL does not say)
+    frames: int
 
 
 def decode_image(
@@ -49,22 +69,36 @@ def decode_image(
     """The first frame of ``source`` as an upright (EXIF orientation applied) RGB image.
 
     Palette, 1-bit, grey, grey+alpha, RGBA, CMYK, YCbCr, LAB, HSV, 16/32-bit integer and float
-    images are all read; pixels wider than 8 bits are scaled to 0..255 by their value range.
-    Raises ImageDecodeError for a missing, empty, unknown, truncated or corrupt file, one over
-    ``max_pixels`` (a decompression bomb) or one under ``min_side`` pixels on a side.
+    images are all read; pixels wider than 8 bits are scaled to 0..255 (see ``_scale_to_uint8``).
+    Raises ImageDecodeError for a missing, empty, unknown, truncated or corrupt file, one that
+    is not a regular file, one over ``max_pixels`` (a decompression bomb) or one under
+    ``min_side`` pixels on a side.
     """
+    return read_image(source, name=name, max_pixels=max_pixels, min_side=min_side).image
+
+
+def read_image(
+    source: str | Path | bytes | BinaryIO,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> DecodedImage:
+    """``decode_image``, also saying the file's own mode, format and number of frames (the
+    data scan reports them)."""
     if name is None:
         name = str(source) if isinstance(source, str | Path) else "image"
     if isinstance(source, bytes):
         if not source:
             raise ImageDecodeError(name, "zero-byte file")
-        source = io.BytesIO(source)
-    elif isinstance(source, str | Path):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageDecodeError(name, "no such file")
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(name, "zero-byte file")
+        return _decode(io.BytesIO(source), name, max_pixels, min_side)
+    if isinstance(source, str | Path):
+        with open_regular_file(source, name) as handle:
+            return _decode(handle, name, max_pixels, min_side)
+    return _decode(source, name, max_pixels, min_side)
+
+
+def _decode(source: BinaryIO, name: str, max_pixels: int, min_side: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             # PIL's global bomb limit (MAX_IMAGE_PIXELS) warns at 1x and raises at 2x; the
@@ -83,21 +117,91 @@ def decode_image(
                         name,
                         f"too small: {width}x{height} pixels (at least {min_side} per side)",
                     )
+                mode, file_format = image.mode, image.format or ""
+                frames = int(getattr(image, "n_frames", 1) or 1)
                 image.seek(0)  # multi-frame files (GIF, TIFF, APNG): the first frame
                 image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+                upright = ImageOps.exif_transpose(image)
+                return DecodedImage(_to_rgb(upright), mode, file_format, frames)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(name, f"refused: {error}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(name, "not an image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as error:
-        raise ImageDecodeError(name, f"unreadable: {error}") from None
+    except MemoryError:
+        raise ImageDecodeError(name, "unreadable: out of memory while decoding") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure means this file is unusable
+        # Corrupt files make PIL's decoders fail with OSError, SyntaxError, ValueError, but
+        # also struct.error, IndexError, KeyError, ZeroDivisionError (bad EXIF, bad headers).
+        detail = str(error) or type(error).__name__
+        raise ImageDecodeError(name, f"unreadable: {detail}") from None
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | Path, name: str) -> Iterator[BinaryIO]:
+    """A regular file opened for reading, or ImageDecodeError saying why not: missing, a
+    dangling symlink or a loop, a folder, a FIFO, a device, no permission, zero bytes. Never
+    blocks on a FIFO."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise ImageDecodeError(name, describe_os_error(error, path)) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            status = os.fstat(descriptor)
+        except OSError as error:
+            raise ImageDecodeError(name, describe_os_error(error, path)) from None
+        if not stat.S_ISREG(status.st_mode):
+            kind = file_kind(stat.S_IFMT(status.st_mode))
+            raise ImageDecodeError(name, f"not a regular file ({kind})")
+        if status.st_size == 0:
+            raise ImageDecodeError(name, "zero-byte file")
+        yield handle
+
+
+def read_file_bytes(path: str | Path, name: str) -> bytes:
+    """All bytes of a regular file (``open_regular_file``'s refusals apply)."""
+    with open_regular_file(path, name) as handle:
+        try:
+            return handle.read()
+        except OSError as error:
+            raise ImageDecodeError(name, describe_os_error(error, path)) from None
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def file_kind(kind: int) -> str:
+    """A file type (``stat.S_IFMT`` of a mode) in words."""
+    return _KINDS.get(kind, "not a regular file")
+
+
+def describe_os_error(error: OSError, path: str | Path) -> str:
+    """Why a file cannot be read, in words (no file name: the caller adds it)."""
+    if error.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return "dangling symlink (its target does not exist)"
+        return "no such file (deleted or moved while reading?)"
+    if error.errno == errno.ELOOP:
+        return "symlink loop (the link points back to itself)"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (cannot read this file)"
+    if error.errno == errno.EISDIR:
+        return "not a regular file (a folder)"
+    return f"unreadable: {error.strerror or error}"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in _WIDE_MODES:
+    if _is_wide(image.mode):
         image = Image.fromarray(_scale_to_uint8(np.asarray(image)), mode="L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
@@ -109,8 +213,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Wide samples onto 0..255: by the nominal range their values fit in (0..1 for float,
-    0..255, 0..65535), else stretched from their minimum to their maximum."""
+    """Wide samples onto 0..255, keeping the picture's brightness where its range is known.
+
+    Floats within 0..1 are scaled by 255; values within 0..255 are kept; non-negative values
+    up to 65535 are read as the bit depth their maximum needs (a 16-bit face by 65535, a 10- or
+    12-bit one stored in 16 bits by 1023 or 4095, not left nearly black); anything else
+    (negative, beyond 16 bits) is stretched from its minimum to its maximum. NaN and infinite
+    samples become 0.
+    """
     values = pixels.astype(np.float64)
     finite = np.isfinite(values)
     if not finite.any():
@@ -122,7 +232,8 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     elif low >= 0 and high <= 255:
         scaled = values
     elif low >= 0 and high <= 65535:
-        scaled = values / 257.0
+        full_scale = 2 ** int(np.ceil(high)).bit_length() - 1
+        scaled = values * (255.0 / full_scale)
     elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
     else:

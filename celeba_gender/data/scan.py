@@ -9,54 +9,65 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
-import warnings
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from celeba_gender.data.cache import atomic_write, cache_folder
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.images import (
+    ImageDecodeError,
+    describe_os_error,
+    file_kind,
+    read_file_bytes,
+    read_image,
+)
 
 SCAN_COLUMNS = ["file", "size", "mtime_ns", "problem", "sha1", "width", "height", "mode", "format"]
-_SCAN_CACHE_VERSION = 1
+# 2: the check is images.read_image (every mode read, tiny images refused, non-regular files).
+_SCAN_CACHE_VERSION = 2
 
 
-def check_image(path: Path) -> dict:
-    """Decode one file completely; ``problem`` is empty when it is a usable image."""
-    stat = path.stat()
-    record = {
-        "file": path.name,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "problem": "",
+def _record(name: str, size: int = -1, mtime_ns: int = -1, problem: str = "") -> dict:
+    return {
+        "file": name,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "problem": problem,
         "sha1": "",
         "width": 0,
         "height": 0,
         "mode": "",
         "format": "",
     }
-    if stat.st_size == 0:
-        record["problem"] = "zero-byte file"
-        return record
-    data = path.read_bytes()
-    record["sha1"] = hashlib.sha1(data).hexdigest()
+
+
+def check_image(path: Path) -> dict:
+    """Decode one file completely with ``images.read_image`` (the decode every reader uses);
+    ``problem`` is empty when it is a usable image, else says why not. Never raises for the
+    file's sake: a file deleted, replaced by a folder or FIFO, or unreadable since it was listed
+    is a row with a problem. ``width`` and ``height`` are the upright picture's."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                record.update(
-                    width=image.width, height=image.height, mode=image.mode, format=image.format
-                )
-    except UnidentifiedImageError:
-        record["problem"] = "not an image (unknown format)"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        record["problem"] = "refused: too many pixels (decompression bomb)"
-    except (OSError, SyntaxError, ValueError) as error:
-        record["problem"] = f"unreadable: {error}"
+        status = path.stat()
+    except OSError as error:
+        return _record(path.name, problem=describe_os_error(error, path))
+    record = _record(path.name, status.st_size, status.st_mtime_ns)
+    try:
+        data = read_file_bytes(path, path.name)
+        record["sha1"] = hashlib.sha1(data).hexdigest()
+        decoded = read_image(data, name=path.name)
+    except ImageDecodeError as error:
+        record["problem"] = error.reason
+        return record
+    record.update(
+        width=decoded.image.width,
+        height=decoded.image.height,
+        mode=decoded.mode,
+        format=decoded.format,
+    )
     return record
 
 
@@ -64,30 +75,52 @@ def _cache_file(image_dir: Path, cache_dir: Path | None) -> Path:
     return cache_folder(image_dir, cache_dir) / f"scan-v{_SCAN_CACHE_VERSION}.csv"
 
 
+def _list_folder(image_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The folder's non-hidden regular files (name, size, mtime_ns) to check, and a problem
+    row for every other entry: a folder, FIFO, socket or device, a dangling symlink, a symlink
+    loop, an entry that cannot be stat'ed or vanished while listing."""
+    try:
+        with os.scandir(image_dir) as listing:
+            entries = [entry for entry in listing if not entry.name.startswith(".")]
+    except OSError as error:
+        raise DataError(
+            f"Cannot list the image folder {image_dir}: {describe_os_error(error, image_dir)}. "
+            "Check that it exists and that this user may read it."
+        ) from None
+    regular: list[tuple[str, int, int]] = []
+    special: list[dict] = []
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        try:
+            status = entry.stat()  # follows symlinks: a link to an image is that image
+        except OSError as error:
+            special.append(_record(entry.name, problem=describe_os_error(error, entry.path)))
+            continue
+        if stat.S_ISREG(status.st_mode):
+            regular.append((entry.name, status.st_size, status.st_mtime_ns))
+        else:
+            kind = file_kind(stat.S_IFMT(status.st_mode))
+            special.append(
+                _record(
+                    entry.name, status.st_size, status.st_mtime_ns, f"not a regular file ({kind})"
+                )
+            )
+    current = pd.DataFrame(regular, columns=["file", "size", "mtime_ns"]).astype(
+        {"file": str, "size": "int64", "mtime_ns": "int64"}
+    )
+    return current, special
+
+
 def scan_image_folder(
     image_dir: str | Path, cache_dir: str | Path | None = None, workers: int | None = None
 ) -> tuple[pd.DataFrame, dict]:
-    """Check every regular, non-hidden file in ``image_dir``, reusing cached results.
+    """Check every non-hidden entry of ``image_dir``, reusing cached results for regular files.
 
-    Returns one row per file (``SCAN_COLUMNS``) and how many were checked versus reused.
+    Returns one row per entry (``SCAN_COLUMNS``; entries that are not regular files, or that
+    cannot be read, have a ``problem``) and how many were checked versus reused.
     """
     image_dir = Path(image_dir)
     cache_file = _cache_file(image_dir, Path(cache_dir) if cache_dir else None)
-    entries = sorted(
-        (
-            entry
-            for entry in os.scandir(image_dir)
-            if entry.is_file() and not entry.name.startswith(".")
-        ),
-        key=lambda entry: entry.name,
-    )
-    current = pd.DataFrame(
-        {
-            "file": [entry.name for entry in entries],
-            "size": [entry.stat().st_size for entry in entries],
-            "mtime_ns": [entry.stat().st_mtime_ns for entry in entries],
-        }
-    )
+    current, special = _list_folder(image_dir)
     cached = _read_cache(cache_file)
     if cached is not None:
         merged = current.merge(cached, on=["file", "size", "mtime_ns"], how="left", indicator=True)
@@ -97,27 +130,36 @@ def scan_image_folder(
         reused = pd.DataFrame(columns=SCAN_COLUMNS)
         stale = current["file"].tolist()
 
+    checked = pd.DataFrame(columns=SCAN_COLUMNS)
     if stale:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             # PIL decoding and hashlib release the GIL, so threads use every core.
             checked = pd.DataFrame(list(pool.map(check_image, (image_dir / n for n in stale))))
-        frames = [frame for frame in (reused, checked) if len(frame)]
-        result = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        result = result.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
-        _write_cache(cache_file, result)
-    else:
-        result = reused.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
+    frames = [frame for frame in (reused, checked) if len(frame)]
+    files = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCAN_COLUMNS)
+    files = files.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
+    if stale:
+        # Only regular files that were still there when checked: a vanished file's row
+        # (size -1) must be checked again next time.
+        _write_cache(cache_file, files[files["size"] >= 0])
+    frames = [frame for frame in (files, pd.DataFrame(special, columns=SCAN_COLUMNS)) if len(frame)]
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCAN_COLUMNS)
+    result = result.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
+    result = result.astype(
+        {"file": str, "size": "int64", "mtime_ns": "int64", "width": "int64", "height": "int64"}
+    )
     return result, {
         "checked": len(stale),
-        "reused_from_cache": len(result) - len(stale),
+        "reused_from_cache": len(files) - len(stale),
+        "not_regular_files": len(special),
         "cache_file": str(cache_file),
     }
 
 
 def _read_cache(cache_file: Path) -> pd.DataFrame | None:
-    if not cache_file.is_file():
-        return None
     try:
+        if not cache_file.is_file():
+            return None
         frame = pd.read_csv(
             cache_file,
             dtype={"file": str, "problem": str, "sha1": str, "mode": str, "format": str},
@@ -125,7 +167,14 @@ def _read_cache(cache_file: Path) -> pd.DataFrame | None:
         )
     except (pd.errors.ParserError, ValueError, OSError):
         return None  # A damaged cache is only a cache: check again.
-    return frame if list(frame.columns) == SCAN_COLUMNS else None
+    if list(frame.columns) != SCAN_COLUMNS or frame["file"].duplicated().any():
+        return None
+    try:
+        return frame.astype(
+            {"size": "int64", "mtime_ns": "int64", "width": "int64", "height": "int64"}
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def _write_cache(cache_file: Path, frame: pd.DataFrame) -> None:
