@@ -59,6 +59,7 @@ class FaceAligner:
                 "Or pass detect=false for photos that are already aligned CelebA crops."
             ) from None
         self.detector = MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+        self.min_face_size = min_face_size
         self.min_score = min_score
         self.fit_index = [LANDMARKS.index(name) for name in fit_landmarks]
         self.template = np.array([template[name] for name in LANDMARKS], dtype=np.float32)
@@ -80,7 +81,10 @@ class FaceAligner:
 
     @torch.inference_mode()
     def find(self, photo: Image.Image) -> list[Face]:
-        """Every face above ``min_score``, largest first, each with its aligned crop."""
+        """Every face above ``min_score``, largest first, each with its aligned crop. A photo
+        narrower than ``min_face_size`` has none (MTCNN would raise on it)."""
+        if min(photo.size) < self.min_face_size:
+            return []
         boxes, scores, landmarks = self.detector.detect(photo, landmarks=True)
         if boxes is None:
             return []

@@ -1,30 +1,49 @@
-"""Reading user photos: files, folders or globs; EXIF orientation; refusing decompression bombs
-and unreadable files with a message for that file (the caller goes on with the rest)."""
+"""Reading user photos: files, folders or globs, decoded by the project's one decode
+(``data.images.decode_image``: any format PIL opens, EXIF orientation, first frame, alpha over
+white, decompression bombs refused); an unusable file raises PhotoError naming it (the caller
+gives it its row and goes on with the rest)."""
 
 from __future__ import annotations
 
+import functools
 import glob
-import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+from celeba_gender.data.images import ImageDecodeError, decode_image
 
 
 class PhotoError(Exception):
     """One photo cannot be used; the message names the file and says why."""
 
 
+@functools.cache
+def photo_suffixes() -> frozenset[str]:
+    """The file name endings (lower case, with the dot) of every format PIL can open:
+    .jpg, .png, .webp, .gif, .bmp, .tif, .tiff, ... (a folder lists those files)."""
+    Image.init()  # registers every plugin, not only the common ones
+    return frozenset(
+        suffix.lower()
+        for suffix, format_name in Image.registered_extensions().items()
+        if format_name in Image.OPEN
+    )
+
+
+def is_photo_name(path: Path) -> bool:
+    return path.suffix.lower() in photo_suffixes()
+
+
 def expand_inputs(inputs: str | Path | list) -> list[Path]:
-    """Files, folders (their photos, sorted, not recursive) and globs, in the order given;
-    a path that matches nothing is kept so that its row can say so."""
+    """Files, folders (their files of any format PIL opens, sorted, not recursive) and globs,
+    in the order given; a path that matches nothing, or a file given by name whatever it holds,
+    is kept so that its row can say what it is."""
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
     found: list[Path] = []
     for spec in map(str, specs):
         path = Path(spec).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            found += sorted(p for p in path.iterdir() if p.is_file() and is_photo_name(p))
         elif path.is_file() or not glob.has_magic(spec):
             found.append(path)
         else:
@@ -34,26 +53,19 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
     return list(dict.fromkeys(found))  # once each, first position kept
 
 
-def load_photo(path: Path, max_pixels: int) -> Image.Image:
+def load_photo(path: Path, max_pixels: int, min_side: int | None = None) -> Image.Image:
     """An RGB photo, turned upright by its EXIF orientation. Raises PhotoError for a missing,
-    unreadable or truncated file, or one over ``max_pixels`` (a decompression bomb)."""
-    if not path.is_file():
-        raise PhotoError(f"{path}: no such file")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's limit is global; restored below
+    unreadable or truncated file, one over ``max_pixels`` (a decompression bomb) or under
+    ``min_side`` pixels on a side (default: decode_image's)."""
+    limits = {"max_pixels": max_pixels} | ({} if min_side is None else {"min_side": min_side})
     try:
-        with warnings.catch_warnings():
-            # Over the limit PIL warns, over twice the limit it raises: refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                return upright.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return decode_image(path, name=str(path), **limits)
+    except ImageDecodeError as error:
+        reason = error.reason
+        if not reason.startswith(("refused", "too small", "no such file")):
+            reason = f"not a readable image: {reason}"
+        raise PhotoError(f"{error.name}: {reason}") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure is this photo's alone
         raise PhotoError(
-            f"{path}: refused, {error} (raise predict.max_pixels if the photo is genuine)"
+            f"{path}: not a readable image ({type(error).__name__}: {error})"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise PhotoError(f"{path}: not a readable JPEG/PNG/WebP image ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous

@@ -15,9 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from celeba_gender.data import DataError
 from celeba_gender.data.transforms import per_sample_transform
-from celeba_gender.models import GenderClassifier, load_classifier
+from celeba_gender.models import GenderClassifier
+from celeba_gender.models.checkpoints import (
+    CheckpointError,
+    check_model_file,
+    is_onnx,
+    load_classifier,
+    open_onnx,
+)
 
 EVAL_TRANSFORM_KEY = "celeba_gender.eval_transform"  # ONNX metadata: the transform, as JSON
 BACKBONE_KEY = "celeba_gender.backbone"
@@ -54,24 +60,24 @@ class GenderPredictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path, batch_size: int = 32) -> GenderPredictor:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise DataError("ONNX models need onnxruntime: pip install -e '.[predict]'") from None
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        metadata = session.get_modelmeta().custom_metadata_map
+        session, metadata = open_onnx(path)
         if EVAL_TRANSFORM_KEY not in metadata:
-            raise DataError(
-                f"{path} has no {EVAL_TRANSFORM_KEY} metadata: export it with "
-                "`python -m celeba_gender.inference.export` so predict knows its transform."
+            raise CheckpointError(
+                path,
+                f"an ONNX model without {EVAL_TRANSFORM_KEY} metadata: export it with "
+                "`python -m celeba_gender.inference.export` so predict knows its transform",
             )
+        try:
+            eval_transform = json.loads(metadata[EVAL_TRANSFORM_KEY])
+        except ValueError:
+            raise CheckpointError(path, f"its {EVAL_TRANSFORM_KEY} metadata is not JSON") from None
         input_name = session.get_inputs()[0].name
 
         def run_batch(images: torch.Tensor) -> np.ndarray:
             return session.run(None, {input_name: images.numpy()})[0]
 
         return cls(
-            json.loads(metadata[EVAL_TRANSFORM_KEY]),
+            eval_transform,
             run_batch,
             metadata.get(BACKBONE_KEY, "?"),
             batch_size,
@@ -80,10 +86,8 @@ class GenderPredictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", batch_size: int = 32) -> GenderPredictor:
         """A checkpoint (.ckpt) or an exported ONNX model (.onnx)."""
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise DataError(f"Model {path} does not exist; pass ckpt_path=PATH/TO/best.ckpt")
-        if path.suffix == ".onnx":
+        path = check_model_file(path)
+        if is_onnx(path):
             return cls.from_onnx(path, batch_size)
         return cls.from_checkpoint(path, device, batch_size)
 
@@ -100,19 +104,14 @@ class GenderPredictor:
 
 
 def load_model(path: str | Path) -> GenderClassifier:
-    """A checkpoint's classifier (safely: weights only), or one clear error for any bad file."""
-    try:
-        return load_classifier(str(path))
-    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: one clear message
-        raise DataError(
-            f"{path} is not a readable celeba-gender checkpoint ({type(error).__name__}: "
-            f"{str(error)[:200]})"
-        ) from None
+    """A checkpoint's classifier (safely: weights only), or one CheckpointError for any bad
+    file (the loader eval, predict and export share)."""
+    return load_classifier(path)
 
 
 def eval_transform_of(model: GenderClassifier, path: str | Path) -> dict:
     """The crop, size and normalisation the model was trained with (saved in its hparams)."""
     settings = model.hparams.get("eval_transform")
     if not settings:
-        raise DataError(f"{path} records no eval_transform: it predates them; re-train it.")
+        raise CheckpointError(path, "it records no eval_transform (it predates them; re-train it)")
     return settings

@@ -2,21 +2,31 @@
 
 Photos stream through in batches of ``batch_size``: read, find faces, classify, write their
 rows and their annotated copies, then let them go, so memory stays bounded for any number of
-photos. The CSV is flushed after each photo (a stopped run keeps the rows it wrote); the JSON
-appears, complete, at the end. The gallery keeps small copies of the first
-``gallery_max_photos`` photos only. A photo that cannot be read gets a row with its error and
-the job goes on; a photo with no face gets a row that says so.
+photos. Each photo's rows reach predictions.csv in one write as soon as they are known, so a
+run stopped at any point (Ctrl-C, SIGTERM, even SIGKILL) leaves a valid CSV of the photos done;
+predictions.json is completed from the same rows when the run ends or is interrupted. The
+gallery keeps small copies of the first ``gallery_max_photos`` photos only.
+
+No photo stops the job: one that cannot be read, or on which face detection, alignment or
+classification fails, gets a row with status "error" and the reason; a photo with no face gets
+a row that says so. Annotated copies are named after their photo (see ``output_names``): never
+two photos on one name, never outside annotated/.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +41,7 @@ from PIL import Image, ImageDraw
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.faces import DetectorUnavailable, Face, FaceAligner
-from celeba_gender.inference.photos import PHOTO_SUFFIXES, PhotoError, expand_inputs, load_photo
+from celeba_gender.inference.photos import PhotoError, expand_inputs, load_photo
 from celeba_gender.inference.predictor import GenderPredictor
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,11 @@ COLUMNS = (
     "error",
     "annotated",  # the photo's annotated copy, relative to the output folder (annotate=true)
 )
+# Annotated copies keep their photo's format when PIL writes RGB pictures in it; others are PNG.
+SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_NAME_BYTES = 200  # file names stay well under the usual 255-byte limit
+# Characters a file name cannot hold on some system: separators, controls, Windows' reserved.
+_UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 GALLERY_CELL = (3.2, 3.4)  # inches per photo in the gallery, drawn at GALLERY_DPI
 GALLERY_DPI = 100
 
@@ -82,60 +97,141 @@ def predict_photos(
     yield from _classify(batch, predictor, threshold)
 
 
+def _reason(error: BaseException, limit: int = 300) -> str:
+    """An exception on one line: its type and the start of its message."""
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _find_faces(
     path: Path, aligner: FaceAligner | None, max_pixels: int
 ) -> tuple[PhotoResult, list[Image.Image]]:
-    """The photo with one row per face found, and the faces' aligned crops."""
+    """The photo with one row per face found, and the faces' aligned crops. Whatever goes
+    wrong with this photo becomes its row; the caller goes on with the next."""
     try:
         photo = load_photo(path, max_pixels)
     except PhotoError as error:
         log.warning("%s", error)
         row = {"photo": str(path), "status": "error", "error": str(error)}
         return PhotoResult(path, None, [row]), []
+    except Exception as error:  # noqa: BLE001 - one photo's failure is its row, not the job's
+        log.warning("%s: %s", path, error)
+        row = {"photo": str(path), "status": "error", "error": f"{path}: {_reason(error)}"}
+        return PhotoResult(path, None, [row]), []
+    width, height = photo.size
     if aligner is None:  # already an aligned crop: the whole photo is the face
-        width, height = photo.size
         faces = [Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((5, 2)), photo)]
     else:
-        faces = aligner.find(photo)
+        try:
+            faces = aligner.find(photo)
+        except Exception as error:  # noqa: BLE001 - MTCNN or alignment failing on this photo
+            log.warning("%s: face detection failed: %s", path, error)
+            message = f"{path}: face detection or alignment failed ({_reason(error)})"
+            row = {"photo": str(path), "status": "error", "error": message}
+            return PhotoResult(path, photo, [row]), []
     rows = [
         {"photo": str(path), "face": number, "status": "ok", "detector_score": face.score}
         | dict(zip(("x1", "y1", "x2", "y2"), face.box, strict=True))
         for number, face in enumerate(faces)
     ]
     if not faces:
-        rows = [{"photo": str(path), "status": "no_face", "error": "no face found"}]
+        smallest = getattr(aligner, "min_face_size", 0)
+        reason = (
+            f"no face found: the photo is {width}x{height} pixels, smaller than the smallest "
+            f"face searched (alignment.min_face_size={smallest})"
+            if min(width, height) < smallest
+            else "no face found"
+        )
+        rows = [{"photo": str(path), "status": "no_face", "error": reason}]
     return PhotoResult(path, photo, rows), [face.crop for face in faces]
 
 
 def _classify(
     batch: list[tuple[PhotoResult, list[Image.Image]]], predictor: GenderPredictor, threshold: float
 ) -> Iterator[PhotoResult]:
-    probabilities = iter(predictor.predict([crop for _, crops in batch for crop in crops]))
-    for result, _ in batch:
-        for row in result.rows:
-            if row["status"] == "ok":
-                row["p_male"] = float(next(probabilities))
-                row["label"] = label_of(row["p_male"], threshold)
+    """P(male) of every face of the batch at once; if that fails, photo by photo, so that only
+    the photo whose faces cannot be classified gets error rows."""
+    try:
+        flat = predictor.predict([crop for _, crops in batch for crop in crops])
+        probabilities = []
+        start = 0
+        for _, crops in batch:
+            probabilities.append(flat[start : start + len(crops)])
+            start += len(crops)
+    except Exception:  # noqa: BLE001 - find the photo that fails, keep the others
+        probabilities = []
+        for result, crops in batch:
+            try:
+                probabilities.append(predictor.predict(crops) if crops else [])
+            except Exception as error:  # noqa: BLE001 - this photo's error row
+                log.warning("%s: classification failed: %s", result.path, error)
+                probabilities.append(error)
+    for (result, _), own in zip(batch, probabilities, strict=True):
+        if isinstance(own, Exception):
+            for row in result.rows:
+                if row["status"] == "ok":
+                    row["status"] = "error"
+                    row["error"] = f"{result.path}: classification failed ({_reason(own)})"
+        else:
+            values = iter(own)
+            for row in result.rows:
+                if row["status"] == "ok":
+                    row["p_male"] = float(next(values))
+                    row["label"] = label_of(row["p_male"], threshold)
         yield result
 
 
+def _short_hash(path: Path) -> str:
+    return hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, on a character boundary."""
+    return text.encode("utf-8", "surrogateescape")[:max_bytes].decode("utf-8", "ignore")
+
+
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
-    """A distinct, readable file name for each photo's pictures: its path below the inputs'
+    """A distinct, readable, safe file name for each photo's pictures: its path below the inputs'
     common folder, folders joined by '__' (``two/a.jpg`` -> ``two__a.jpg``), so that ``a.jpg``
-    and ``a.png``, or ``a.jpg`` in two folders, never overwrite each other. A name already taken
-    (ignoring case, as some file systems do) gets a short hash of the photo's full path."""
+    and ``a.png``, or ``a.jpg`` in two folders, never overwrite each other.
+
+    Always a plain name inside the folder it is written to: separators, control characters and
+    characters some systems forbid become '_', no leading dot, at most MAX_NAME_BYTES bytes (a
+    longer name is cut and gets a short hash of the photo's full path), a format PIL writes
+    (else '.png' is added). A name already taken (ignoring case and Unicode normal form, as some
+    file systems do) gets that hash, then a counter if need be: no two photos share a name."""
     absolute = [Path(os.path.abspath(path)) for path in paths]  # without any '..'
     root = Path(os.path.commonpath([path.parent for path in absolute])) if paths else Path()
     names: dict[Path, str] = {}
     taken: set[str] = set()
+
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
     for path, full in zip(paths, absolute, strict=True):
-        name = "__".join(full.relative_to(root).parts)
-        if Path(name).suffix.lower() not in PHOTO_SUFFIXES:  # a glob may match other files
-            name += ".png"
-        if name.casefold() in taken:
-            stem, suffix = os.path.splitext(name)
-            name = f"{stem}-{hashlib.sha1(str(full).encode()).hexdigest()[:8]}{suffix}"
-        taken.add(name.casefold())
+        name = "__".join(full.relative_to(root).parts) or full.name or "photo"
+        name = _UNSAFE_CHARACTERS.sub(
+            "_", name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
+        name = name.strip(" .") or "photo"  # no hidden files, no '.' or '..'
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() not in SAVE_SUFFIXES:  # a glob or folder may hold other formats
+            stem, suffix = name, ".png"
+        digest = _short_hash(full)
+        room = MAX_NAME_BYTES - len(suffix.encode()) - len(digest) - 8  # '-', a counter
+        if len(f"{stem}{suffix}".encode()) > MAX_NAME_BYTES:
+            stem = f"{_clip(stem, room)}-{digest}"
+        name = f"{stem}{suffix}"
+        if key(name) in taken:
+            stem = f"{_clip(stem, room)}-{digest}" if not stem.endswith(digest) else stem
+            name = f"{stem}{suffix}"
+        count = 1
+        while key(name) in taken:
+            count += 1
+            name = f"{stem}-{count}{suffix}"
+        taken.add(key(name))
         names[path] = name
     return names
 
@@ -184,13 +280,85 @@ def gallery(
             if faces
             else own[0]["status"].replace("_", " ")
         )
-        axes.set_title(f"{name}\n{summary}", fontsize=8)
+        # Names are the user's: no mathtext ('$' in a file name is not a formula).
+        axes.set_title(f"{name}\n{summary}", fontsize=8, parse_math=False)
     figure.tight_layout()
     return figure
 
 
+class PredictionInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the rows done so far are written, then the run stops."""
+
+    def __init__(self, signum: int, photos: int = 0, output_dir: Path | None = None) -> None:
+        super().__init__(signum)
+        self.signum, self.photos, self.output_dir = signum, photos, output_dir
+
+    def __str__(self) -> str:
+        return (
+            f"interrupted by {signal.Signals(self.signum).name}: predictions.csv and "
+            f"predictions.json in {self.output_dir} hold the {self.photos} photos done"
+        )
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM raise PredictionInterrupted while armed (photos are being done);
+    otherwise they are noted, and raised once the outputs are complete."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        if self.armed:
+            self.armed = False
+            raise PredictionInterrupted(signum)
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.armed = False
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    """Append ``data`` to the file (one system call for any row set of a photo)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _csv_text(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    text = io.StringIO()
+    csv.DictWriter(text, COLUMNS, extrasaction="ignore").writerows(rows)
+    return text.getvalue().encode()
+
+
+def _save_annotated(result: PhotoResult, target: Path) -> str | None:
+    """Write the photo's annotated copy; the reason it could not be, or None."""
+    try:
+        if target.exists() and os.path.samefile(target, result.path):
+            return f"annotated copy not written: {target} is the input photo itself"
+        copy = annotate(result.photo, result.rows)
+        copy.save(target, quality=95)  # in the photo's format
+    except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
+        log.warning("%s: annotated copy not written: %s", result.path, error)
+        target.unlink(missing_ok=True)
+        return f"annotated copy not written ({_reason(error)})"
+    return None
+
+
 def predict(cfg: DictConfig) -> Counter[str]:
-    """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses."""
+    """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses.
+    Ctrl-C or SIGTERM stops it with PredictionInterrupted, the rows done so far written."""
     output_dir = Path(cfg.paths.output_dir)
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)
     aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
@@ -198,39 +366,63 @@ def predict(cfg: DictConfig) -> Counter[str]:
         OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     )
     if not paths:
-        raise DataError(f"input={cfg.input} matches no photo (.jpg, .jpeg, .png, .webp).")
+        raise DataError(f"input={cfg.input} matches no photo (no file of a format PIL opens).")
     names = output_names(paths)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.annotate:
         (output_dir / "annotated").mkdir(exist_ok=True)
     shown: list[tuple[str, Image.Image | None, list[dict[str, Any]]]] = []  # the gallery's
     counts: Counter[str] = Counter()
+    done = 0
+    stop = _StopSignals()
     with (
-        open(output_dir / "predictions.csv", "w", newline="") as table,
+        stop,
+        open(output_dir / "predictions.csv", "wb", buffering=0) as table,
         atomic_output(output_dir / "predictions.json") as records,
     ):
-        writer = csv.DictWriter(table, COLUMNS)
-        writer.writeheader()
-        table.flush()
+        _write_all(table.fileno(), ",".join(COLUMNS).encode() + b"\r\n")
         records.write(b"[")
         separator = b"\n  "
-        for result in predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels):
-            name = names[result.path]
-            if cfg.annotate and result.photo is not None:
-                copy = annotate(result.photo, result.rows)
-                copy.save(output_dir / "annotated" / name, quality=95)  # in the photo's format
-                for row in result.rows:
-                    row["annotated"] = f"annotated/{name}"
-            if cfg.gallery and len(shown) < cfg.gallery_max_photos:
-                picture = None if result.photo is None else thumbnail(result.photo, result.rows)
-                shown.append((name, picture, result.rows))
-            writer.writerows(result.rows)
-            table.flush()
-            for row in result.rows:
-                records.write(separator + json.dumps({c: row.get(c) for c in COLUMNS}).encode())
+        failure: BaseException | None = None
+        stop.armed = True
+        try:
+            for result in predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels):
+                name = names[result.path]
+                if cfg.annotate and result.photo is not None:
+                    problem = _save_annotated(result, output_dir / "annotated" / name)
+                    for row in result.rows:
+                        if problem is None:
+                            row["annotated"] = f"annotated/{name}"
+                        else:
+                            row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
+                if cfg.gallery and len(shown) < cfg.gallery_max_photos:
+                    picture = None if result.photo is None else thumbnail(result.photo, result.rows)
+                    shown.append((name, picture, result.rows))
+                # Both outputs' text first, then the writes: a stop never splits a row.
+                csv_bytes = _csv_text(result.rows)
+                json_bytes = b"".join(
+                    (separator if i == 0 else b",\n  ")
+                    + json.dumps({c: row.get(c) for c in COLUMNS}).encode()
+                    for i, row in enumerate(result.rows)
+                )
+                _write_all(table.fileno(), csv_bytes)
+                records.write(json_bytes)
                 separator = b",\n  "
-            counts.update(row["status"] for row in result.rows)
+                done += 1
+                counts.update(row["status"] for row in result.rows)
+        except PredictionInterrupted as interrupted:
+            stop.signum = interrupted.signum
+        except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
+            failure = error
+        finally:
+            stop.armed = False  # a signal from now on waits until the outputs are complete
         records.write(b"\n]\n")
+    if failure is not None:
+        raise failure
+    if stop.signum is not None:
+        stopped = PredictionInterrupted(stop.signum, done, output_dir)
+        log.warning("%s", stopped)
+        raise stopped
     if cfg.gallery:
         if len(paths) > len(shown):
             log.info("gallery.png shows the first %d of %d photos", len(shown), len(paths))
@@ -241,9 +433,13 @@ def predict(cfg: DictConfig) -> Counter[str]:
 
 
 def run_prediction(cfg: DictConfig) -> None:
-    """predict with a user's mistake (bad path, missing detector) ending in one clear line."""
+    """predict with a user's mistake (bad path, bad model file, missing detector) ending in one
+    clear line, and an interrupted run in one line saying what it kept."""
     try:
         predict(cfg)
     except (DataError, DetectorUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except PredictionInterrupted as stopped:
+        print(str(stopped), file=sys.stderr)
+        raise SystemExit(128 + stopped.signum) from None

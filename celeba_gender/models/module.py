@@ -29,7 +29,6 @@ from celeba_gender.models.backbones import (
     aux_head_modules,
     create_backbone,
     split_outputs,
-    takes_argument,
 )
 from celeba_gender.models.heads import create_head
 
@@ -337,20 +336,11 @@ def _current_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_classifier(checkpoint_path: str, map_location: str = "cpu") -> GenderClassifier:
-    """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects."""
-    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    hparams = _current_hparams(dict(checkpoint["hyper_parameters"]))
-    if hparams.get("pretrained") and takes_argument(hparams["backbone"], "transform_input"):
-        # torchvision builds pretrained GoogLeNet/Inception-v3 with transform_input=True (its
-        # weights expect it); rebuilt without weights they must do the same.
-        hparams["backbone_kwargs"] = {
-            **(hparams.get("backbone_kwargs") or {}),
-            "transform_input": True,
-        }
-    hparams.update(pretrained=False, allow_download=False)  # the checkpoint holds the weights
-    model = GenderClassifier(**hparams)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
+    """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects; any
+    bad file raises CheckpointError (a DataError naming it): see models/checkpoints.py."""
+    from celeba_gender.models.checkpoints import load_classifier as load
+
+    return load(checkpoint_path, map_location)
 
 
 __all__ = ["GenderClassifier", "binary_metrics", "load_classifier"]

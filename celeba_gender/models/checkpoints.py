@@ -1,0 +1,185 @@
+"""The one checkpoint loader of eval, predict and export: a trained classifier from a ``.ckpt``,
+or an ONNX export's session, and for any bad file one ``CheckpointError`` naming it.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so
+a file whose pickle would build other objects (and could run code while doing it) is refused,
+never executed. Missing, empty, truncated and foreign files, and Lightning checkpoints of other
+models, each get a message a person can act on; the entry points print it as one line.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from inspect import signature
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from celeba_gender.data.errors import DataError
+from celeba_gender.models.backbones import takes_argument
+from celeba_gender.models.module import GenderClassifier, _current_hparams
+
+ONNX_SUFFIX = ".onnx"
+# What every GenderClassifier checkpoint records: a checkpoint without them is another model's.
+REQUIRED_HPARAMS = ("backbone", "loss", "pretrained")
+
+
+class CheckpointError(DataError):
+    """A model file that cannot be used; the message names it and says why, on one line."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path} is not a readable celeba-gender checkpoint: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """The checkpoint's pickle holds objects other than weights: refused, not unpickled."""
+
+
+def _brief(error: BaseException, limit: int = 160) -> str:
+    """An exception as a short single line (library messages run over many lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def check_model_file(path: str | Path) -> Path:
+    """``path`` as a Path, if it is a non-empty file; else CheckpointError."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            path, "the file does not exist; pass ckpt_path=PATH/TO/best.ckpt (or an .onnx export)"
+        )
+    if not path.is_file():
+        raise CheckpointError(path, "it is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "the file is empty (0 bytes)")
+    return path
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The checkpoint dictionary (``state_dict`` and ``hyper_parameters`` present), read safely."""
+    path = check_model_file(path)
+    if is_onnx(path):
+        raise CheckpointError(
+            path, "it is an ONNX export; this needs the Lightning checkpoint (.ckpt) it came from"
+        )
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip (torch.save) or a pickle
+        kind = "a text file" if _is_text(head) else "an unknown file format"
+        raise CheckpointError(path, f"{kind}, not a PyTorch checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise UnsafeCheckpointError(
+                path,
+                "refused: it holds pickled objects other than weights and plain values "
+                "(loading them could run code)",
+            ) from None
+        raise CheckpointError(path, f"not a PyTorch checkpoint ({_brief(error)})") from None
+    except RuntimeError as error:
+        if "zip archive" in str(error) or "central directory" in str(error):
+            reason = "truncated or corrupt (its zip archive cannot be read)"
+        else:
+            reason = f"not a PyTorch checkpoint ({_brief(error)})"
+        raise CheckpointError(path, reason) from None
+    except Exception as error:  # noqa: BLE001 - text files, foreign formats: one clear message
+        raise CheckpointError(path, f"not a PyTorch checkpoint ({_brief(error)})") from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            path, f"it holds a {type(checkpoint).__name__}, not a Lightning checkpoint"
+        )
+    missing = [key for key in ("state_dict", "hyper_parameters") if key not in checkpoint]
+    if missing:
+        keys = ", ".join(sorted(map(str, checkpoint))[:8]) or "none"
+        raise CheckpointError(
+            path,
+            f"no {' or '.join(missing)} in it (keys: {keys}): not a Lightning checkpoint of a "
+            "celeba-gender model",
+        )
+    if not isinstance(checkpoint["state_dict"], Mapping) or not isinstance(
+        checkpoint["hyper_parameters"], Mapping
+    ):
+        raise CheckpointError(path, "its state_dict or hyper_parameters is not a dictionary")
+    return dict(checkpoint)
+
+
+def load_classifier(checkpoint_path: str | Path, map_location: str = "cpu") -> GenderClassifier:
+    """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects."""
+    path = Path(checkpoint_path).expanduser()
+    checkpoint = read_checkpoint(path, map_location)
+    hparams = _current_hparams(dict(checkpoint["hyper_parameters"]))
+    accepted = set(signature(GenderClassifier.__init__).parameters) - {"self"}
+    if any(key not in hparams for key in REQUIRED_HPARAMS) or not set(hparams) <= accepted:
+        names = ", ".join(sorted(map(str, hparams))[:8]) or "none"
+        raise CheckpointError(
+            path,
+            f"a checkpoint of another model (hyperparameters: {names}), not of celeba-gender's "
+            "GenderClassifier",
+        )
+    try:
+        if hparams.get("pretrained") and takes_argument(hparams["backbone"], "transform_input"):
+            # torchvision builds pretrained GoogLeNet/Inception-v3 with transform_input=True
+            # (its weights expect it); rebuilt without weights they must do the same.
+            hparams["backbone_kwargs"] = {
+                **(hparams.get("backbone_kwargs") or {}),
+                "transform_input": True,
+            }
+        hparams.update(pretrained=False, allow_download=False)  # the checkpoint holds them
+        model = GenderClassifier(**hparams)
+    except Exception as error:  # noqa: BLE001 - unknown backbone, bad settings
+        raise CheckpointError(
+            path, f"its hyperparameters do not build a classifier ({_brief(error)})"
+        ) from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:  # noqa: BLE001 - missing, unexpected or mis-shaped weights
+        raise CheckpointError(
+            path, f"its weights do not fit a {hparams['backbone']} classifier ({_brief(error)})"
+        ) from None
+    return model
+
+
+def open_onnx(path: str | Path) -> tuple[Any, dict[str, str]]:
+    """An onnxruntime session of an exported model and its metadata, or CheckpointError."""
+    path = check_model_file(path)
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DataError("ONNX models need onnxruntime: pip install -e '.[predict]'") from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as error:  # noqa: BLE001 - corrupt, truncated or foreign files
+        raise CheckpointError(path, f"not a readable ONNX model ({_brief(error)})") from None
+    return session, metadata
+
+
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "check_model_file",
+    "is_onnx",
+    "load_classifier",
+    "open_onnx",
+    "read_checkpoint",
+]
