@@ -148,16 +148,19 @@ def open_regular_file(path: str | Path, name: str) -> Iterator[BinaryIO]:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise ImageDecodeError(name, describe_os_error(error, path)) from None
+    try:
+        status = os.fstat(descriptor)
+    except OSError as error:
+        os.close(descriptor)
+        raise ImageDecodeError(name, describe_os_error(error, path)) from None
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        kind = file_kind(stat.S_IFMT(status.st_mode))
+        raise ImageDecodeError(name, f"not a regular file ({kind})")
+    if status.st_size == 0:
+        os.close(descriptor)
+        raise ImageDecodeError(name, "zero-byte file")
     with os.fdopen(descriptor, "rb") as handle:
-        try:
-            status = os.fstat(descriptor)
-        except OSError as error:
-            raise ImageDecodeError(name, describe_os_error(error, path)) from None
-        if not stat.S_ISREG(status.st_mode):
-            kind = file_kind(stat.S_IFMT(status.st_mode))
-            raise ImageDecodeError(name, f"not a regular file ({kind})")
-        if status.st_size == 0:
-            raise ImageDecodeError(name, "zero-byte file")
         yield handle
 
 

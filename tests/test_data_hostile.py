@@ -1,0 +1,252 @@
+"""Hostile image folders and permissions: filesystem oddities never end a scan with a traceback,
+and every file the data layer writes gets the user's normal umask, also under threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, _subset_names, _write_official_annotations
+
+from celeba_gender.data import build_index
+from celeba_gender.data.datamodule import CelebADataModule
+from celeba_gender.data.scan import check_image, scan_image_folder
+
+NOBODY = 65534
+
+
+def small_copy(subset_root: Path, root: Path, count: int = 12) -> list[str]:
+    """An official-layout copy of ``count`` subset images (annotations cut down to them)."""
+    names = _subset_names(subset_root, count)
+    image_dir = root / "img_align_celeba"
+    image_dir.mkdir(parents=True)
+    for name in names:
+        shutil.copy(subset_root / "img_align_celeba" / name, image_dir / name)
+    _write_official_annotations(subset_root, root, names, root / "Anno", root / "Eval")
+    return names
+
+
+def plant_oddities(image_dir: Path, good: str) -> dict[str, str]:
+    """Entries with image names that are not readable image files -> the reason expected."""
+    (image_dir / "loop.jpg").symlink_to("loop.jpg")
+    (image_dir / "dangling.jpg").symlink_to("nowhere.jpg")
+    (image_dir / "folder.jpg").mkdir()
+    os.mkfifo(image_dir / "fifo.jpg")
+    (image_dir / "link_to_folder.jpg").symlink_to("folder.jpg")
+    (image_dir / "link.jpg").symlink_to(good)  # a working link is its target (a duplicate)
+    return {
+        "loop.jpg": "symlink loop",
+        "dangling.jpg": "dangling symlink",
+        "folder.jpg": "not a regular file (a folder)",
+        "fifo.jpg": "not a regular file (a FIFO)",
+        "link_to_folder.jpg": "not a regular file (a folder)",
+    }
+
+
+def test_filesystem_oddities_are_rows_with_a_problem(subset_root, tmp_path):
+    root = tmp_path / "celeba"
+    names = small_copy(subset_root, root)
+    image_dir = root / "img_align_celeba"
+    expected = plant_oddities(image_dir, names[0])
+
+    scan, facts = scan_image_folder(image_dir, tmp_path / "cache")
+    rows = scan.set_index("file")
+    for name, reason in expected.items():
+        assert reason in rows.loc[name, "problem"], (name, rows.loc[name, "problem"])
+    assert rows.loc["link.jpg", "problem"] == ""
+    assert facts["not_regular_files"] == len(expected)
+    # A second scan reuses the regular files and lists the oddities again (never cached).
+    again, facts = scan_image_folder(image_dir, tmp_path / "cache")
+    assert facts["checked"] == 0 and again.equals(scan)
+
+    index = build_index(root, tmp_path / "cache")
+    assert set(index.report["unreadable"]) == set(expected)
+    assert index.report["duplicates"] == {"link.jpg": f"copy of {names[0]} (same bytes)"}
+    assert sorted(index.images["file"]) == names
+    # The cached loader's decode and the data report run on the same folder without a crash.
+    module = CelebADataModule(
+        root, split="all", loader="cached", cache_dir=tmp_path / "cache", num_workers=0
+    )
+    module.prepare_data()
+    module.setup()
+    assert len(module.datasets["test"]) == len(names)
+    result = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.data", str(root), "--split", "all"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "CELEBA_GENDER_CACHE": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "symlink loop" in result.stdout and "a FIFO" in result.stdout
+
+
+def test_a_file_gone_or_replaced_after_listing_is_a_problem_not_a_crash(subset_root, tmp_path):
+    source = next((subset_root / "img_align_celeba").iterdir())
+    vanished = tmp_path / "vanished.jpg"
+    row = check_image(vanished)  # listed, then deleted before its check
+    assert "no such file" in row["problem"] and row["size"] == -1
+    replaced = tmp_path / "replaced.jpg"
+    os.mkfifo(replaced)  # a FIFO is not opened for reading: no hang
+    assert "a FIFO" in check_image(replaced)["problem"]
+    (tmp_path / "dir.jpg").mkdir()
+    assert "a folder" in check_image(tmp_path / "dir.jpg")["problem"]
+    shutil.copy(source, tmp_path / "good.jpg")
+    assert check_image(tmp_path / "good.jpg")["problem"] == ""
+
+
+def _cannot_switch_user() -> str | None:
+    """Why the scan cannot be run as an unprivileged user here (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root to run the scan as another, unprivileged user"
+    if shutil.which("setpriv") is None:
+        return "needs setpriv (util-linux) to run the scan as an unprivileged user"
+    return None
+
+
+def _as_nobody(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "HOME": str(home),
+        "MPLCONFIGDIR": str(home / "mpl"),
+        "CELEBA_GENDER_CACHE": str(home / "cache"),
+    }
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return subprocess.run(
+        [*drop, *args], capture_output=True, text=True, cwd=REPO, env=environment, timeout=300
+    )
+
+
+@pytest.fixture
+def shared_tmp():
+    """A world-readable temporary folder (pytest's own are root-only, 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="celeba-hostile-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(_cannot_switch_user() is not None, reason=str(_cannot_switch_user()))
+def test_unreadable_files_and_folders_for_an_unprivileged_user(subset_root, shared_tmp):
+    root = shared_tmp / "celeba"
+    names = small_copy(subset_root, root)
+    home = shared_tmp / "home"
+    (home / "cache").mkdir(parents=True)
+    for folder in (home, home / "cache"):
+        folder.chmod(0o777)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    secret = root / "img_align_celeba" / names[1]
+    secret.chmod(0o000)
+
+    command = [sys.executable, "-m", "celeba_gender.data", str(root), "--split", "all", "--json"]
+    result = _as_nobody(command, home)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert "permission denied" in summary["unreadable"][names[1]]
+    assert summary["images_usable"] == len(names) - 1
+
+    # A folder this user may not list: a data error saying so, not a traceback.
+    (root / "img_align_celeba").chmod(0o311)
+    result = _as_nobody(command, home)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr
+    assert "Cannot list the image folder" in result.stderr
+    assert "permission denied" in result.stderr
+
+
+UMASK_SCRIPT = textwrap.dedent(
+    """
+    import os, stat, sys, threading
+    from pathlib import Path
+
+    os.umask(int(sys.argv[1], 8))
+    root, out = Path(sys.argv[2]), Path(sys.argv[3])
+    from celeba_gender.data.cache import atomic_write
+    from celeba_gender.data.datamodule import CelebADataModule
+
+    module = CelebADataModule(root, split="all", loader="cached", cache_dir=out / "cache",
+                              summary_path=out / "run" / "data_summary.json", num_workers=0)
+    module.prepare_data()
+    module.setup()
+
+    # The race: while atomic writes run, another thread creates files. A umask read by
+    # setting it to 0 and back lets some of those be created world-writable.
+    sys.setswitchinterval(1e-6)
+    stop = threading.Event()
+    expected = 0o666 & ~int(sys.argv[1], 8)
+    wrong = []
+
+    def create():
+        # Files another part of the program creates meanwhile (one name, deleted at once).
+        path = out / "other-thread-file"
+        while not stop.is_set():
+            descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)
+            mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+            os.close(descriptor)
+            os.unlink(path)
+            if mode != expected:
+                wrong.append(oct(mode))
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    for number in range(3000):
+        atomic_write(out / "atomic" / f"result-{number % 20}.json", b"{}")
+    stop.set()
+    thread.join()
+    print("other thread's files with a wrong mode:", len(wrong), wrong[:3], file=sys.stderr)
+    if wrong:
+        sys.exit(3)
+    for path in sorted(out.rglob("*")):
+        print(oct(stat.S_IMODE(path.stat().st_mode)), path.is_dir(), path.relative_to(out))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "dir_mode"), [("022", 0o644, 0o755), ("027", 0o640, 0o750)]
+)
+def test_results_and_caches_get_the_users_umask(subset_root, tmp_path, umask, file_mode, dir_mode):
+    root = tmp_path / "celeba"
+    small_copy(subset_root, root, count=8)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", UMASK_SCRIPT, umask, str(root), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = {}
+    for line in result.stdout.splitlines():
+        mode, is_dir, name = line.split(" ", 2)
+        modes[name] = (int(mode, 8), is_dir == "True")
+    kinds = {
+        "scan cache": [n for n in modes if n.endswith(".csv")],
+        "image cache": [n for n in modes if n.endswith(".u8")],
+        "image cache facts": [n for n in modes if n.startswith("cache/") and n.endswith(".json")],
+        "lock": [n for n in modes if n.endswith(".lock")],
+        "data report": ["run/data_summary.json"],
+        "atomic writes": [n for n in modes if n.startswith("atomic/result")],
+    }
+    for kind, names in kinds.items():
+        assert names, kind
+        for name in names:
+            assert modes[name][0] == file_mode, (kind, name, oct(modes[name][0]))
+    wrong = {n: oct(m) for n, (m, d) in modes.items() if m != (dir_mode if d else file_mode)}
+    assert not wrong, wrong
+    assert not any(n.startswith(("atomic/.", "cache/.")) for n in modes)  # no temporary left
+    assert stat.S_IMODE(out.stat().st_mode) & 0o002 == 0
