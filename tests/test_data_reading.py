@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from celeba_gender.data import DataError, build_index
-from celeba_gender.data.annotations import detect_layout, read_attributes, read_name_value_file
+from celeba_gender.data.__main__ import main as data_main
+from celeba_gender.data.annotations import (
+    AnnotationWarning,
+    detect_layout,
+    read_attributes,
+    read_name_value_file,
+)
 
 
 def test_official_attribute_file_reads_all_rows(subset_root, subset_attributes):
@@ -45,11 +51,17 @@ def test_attribute_file_variants_give_the_same_table(subset_root, subset_attribu
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("2\nMale Young\na.jpg 1 -1\nb.jpg 1\n", "row 4 has fewer"),
-        ("Male Young\na.jpg 1 -1\nb.jpg 1 yes\n", "non-numeric"),
-        ("Male Young\na.jpg 1 -1\nb.jpg 1 7\n", "b.jpg has values other than"),
+        ("2\nMale Young\na.jpg 1 -1\nb.jpg 1\n", "line 4: no value for column 'Young'"),
+        (
+            "Male Young\na.jpg 1 -1\nb.jpg 1 yes\n",
+            "line 3 \\(b.jpg\\), column 'Young': 'yes' is not",
+        ),
+        (
+            "Male Young\na.jpg 1 -1\nb.jpg 1 7\n",
+            "line 3 \\(b.jpg\\), column 'Young': 7 is not allowed",
+        ),
         ("Young Smiling\na.jpg 1 -1\n", "no 'Male' column"),
-        ("Male Young\na.jpg 1 -1 1 1\n", "header names 2 columns but the first row has 5"),
+        ("Male Young\na.jpg 1 -1 1 1\n", "header \\(line 1\\) names 2 columns but the first row"),
         ("", "no data rows"),
     ],
 )
@@ -59,6 +71,98 @@ def test_malformed_attribute_files_name_the_file_and_the_problem(tmp_path, conte
     with pytest.raises(DataError, match=message) as caught:
         read_attributes(path)
     assert str(path) in str(caught.value)
+
+
+HEADER = "3\nSmiling Male Young\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "column", "says"),
+    [
+        # A fractional label was truncated to 0 (female) without a word.
+        ("a.jpg 1 1 1\nb.jpg -1 0.5 1\nc.jpg 1 -1 1\n", 4, "Male", "'0.5' is a fraction"),
+        ("a.jpg 1 1 1\nb.jpg -1 1 1\nc.jpg 1 2 1\n", 5, "Male", "2 is not allowed"),
+        ("a.jpg 1 1 1\nb.jpg abc 1 1\nc.jpg 1 -1 1\n", 4, "Smiling", "'abc' is not a whole"),
+        ("a.jpg 1 1 1\nb.jpg 1.0 1 1\nc.jpg 1 -1 1\n", 4, "Smiling", "'1.0' is a fraction"),
+        ("a.jpg 1 1 1\nb.jpg -1  1\nc.jpg 1 -1 1\n", 4, "Young", "no value for column"),
+        ("a.jpg 1 1 1\nb.jpg -1 1 1 1\nc.jpg 1 -1 1\n", 4, "Young", "1 more than"),
+        ("a.jpg 1 1 1\n\n\nb.jpg -1 NaN 1\n", 6, "Male", "'NaN' is not a whole number"),
+        ('a.jpg 1 1 1\nb.jpg "1 1" 1\nc.jpg 1 -1 1\n', 4, "Smiling", "'\"1' is not"),
+    ],
+)
+def test_bad_attribute_values_name_the_file_the_line_and_the_column(
+    tmp_path, rows, line, column, says
+):
+    path = tmp_path / "list_attr_celeba.txt"
+    for name, ending in (("lf", "\n"), ("crlf_bom", "\r\n")):
+        text = (HEADER + rows).replace("\n", ending)
+        path.write_bytes((b"\xef\xbb\xbf" if "bom" in name else b"") + text.encode())
+        with pytest.raises(DataError) as caught:
+            read_attributes(path)
+        message = str(caught.value)
+        assert str(path) in message, name
+        assert f"line {line}" in message, (name, message)
+        assert f"'{column}'" in message, (name, message)
+        assert says in message, (name, message)
+
+
+def test_mixed_encodings_and_conflicting_duplicates_are_errors(tmp_path):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text(HEADER + "a.jpg 1 1 1\nb.jpg -1 0 1\nc.jpg 1 -1 1\n")
+    with pytest.raises(DataError, match="mixes the 1/-1 and 1/0 encodings: 0 on line 4"):
+        read_attributes(path)
+    path.write_text(HEADER + "a.jpg 1 1 1\nb.jpg -1 1 1\na.jpg 1 -1 1\n")
+    with pytest.raises(DataError) as caught:
+        read_attributes(path)
+    assert str(caught.value).startswith(f"{path}: a.jpg is listed twice with different")
+    assert "line 3 and line 5" in str(caught.value)
+    identity = tmp_path / "identity_CelebA.txt"
+    identity.write_text("a.jpg 7\nb.jpg 8\n\nb.jpg 9\n")
+    with pytest.raises(DataError, match="b.jpg is listed twice .* line 2 and line 4"):
+        read_name_value_file(identity, "identity")
+    partition = tmp_path / "list_eval_partition.txt"
+    partition.write_text("a.jpg 0\nb.jpg 3\n")
+    with pytest.raises(DataError, match="line 2 \\(b.jpg\\), column 'partition': 3 is not"):
+        read_name_value_file(partition, "partition", (0, 1, 2))
+    identity.write_text("a.jpg 7\nb.jpg 0.5\n")
+    with pytest.raises(DataError, match="line 2 \\(b.jpg\\), column 'identity': '0.5'"):
+        read_name_value_file(identity, "identity")
+
+
+def test_identical_duplicates_warn_and_appear_in_the_text_report(defective_copy, tmp_path, capsys):
+    attributes = defective_copy.root / "Anno" / "list_attr_celeba.txt"
+    lines = attributes.read_text().splitlines()
+    repeated = lines[3]  # the second image's row, again at the end
+    attributes.write_text("\n".join([*lines, repeated]) + "\n")
+    name, last = repeated.split()[0], len(lines) + 1
+    with pytest.warns(AnnotationWarning, match=f"{name} \\(lines 4, {last}\\)"):
+        table, facts = read_attributes(attributes)
+    assert facts["duplicate_rows"] == [name]
+    assert facts["duplicate_lines"] == {name: [4, last]}
+    assert facts["count_mismatch"] == "first line says 52, found 53 rows"
+    assert table.index.is_unique and len(table) == 52
+
+    with pytest.warns(AnnotationWarning):
+        code = data_main([str(defective_copy.root), "--split", "all", "--cache-dir", str(tmp_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "annotation warnings: 2" in text
+    assert f"{name} is listed 2 times with identical values (lines 4, {last})" in text
+    assert "first line says 52, found 53 rows" in text
+
+
+def test_annotation_errors_end_the_data_command_with_a_message(defective_copy, tmp_path, capsys):
+    attributes = defective_copy.root / "Anno" / "list_attr_celeba.txt"
+    lines = attributes.read_text().splitlines()
+    header = lines[1].split()
+    fields = lines[5].split()
+    fields[1 + header.index("Male")] = "0.5"
+    lines[5] = " ".join(fields)
+    attributes.write_text("\n".join(lines) + "\n")
+    code = data_main([str(defective_copy.root), "--split", "all", "--cache-dir", str(tmp_path)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"{attributes}, line 6 ({fields[0]}), column 'Male': '0.5' is a fraction" in error
 
 
 def test_identity_file_with_or_without_header(tmp_path):

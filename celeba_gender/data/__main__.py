@@ -38,6 +38,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         *_named("unreadable files skipped", summary["unreadable"]),
         *_named("files without annotation", summary["unannotated_files"]),
     ]
+    warnings = summary.get("annotation_warnings", [])
+    if warnings:
+        lines.append(f"annotation warnings: {len(warnings)}")
+        lines.extend(f"    {warning}" for warning in warnings)
     for path, why in summary["ignored_files"].items():
         lines.append(f"ignored:  {path}: {why}")
     if summary["converted_to_rgb"]:

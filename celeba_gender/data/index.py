@@ -14,13 +14,33 @@ from celeba_gender.data.annotations import (
     canonical_name,
     detect_layout,
     read_attributes,
-    read_name_value_file,
+    read_name_value_table,
 )
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.scan import scan_image_folder
 
 IMAGE_EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 MISSING = -1  # identity / partition of an image its file does not list
+PARTITION_VALUES = (0, 1, 2)  # list_eval_partition.txt: train, val, test
+
+
+def _annotation_warnings(facts: dict) -> list[str]:
+    """What an annotation file's facts hold that a person should know, one sentence each:
+    images listed more than once (identical rows, each read once), a count line that
+    disagrees with the rows."""
+    lines = []
+    shown = facts.get("duplicate_lines", {})
+    for name, numbers in shown.items():
+        lines.append(
+            f"{facts['file']}: {name} is listed {len(numbers)} times with identical values "
+            f"(lines {', '.join(str(n) for n in numbers)}); read once"
+        )
+    more = len(facts.get("duplicate_rows", [])) - len(shown)
+    if more > 0:
+        lines.append(f"{facts['file']}: {more} more images listed more than once (see the JSON)")
+    if facts.get("count_mismatch"):
+        lines.append(f"{facts['file']}: {facts['count_mismatch']}")
+    return lines
 
 
 @dataclass
@@ -79,11 +99,16 @@ def build_index(
 
     frame = usable[["file_name", "file", "size", "mtime_ns", "mode", "format", "width", "height"]]
     frame = frame.join(attributes, on="file_name").rename(columns={LABEL_COLUMN: "male"})
-    for column, path in (("identity", layout.identity_file), ("partition", layout.partition_file)):
+    annotation_warnings = _annotation_warnings(attribute_facts)
+    for column, path, allowed in (
+        ("identity", layout.identity_file, None),
+        ("partition", layout.partition_file, PARTITION_VALUES),
+    ):
         if path is None:
             frame[column] = MISSING
         else:
-            values = read_name_value_file(path, column)
+            values, facts = read_name_value_table(path, column, allowed)
+            annotation_warnings += _annotation_warnings(facts)
             frame[column] = frame["file_name"].map(values).fillna(MISSING).astype("int64")
     frame["fingerprint"] = (
         frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["mtime_ns"].astype(str)
@@ -112,6 +137,7 @@ def build_index(
             "partition": str(layout.partition_file) if layout.partition_file else None,
         },
         "ignored_files": layout.ignored_files,
+        "annotation_warnings": annotation_warnings,
         "files_in_folder": int(len(scan)),
         "images_listed": int(len(attributes)),
         "images_present": len(present_names),
