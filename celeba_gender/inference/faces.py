@@ -4,7 +4,8 @@ Detector: MTCNN (facenet-pytorch), whose weights ship inside its wheel, so nothi
 It gives a box and five landmarks (eyes, nose, mouth corners) per face, which is what CelebA's
 own alignment used; OpenCV's Haar cascades (the other offline option) give boxes only, so eyes
 would need a second, weaker cascade, and they miss rotated and profile faces. facenet-pytorch
-pins old torch versions, so it is installed without its dependencies (``make setup`` does).
+2.5.3 comes with the predict extra. MTCNN raises on a photo narrower than its smallest face;
+``find`` gives such a photo no face instead.
 
 Alignment: a similarity transform (rotation, uniform scale, shift; OpenCV's least-squares fit)
 maps the detected landmarks onto where MTCNN finds them in img_align_celeba (the template in
