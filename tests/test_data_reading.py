@@ -83,7 +83,12 @@ HEADER = "3\nSmiling Male Young\n"
         ("a.jpg 1 1 1\nb.jpg -1 0.5 1\nc.jpg 1 -1 1\n", 4, "Male", "'0.5' is a fraction"),
         ("a.jpg 1 1 1\nb.jpg -1 1 1\nc.jpg 1 2 1\n", 5, "Male", "2 is not allowed"),
         ("a.jpg 1 1 1\nb.jpg abc 1 1\nc.jpg 1 -1 1\n", 4, "Smiling", "'abc' is not a whole"),
-        ("a.jpg 1 1 1\nb.jpg 1.0 1 1\nc.jpg 1 -1 1\n", 4, "Smiling", "'1.0' is a fraction"),
+        (
+            "a.jpg 1 1 1\nb.jpg 1.0 1 1\nc.jpg 1 -1 1\n",
+            4,
+            "Smiling",
+            "'1.0' is not written as a whole",
+        ),
         ("a.jpg 1 1 1\nb.jpg -1  1\nc.jpg 1 -1 1\n", 4, "Young", "no value for column"),
         ("a.jpg 1 1 1\nb.jpg -1 1 1 1\nc.jpg 1 -1 1\n", 4, "Young", "1 more than"),
         ("a.jpg 1 1 1\n\n\nb.jpg -1 NaN 1\n", 6, "Male", "'NaN' is not a whole number"),

@@ -193,7 +193,7 @@ def _check_token(token: str, allowed: tuple[int, ...] | None) -> str | None:
     try:
         value = int(token)
     except ValueError:
-        kind = "a fraction" if _is_fraction(token) else "not a whole number"
+        kind = _number_kind(token)
         return f"'{token}' is {kind}; expected {_expected(allowed)}"
     if allowed is not None and value not in allowed:
         return f"{token} is not allowed; expected {_expected(allowed)}"
@@ -210,11 +210,16 @@ def _expected(allowed: tuple[int, ...] | None) -> str:
     return " or ".join(str(value) for value in allowed)
 
 
-def _is_fraction(token: str) -> bool:
+def _number_kind(token: str) -> str:
+    """What a token that ``int`` refuses is: a fraction (0.5), a whole number written otherwise
+    (1.0, 1e0), or no number at all."""
     try:
-        return math.isfinite(float(token))
+        value = float(token)
     except ValueError:
-        return False
+        return "not a whole number"
+    if not math.isfinite(value):
+        return "not a whole number"
+    return "not written as a whole number" if value.is_integer() else "a fraction"
 
 
 def _is_number(token: str) -> bool:
