@@ -14,9 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, _subset_names, _write_official_annotations
+from conftest import REPO, _subset_names, _write_official_annotations, run_script
 
-from celeba_gender.data import build_index
+from celeba_gender.data import DataError, build_index
 from celeba_gender.data.datamodule import CelebADataModule
 from celeba_gender.data.scan import check_image, scan_image_folder
 
@@ -250,3 +250,47 @@ def test_results_and_caches_get_the_users_umask(subset_root, tmp_path, umask, fi
     assert not wrong, wrong
     assert not any(n.startswith(("atomic/.", "cache/.")) for n in modes)  # no temporary left
     assert stat.S_IMODE(out.stat().st_mode) & 0o002 == 0
+
+
+def test_train_py_runs_on_a_folder_with_oddities(sample_root, run_env, tmp_path):
+    root = tmp_path / "celeba"
+    shutil.copytree(sample_root, root)
+    image_dir = root / "img_align_celeba"
+    expected = plant_oddities(image_dir, sorted(p.name for p in image_dir.iterdir())[0])
+    run = tmp_path / "run"
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        f"hydra.run.dir={run}",
+        env={**run_env, "CELEBA_ROOT": str(root)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = json.loads((run / "data_summary.json").read_text())
+    for name, reason in expected.items():
+        assert reason in summary["unreadable"][name], name
+
+
+@pytest.mark.parametrize("loader", ["cached", "per_sample"])
+def test_a_file_broken_after_the_scan_is_a_data_error(subset_root, tmp_path, loader):
+    """The scan said usable; the file changed before its decode: a DataError naming it (and
+    no half-built image cache), not a decoder traceback."""
+    root = tmp_path / "celeba"
+    names = small_copy(subset_root, root, count=10)
+    module = CelebADataModule(
+        root, split="all", loader=loader, cache_dir=tmp_path / "cache", num_workers=0
+    )
+    module.prepare_data() if loader == "per_sample" else module._ensure_index()
+    victim = root / "img_align_celeba" / names[3]
+    victim.write_bytes(victim.read_bytes()[:500])
+    if loader == "cached":
+        with pytest.raises(DataError, match="changed since the data scan") as caught:
+            module.prepare_data()
+        assert not list((tmp_path / "cache").rglob("*.partial"))
+    else:
+        module.setup()
+        dataset = module.datasets["test"]
+        row = [Path(p).name for p in dataset.paths].index(names[3])
+        with pytest.raises(DataError, match="changed since the data scan") as caught:
+            dataset[row]
+    assert names[3] in str(caught.value) and "truncated" in str(caught.value).lower()
