@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, _subset_names, _write_official_annotations, run_script
 
 from celeba_gender.data import DataError, build_index
+from celeba_gender.data.__main__ import main as data_main
 from celeba_gender.data.datamodule import CelebADataModule
 from celeba_gender.data.scan import check_image, scan_image_folder
 
@@ -294,3 +295,21 @@ def test_a_file_broken_after_the_scan_is_a_data_error(subset_root, tmp_path, loa
         with pytest.raises(DataError, match="changed since the data scan") as caught:
             dataset[row]
     assert names[3] in str(caught.value) and "truncated" in str(caught.value).lower()
+
+
+def test_file_names_that_are_not_utf8_or_hold_a_newline(subset_root, tmp_path, capsys):
+    root = tmp_path / "celeba"
+    names = small_copy(subset_root, root, count=6)
+    image_dir = root / "img_align_celeba"
+    source = (image_dir / names[0]).read_bytes()
+    Path(os.fsdecode(os.fsencode(image_dir) + b"/\xff\xfe.jpg")).write_bytes(source)  # Latin-1
+    (image_dir / "new\nline.jpg").write_bytes(source[:300])
+    first = build_index(root, tmp_path / "cache").report
+    second = build_index(root, tmp_path / "cache").report
+    assert second["scan"]["checked"] == 0  # the scan cache holds those names too
+    assert first["duplicates"] == second["duplicates"]
+    assert os.fsdecode(b"\xff\xfe.jpg") in second["duplicates"]
+    assert "new\nline.jpg" in second["unreadable"]
+    code = data_main([str(root), "--split", "all", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    assert "\\udcff\\udcfe.jpg" in capsys.readouterr().out

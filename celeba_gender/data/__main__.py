@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    text = json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary)
+    # A file name that is not UTF-8 is shown escaped (\udcff), not a UnicodeEncodeError.
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     return 0
 
 

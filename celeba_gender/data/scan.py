@@ -164,6 +164,8 @@ def _read_cache(cache_file: Path) -> pd.DataFrame | None:
             cache_file,
             dtype={"file": str, "problem": str, "sha1": str, "mode": str, "format": str},
             keep_default_na=False,
+            encoding="utf-8",
+            encoding_errors="surrogateescape",
         )
     except (pd.errors.ParserError, ValueError, OSError):
         return None  # A damaged cache is only a cache: check again.
@@ -180,4 +182,5 @@ def _read_cache(cache_file: Path) -> pd.DataFrame | None:
 def _write_cache(cache_file: Path, frame: pd.DataFrame) -> None:
     # A read-only cache folder costs a re-check next time, nothing more.
     with contextlib.suppress(OSError):
-        atomic_write(cache_file, frame.to_csv(index=False).encode())
+        # File names that are not UTF-8 (surrogate-escaped by os.scandir) round-trip as bytes.
+        atomic_write(cache_file, frame.to_csv(index=False).encode("utf-8", "surrogateescape"))
