@@ -63,6 +63,7 @@ def test_attribute_file_variants_give_the_same_table(subset_root, subset_attribu
         ("Young Smiling\na.jpg 1 -1\n", "no 'Male' column"),
         ("Male Young\na.jpg 1 -1 1 1\n", "header \\(line 1\\) names 2 columns but the first row"),
         ("", "no data rows"),
+        ("\u00b2\nMale Young\na.jpg 1 -1\n", "no 'Male' column"),  # a digit int() refuses
     ],
 )
 def test_malformed_attribute_files_name_the_file_and_the_problem(tmp_path, content, message):

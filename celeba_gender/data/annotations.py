@@ -382,7 +382,7 @@ def read_attributes(path: str | Path) -> tuple[pd.DataFrame, dict]:
         raise DataError(f"{path} has no data rows: expected a header line and one row per image.")
     declared_count = None
     header_at = 0
-    if len(head[0]) == 1 and head[0][0].isdigit():
+    if len(head[0]) == 1 and head[0][0].isascii() and head[0][0].isdigit():
         declared_count = int(head[0][0])
         header_at = 1
     if len(head) < header_at + 2:
