@@ -274,3 +274,17 @@ def test_wrong_or_empty_roots_fail_clearly(tmp_path, defective_copy):
     with pytest.raises(DataError, match="No usable labelled images") as caught:
         build_index(defective_copy.root, tmp_path / "cache")
     assert str(defective_copy.image_dir) in str(caught.value)
+
+
+def test_annotation_files_that_are_not_text(tmp_path):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_bytes(b"Male Young\na.jpg 1 -1\nb\xe9.jpg 1 1\n")  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match="line 3: not UTF-8 text \\(byte 0xe9\\)"):
+        read_attributes(path)
+    path.write_bytes(b"Male Young\na.jpg 1 -1\nb.jpg 1\x00 1\n")
+    with pytest.raises(DataError, match="line 3: a NUL byte"):
+        read_attributes(path)
+    identity = tmp_path / "identity_CelebA.txt"
+    identity.write_bytes(b"\xff\xfe\x00a\x00")
+    with pytest.raises(DataError, match=f"{identity}, line 1"):
+        read_name_value_file(identity, "identity")

@@ -154,34 +154,48 @@ def _read_text(path: Path, head_lines: int) -> _Text:
         raw = raw[3:]
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        raise DataError(
-            f"{path}, line {line}: not UTF-8 text (byte {raw[error.start]:#04x}). Is this the "
-            "right file? Re-download it or save it as plain text."
-        ) from None
     if b"\x00" in raw:
         line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
         raise DataError(f"{path}, line {line}: a NUL byte; this is not a plain text file.")
-    head: list[tuple[int, list[str]]] = []
-    offsets: list[int] = []
+    text = _Text(path, raw, [], [])
+    head, offsets = text.head, text.offsets
     position, number = 0, 0
     while position < len(raw) and len(head) < head_lines:
         end = raw.find(b"\n", position)
         end = len(raw) if end < 0 else end
         number += 1
-        tokens = _tokens(raw[position:end].decode("utf-8"))
+        tokens = _tokens(_decode_line(text, raw[position:end]))
         if tokens:
             head.append((number, tokens))
             offsets.append(end + 1)
         position = end + 1
-    return _Text(path, raw, head, offsets)
+    return text
+
+
+def _check_utf8(text: _Text) -> None:
+    """DataError naming the line of the first byte that is not UTF-8 (checked only when
+    something failed: pandas reads valid files faster without it)."""
+    try:
+        text.raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = text.raw.count(b"\n", 0, error.start) + 1
+        raise DataError(
+            f"{text.path}, line {line}: not UTF-8 text (byte {text.raw[error.start]:#04x}). Is "
+            "this the right file? Re-download it or save it as plain text."
+        ) from None
+
+
+def _decode_line(text: _Text, line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        _check_utf8(text)
+        raise
 
 
 def _data_lines(text: _Text, start: int, first_line: int) -> Iterator[tuple[int, list[str]]]:
     """(line number, tokens) of every non-blank line from byte ``start`` (line ``first_line``)."""
+    _check_utf8(text)
     for number, line in enumerate(text.raw[start:].split(b"\n"), start=first_line):
         tokens = _tokens(line.decode("utf-8"))
         if tokens:
@@ -293,7 +307,7 @@ def _parse(
                 names=names,
                 index_col=False,
                 dtype={NAME_COLUMN: str},
-                keep_default_na=False,
+                na_filter=False,  # "NA", "nan" or a missing field: text, found below
                 quoting=csv.QUOTE_NONE,
                 skip_blank_lines=True,
                 encoding="utf-8",
