@@ -44,15 +44,22 @@ class ResumeRefused(Exception):
     """A run folder cannot be (re)used as asked; nothing in it was changed."""
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving ``last.ckpt``."""
+class TrainingInterrupted(BaseException):
+    """A run stopped on a signal: during training after saving ``last.ckpt``, before or after
+    it at once. ``checkpoint`` is where ``resume=true`` continues from (None: it starts again).
 
-    def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int, forward: Any) -> None:
+    A ``BaseException``, like ``KeyboardInterrupt``: raised at any point of a job's setup, no
+    ``except Exception`` on the way may take it for an error and carry on."""
+
+    def __init__(
+        self, signum: int, checkpoint: Path | None, epoch: int, step: int, forward: Any = None
+    ) -> None:
         self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
-        self.forward_to = forward  # the handler that was installed before training, if any
+        self.forward_to = forward  # the handler that was installed before the job, if any
+        self.finished = False  # came after the results were written (status ok)
+        where = f"saved {checkpoint}" if checkpoint is not None else "no checkpoint yet"
         super().__init__(
-            f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, step {step}; "
-            f"saved {checkpoint}"
+            f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, step {step}; {where}"
         )
 
     @property
@@ -60,10 +67,75 @@ class TrainingInterrupted(Exception):
         return signal.Signals(self.signum).name
 
     def forward(self) -> None:
-        """Call the handler the signal had before training (a cluster launcher's requeue)."""
+        """Call the handler the signal had before the job (a cluster launcher's requeue)."""
         handler = self.forward_to
         if callable(handler) and handler is not signal.default_int_handler:
             handler(self.signum, None)
+
+
+class StopSignals:
+    """The stop signals' handler for a whole training job, from its first file to its last.
+
+    Outside training (loading data, building the model, testing) a signal stops the job at once
+    with ``TrainingInterrupted``: there is nothing to save, and ``resume=true`` continues from
+    the checkpoint the folder already has. During training ``LastCheckpoint`` defers it: the
+    step ends, ``last.ckpt`` is saved, then training stops. ``held``: the signal is only
+    recorded (while the results are written; the job exits after). A second Ctrl-C stops at
+    once, from the last checkpoint written whole. Used as a context manager: the handlers
+    before it are restored on exit."""
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.signals = [_signal_number(name) for name in names]
+        self.previous: dict[int, Any] = {}
+        self.requested: int | None = None
+        self.deferred = False  # training: LastCheckpoint saves, then stops
+        self.held = False  # results being written: record only
+        # Where a stop outside training leaves the run (the resume point).
+        self.checkpoint: Path | None = None
+        self.epoch = 0
+        self.step = 0
+        self.last_path: Path | None = None  # last.ckpt, which training may rewrite
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.signals:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # ignored on purpose (nohup, a background job): it stays so
+            try:
+                self.previous[signum] = signal.signal(signum, self.handle)
+            except ValueError:  # not the main thread: whoever runs the job handles signals
+                break
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def install(self) -> None:
+        """Take the signals back (from Lightning's handlers, installed for its loops)."""
+        for signum in self.previous:
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT and not self.held:
+            # A second Ctrl-C: stop now, from the last checkpoint written whole.
+            if self.deferred and self.last_path is not None and self.last_path.is_file():
+                self.checkpoint = self.last_path
+                self.epoch, self.step = checkpoint_position(self.last_path)
+            raise self.interruption()
+        self.requested = signum
+        if not (self.deferred or self.held):
+            raise self.interruption()
+
+    def interruption(self, checkpoint: Path | None = None, epoch=None, step=None):
+        signum = self.requested if self.requested is not None else signal.SIGTERM
+        return TrainingInterrupted(
+            signum,
+            checkpoint if checkpoint is not None else self.checkpoint,
+            self.epoch if epoch is None else epoch,
+            self.step if step is None else step,
+            self.previous.get(signum),
+        )
 
 
 # --------------------------------------------------------------------------- checkpoint writing
@@ -124,47 +196,49 @@ def _flush(trainer: L.Trainer) -> None:
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes ``last.ckpt`` every ``every_n_steps`` training steps and when one of ``signals``
-    arrives (what clusters send before a time limit or a preemption), then stops training
-    with ``TrainingInterrupted``.
+    """Writes ``last.ckpt`` every ``every_n_steps`` training steps and when one of the job's
+    stop signals (``StopSignals``) arrives during training (what clusters send before a time
+    limit or a preemption), then stops training with ``TrainingInterrupted``.
 
     A ``Checkpoint`` subclass so that Lightning runs it after ``ModelCheckpoint`` at an epoch's
     end: the last checkpoint then records that epoch's best model. Saves never happen at an
     epoch's last batch: that epoch's validation and end-of-epoch checkpoint come first.
-    A second Ctrl-C (SIGINT) stops at once.
     """
 
     def __init__(
-        self, path: str | Path, every_n_steps: int | None = None, signals: Sequence[str] = ()
+        self, path: str | Path, every_n_steps: int | None = None, stops: StopSignals | None = None
     ) -> None:
         self.path = Path(path)
         self.every_n_steps = every_n_steps or 0
-        self.signals = [_signal_number(name) for name in signals]
-        self.requested: int | None = None
-        self._original: dict[int, Any] = {}
+        self.stops = stops if stops is not None else StopSignals()
         self._stop_at_next_start = False
+        self._saved_step: int | None = None
 
-    # -- signals: ours replace Lightning's during training; its teardown restores the originals
-    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            self._original = {signum: signal.getsignal(signum) for signum in self.signals}
-
+    # -- signals: deferred during training (Lightning's own handlers replaced by the job's)
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        for signum in self.signals:
-            try:
-                signal.signal(signum, self._on_signal)
-            except ValueError:  # not the main thread: the launcher handles signals
-                return
+        self.stops.install()
+        self.stops.deferred = True
+        self.stops.last_path = self.path
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.requested = signum
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.stops.deferred = False
+        # Asked during the last epoch's end: it saved (or saves now), and stops before testing.
+        if self.stops.signals and self._stop_agreed(trainer):
+            if self._saved_step != trainer.global_step:
+                self._save(trainer)
+            self._interrupt(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self.stops.deferred = False
 
     def _stop_agreed(self, trainer: L.Trainer) -> bool:
         # Every rank must save and stop at the same step (saving is collective).
-        asked = self.requested is not None
+        asked = self.stops.requested is not None
         return trainer.strategy.reduce_boolean_decision(asked, all=False)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
 
     # -- when to save
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
@@ -185,27 +259,22 @@ class LastCheckpoint(Checkpoint):
             and (batch_idx + 1) % trainer.val_check_batch == 0
         ):
             return  # a validation follows (val_check_interval < 1): a restart would skip it
-        stop = self._stop_agreed(trainer) if self.signals else False
+        stop = self._stop_agreed(trainer) if self.stops.signals else False
         periodic = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
         if stop or periodic:
-            trainer.save_checkpoint(self.path)
+            self._save(trainer)
         # Stop before the next batch, so this batch's step metrics are still logged.
         self._stop_at_next_start = stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.signals and self._stop_agreed(trainer):
-            trainer.save_checkpoint(self.path)  # after ModelCheckpoint's, with its new best
+        if self.stops.signals and self._stop_agreed(trainer):
+            self._save(trainer)  # after ModelCheckpoint's, with its new best
             self._stop_at_next_start = True  # the epoch's metrics are logged before that
 
     def _interrupt(self, trainer: L.Trainer) -> None:
-        signum = self.requested if self.requested is not None else signal.SIGTERM
-        raise TrainingInterrupted(
-            signum,
-            self.path,
-            trainer.current_epoch,
-            trainer.global_step,
-            self._original.get(signum),
-        )
+        self._stop_at_next_start = False
+        self.stops.deferred = False
+        raise self.stops.interruption(self.path, trainer.current_epoch, trainer.global_step)
 
 
 def _signal_number(name: str) -> int:
@@ -217,8 +286,13 @@ def _signal_number(name: str) -> int:
 
 def checkpoint_step(path: Path) -> int:
     """The global step a checkpoint was saved at (memory-mapped: weights are not read)."""
+    return checkpoint_position(path)[1]
+
+
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """The epoch and global step a checkpoint was saved at (weights are not read)."""
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    return int(checkpoint.get("global_step", 0))
+    return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
 
 
 # --------------------------------------------------------------------------- run folders

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
 from celeba_gender.training.callbacks import (
@@ -46,11 +47,14 @@ from celeba_gender.training.outputs import (
     write_predictions,
 )
 from celeba_gender.training.resume import (
+    LAST_CHECKPOINT,
     AtomicCheckpointIO,
     LastCheckpoint,
     ResumeRefused,
     ResumeState,
+    StopSignals,
     TrainingInterrupted,
+    checkpoint_position,
     leave_folder_untouched,
     plan_start,
     save_run_config,
@@ -147,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     With ``resume=true`` a finished run is skipped and an unfinished one continues from its
     ``last.ckpt``."""
     started = time.perf_counter()
+    validate(cfg, TrainSchema)  # before anything is read or written
     output_dir = _output_dir(cfg)
     checkpoint_dir = Path(cfg.paths.checkpoint_dir)
     start = plan_start(cfg, output_dir, checkpoint_dir)
@@ -155,6 +160,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         say(f"{output_dir}: finished earlier (status ok), skipped.")
         return start.finished
     describe(cfg)  # a run_facts entry that does not resolve fails now, not after training
+    # From here to the last result file a stop signal ends the job with status "interrupted"
+    # and the checkpoint to resume from: at once outside training, after saving during it.
+    stops = StopSignals(cfg.stop_signals)
+    if start.checkpoint is not None:
+        stops.checkpoint = start.checkpoint
+        stops.epoch, stops.step = checkpoint_position(start.checkpoint)
+    with stops:
+        try:
+            return _train(cfg, start, stops, started)
+        except TrainingInterrupted as stop:
+            if global_rank() == 0 and not stop.finished:
+                write_json(output_dir / METRICS_FILE, _interrupted_record(cfg, stop, output_dir))
+            raise
+
+
+def _interrupted_record(cfg: DictConfig, stop: TrainingInterrupted, output_dir: Path) -> dict:
+    return {
+        "status": "interrupted",
+        **describe(cfg),
+        "signal": stop.signal_name,
+        "checkpoint": str(stop.checkpoint) if stop.checkpoint is not None else None,
+        "epoch": stop.epoch,
+        "global_step": stop.step,
+        "error": str(stop),
+        "output_dir": str(output_dir),
+    }
+
+
+def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> dict[str, Any]:
+    output_dir = _output_dir(cfg)
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir)
     if global_rank() == 0:
         save_run_config(cfg, output_dir)
     if start.checkpoint is not None:
@@ -183,9 +219,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
         checkpoint.monitor = None
     throughput, test_throughput = TrainingThroughput(), TestThroughput()
-    last_checkpoint = LastCheckpoint(
-        checkpoint_dir / "last.ckpt", cfg.checkpoint_every_n_steps, cfg.stop_signals
-    )
+    last_path = checkpoint_dir / LAST_CHECKPOINT
+    last_checkpoint = LastCheckpoint(last_path, cfg.checkpoint_every_n_steps, stops)
     fault = cfg.get("fault") and cfg.fault.kill_at_step is not None
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -202,24 +237,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
         **({} if has_val else {"limit_val_batches": 0, "num_sanity_val_steps": 0}),
     )
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=start.checkpoint)
-    except TrainingInterrupted as stop:
-        if trainer.is_global_zero:
-            write_json(
-                output_dir / METRICS_FILE,
-                {
-                    "status": "interrupted",
-                    **describe(cfg),
-                    "signal": stop.signal_name,
-                    "checkpoint": str(stop.checkpoint),
-                    "epoch": stop.epoch,
-                    "global_step": stop.step,
-                    "error": str(stop),
-                    "output_dir": str(output_dir),
-                },
-            )
-        raise
+    trainer.fit(model, datamodule=datamodule, ckpt_path=start.checkpoint)
+    # Training is over: a stop while testing resumes from the end of training, if saved.
+    stops.checkpoint = last_path if last_path.is_file() else None
+    stops.epoch, stops.step = trainer.current_epoch, trainer.global_step
     fit_seconds = time.perf_counter() - started
 
     use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
@@ -246,6 +267,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str(datamodule.root),
         "output_dir": str(output_dir),
     }
+    stops.held = True  # the results are written whole; a stop signal now ends the job after
     if trainer.is_global_zero:
         _write_results(output_dir, record, model, datamodule)
         for logger in trainer.loggers:
@@ -263,12 +285,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 },
             )
             logger.save()
+    if stops.requested is not None:
+        stop = stops.interruption()
+        stop.finished = True  # metrics.json says ok: nothing is left to resume
+        raise stop
     return record
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a trained checkpoint on any CelebA copy; writes the same metrics.json."""
     started = time.perf_counter()
+    validate(cfg, EvalSchema)
     output_dir = _output_dir(cfg)
     checkpoint = Path(cfg.ckpt_path).expanduser()
     if not checkpoint.is_file():
@@ -320,8 +347,20 @@ def _guarded(
         # before (a cluster launcher requeues the job here), then stop: a sweep run in this
         # process stops too, since the signal asked the process to end.
         stop.forward()
-        say(f"{stop}. Continue with the same command and resume=true.")
+        if stop.finished:
+            say(f"{stop.signal_name} came as the run finished; its results are complete.")
+        else:
+            say(f"{stop}. Continue with the same command and resume=true.")
         raise SystemExit(128 + stop.signum) from None
+    except ConfigError as error:
+        # A value the schema does not allow: nothing was read or written; the folder (a run
+        # to resume, perhaps) stays as it was.
+        leave_folder_untouched(output_dir)
+        if _in_multirun():
+            say(f"{output_dir}: not run. error: {error}")
+            return None
+        say(f"error: {error}")
+        raise SystemExit(2) from None
     except ResumeRefused as error:
         # The folder holds another run's results: leave it exactly as it was.
         leave_folder_untouched(output_dir)

@@ -1,0 +1,451 @@
+"""What a user may set, checked before a run starts: one schema of types, ranges and choices.
+
+The schema is a set of structured-config dataclasses (Hydra's and OmegaConf's typed configs,
+registered in Hydra's ConfigStore as ``schema/train`` and ``schema/eval``). A composed config
+is checked against it in two passes: OmegaConf merges the values the config holds into the
+typed schema (``data.batch_size=abc`` cannot become an ``int``), then each field's
+``setting(...)`` metadata gives its range or its choices. The composed config itself is
+left as it is (its keys, interpolations and the ``_target_`` nodes that build the objects):
+the schema only reads the values a run would use.
+
+A value the schema rejects ends the command with one line that names the key, the value and
+what is allowed (``ConfigError``); ``train.py`` checks every job of a ``-m`` sweep before it
+launches any (``ValidateSweep``, a Hydra callback). A key the schema leaves out is not
+checked here (the code that uses it still is). A key a config group does not have (one
+optimizer's ``momentum``) is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import sys
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional, Union, get_args, get_origin
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from celeba_gender.data.balance import BALANCE_METHODS
+from celeba_gender.data.datamodule import LOADERS
+from celeba_gender.data.splits import SPLIT_METHODS
+from celeba_gender.models.heads import HEADS
+from celeba_gender.training.faults import FAULTS
+
+# Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT).
+PRECISIONS = (
+    "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+    "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16",
+)  # fmt: skip
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+METRICS = ("acc", "precision", "recall", "f1", "auroc", "loss")
+MONITORS = tuple(f"val/{name}" for name in METRICS)
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
+
+
+class ConfigError(ValueError):
+    """A config value the schema does not allow: one line naming the key, value and rule."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={_show(value)} is not allowed: expected {allowed}.")
+
+
+# --------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """What a field allows beyond its type: bounds, choices, or a check of its own."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: Sequence[Any] | None = None
+    check: Callable[[Any], bool] | None = None  # True when the value is allowed
+    allowed: str | None = None  # how to say what is allowed (default: from the type and rule)
+
+
+def setting(default: Any = MISSING, **rule: Any) -> Any:
+    """A schema field: ``ge``/``gt``/``le`` bounds, ``choices``, or ``check`` + ``allowed``.
+    Defaults are the configs' business (conf/): schema fields are MISSING unless given."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata={"rule": Rule(**rule)})
+    return field(default=default, metadata={"rule": Rule(**rule)})
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _limit_batches(value: Any) -> bool:
+    """Lightning's limit_*_batches / overfit_batches: a count of batches or a fraction."""
+    if _is_count(value):
+        return value >= 0
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def _devices(value: Any) -> bool:
+    if _is_count(value):
+        return value == -1 or value >= 1
+    if isinstance(value, str):
+        return value == "auto" or value.lstrip("-").isdigit() or "," in value
+    if isinstance(value, (list, ListConfig)):
+        return len(value) > 0 and all(_is_count(v) and v >= 0 for v in value)
+    return False
+
+
+def _fractions(value: Any) -> bool:
+    return (
+        len(value) == 3
+        and all(0.0 <= f <= 1.0 for f in value)
+        and math.isclose(sum(value), 1.0, abs_tol=1e-6)
+    )
+
+
+# --------------------------------------------------------------------------- the schema
+# One dataclass per config node a user sets; each field: its type, and its rule.
+@dataclass
+class DataSchema:
+    split: str = setting(choices=SPLIT_METHODS)
+    split_seed: int = setting()
+    split_fractions: list[float] = setting(
+        check=_fractions, allowed="3 fractions (train, val, test) in [0, 1] summing to 1"
+    )
+    seed_protocol_train_per_class: int = setting(ge=1)
+    balance: str = setting(choices=BALANCE_METHODS)
+    balance_seed: int = setting()
+    shuffle_seed: int = setting()
+    augmentation_seed: int = setting()
+    image_size: int = setting(ge=8)
+    face_crop: Optional[dict[str, int]] = setting()  # noqa: UP045 - OmegaConf reads typing
+    augmentations: list[Any] = setting(
+        check=lambda v: all(isinstance(a, (dict, DictConfig)) and "name" in a for a in v),
+        allowed="a list of {name: ..., option: value} (celeba_gender/data/transforms.py)",
+    )
+    mean: list[float] = setting(check=lambda v: len(v) == 3, allowed="3 numbers (R, G, B)")
+    std: list[float] = setting(
+        check=lambda v: len(v) == 3 and all(s > 0 for s in v), allowed="3 numbers > 0 (R, G, B)"
+    )
+    loader: str = setting(choices=LOADERS)
+    cache_size: list[int] = setting(
+        check=lambda v: len(v) == 2 and all(s >= 8 for s in v),
+        allowed="2 integers >= 8 (height, width)",
+    )
+    batch_size: int = setting(ge=1)
+    eval_batch_size: Optional[int] = setting(ge=1)  # noqa: UP045
+    num_workers: int = setting(ge=0)
+    pin_memory: bool = setting()
+    scan_workers: Optional[int] = setting(ge=1)  # noqa: UP045
+
+
+@dataclass
+class ModelSchema:
+    name: str = setting()
+    image_size: int = setting(ge=8)
+    min_image_size: int = setting(ge=1)
+    aux_loss_weight: float = setting(ge=0)
+    allow_download: bool = setting()
+    channels_last: bool = setting()
+    flip_tta: bool = setting()
+
+
+@dataclass
+class TreatmentSchema:
+    name: str = setting()
+    pretrained: bool = setting()
+    loss: str = setting(choices=tuple(HEADS))
+
+
+@dataclass
+class OptimizerSchema:
+    lr: float = setting(gt=0)
+    weight_decay: float = setting(ge=0)
+    momentum: float = setting(ge=0, le=1)
+    nesterov: bool = setting()
+    fused: bool = setting()
+
+
+@dataclass
+class SchedulerSchema:
+    interval: str = setting(choices=("epoch", "step"))
+    frequency: int = setting(ge=1)
+
+
+@dataclass
+class TrainerSchema:
+    accelerator: str = setting(choices=ACCELERATORS)
+    devices: Any = setting(check=_devices, allowed="an integer >= 1, -1 (all), 'auto' or a list")
+    num_nodes: int = setting(ge=1)
+    precision: Any = setting(
+        check=lambda v: str(v) in PRECISIONS, allowed="one of " + ", ".join(PRECISIONS)
+    )
+    max_epochs: int = setting(ge=1)
+    min_epochs: Optional[int] = setting(ge=0)  # noqa: UP045
+    max_steps: int = setting(check=lambda v: v == -1 or v >= 1, allowed="-1 (off) or >= 1")
+    limit_train_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
+    limit_val_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
+    limit_test_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
+    limit_predict_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
+    overfit_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
+    log_every_n_steps: int = setting(ge=1)
+    accumulate_grad_batches: int = setting(ge=1)
+    gradient_clip_val: Optional[float] = setting(ge=0)  # noqa: UP045
+    check_val_every_n_epoch: Optional[int] = setting(ge=1)  # noqa: UP045
+    num_sanity_val_steps: int = setting(ge=-1)
+    deterministic: Any = setting(
+        check=lambda v: v is None or isinstance(v, bool) or v == "warn",
+        allowed="true, false or 'warn'",
+    )
+    benchmark: Optional[bool] = setting()  # noqa: UP045
+    enable_progress_bar: bool = setting()
+    enable_model_summary: bool = setting()
+    sync_batchnorm: bool = setting()
+
+
+@dataclass
+class FaultSchema:
+    kill_at_step: Optional[int] = setting(ge=1)  # noqa: UP045
+    how: str = setting(choices=FAULTS)
+
+
+@dataclass
+class ModelCheckpointSchema:
+    save_last: Optional[bool] = setting()  # noqa: UP045
+    save_weights_only: bool = setting()
+    mode: str = setting(choices=("min", "max"))
+
+
+@dataclass
+class CallbacksSchema:
+    model_checkpoint: ModelCheckpointSchema = field(default_factory=ModelCheckpointSchema)
+
+
+@dataclass
+class TrainSchema:
+    """conf/config.yaml: a training run or a sweep's job."""
+
+    data: DataSchema = field(default_factory=DataSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    treatment: TreatmentSchema = field(default_factory=TreatmentSchema)
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    callbacks: CallbacksSchema = field(default_factory=CallbacksSchema)
+    fault: FaultSchema = field(default_factory=FaultSchema)
+    seed: int = setting()
+    monitor: str = setting(choices=MONITORS)
+    monitor_mode: str = setting(choices=("min", "max"))
+    mixup_alpha: float = setting(ge=0)
+    attribute_targets: list[str] = setting()
+    attribute_loss_weight: float = setting(ge=0)
+    resume: bool = setting()
+    checkpoint_every_n_steps: Optional[int] = setting(ge=1)  # noqa: UP045
+    stop_signals: list[str] = setting(
+        check=lambda v: all(str(s).upper() in STOP_SIGNALS for s in v),
+        allowed="a list of " + ", ".join(STOP_SIGNALS),
+    )
+    resume_ignore: list[str] = setting()
+
+
+@dataclass
+class EvalSchema:
+    """conf/eval.yaml: testing a checkpoint."""
+
+    data: DataSchema = field(default_factory=DataSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    ckpt_path: str = setting()
+    use_checkpoint_transform: bool = setting()
+    flip_tta: Optional[bool] = setting()  # noqa: UP045
+
+
+def register() -> None:
+    """The schemas in Hydra's ConfigStore (``schema/train``, ``schema/eval``)."""
+    store = ConfigStore.instance()
+    store.store(group="schema", name="train", node=TrainSchema)
+    store.store(group="schema", name="eval", node=EvalSchema)
+
+
+register()
+
+
+# --------------------------------------------------------------------------- checking
+def validate(cfg: DictConfig, schema: type = TrainSchema) -> None:
+    """Check ``cfg``'s values against ``schema``; raise ``ConfigError`` on the first that it
+    does not allow (in the schema's order)."""
+    present = _present_values(cfg, schema)
+    typed = OmegaConf.structured(schema)
+    try:
+        merged = OmegaConf.merge(typed, present)
+    except OmegaConfBaseException as error:
+        key = str(error.full_key or error.key or "?")
+        value = getattr(error, "value", None)
+        top = key.split("[")[0]
+        described = dict(_fields(schema)).get(top)
+        allowed = _describe(*described) if described else "a value of the right type"
+        raise ConfigError(key, value, allowed) from None
+    for key, (kind, rule) in _fields(schema):
+        value = OmegaConf.select(merged, key, default=None)
+        if OmegaConf.is_missing(merged, key) or value is None:
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        if not _allowed(value, rule):
+            raise ConfigError(key, OmegaConf.select(cfg, key), _describe(kind, rule))
+
+
+def validate_or_exit(cfg: DictConfig, schema: type = TrainSchema, stream: Any = None) -> None:
+    """``validate``, ending the process with the one-line message (exit code 2)."""
+    try:
+        validate(cfg, schema)
+    except ConfigError as error:
+        print(f"error: {error}", file=stream or sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+@functools.cache
+def _fields(schema: type) -> tuple[tuple[str, tuple[Any, Rule]], ...]:
+    """(dotted key, (type, rule)) of every leaf field of ``schema``."""
+    return tuple(_leaves(schema, ""))
+
+
+def _leaves(schema: type, prefix: str) -> Iterator[tuple[str, tuple[Any, Rule]]]:
+    types = typing.get_type_hints(schema)
+    for item in fields(schema):
+        kind = types[item.name]
+        if is_dataclass(kind):
+            yield from _leaves(kind, f"{prefix}{item.name}.")
+        else:
+            yield f"{prefix}{item.name}", (kind, item.metadata.get("rule", Rule()))
+
+
+def _present_values(cfg: DictConfig, schema: type) -> dict:
+    """The nested values of ``cfg`` at the schema's keys, resolved; keys it lacks are left out."""
+    values: dict = {}
+    for key, _ in _fields(schema):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in list(node):  # keys, unresolved
+            continue  # a key this config does not have (another optimizer's momentum)
+        if OmegaConf.is_missing(node, leaf):
+            continue
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(key, "${...}", f"a value that resolves ({reason})") from None
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return values
+
+
+def _allowed(value: Any, rule: Rule) -> bool:
+    if rule.choices is not None and value not in rule.choices:
+        return False
+    if rule.check is not None and not rule.check(value):
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        if rule.ge is not None and value < rule.ge:
+            return False
+        if rule.gt is not None and value <= rule.gt:
+            return False
+        if rule.le is not None and value > rule.le:
+            return False
+    return True
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _describe(kind: Any, rule: Rule) -> str:
+    """What a field allows, in words: 'an integer >= 1', 'one of a, b', ..."""
+    if rule.allowed:
+        return rule.allowed
+    if rule.choices is not None:
+        return "one of " + ", ".join(str(c) for c in rule.choices)
+    optional = False
+    if get_origin(kind) is Union:
+        args = [a for a in get_args(kind) if a is not type(None)]
+        optional, kind = len(args) < len(get_args(kind)), args[0]
+    origin = get_origin(kind)
+    if origin in (list, Sequence):
+        words = "a list of " + _TYPE_NAMES.get(get_args(kind)[0], "values").split(" ", 1)[-1] + "s"
+    elif origin is dict:
+        words = "a mapping"
+    else:
+        words = _TYPE_NAMES.get(kind, "a value")
+    bounds = [
+        f"{sign} {_show(bound)}"
+        for sign, bound in ((">=", rule.ge), (">", rule.gt), ("<=", rule.le))
+        if bound is not None
+    ]
+    if bounds:
+        words += " " + " and ".join(bounds)
+    return words + (" or null" if optional else "")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+# --------------------------------------------------------------------------- sweeps
+class ValidateSweep(Callback):
+    """Hydra callback (conf/config.yaml ``hydra.callbacks``): before a ``-m`` sweep launches
+    anything, compose every job's config as the basic sweeper will and check it; a job the
+    schema rejects stops the sweep, with one line per such job. Other sweepers (which choose
+    values as they go) are left alone: each job is still checked when it starts."""
+
+    def __init__(self, schema: str = "train") -> None:
+        self.schema = {"train": TrainSchema, "eval": EvalSchema}[schema]
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+        if not sweeper.endswith("BasicSweeper") or not GlobalHydra.instance().is_initialized():
+            return
+        errors = [
+            f"error: job {number} ({' '.join(overrides)}): {error}"
+            for number, overrides, error in sweep_errors(config, self.schema)
+        ]
+        if errors:
+            print("\n".join([*errors, "Nothing was launched."]), file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+
+def sweep_errors(config: DictConfig, schema: type = TrainSchema):
+    """(job number, its overrides, ConfigError) of each job of the basic sweeper's sweep."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += list(config.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    for number, overrides in enumerate(jobs):
+        job_config = loader.load_sweep_config(config, list(overrides))
+        try:
+            validate(job_config, schema)
+        except ConfigError as error:
+            yield number, overrides, error
+
+
+# signal names the platform has (SIGHUP and SIGQUIT are POSIX)
+STOP_SIGNALS = tuple(name for name in STOP_SIGNALS if hasattr(signal, name))

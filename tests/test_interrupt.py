@@ -1,0 +1,129 @@
+"""Ctrl-C and SIGTERM from outside, at any point of a real run on the subset: metrics.json
+says "interrupted", with the epoch reached and the checkpoint resume=true continues from."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+
+# Smoke size on the subset, 12 steps an epoch, last.ckpt kept.
+BASE = (
+    "experiment=smoke",
+    "trainer.limit_train_batches=12",
+    "data.batch_size=16",
+    "callbacks.model_checkpoint.save_last=true",
+    "callbacks.model_checkpoint.save_weights_only=false",
+)
+RUN = (*BASE, "trainer.max_epochs=2", "checkpoint_every_n_steps=4")  # a step checkpoint every 4
+STEPS = 24
+# One epoch, then a long test part (one image a batch), so that a signal finds it testing.
+SLOW_TEST = (
+    *BASE,
+    "trainer.max_epochs=1",
+    "data.eval_batch_size=1",
+    "trainer.limit_test_batches=100",
+)
+
+
+@pytest.fixture
+def env(run_env, subset_root) -> dict:
+    return {**run_env, "CELEBA_ROOT": str(subset_root)}
+
+
+def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *run, f"hydra.run.dir={folder}"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _signal_when(
+    process: subprocess.Popen, path: Path, signum: int, delay: float = 0.0
+) -> tuple[int, str]:
+    """Send ``signum`` ``delay`` seconds after ``path`` exists; the exit code and stderr."""
+    deadline = time.monotonic() + 240
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert process.poll() is None, "the run ended before the signal"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=240)
+    return process.returncode, stderr
+
+
+def _record(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _position(checkpoint: str) -> tuple[int, int]:
+    saved = torch.load(checkpoint, weights_only=True, mmap=True, map_location="cpu")
+    return saved["epoch"], saved["global_step"]
+
+
+def _resume(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.CompletedProcess:
+    return run_script("train.py", *run, f"hydra.run.dir={folder}", "resume=true", env=env)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_training_saves_records_and_resumes(stop, env, tmp_path):
+    folder = tmp_path / "run"
+    process = _start(folder, env)
+    # The first step checkpoint is there: training is under way.
+    code, stderr = _signal_when(process, folder / "checkpoints" / "last.ckpt", stop)
+    assert code == 128 + stop, stderr[-3000:]
+    assert "Traceback" not in stderr and "resume=true" in stderr
+    record = _record(folder)
+    assert record["status"] == "interrupted" and record["signal"] == stop.name
+    assert record["checkpoint"] == str(folder / "checkpoints" / "last.ckpt")
+    assert 4 <= record["global_step"] < STEPS  # during training, not after it
+    assert _position(record["checkpoint"]) == (record["epoch"], record["global_step"])
+    if stop == signal.SIGTERM:
+        return  # resumption: once is enough (the SIGINT case)
+    resumed = _resume(folder, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"(step {record['global_step']})" in resumed.stdout
+    finished = _record(folder)
+    assert finished["status"] == "ok" and finished["epochs_trained"] == 2
+
+
+def test_a_signal_before_training_records_the_run_as_interrupted(env, tmp_path):
+    folder = tmp_path / "run"
+    process = _start(folder, env)
+    # The run's config is saved: the job is loading the data, before any checkpoint.
+    code, stderr = _signal_when(process, folder / ".hydra" / "resolved_config.yaml", signal.SIGINT)
+    assert code == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    record = _record(folder)
+    assert record["status"] == "interrupted" and record["signal"] == "SIGINT"
+    assert (record["checkpoint"], record["epoch"], record["global_step"]) == (None, 0, 0)
+
+
+def test_a_signal_while_testing_records_interrupted_and_resume_only_tests(env, tmp_path):
+    folder = tmp_path / "run"
+    process = _start(folder, env, SLOW_TEST)
+    # last.ckpt comes after best.ckpt at the end of the only epoch: testing follows.
+    last = folder / "checkpoints" / "last.ckpt"
+    code, stderr = _signal_when(process, last, signal.SIGTERM, delay=0.5)
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    record = _record(folder)
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+    assert (record["checkpoint"], record["global_step"]) == (str(last), 12)
+    resumed = _resume(folder, env, SLOW_TEST)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(step 12)" in resumed.stdout  # nothing left to train: it tests
+    finished = _record(folder)
+    assert finished["status"] == "ok" and finished["epochs_trained"] == 1
