@@ -365,3 +365,36 @@ def test_a_new_backbone_is_one_yaml_file(run_env, tmp_path):
     row = collect_runs(run).iloc[0]
     assert (row["model"], row["family"], row["status"]) == ("mobilenet_v3_small", "MobileNet", "ok")
     assert row["dropout"] == 0.3
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_outputs_follow_the_users_umask(umask, run_env, tmp_path):
+    """Every file and folder of a run (metrics, CSVs, checkpoints, .hydra, TensorBoard, logs)
+    has the permissions the user's umask gives: never owner-only, never more than it allows."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    folder = tmp_path / "run"
+    overrides = ["experiment=smoke", "callbacks.model_checkpoint.save_last=true"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={folder}"],
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = [folder, *folder.rglob("*")]
+    names = {p.relative_to(folder).as_posix() for p in paths}
+    assert {"metrics.json", "test_predictions.csv", "checkpoints/last.ckpt", "train.log"} <= names
+    assert {".hydra/config.yaml", "tensorboard"} <= names
+    wrong = {
+        p.relative_to(folder).as_posix(): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in paths
+        if stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~umask
+    }
+    assert wrong == {}
