@@ -192,3 +192,117 @@ def test_a_pickle_that_would_run_code_is_refused_not_run(bad_files):
     torch.load(bad_files["malicious_pickle"], weights_only=False)
     assert _marker(bad_files).is_dir()
     _marker(bad_files).rmdir()
+
+
+# ------------------------------------------------------------- what a file records, checked
+
+# A checkpoint of ours whose eval_transform was edited by hand: eval hands it to its data config
+# (which Hydra instantiates: a nested ``_target_`` would be called), predict and export to their
+# transform. Each is refused when loaded, in one line.
+HOSTILE_EVAL_TRANSFORMS = {
+    "nested_target": lambda et: (
+        et | {"face_crop": {"_target_": "builtins.print", "_args_": ["code from a checkpoint"]}}
+    ),
+    "unknown_key": lambda et: et | {"_target_": "builtins.print"},
+    "a_string": lambda et: "image_size=32",
+    "keys_missing": lambda et: {"image_size": et["image_size"]},
+    "huge_image": lambda et: et | {"image_size": 10**6},
+    "zero_std": lambda et: et | {"std": [0.0, 0.0, 0.0]},
+}
+
+
+@pytest.fixture(scope="module")
+def edited_checkpoints(smoke_run, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("edited_models")
+    good = torch.load(smoke_run / "checkpoints" / "best.ckpt", weights_only=True)
+    files = {}
+    for kind, edit in HOSTILE_EVAL_TRANSFORMS.items():
+        checkpoint = dict(good, hyper_parameters=dict(good["hyper_parameters"]))
+        settings = checkpoint["hyper_parameters"]["eval_transform"]
+        checkpoint["hyper_parameters"]["eval_transform"] = edit(dict(settings))
+        files[kind] = folder / f"{kind}.ckpt"
+        torch.save(checkpoint, files[kind])
+    yield files
+    for path in files.values():
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_EVAL_TRANSFORMS))
+def test_an_edited_eval_transform_is_refused_when_loaded(edited_checkpoints, kind):
+    with pytest.raises(CheckpointError, match="eval_transform is unusable") as error:
+        load_classifier(str(edited_checkpoints[kind]))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("entry", ["eval", "predict", "export"])
+def test_a_target_in_a_checkpoint_is_never_instantiated(
+    edited_checkpoints, run_env, tmp_path, entry
+):
+    model = edited_checkpoints["nested_target"]
+    result = _run_entry_point(entry, model, tmp_path, run_env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "code from a checkpoint" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    naming = [line for line in result.stderr.splitlines() if str(model) in line]
+    assert len(naming) == 1 and naming[0].startswith("error: "), result.stderr[-3000:]
+    assert "eval_transform is unusable" in naming[0]
+
+
+def _onnx_model(path: Path, metadata: str, outputs_per_image: int) -> Path:
+    """A tiny ONNX model with our metadata key: the mean of each channel, ``outputs_per_image``
+    of them (1: one number per image, like ours; 3: another task's model)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 32, 32])
+    output = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", outputs_per_image])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["m"], keepdims=0)]
+    nodes.append(
+        helper.make_node("Slice", ["m", "start", "stop", "axis"], ["p"])
+        if outputs_per_image == 1
+        else helper.make_node("Identity", ["m"], ["p"])
+    )
+    constants = [
+        axes,
+        helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("stop", TensorProto.INT64, [1], [outputs_per_image]),
+        helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(nodes, "g", [images], [output], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    model.metadata_props.add(key="celeba_gender.eval_transform", value=metadata)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("metadata", ["[]", '{"image_size": 32}', '{"image_size": "big"}'])
+def test_an_onnx_file_with_unusable_metadata_is_refused_in_one_line(tmp_path, metadata):
+    pytest.importorskip("onnxruntime")
+    from celeba_gender.inference import GenderPredictor
+
+    model = _onnx_model(tmp_path / "m.onnx", metadata, 1)
+    with pytest.raises(CheckpointError, match="eval_transform is unusable") as error:
+        GenderPredictor.load(model)
+    assert str(model) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_onnx_model_of_another_task_gives_error_rows_not_a_crash(tmp_path):
+    """A model giving three numbers per face: every face's row says so, the job goes on."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from celeba_gender.inference import GenderPredictor
+    from celeba_gender.inference.run import predict_photos
+
+    settings = {"image_size": 32, "face_crop": None, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for outputs, expected in ((3, "error"), (1, "ok")):
+        model = _onnx_model(tmp_path / f"m{outputs}.onnx", json.dumps(settings), outputs)
+        predictor = GenderPredictor.load(model, batch_size=2)
+        photos = [SAMPLE_IMAGE] * 3  # two batches: the last one too
+        results = list(predict_photos(photos, predictor, None))
+        statuses = [row["status"] for result in results for row in result.rows]
+        assert statuses == [expected] * 3
+        if expected == "error":
+            assert all("one P(male) per face" in r.rows[0]["error"] for r in results)

@@ -371,3 +371,95 @@ def test_export_never_overwrites_its_checkpoint_or_an_existing_file(checkpoint, 
         "link.ckpt",
         "model.onnx",
     ]  # no temporary file left
+
+
+# --------------------------------------------------------------------------- review: odd inputs
+
+
+def test_odd_folder_entries_and_undecodable_names_get_rows(checkpoint, faces, run_env, tmp_path):
+    """A folder holding a photo whose name is not UTF-8, a dangling link and a FIFO named like
+    photos: each gets its row (none is skipped unseen, none stops the job), the CSV and the
+    JSON stay valid and agree, the log file gets its lines (no logging traceback); a link left
+    in a reused output folder's annotated/ is replaced, never written through."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(faces[0], folder / "good.jpg")
+    odd = Path(os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))  # Latin-1 bytes: not UTF-8
+    shutil.copy(faces[1], odd)
+    # Not UTF-8 and not an image: its warning goes to the log file too.
+    Path(os.fsdecode(bytes(folder) + b"/junk\xff.jpg")).write_bytes(b"not a photo")
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(folder / "pipe.jpg")
+    output = tmp_path / "out"
+    (output / "annotated").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not to be overwritten")
+    (output / "annotated" / "good.jpg").symlink_to(victim)
+    result = _predict(checkpoint, str(folder), output, run_env, "annotate=true", "detect=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
+    table = pd.read_csv(output / "predictions.csv", keep_default_na=False)
+    status = dict(zip(table["photo"].map(lambda p: Path(p).name), table["status"], strict=True))
+    assert status == {
+        "caf\\xe9.jpg": "ok",
+        "dangling.png": "error",
+        "good.jpg": "ok",
+        "junk\\xff.jpg": "error",
+        "pipe.jpg": "error",
+    }
+    records = json.loads((output / "predictions.json").read_text())
+    assert [r["photo"] for r in records] == list(table["photo"])
+    assert "junk\\xff.jpg" in (output / "predict.log").read_text(encoding="utf-8")
+    assert victim.read_text() == "not to be overwritten"
+    assert not (output / "annotated" / "good.jpg").is_symlink()
+
+
+def test_a_stop_during_the_writes_keeps_csv_and_json_equal(
+    checkpoint, faces, tmp_path, monkeypatch
+):
+    """SIGINT arriving between a photo's CSV write and its JSON write: both files still end
+    with the same photos (the stop waits until the photo is in both)."""
+    from omegaconf import OmegaConf
+
+    from celeba_gender.inference import run as predict_run
+
+    cfg = OmegaConf.load(REPO / "conf" / "predict.yaml")
+    for key in ("defaults", "hydra"):
+        cfg.pop(key)
+    cfg.merge_with(
+        {
+            "paths": {"output_dir": str(tmp_path / "out")},
+            "ckpt_path": str(checkpoint),
+            "input": [str(path) for path in faces[:4]],
+            "detect": False,
+            "gallery": False,
+            "batch_size": 1,
+        }
+    )
+    write = predict_run._write_all
+    calls = []
+
+    def write_then_stop(descriptor, data):
+        write(descriptor, data)
+        calls.append(data)
+        if len(calls) == 3:  # the header, then photo 1; photo 2's CSV rows: stop now
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(predict_run, "_write_all", write_then_stop)
+    with pytest.raises(predict_run.PredictionInterrupted):
+        predict_run.predict(cfg)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    records = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [r["photo"] for r in records] == list(table["photo"])
+    assert len(table) == 2
+
+
+def test_export_into_a_folder_that_cannot_be_made_is_one_line(checkpoint, tmp_path, capsys):
+    from celeba_gender.inference.export import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output's folder would be")
+    assert main([str(checkpoint), str(blocker / "sub" / "model.onnx")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot write") and error.count("\n") == 1, error
+    assert blocker.read_text() == "a file where the output's folder would be"

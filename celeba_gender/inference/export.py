@@ -29,7 +29,8 @@ from celeba_gender.models.checkpoints import ONNX_SUFFIX
 
 
 class OutputRefused(DataError):
-    """The output path would overwrite a file: the checkpoint itself, or (without --force) any."""
+    """The output cannot be written: it would overwrite the checkpoint itself or (without
+    --force) any file, or its folder cannot be made or written."""
 
 
 def _same_file(one: Path, other: Path) -> bool:
@@ -71,10 +72,13 @@ def export_onnx(
     settings = eval_transform_of(model, checkpoint)
     size = settings["image_size"]
     example = torch.zeros(2, 3, size, size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"
-    )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"
+        )
+    except OSError as error:  # a file where a folder should be, no permission, a full disk
+        raise OutputRefused(f"cannot write {output}: {error.strerror or error}") from None
     os.close(handle)
     try:
         torch.onnx.export(
@@ -100,6 +104,8 @@ def export_onnx(
         os.chmod(temporary, 0o666 & ~umask)
         check_output(checkpoint, output, force)  # nothing appeared there meanwhile
         os.replace(temporary, output)  # a symlink at ``output`` is replaced, not its target
+    except OSError as error:  # the disk filled up, the folder went away
+        raise OutputRefused(f"cannot write {output}: {error.strerror or error}") from None
     finally:
         Path(temporary).unlink(missing_ok=True)
     return output

@@ -35,7 +35,8 @@ def is_photo_name(path: Path) -> bool:
 
 
 def expand_inputs(inputs: str | Path | list) -> list[Path]:
-    """Files, folders (their files of any format PIL opens, sorted, not recursive) and globs,
+    """Files, folders (their files of any format PIL opens, sorted, not recursive; entries
+    named like photos that are not files, such as dangling links, too) and globs,
     in the order given; a path that matches nothing, or a file given by name whatever it holds,
     is kept so that its row can say what it is."""
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
@@ -43,12 +44,14 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
     for spec in map(str, specs):
         path = Path(spec).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and is_photo_name(p))
+            # Every entry named like a photo but a folder: a dangling or looping link, a FIFO
+            # or an unreadable file is listed too, and its row says what it is.
+            found += sorted(p for p in path.iterdir() if is_photo_name(p) and not p.is_dir())
         elif path.is_file() or not glob.has_magic(spec):
             found.append(path)
         else:
             found += sorted(
-                Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()
+                Path(p) for p in glob.glob(str(path), recursive=True) if not Path(p).is_dir()
             )
     return list(dict.fromkeys(found))  # once each, first position kept
 

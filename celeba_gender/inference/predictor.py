@@ -19,6 +19,7 @@ from celeba_gender.data.transforms import per_sample_transform
 from celeba_gender.models import GenderClassifier
 from celeba_gender.models.checkpoints import (
     CheckpointError,
+    check_eval_transform,
     check_model_file,
     is_onnx,
     load_classifier,
@@ -71,6 +72,7 @@ class GenderPredictor:
             eval_transform = json.loads(metadata[EVAL_TRANSFORM_KEY])
         except ValueError:
             raise CheckpointError(path, f"its {EVAL_TRANSFORM_KEY} metadata is not JSON") from None
+        eval_transform = check_eval_transform(path, eval_transform)
         input_name = session.get_inputs()[0].name
 
         def run_batch(images: torch.Tensor) -> np.ndarray:
@@ -96,10 +98,18 @@ class GenderPredictor:
         return torch.stack([self._transform(crop) for crop in crops])
 
     def predict(self, crops: Sequence[Image.Image]) -> np.ndarray:
-        probabilities = [
-            self._run_batch(self.tensors(crops[start : start + self.batch_size]))
-            for start in range(0, len(crops), self.batch_size)
-        ]
+        """P(male) of each crop; ValueError when the model does not give one number per crop
+        (an ONNX file of another model), so that the caller can say so in the photos' rows."""
+        probabilities = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = crops[start : start + self.batch_size]
+            values = np.asarray(self._run_batch(self.tensors(batch)), dtype=np.float32)
+            if values.size != len(batch) or values.ndim > 1 and values.shape[0] != len(batch):
+                raise ValueError(
+                    f"the model gave output of shape {values.shape} for {len(batch)} faces, "
+                    "not one P(male) per face (a model of another task?)"
+                )
+            probabilities.append(values.reshape(-1))
         return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
 
 

@@ -342,16 +342,47 @@ def _csv_text(rows: Iterable[Mapping[str, Any]]) -> bytes:
     return text.getvalue().encode()
 
 
+def _printable(value: Any) -> Any:
+    """A text value as valid UTF-8 (a file name's undecodable bytes as ``\\xff``), others as
+    they are: every row can be written to the CSV and the JSON, whatever its photo's name."""
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class _PrintableLog(logging.Filter):
+    """This module's log lines as valid UTF-8: a photo name's undecodable bytes would make the
+    log file's handler print a traceback instead of the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _printable(record.getMessage()), None
+        return True
+
+
+log.addFilter(_PrintableLog())
+
+
 def _save_annotated(result: PhotoResult, target: Path) -> str | None:
-    """Write the photo's annotated copy; the reason it could not be, or None."""
+    """Write the photo's annotated copy; the reason it could not be, or None. The copy is
+    written beside ``target`` and renamed onto it: whatever is at ``target`` already (a link
+    left in a reused output folder) is replaced, never written through."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         if target.exists() and os.path.samefile(target, result.path):
             return f"annotated copy not written: {target} is the input photo itself"
         copy = annotate(result.photo, result.rows)
-        copy.save(target, quality=95)  # in the photo's format
+        # In the photo's format (the name's suffix is one PIL writes).
+        copy.save(
+            temporary, format=Image.registered_extensions()[target.suffix.lower()], quality=95
+        )
+        os.replace(temporary, target)
     except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
         log.warning("%s: annotated copy not written: %s", result.path, error)
-        target.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         return f"annotated copy not written ({_reason(error)})"
     return None
 
@@ -388,6 +419,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
         try:
             for result in predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels):
                 name = names[result.path]
+                result.rows = [{k: _printable(v) for k, v in row.items()} for row in result.rows]
                 if cfg.annotate and result.photo is not None:
                     problem = _save_annotated(result, output_dir / "annotated" / name)
                     for row in result.rows:
@@ -396,7 +428,12 @@ def predict(cfg: DictConfig) -> Counter[str]:
                         else:
                             row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
                 if cfg.gallery and len(shown) < cfg.gallery_max_photos:
-                    picture = None if result.photo is None else thumbnail(result.photo, result.rows)
+                    picture = None
+                    try:
+                        if result.photo is not None:
+                            picture = thumbnail(result.photo, result.rows)
+                    except Exception as error:  # noqa: BLE001 - the rows matter more
+                        log.warning("%s: no gallery picture: %s", result.path, error)
                     shown.append((name, picture, result.rows))
                 # Both outputs' text first, then the writes: a stop never splits a row.
                 csv_bytes = _csv_text(result.rows)
@@ -405,11 +442,16 @@ def predict(cfg: DictConfig) -> Counter[str]:
                     + json.dumps({c: row.get(c) for c in COLUMNS}).encode()
                     for i, row in enumerate(result.rows)
                 )
+                # A stop during the writes waits until both files have the photo's rows.
+                stop.armed = False
                 _write_all(table.fileno(), csv_bytes)
                 records.write(json_bytes)
                 separator = b",\n  "
                 done += 1
                 counts.update(row["status"] for row in result.rows)
+                if stop.signum is not None:
+                    raise PredictionInterrupted(stop.signum)
+                stop.armed = True
         except PredictionInterrupted as interrupted:
             stop.signum = interrupted.signum
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete

@@ -22,6 +22,12 @@ from celeba_gender.models.backbones import takes_argument
 from celeba_gender.models.module import GenderClassifier, _current_hparams
 
 ONNX_SUFFIX = ".onnx"
+# The evaluation transform a checkpoint (or ONNX export) records: these keys and plain values
+# only. It reaches eval's data config (which Hydra instantiates) and predict's transform, so a
+# hand-made file must not bring other keys (a ``_target_``), other types or absurd sizes.
+EVAL_TRANSFORM_KEYS = frozenset({"image_size", "face_crop", "mean", "std", "cache_size"})
+FACE_CROP_KEYS = frozenset({"top", "left", "height", "width"})
+MAX_IMAGE_SIZE = 4096
 # What every GenderClassifier checkpoint records: a checkpoint without them is another model's.
 REQUIRED_HPARAMS = ("backbone", "loss", "pretrained")
 
@@ -123,11 +129,74 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return dict(checkpoint)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        (_is_int(value) or isinstance(value, float))
+        and value == value
+        and abs(value) != float("inf")
+    )
+
+
+def _eval_transform_problem(settings: Any) -> str | None:
+    """What is wrong with an eval_transform record, or None when it is usable."""
+    if not isinstance(settings, Mapping):
+        return f"a {type(settings).__name__}, not a dictionary"
+    unknown = sorted(map(str, set(settings) - EVAL_TRANSFORM_KEYS))
+    if unknown:
+        return f"unknown keys {', '.join(unknown)[:80]}"
+    missing = sorted({"image_size", "mean", "std"} - set(settings))
+    if missing:
+        return f"no {', '.join(missing)}"
+    size = settings["image_size"]
+    if not _is_int(size) or not 1 <= size <= MAX_IMAGE_SIZE:
+        return f"image_size {size!r:.40} is not a whole number from 1 to {MAX_IMAGE_SIZE}"
+    for key in ("mean", "std"):
+        values = settings[key]
+        if not isinstance(values, list | tuple) or len(values) != 3:
+            return f"{key} is not three numbers"
+        if not all(_is_number(v) for v in values) or (key == "std" and min(values) <= 0):
+            return f"{key} {list(values)!r:.60} is not three numbers (std above 0)"
+    crop = settings.get("face_crop")
+    if crop is not None:
+        if not isinstance(crop, Mapping) or set(crop) != FACE_CROP_KEYS:
+            return "face_crop is not a dictionary of top, left, height and width"
+        if not all(_is_int(v) and 0 <= v <= 10 * MAX_IMAGE_SIZE for v in crop.values()):
+            return "face_crop's top, left, height and width are not whole numbers of pixels"
+        if crop["height"] <= 0 or crop["width"] <= 0:
+            return "face_crop has no area"
+    cache = settings.get("cache_size")
+    if cache is not None and (
+        not isinstance(cache, list | tuple)
+        or len(cache) != 2
+        or not all(_is_int(v) and 1 <= v <= 10 * MAX_IMAGE_SIZE for v in cache)
+    ):
+        return "cache_size is not two whole numbers of pixels (height, width)"
+    return None
+
+
+def check_eval_transform(path: str | Path, settings: Any) -> dict[str, Any]:
+    """A recorded evaluation transform as a plain dict, or CheckpointError saying what is wrong
+    with it (a file can hold anything: eval hands it to Hydra, predict to its transform)."""
+    problem = _eval_transform_problem(settings)
+    if problem is not None:
+        raise CheckpointError(path, f"its eval_transform is unusable: {problem}")
+    return {
+        key: (dict(value) if isinstance(value, Mapping) else value)
+        for key, value in settings.items()
+    }
+
+
 def load_classifier(checkpoint_path: str | Path, map_location: str = "cpu") -> GenderClassifier:
     """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects."""
     path = Path(checkpoint_path).expanduser()
     checkpoint = read_checkpoint(path, map_location)
     hparams = _current_hparams(dict(checkpoint["hyper_parameters"]))
+    if hparams.get("eval_transform") is not None:
+        hparams["eval_transform"] = check_eval_transform(path, hparams["eval_transform"])
     accepted = set(signature(GenderClassifier.__init__).parameters) - {"self"}
     if any(key not in hparams for key in REQUIRED_HPARAMS) or not set(hparams) <= accepted:
         names = ", ".join(sorted(map(str, hparams))[:8]) or "none"
@@ -177,6 +246,7 @@ def open_onnx(path: str | Path) -> tuple[Any, dict[str, str]]:
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
+    "check_eval_transform",
     "check_model_file",
     "is_onnx",
     "load_classifier",
