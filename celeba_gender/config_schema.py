@@ -1,7 +1,7 @@
 """What a user may set, checked before a run starts: one schema of types, ranges and choices.
 
 The schema is a set of structured-config dataclasses (Hydra's and OmegaConf's typed configs,
-registered in Hydra's ConfigStore as ``schema/train`` and ``schema/eval``). A composed config
+registered in Hydra's ConfigStore as ``train_schema`` and ``eval_schema``). A composed config
 is checked against it in two passes: OmegaConf merges the values the config holds into the
 typed schema (``data.batch_size=abc`` cannot become an ``int``), then each field's
 ``setting(...)`` metadata gives its range or its choices. The composed config itself is
@@ -46,7 +46,12 @@ PRECISIONS = (
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 METRICS = ("acc", "precision", "recall", "f1", "auroc", "loss")
 MONITORS = tuple(f"val/{name}" for name in METRICS)
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
+# Signals a run may stop on (those the platform has).
+STOP_SIGNALS = tuple(
+    name
+    for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)
 
 
 class ConfigError(ValueError):
@@ -70,12 +75,10 @@ class Rule:
     allowed: str | None = None  # how to say what is allowed (default: from the type and rule)
 
 
-def setting(default: Any = MISSING, **rule: Any) -> Any:
+def setting(**rule: Any) -> Any:
     """A schema field: ``ge``/``gt``/``le`` bounds, ``choices``, or ``check`` + ``allowed``.
-    Defaults are the configs' business (conf/): schema fields are MISSING unless given."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata={"rule": Rule(**rule)})
-    return field(default=default, metadata={"rule": Rule(**rule)})
+    Its default is MISSING: the values are the configs' business (conf/)."""
+    return field(default=MISSING, metadata={"rule": Rule(**rule)})
 
 
 def _is_count(value: Any) -> bool:
@@ -105,6 +108,13 @@ def _fractions(value: Any) -> bool:
         and all(0.0 <= f <= 1.0 for f in value)
         and math.isclose(sum(value), 1.0, abs_tol=1e-6)
     )
+
+
+@functools.cache
+def _torchvision_models() -> frozenset[str]:
+    import torchvision
+
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
 # --------------------------------------------------------------------------- the schema
@@ -145,7 +155,10 @@ class DataSchema:
 
 @dataclass
 class ModelSchema:
-    name: str = setting()
+    name: str = setting(
+        check=lambda name: name in _torchvision_models(),
+        allowed="a torchvision classification model (torchvision.models.list_models())",
+    )
     image_size: int = setting(ge=8)
     min_image_size: int = setting(ge=1)
     aux_loss_weight: float = setting(ge=0)
@@ -264,10 +277,11 @@ class EvalSchema:
 
 
 def register() -> None:
-    """The schemas in Hydra's ConfigStore (``schema/train``, ``schema/eval``)."""
+    """The schemas in Hydra's ConfigStore (``train_schema``, ``eval_schema``; not a config
+    group, so ``--help`` does not offer them as choices)."""
     store = ConfigStore.instance()
-    store.store(group="schema", name="train", node=TrainSchema)
-    store.store(group="schema", name="eval", node=EvalSchema)
+    store.store(name="train_schema", node=TrainSchema)
+    store.store(name="eval_schema", node=EvalSchema)
 
 
 register()
@@ -445,7 +459,3 @@ def sweep_errors(config: DictConfig, schema: type = TrainSchema):
             validate(job_config, schema)
         except ConfigError as error:
             yield number, overrides, error
-
-
-# signal names the platform has (SIGHUP and SIGQUIT are POSIX)
-STOP_SIGNALS = tuple(name for name in STOP_SIGNALS if hasattr(signal, name))

@@ -52,6 +52,7 @@ BAD = [
     ("trainer.precision=17", "trainer.precision=17", "16-mixed"),
     ("trainer.precision=fp16", "trainer.precision=fp16", "bf16-mixed"),
     ("treatment.loss=mse", "treatment.loss=mse", "one of bce, ce"),
+    ("model.name=resnet9", "model.name=resnet9", "torchvision.models.list_models()"),
     ("monitor=val/accuracy", "monitor=val/accuracy", "val/acc"),
     ("data.split_fractions=[0.9,0.2,0.1]", "data.split_fractions=[0.9, 0.2, 0.1]", "sum"),
     ("mixup_alpha=-1", "mixup_alpha=-1", "a number >= 0"),
