@@ -127,3 +127,28 @@ def test_a_signal_while_testing_records_interrupted_and_resume_only_tests(env, t
     assert "(step 12)" in resumed.stdout  # nothing left to train: it tests
     finished = _record(folder)
     assert finished["status"] == "ok" and finished["epochs_trained"] == 1
+
+
+def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(tmp_path):
+    from celeba_gender.training.resume import StopSignals, TrainingInterrupted
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopSignals(["SIGUSR1", "SIGINT"]) as stops:
+        stops.checkpoint, stops.epoch, stops.step = tmp_path / "last.ckpt", 2, 30
+        with pytest.raises(TrainingInterrupted) as raised:  # outside training: at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)
+        assert (raised.value.signal_name, raised.value.epoch, raised.value.step) == (
+            "SIGUSR1",
+            2,
+            30,
+        )
+        assert raised.value.checkpoint == tmp_path / "last.ckpt"
+        stops.requested, stops.deferred = None, True  # training: recorded, LastCheckpoint saves
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stops.requested == signal.SIGINT
+        with pytest.raises(TrainingInterrupted):  # a second Ctrl-C: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGUSR1) == before
