@@ -288,3 +288,31 @@ def test_annotation_files_that_are_not_text(tmp_path):
     identity.write_bytes(b"\xff\xfe\x00a\x00")
     with pytest.raises(DataError, match=f"{identity}, line 1"):
         read_name_value_file(identity, "identity")
+
+
+@pytest.mark.parametrize("token", ["+1", "01", "-01", "-0", "+0", "1_0", "\u0661", "\uff11"])
+def test_values_written_otherwise_than_plainly_are_errors(tmp_path, token):
+    # pandas reads "+1", "01" and "-01" as 1 and -1: the file must say exactly 1 or -1.
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text(HEADER + f"a.jpg 1 1 1\nb.jpg -1 {token} 1\nc.jpg 1 -1 1\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_attributes(path)
+    assert f"{path}, line 4 (b.jpg), column 'Male': '{token}' is not written plainly" in str(
+        caught.value
+    )
+    partition = tmp_path / "list_eval_partition.txt"
+    partition.write_text(f"a.jpg 0\nb.jpg {token}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2 \\(b.jpg\\), column 'partition'"):
+        read_name_value_file(partition, "partition", (0, 1, 2))
+
+
+def test_names_with_signs_and_zeros_and_odd_spacing_are_still_read(tmp_path):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text(HEADER + "a+b.jpg  1\t1 1\t\n  0001.jpg -1 -1  1\n-0.jpg 1 1 -1\n")
+    attributes, _ = read_attributes(path)
+    assert attributes["Male"].to_dict() == {"a+b.jpg": 1, "0001.jpg": 0, "-0.jpg": 1}
+    study = tmp_path / "list_attribute_edit.txt"
+    study.write_text("Smiling Male Young\na.jpg 0 1 0\nb.jpg 1 0 0\n")
+    attributes, facts = read_attributes(study)
+    assert attributes["Male"].to_dict() == {"a.jpg": 1, "b.jpg": 0}
+    assert facts["encoding"] == "1/0"

@@ -209,6 +209,8 @@ def _check_token(token: str, allowed: tuple[int, ...] | None) -> str | None:
     except ValueError:
         kind = _number_kind(token)
         return f"'{token}' is {kind}; expected {_expected(allowed)}"
+    if token != str(value):  # "+1", "01", "-0", "1_0", non-ASCII digits: not as written
+        return f"'{token}' is not written plainly (as {value}); expected {_expected(allowed)}"
     if allowed is not None and value not in allowed:
         return f"{token} is not allowed; expected {_expected(allowed)}"
     if not -(2**63) <= value < 2**63:
@@ -234,6 +236,22 @@ def _number_kind(token: str) -> str:
     if not math.isfinite(value):
         return "not a whole number"
     return "not written as a whole number" if value.is_integer() else "a fraction"
+
+
+def _may_have_unplain_numbers(body: bytes) -> bool:
+    """Whether a value may be written otherwise than plainly: a sign "+", "-0" or a leading
+    zero ("01"), which pandas reads as the plain number. A name with such characters makes
+    this True too: the slow path then checks each value (about 60 ms for the full CelebA
+    file, against seconds for a Python loop)."""
+    if not body:
+        return False
+    data = np.frombuffer(body, dtype=np.uint8)
+    zero_next = data[1:] == ord("0")
+    if (data == ord("+")).any() or ((data[:-1] == ord("-")) & zero_next).any():
+        return True
+    blank = (data[:-2] == ord(" ")) | (data[:-2] == ord("\t"))
+    digit = (data[2:] >= ord("0")) & (data[2:] <= ord("9"))
+    return bool((blank & zero_next[:-1] & digit).any())
 
 
 def _is_number(token: str) -> bool:
@@ -328,6 +346,8 @@ def _parse(
     if problem is not None or frame is None:
         _locate_problem(text, start, first_line, names, allowed, what)
         raise DataError(f"Cannot parse {text.path}: {problem}. Fix or re-download that file.")
+    if _may_have_unplain_numbers(text.raw[start:]):
+        _locate_problem(text, start, first_line, names, allowed, what)
     return frame
 
 
