@@ -316,3 +316,17 @@ def test_names_with_signs_and_zeros_and_odd_spacing_are_still_read(tmp_path):
     attributes, facts = read_attributes(study)
     assert attributes["Male"].to_dict() == {"a.jpg": 1, "b.jpg": 0}
     assert facts["encoding"] == "1/0"
+
+
+@pytest.mark.parametrize("first", ["000001.jpg", "000001.jpg O", "000001.jpg train"])
+def test_a_broken_first_row_of_an_identity_or_partition_file_is_not_taken_for_a_header(
+    tmp_path, first
+):
+    # Taken for a header, the first image would silently lose its partition.
+    partition = tmp_path / "list_eval_partition.txt"
+    partition.write_text(f"{first}\n000002.jpg 0\n000003.jpg 2\n")
+    with pytest.raises(DataError, match=f"{partition}, line 1"):
+        read_name_value_file(partition, "partition", (0, 1, 2))
+    partition.write_text("image_id partition\n000001.jpg 1\n000002.jpg 0\n")
+    series = read_name_value_file(partition, "partition", (0, 1, 2))
+    assert series.to_dict() == {"000001.jpg": 1, "000002.jpg": 0}

@@ -21,6 +21,8 @@ NAME_COLUMN = "file_name"
 
 # A copy's duplicate files carry a "(N)" before the extension: "000051(1).jpg".
 _COPY_SUFFIX = re.compile(r"^(?P<stem>.+?)\(\d+\)(?P<ext>\.[^.]+)$")
+# A file name of an image, as opposed to a header's column name ("file_name", "image_id").
+_IMAGE_NAME = re.compile(r"\.(jpe?g|png|webp|bmp|gif|tiff?)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -477,8 +479,9 @@ def read_name_value_table(
     if not text.head:
         raise DataError(f"{path} is empty: expected one '<file> <{value_column}>' row per image.")
     (line, tokens), offset = text.head[0], text.offsets[0]
-    # Tolerate a header row ("file_name identity") as some re-distributions add one.
-    headed = not _is_number(tokens[-1])
+    # Tolerate a header row ("file_name identity") as some re-distributions add one; a first
+    # line naming an image ("000001.jpg O", "000001.jpg") is a row, checked like the others.
+    headed = len(tokens) >= 2 and not _is_number(tokens[-1]) and not _IMAGE_NAME.search(tokens[0])
     start, first_line = (offset, line + 1) if headed else (0, 1)
     names = [NAME_COLUMN, value_column]
     frame = _parse(text, start, first_line, names, lambda _: allowed, f"file name + {value_column}")
