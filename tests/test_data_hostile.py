@@ -313,3 +313,31 @@ def test_file_names_that_are_not_utf8_or_hold_a_newline(subset_root, tmp_path, c
     code = data_main([str(root), "--split", "all", "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     assert "\\udcff\\udcfe.jpg" in capsys.readouterr().out
+
+
+def test_a_huge_file_under_an_image_name_is_a_row_not_a_crash(subset_root, tmp_path):
+    # A stray multi-gigabyte file (a video, a disk image) named like a photo: the scan must not
+    # read it whole into memory. Sparse, so it costs no disk; the address-space limit turns
+    # reading it whole into a MemoryError instead of an out-of-memory kill.
+    folder = tmp_path / "img"
+    folder.mkdir()
+    shutil.copy(next((subset_root / "img_align_celeba").glob("*.jpg")), folder / "000001.jpg")
+    with open(folder / "000002.jpg", "wb") as handle:
+        handle.truncate(6 << 30)
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from pathlib import Path
+        from celeba_gender.data.scan import scan_image_folder
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        rows, _ = scan_image_folder(Path({str(folder)!r}), Path({str(tmp_path / "cache")!r}))
+        print(dict(zip(rows["file"], rows["problem"])))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    problems = eval(result.stdout)  # noqa: S307 - our own dict's repr
+    assert problems["000001.jpg"] == ""
+    assert problems["000002.jpg"].startswith("too large")

@@ -28,6 +28,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pixels above which a file is refused as a possible decompression bomb, unless a caller says
 # otherwise (predict.max_pixels). CelebA's in-the-wild photos are at most a few megapixels.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Files above this many bytes are refused unread: an uncompressed 16-bit RGBA TIFF at the
+# pixel limit is 400 MB.
+MAX_FILE_BYTES = 1 << 30
 # Images smaller than this on either side hold no face a classifier could use.
 DEFAULT_MIN_SIDE = 8
 # Transparent pixels are shown over white, as an image viewer shows them.
@@ -164,13 +167,23 @@ def open_regular_file(path: str | Path, name: str) -> Iterator[BinaryIO]:
         yield handle
 
 
-def read_file_bytes(path: str | Path, name: str) -> bytes:
-    """All bytes of a regular file (``open_regular_file``'s refusals apply)."""
+def read_file_bytes(path: str | Path, name: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """All bytes of a regular file (``open_regular_file``'s refusals apply), refusing one over
+    ``max_bytes`` before reading it (a stray video or disk image named like a photo)."""
     with open_regular_file(path, name) as handle:
         try:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise ImageDecodeError(
+                    name,
+                    f"too large: {size} bytes (over {max_bytes >> 20} MiB, more than any photo "
+                    "within the pixel limit; is it an image?)",
+                )
             return handle.read()
         except OSError as error:
             raise ImageDecodeError(name, describe_os_error(error, path)) from None
+        except MemoryError:
+            raise ImageDecodeError(name, "unreadable: out of memory while reading") from None
 
 
 _KINDS = {
