@@ -36,6 +36,8 @@ REWRITTEN = (
     "blank lines",
 )
 BAD_VALUES = ["0.5", "2", "abc", "-", "NaN", "1e0", "--1", "1.0", "+-1", "x1", "½", "0x1"]
+# Whole numbers pandas would read as 1, -1 or 0, but not written exactly so.
+BAD_VALUES += ["+1", "01", "-01", "-0", "+0", "1_0", "\u0661"]
 
 
 @dataclass
