@@ -306,3 +306,10 @@ def test_an_onnx_model_of_another_task_gives_error_rows_not_a_crash(tmp_path):
         assert statuses == [expected] * 3
         if expected == "error":
             assert all("one P(male) per face" in r.rows[0]["error"] for r in results)
+
+
+def test_a_fifo_given_as_the_model_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "model.ckpt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_classifier(str(fifo))

@@ -463,3 +463,62 @@ def test_export_into_a_folder_that_cannot_be_made_is_one_line(checkpoint, tmp_pa
     error = capsys.readouterr().err
     assert error.startswith("error: cannot write") and error.count("\n") == 1, error
     assert blocker.read_text() == "a file where the output's folder would be"
+
+
+def _predict_config(checkpoint: Path, inputs: list[Path], output: Path, **settings):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "conf" / "predict.yaml")
+    for key in ("defaults", "hydra"):
+        cfg.pop(key)
+    cfg.merge_with(
+        {
+            "paths": {"output_dir": str(output)},
+            "ckpt_path": str(checkpoint),
+            "input": [str(path) for path in inputs],
+            "detect": False,
+            "gallery": False,
+        }
+        | settings
+    )
+    return cfg
+
+
+def test_an_output_that_cannot_be_written_is_one_line(
+    checkpoint, faces, tmp_path, monkeypatch, capsys
+):
+    """A full disk while writing rows, and batch_size=0: one line and exit status 2."""
+    import errno
+
+    from celeba_gender.inference import run as predict_run
+
+    def full_disk(descriptor, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(predict_run, "_write_all", full_disk)
+    cfg = _predict_config(checkpoint, faces[:2], tmp_path / "out")
+    with pytest.raises(SystemExit) as stopped:
+        predict_run.run_prediction(cfg)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert "No space left" in error
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        predict_run.run_prediction(_predict_config(checkpoint, faces[:2], tmp_path, batch_size=0))
+    assert capsys.readouterr().err.startswith("error: batch_size=0")
+
+
+def test_links_left_in_a_reused_output_folder_are_not_written_through(checkpoint, faces, tmp_path):
+    from celeba_gender.inference.run import predict
+
+    output = tmp_path / "out"
+    output.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not to be overwritten")
+    for name in ("predictions.csv", "gallery.png"):
+        (output / name).symlink_to(victim)
+    predict(_predict_config(checkpoint, faces[:2], output, gallery=True))
+    assert victim.read_text() == "not to be overwritten"
+    assert len(pd.read_csv(output / "predictions.csv")) == 2
+    assert not (output / "gallery.png").is_symlink()

@@ -391,6 +391,8 @@ def predict(cfg: DictConfig) -> Counter[str]:
     """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses.
     Ctrl-C or SIGTERM stops it with PredictionInterrupted, the rows done so far written."""
     output_dir = Path(cfg.paths.output_dir)
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise DataError(f"batch_size={cfg.batch_size}: it must be a whole number of at least 1")
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)
     aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
     paths = expand_inputs(
@@ -402,6 +404,9 @@ def predict(cfg: DictConfig) -> Counter[str]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.annotate:
         (output_dir / "annotated").mkdir(exist_ok=True)
+    for output in ("predictions.csv", "gallery.png"):  # a link left there: replaced, not
+        if (output_dir / output).is_symlink():  # written through
+            (output_dir / output).unlink()
     shown: list[tuple[str, Image.Image | None, list[dict[str, Any]]]] = []  # the gallery's
     counts: Counter[str] = Counter()
     done = 0
@@ -485,3 +490,7 @@ def run_prediction(cfg: DictConfig) -> None:
     except PredictionInterrupted as stopped:
         print(str(stopped), file=sys.stderr)
         raise SystemExit(128 + stopped.signum) from None
+    except OSError as error:  # photos' own errors are their rows: the output folder's, mostly
+        where = cfg.paths.output_dir
+        print(f"error: {_printable(str(error))} (predicting into {where})", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -61,9 +61,17 @@ def check_model_file(path: str | Path) -> Path:
         raise CheckpointError(
             path, "the file does not exist; pass ckpt_path=PATH/TO/best.ckpt (or an .onnx export)"
         )
-    if not path.is_file():
+    if path.is_dir():
         raise CheckpointError(path, "it is a folder, not a file")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise CheckpointError(path, "not a regular file (a FIFO, socket or device?)")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as error:  # no permission to read it, gone meanwhile
+        raise CheckpointError(path, f"it cannot be read ({error.strerror or error})") from None
+    if size == 0:
         raise CheckpointError(path, "the file is empty (0 bytes)")
     return path
 
@@ -87,8 +95,11 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
         raise CheckpointError(
             path, "it is an ONNX export; this needs the Lightning checkpoint (.ckpt) it came from"
         )
-    with open(path, "rb") as file:
-        head = file.read(512)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError as error:
+        raise CheckpointError(path, f"it cannot be read ({error.strerror or error})") from None
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip (torch.save) or a pickle
         kind = "a text file" if _is_text(head) else "an unknown file format"
         raise CheckpointError(path, f"{kind}, not a PyTorch checkpoint")
