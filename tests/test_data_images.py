@@ -4,6 +4,7 @@ reason; the scan, the decoded-image cache and the per-sample dataset must agree 
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,3 +287,36 @@ def test_cache_rows_and_per_sample_items_equal_the_decode(gallery, tmp_path):
         assert np.array_equal(decode_rgb(path, SIZE[1], SIZE[0]), expected), path.name
         item, _, _ = dataset[row]
         assert np.array_equal(item.numpy(), np.asarray(decode_image(path))), path.name
+
+
+@pytest.mark.parametrize("top", [1.3, 2.0, 40.0, 1000.0, -1.0])
+def test_float_pictures_outside_zero_to_one_keep_their_content(gallery, top):
+    """Floats have no bit depth: beyond the usual 0..1, a face stored as 0..1.3 (a filter's
+    overshoot) or 0..2 must not become a black square; NaN and infinity are only a few
+    pixels."""
+    _, face, _ = gallery
+    grey = _grey(np.asarray(face))
+    values = (grey / 255 * top).astype(np.float32)
+    values[0, :3] = (np.nan, np.inf, -np.inf)
+    decoded = _grey(np.asarray(decode_image(_encode(Image.fromarray(values, mode="F"), "TIFF"))))
+    assert _correlation(decoded[1:], grey[1:]) * np.sign(top) > 0.99, top
+    assert decoded[1:].std() > 0.5 * grey[1:].std(), (top, decoded.std(), grey.std())
+
+
+def test_a_tensor_cache_from_before_the_decode_changed_is_not_reused(gallery, tmp_path):
+    """Caches built by the earlier decode (convert("RGB"): 16-bit faces clipped white, EXIF
+    ignored) were named by the files' fingerprints alone; the same files must not reuse them."""
+    folder, _, entries = gallery
+    names = sorted(name for name, entry in entries.items() if not entry.refused)
+    files = [folder / name for name in names]
+    old_key = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+    old = tmp_path / "cache" / f"images-{SIZE[1]}x{SIZE[0]}-{len(files)}-{old_key}.u8"
+    old.parent.mkdir()
+    old.write_bytes(b"\xff" * (len(files) * 3 * SIZE[0] * SIZE[1]))
+    old.with_suffix(".json").write_text("{}")
+    cache, built = ImageTensorCache.build_or_open(
+        files, names, tmp_path / "cache", SIZE[1], SIZE[0], workers=2
+    )
+    assert built and cache.path != old
+    row = names.index("grey16.png")
+    assert np.array_equal(cache.gather([row])[0], decode_rgb(files[row], SIZE[1], SIZE[0]))

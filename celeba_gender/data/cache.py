@@ -26,6 +26,9 @@ from celeba_gender.data.errors import DataError
 from celeba_gender.data.images import ImageDecodeError, decode_image
 
 CACHE_ENV = "CELEBA_GENDER_CACHE"
+# Raise when ``images.decode_image`` gives other pixels for some file (2: every mode read with
+# wide samples scaled, alpha composited, EXIF upright; floats beyond 0..1 stretched).
+DECODE_VERSION = 2
 
 
 def cache_folder(image_dir: Path, cache_dir: Path | None = None) -> Path:
@@ -154,7 +157,9 @@ class ImageTensorCache:
         the files gives a new cache rather than stale pixels. Returns the cache and whether it
         was built now.
         """
-        key = hashlib.sha1("\n".join(fingerprints).encode()).hexdigest()[:16]
+        # The decode's version is part of the key: pixels decoded otherwise are never reused.
+        key_text = "\n".join([f"decode-v{DECODE_VERSION}", *fingerprints])
+        key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
         path = folder / f"images-{height}x{width}-{len(files)}-{key}.u8"
         meta_path = path.with_suffix(".json")
         with exclusive_lock(path.with_suffix(".lock")):

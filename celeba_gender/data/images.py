@@ -231,11 +231,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Wide samples onto 0..255, keeping the picture's brightness where its range is known.
 
-    Floats within 0..1 are scaled by 255; values within 0..255 are kept; non-negative values
-    up to 65535 are read as the bit depth their maximum needs (a 16-bit face by 65535, a 10- or
-    12-bit one stored in 16 bits by 1023 or 4095, not left nearly black); anything else
-    (negative, beyond 16 bits) is stretched from its minimum to its maximum. NaN and infinite
-    samples become 0.
+    Floats within 0..1 are scaled by 255; other floats have no known range (0..1.3 after a
+    filter's overshoot, 0..2, 0..40) and are stretched from their minimum to their maximum,
+    not kept as nearly black. Integers within 0..255 are kept; non-negative ones up to 65535
+    are read as the bit depth their maximum needs (a 16-bit face by 65535, a 10- or 12-bit one
+    stored in 16 bits by 1023 or 4095, not left nearly black); anything else (negative, beyond
+    16 bits) is stretched from its minimum to its maximum. NaN and infinite samples become 0.
     """
     values = pixels.astype(np.float64)
     finite = np.isfinite(values)
@@ -243,8 +244,11 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
         return np.zeros(values.shape, dtype=np.uint8)
     values = np.where(finite, values, 0.0)
     low, high = float(values.min()), float(values.max())
-    if low >= 0 and high <= 1.0 and pixels.dtype.kind == "f":
+    is_float = pixels.dtype.kind == "f"
+    if low >= 0 and high <= 1.0 and is_float:
         scaled = values * 255.0
+    elif is_float and high > low:
+        scaled = (values - low) * (255.0 / (high - low))
     elif low >= 0 and high <= 255:
         scaled = values
     elif low >= 0 and high <= 65535:
