@@ -313,3 +313,20 @@ def test_a_fifo_given_as_the_model_is_refused_without_waiting(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(CheckpointError, match="not a regular file"):
         load_classifier(str(fifo))
+
+
+def test_a_model_giving_nan_gives_error_rows_and_valid_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from celeba_gender.inference import GenderPredictor
+    from celeba_gender.inference.run import predict_photos
+
+    settings = {"image_size": 32, "face_crop": None, "mean": [0.5] * 3, "std": [0.5] * 3}
+    predictor = GenderPredictor(settings, lambda images: np.full(len(images), np.nan), "nan")
+    results = list(predict_photos([SAMPLE_IMAGE] * 2, predictor, None))
+    rows = [row for result in results for row in result.rows]
+    assert [row["status"] for row in rows] == ["error", "error"]
+    assert "non-finite" in rows[0]["error"]
+    json.loads(json.dumps(rows, allow_nan=False))

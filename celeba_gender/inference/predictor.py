@@ -109,6 +109,8 @@ class GenderPredictor:
                     f"the model gave output of shape {values.shape} for {len(batch)} faces, "
                     "not one P(male) per face (a model of another task?)"
                 )
+            if not np.isfinite(values).all():  # NaN is no probability (nor valid JSON)
+                raise ValueError(f"the model gave non-finite P(male) values: {values.ravel()}")
             probabilities.append(values.reshape(-1))
         return np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
 
