@@ -341,3 +341,15 @@ def test_a_huge_file_under_an_image_name_is_a_row_not_a_crash(subset_root, tmp_p
     problems = eval(result.stdout)  # noqa: S307 - our own dict's repr
     assert problems["000001.jpg"] == ""
     assert problems["000002.jpg"].startswith("too large")
+
+
+def test_a_dataset_folder_whose_path_is_not_utf8(subset_root, tmp_path, capsys):
+    # "café" saved by a Latin-1 system: the path holds the byte 0xe9, not UTF-8.
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    names = small_copy(subset_root, root, count=4)
+    index = build_index(root, tmp_path / "cache")
+    assert sorted(index.images["file"]) == sorted(names)
+    assert build_index(root, tmp_path / "cache").report["scan"]["checked"] == 0
+    code = data_main([str(root), "--split", "all", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    assert "caf\\udce9" in capsys.readouterr().out

@@ -39,7 +39,7 @@ def cache_folder(image_dir: Path, cache_dir: Path | None = None) -> Path:
     """
     base = cache_dir or Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "celeba_gender"))
     resolved = str(Path(image_dir).resolve())
-    digest = hashlib.sha1(resolved.encode()).hexdigest()[:12]
+    digest = hashlib.sha1(os.fsencode(resolved)).hexdigest()[:12]  # not UTF-8: still a name
     parent = Path(resolved).parent.name
     return Path(base).expanduser() / f"{parent}-{Path(resolved).name}-{digest}"
 
