@@ -158,6 +158,15 @@ def test_unreadable_files_and_folders_for_an_unprivileged_user(subset_root, shar
     assert "permission denied" in summary["unreadable"][names[1]]
     assert summary["images_usable"] == len(names) - 1
 
+    # Made readable again (chmod keeps size and mtime): the scan cache must not hold the
+    # refusal, which said nothing about the file's content.
+    secret.chmod(0o644)
+    result = _as_nobody(command, home)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert names[1] not in summary["unreadable"]
+    assert summary["images_usable"] == len(names)
+
     # A folder this user may not list: a data error saying so, not a traceback.
     (root / "img_align_celeba").chmod(0o311)
     result = _as_nobody(command, home)

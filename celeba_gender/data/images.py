@@ -46,10 +46,13 @@ def _is_wide(mode: str) -> bool:
 class ImageDecodeError(Exception):
     """One file cannot be used as a picture. ``reason`` says why, without the file name."""
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, transient: bool = False) -> None:
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
+        # Says nothing of the content (permission denied, gone, out of memory): may differ on
+        # another try with the same size and mtime, so never cached.
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def _decode(source: BinaryIO, name: str, max_pixels: int, min_side: int) -> Deco
     except UnidentifiedImageError:
         raise ImageDecodeError(name, "not an image (unknown format)") from None
     except MemoryError:
-        raise ImageDecodeError(name, "unreadable: out of memory while decoding") from None
+        raise ImageDecodeError(name, "unreadable: out of memory while decoding", True) from None
     except Exception as error:  # noqa: BLE001 - any decoder failure means this file is unusable
         # Corrupt files make PIL's decoders fail with OSError, SyntaxError, ValueError, but
         # also struct.error, IndexError, KeyError, ZeroDivisionError (bad EXIF, bad headers).
@@ -150,16 +153,16 @@ def open_regular_file(path: str | Path, name: str) -> Iterator[BinaryIO]:
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
-        raise ImageDecodeError(name, describe_os_error(error, path)) from None
+        raise ImageDecodeError(name, describe_os_error(error, path), True) from None
     try:
         status = os.fstat(descriptor)
     except OSError as error:
         os.close(descriptor)
-        raise ImageDecodeError(name, describe_os_error(error, path)) from None
+        raise ImageDecodeError(name, describe_os_error(error, path), True) from None
     if not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
         kind = file_kind(stat.S_IFMT(status.st_mode))
-        raise ImageDecodeError(name, f"not a regular file ({kind})")
+        raise ImageDecodeError(name, f"not a regular file ({kind})", True)
     if status.st_size == 0:
         os.close(descriptor)
         raise ImageDecodeError(name, "zero-byte file")
@@ -181,9 +184,9 @@ def read_file_bytes(path: str | Path, name: str, max_bytes: int = MAX_FILE_BYTES
                 )
             return handle.read()
         except OSError as error:
-            raise ImageDecodeError(name, describe_os_error(error, path)) from None
+            raise ImageDecodeError(name, describe_os_error(error, path), True) from None
         except MemoryError:
-            raise ImageDecodeError(name, "unreadable: out of memory while reading") from None
+            raise ImageDecodeError(name, "unreadable: out of memory while reading", True) from None
 
 
 _KINDS = {

@@ -60,6 +60,10 @@ def check_image(path: Path) -> dict:
         record["sha1"] = hashlib.sha1(data).hexdigest()
         decoded = read_image(data, name=path.name)
     except ImageDecodeError as error:
+        if error.transient:
+            # Not the content's fault (permission denied, gone, out of memory): size -1 keeps
+            # the row out of the scan cache, so a chmod (which keeps size and mtime) is seen.
+            return _record(path.name, problem=error.reason)
         record["problem"] = error.reason
         return record
     record.update(
@@ -139,8 +143,8 @@ def scan_image_folder(
     files = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCAN_COLUMNS)
     files = files.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
     if stale:
-        # Only regular files that were still there when checked: a vanished file's row
-        # (size -1) must be checked again next time.
+        # Only files whose content was checked: a vanished or unreadable file's row (size -1)
+        # must be checked again next time.
         _write_cache(cache_file, files[files["size"] >= 0])
     frames = [frame for frame in (files, pd.DataFrame(special, columns=SCAN_COLUMNS)) if len(frame)]
     result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCAN_COLUMNS)
