@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -362,3 +364,34 @@ def test_a_dataset_folder_whose_path_is_not_utf8(subset_root, tmp_path, capsys):
     code = data_main([str(root), "--split", "all", "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     assert "caf\\udce9" in capsys.readouterr().out
+
+
+def test_the_umask_fallback_without_proc_is_thread_safe(monkeypatch):
+    # Without /proc (macOS, some containers) the umask is read by setting and restoring it;
+    # threads doing so at once must not leave it at the fallback's 077. A thread switch right
+    # after each os.umask call (the sleep) makes the worst interleaving likely.
+    from celeba_gender.data import cache
+
+    real_umask = os.umask
+
+    def umask_then_switch(mask: int) -> int:
+        old = real_umask(mask)
+        time.sleep(0.0005)
+        return old
+
+    monkeypatch.setattr(cache, "_PROC_STATUS", "/nonexistent/proc/self/status")
+    previous = real_umask(0o022)
+    monkeypatch.setattr(os, "umask", umask_then_switch)
+    try:
+        assert cache.current_umask() == 0o022
+        threads = [
+            threading.Thread(target=lambda: [cache.current_umask() for _ in range(50)])
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        left = real_umask(previous)
+    assert left == 0o022, oct(left)

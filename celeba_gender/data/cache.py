@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +67,10 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+_PROC_STATUS = "/proc/self/status"
+_UMASK_LOCK = threading.Lock()
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it.
 
@@ -74,14 +79,16 @@ def current_umask() -> int:
     Linux states it in /proc/self/status; elsewhere the set-and-restore is the only way.
     """
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        with open(_PROC_STATUS, encoding="ascii", errors="replace") as status:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    umask = os.umask(0o077)  # the fallback's window leaves files private, not open to all
-    os.umask(umask)
+    # One thread at a time: two interleaved set-and-restores leave the umask at 077 for good.
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # the fallback's window leaves files private, not open to all
+        os.umask(umask)
     return umask
 
 
