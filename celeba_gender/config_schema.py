@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import signal
 import sys
 import typing
@@ -96,15 +97,31 @@ def _devices(value: Any) -> bool:
     if _is_count(value):
         return value == -1 or value >= 1
     if isinstance(value, str):
-        return value == "auto" or value.lstrip("-").isdigit() or "," in value
+        # 'auto', '-1', a count ('2'), or device indices ('0,1', '0,'); '0' is no device.
+        text = value.strip()
+        if text in ("auto", "-1") or (text.isdigit() and int(text) >= 1):
+            return True
+        indices = [part.strip() for part in text.split(",")]
+        if indices and indices[-1] == "":
+            indices.pop()  # '0,': device 0 (Lightning's way to name one index)
+        return "," in text and bool(indices) and all(part.isdigit() for part in indices)
     if isinstance(value, (list, ListConfig)):
         return len(value) > 0 and all(_is_count(v) and v >= 0 for v in value)
     return False
 
 
+def _finite(values: Any) -> bool:
+    return all(_is_number(v) and math.isfinite(v) for v in values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fractions(value: Any) -> bool:
     return (
         len(value) == 3
+        and _finite(value)
         and all(0.0 <= f <= 1.0 for f in value)
         and math.isclose(sum(value), 1.0, abs_tol=1e-6)
     )
@@ -122,24 +139,27 @@ def _torchvision_models() -> frozenset[str]:
 @dataclass
 class DataSchema:
     split: str = setting(choices=SPLIT_METHODS)
-    split_seed: int = setting()
+    split_seed: int = setting(ge=0)
     split_fractions: list[float] = setting(
         check=_fractions, allowed="3 fractions (train, val, test) in [0, 1] summing to 1"
     )
     seed_protocol_train_per_class: int = setting(ge=1)
     balance: str = setting(choices=BALANCE_METHODS)
-    balance_seed: int = setting()
-    shuffle_seed: int = setting()
-    augmentation_seed: int = setting()
+    balance_seed: int = setting(ge=0)
+    shuffle_seed: int = setting(ge=0)
+    augmentation_seed: int = setting(ge=0)
     image_size: int = setting(ge=8)
     face_crop: Optional[dict[str, int]] = setting()  # noqa: UP045 - OmegaConf reads typing
     augmentations: list[Any] = setting(
         check=lambda v: all(isinstance(a, (dict, DictConfig)) and "name" in a for a in v),
         allowed="a list of {name: ..., option: value} (celeba_gender/data/transforms.py)",
     )
-    mean: list[float] = setting(check=lambda v: len(v) == 3, allowed="3 numbers (R, G, B)")
+    mean: list[float] = setting(
+        check=lambda v: len(v) == 3 and _finite(v), allowed="3 numbers (R, G, B)"
+    )
     std: list[float] = setting(
-        check=lambda v: len(v) == 3 and all(s > 0 for s in v), allowed="3 numbers > 0 (R, G, B)"
+        check=lambda v: len(v) == 3 and _finite(v) and all(s > 0 for s in v),
+        allowed="3 numbers > 0 (R, G, B)",
     )
     loader: str = setting(choices=LOADERS)
     cache_size: list[int] = setting(
@@ -192,12 +212,17 @@ class SchedulerSchema:
 @dataclass
 class TrainerSchema:
     accelerator: str = setting(choices=ACCELERATORS)
-    devices: Any = setting(check=_devices, allowed="an integer >= 1, -1 (all), 'auto' or a list")
+    devices: Any = setting(
+        check=_devices, allowed="an integer >= 1, -1 (all), 'auto', indices ('0,1') or a list"
+    )
     num_nodes: int = setting(ge=1)
     precision: Any = setting(
         check=lambda v: str(v) in PRECISIONS, allowed="one of " + ", ".join(PRECISIONS)
     )
-    max_epochs: int = setting(ge=1)
+    # -1 or null: no epoch limit of its own (Lightning: max_steps, max_time, or 1000 epochs).
+    max_epochs: Optional[int] = setting(  # noqa: UP045
+        check=lambda v: v == -1 or v >= 1, allowed="an integer >= 1, -1 (no limit) or null"
+    )
     min_epochs: Optional[int] = setting(ge=0)  # noqa: UP045
     max_steps: int = setting(check=lambda v: v == -1 or v >= 1, allowed="-1 (off) or >= 1")
     limit_train_batches: Any = setting(check=_limit_batches, allowed="a count >= 0 or 0.0-1.0")
@@ -250,7 +275,7 @@ class TrainSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     callbacks: CallbacksSchema = field(default_factory=CallbacksSchema)
     fault: FaultSchema = field(default_factory=FaultSchema)
-    seed: int = setting()
+    seed: int = setting(ge=0, le=2**32 - 1)  # Lightning's seed_everything: numpy's range
     monitor: str = setting(choices=MONITORS)
     monitor_mode: str = setting(choices=("min", "max"))
     mixup_alpha: float = setting(ge=0)
@@ -301,15 +326,117 @@ def validate(cfg: DictConfig, schema: type = TrainSchema) -> None:
         top = key.split("[")[0]
         described = dict(_fields(schema)).get(top)
         allowed = _describe(*described) if described else "a value of the right type"
-        raise ConfigError(key, value, allowed) from None
+        raise ConfigError(_source(cfg, key) if key == top else key, value, allowed) from None
     for key, (kind, rule) in _fields(schema):
         value = OmegaConf.select(merged, key, default=None)
         if OmegaConf.is_missing(merged, key) or value is None:
             continue
+        # The run uses the config's own value, not the schema's conversion of it: 'no' for a
+        # bool would be true, '8' for a count would reach the DataLoader as text.
+        given = _lookup(present, key)
+        if not _of_type(given, kind):
+            raise ConfigError(_source(cfg, key), given, _describe(kind, rule))
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value)
         if not _allowed(value, rule):
-            raise ConfigError(key, OmegaConf.select(cfg, key), _describe(kind, rule))
+            raise ConfigError(_source(cfg, key), given, _describe(kind, rule))
+    if schema is TrainSchema:
+        _check_together(cfg, present)
+
+
+def _check_together(cfg: DictConfig, present: dict) -> None:
+    """Rules between keys of a training config (each key on its own already passed)."""
+    image_size = _lookup(present, "data.image_size")
+    smallest = _lookup(present, "model.min_image_size")
+    if image_size is not None and smallest is not None and image_size < smallest:
+        name = _lookup(present, "model.name")
+        raise ConfigError(
+            _source(cfg, "data.image_size"),
+            image_size,
+            f"an integer >= model.min_image_size ({smallest} for {name}, the smallest input it "
+            "runs at; a model that runs smaller: set model.min_image_size too)",
+        )
+    monitor, mode = _lookup(present, "monitor"), _lookup(present, "monitor_mode")
+    if monitor is not None and mode is not None:
+        best = "min" if monitor == "val/loss" else "max"
+        if mode != best:
+            raise ConfigError(
+                _source(cfg, "monitor_mode"),
+                mode,
+                f"{best} for monitor={monitor} (higher is "
+                f"{'worse' if best == 'min' else 'better'})",
+            )
+    # A scheduler's length in epochs (cosine: T_max: ${trainer.max_epochs}) must be one.
+    length = OmegaConf.select(cfg, "scheduler.scheduler", default=None)
+    if isinstance(length, DictConfig) and "T_max" in length:
+        try:
+            t_max = OmegaConf.select(cfg, "scheduler.scheduler.T_max")
+        except OmegaConfBaseException:
+            t_max = "${...}"
+        if not (_is_count(t_max) and t_max >= 1):
+            raise ConfigError(
+                _source(cfg, "scheduler.scheduler.T_max"),
+                t_max,
+                "an integer >= 1 (the scheduler's length, scheduler.scheduler.T_max)",
+            )
+
+
+def _lookup(values: dict, key: str) -> Any:
+    """The value at dotted ``key`` of nested ``values`` (None where there is none)."""
+    for part in key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values
+
+
+def _of_type(value: Any, kind: Any) -> bool:
+    """Whether a plain value is of the schema type as it is, without conversion."""
+    if value is None or kind is Any:
+        return True
+    if get_origin(kind) is Union:
+        return any(_of_type(value, arg) for arg in get_args(kind) if arg is not type(None))
+    origin = get_origin(kind)
+    if origin in (list, Sequence):
+        (item,) = get_args(kind) or (Any,)
+        return isinstance(value, list) and all(_of_type(v, item) for v in value)
+    if origin is dict:
+        item = (get_args(kind) or (Any, Any))[1]
+        return isinstance(value, dict) and all(_of_type(v, item) for v in value.values())
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return _is_count(value)
+    if kind is float:
+        return _is_number(value)
+    if kind is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return True
+
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _source(cfg: DictConfig, key: str) -> str:
+    """The key a value was set at: ``data.balance_seed`` is ``${seed}``, so ``seed=abc`` is
+    named ``seed``, the key the user wrote."""
+    seen: set[str] = set()
+    while key not in seen:
+        seen.add(key)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node:
+            break
+        try:
+            raw = node._get_node(leaf)._value()  # noqa: SLF001 - the unresolved text
+        except Exception:  # noqa: BLE001 - an odd node: keep the schema's key
+            break
+        match = _INTERPOLATION.fullmatch(raw) if isinstance(raw, str) else None
+        absent = object()
+        if match is None or OmegaConf.select(cfg, match.group(1), default=absent) is absent:
+            break
+        key = match.group(1)
+    return key
 
 
 def validate_or_exit(cfg: DictConfig, schema: type = TrainSchema, stream: Any = None) -> None:
@@ -368,8 +495,8 @@ def _allowed(value: Any, rule: Rule) -> bool:
     if rule.check is not None and not rule.check(value):
         return False
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and math.isnan(value):
-            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # nan, or inf (an infinite learning rate, loss weight, ...)
         if rule.ge is not None and value < rule.ge:
             return False
         if rule.gt is not None and value <= rule.gt:
@@ -379,7 +506,7 @@ def _allowed(value: Any, rule: Rule) -> bool:
     return True
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
 
 
 def _describe(kind: Any, rule: Rule) -> str:
@@ -416,7 +543,19 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str) and _reads_as_other(value):
+        return repr(value)  # text that looks like a number or a bool: say it is text
     return str(value)
+
+
+def _reads_as_other(text: str) -> bool:
+    if text.strip().lower() in ("true", "false", "null", "yes", "no", "on", "off", ""):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- sweeps
