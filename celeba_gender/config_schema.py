@@ -29,6 +29,7 @@ from typing import Any, Optional, Union, get_args, get_origin
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -582,7 +583,8 @@ class ValidateSweep(Callback):
 
 
 def sweep_errors(config: DictConfig, schema: type = TrainSchema):
-    """(job number, its overrides, ConfigError) of each job of the basic sweeper's sweep."""
+    """(job number, its overrides, ConfigError or why it does not compose) of each job of the
+    basic sweeper's sweep that cannot run."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -593,7 +595,13 @@ def sweep_errors(config: DictConfig, schema: type = TrainSchema):
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     for number, overrides in enumerate(jobs):
-        job_config = loader.load_sweep_config(config, list(overrides))
+        try:
+            job_config = loader.load_sweep_config(config, list(overrides))
+        except (HydraException, OmegaConfBaseException) as error:
+            # A job that does not compose (model=nonexist): its first line, as for a bad value
+            # (Hydra would only warn of a callback's exception, then fail at that job).
+            yield number, overrides, str(error).strip().splitlines()[0]
+            continue
         try:
             validate(job_config, schema)
         except ConfigError as error:

@@ -214,6 +214,27 @@ def test_a_sweep_reports_every_bad_job_and_launches_none(run_env, tmp_path):
     assert not sweep.exists()  # nothing launched, not even the sweep folder
 
 
+def test_a_sweep_job_that_does_not_compose_is_one_line_and_nothing_is_launched(run_env, tmp_path):
+    # Hydra turns a callback's exception into a warning: the error must be the callback's own.
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py",
+        "-m",
+        "experiment=smoke",
+        "model=resnet18,resnet9",
+        f"hydra.sweep.dir={sweep}",
+        env=run_env,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: job 1 (experiment=smoke model=resnet9): "
+        "In 'config': Could not find 'model/resnet9'",
+        "Nothing was launched.",
+    ]
+    assert not sweep.exists()
+
+
 def test_without_the_sweep_check_each_bad_job_says_so_and_the_sweep_goes_on(run_env, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_script(
