@@ -341,8 +341,46 @@ def validate(cfg: DictConfig, schema: type = TrainSchema) -> None:
             value = OmegaConf.to_container(value)
         if not _allowed(value, rule):
             raise ConfigError(_source(cfg, key), given, _describe(kind, rule))
+    _check_transform(cfg, present)
     if schema is TrainSchema:
         _check_together(cfg, present)
+
+
+def _check_transform(cfg: DictConfig, present: dict) -> None:
+    """The face crop and the augmentations, built as the data module builds them: an unknown
+    augmentation, a misspelt option or a crop outside the frame ends here in one line, not in
+    a traceback after the run folder is written."""
+    from celeba_gender.data.transforms import (
+        ALIGNED_HEIGHT,
+        ALIGNED_WIDTH,
+        BatchTransform,
+        crop_box,
+    )
+
+    data = present.get("data") or {}
+    if "face_crop" in data:
+        face_crop = data["face_crop"]
+        allowed = (
+            f"null or {{top, left, height, width}}: a box inside the aligned "
+            f"{ALIGNED_WIDTH}x{ALIGNED_HEIGHT} frame, in its pixels"
+        )
+        if face_crop is not None and set(face_crop) != {"top", "left", "height", "width"}:
+            raise ConfigError(_source(cfg, "data.face_crop"), face_crop, allowed)
+        try:
+            crop_box(face_crop, ALIGNED_HEIGHT, ALIGNED_WIDTH)
+        except ValueError:
+            raise ConfigError(_source(cfg, "data.face_crop"), face_crop, allowed) from None
+    needed = ("image_size", "face_crop", "augmentations", "mean", "std")
+    if all(key in data for key in needed):
+        try:
+            BatchTransform(*(data[key] for key in needed))
+        except (ValueError, TypeError, KeyError) as error:
+            reason = (str(error).strip().splitlines() or [repr(error)])[0].rstrip(".")
+            raise ConfigError(
+                _source(cfg, "data.augmentations"),
+                data["augmentations"],
+                f"augmentations celeba_gender/data/transforms.py knows ({reason})",
+            ) from None
 
 
 def _check_together(cfg: DictConfig, present: dict) -> None:

@@ -100,6 +100,8 @@ GOOD = [
     ("model=inception_v3", "experiment=smoke"),
     ("model=vgg11", "data.image_size=32"),
     ("model=resnet18", "data.image_size=16", "model.min_image_size=16"),
+    ("data.face_crop={top:0,left:0,height:500,width:500}",),  # clipped to the frame
+    ("data.face_crop=null", "data.augmentations=[]"),
     ("monitor=val/loss", "monitor_mode=min"),
     ("scheduler=cosine", "trainer.max_epochs=3"),
 ]
@@ -142,6 +144,17 @@ BAD_TOGETHER = [
     (
         ("scheduler=cosine", "trainer.max_epochs=-1", "+trainer.max_steps=10"),
         "trainer.max_epochs=-1 is not allowed: expected an integer >= 1 (the scheduler's length",
+    ),
+    # Built as the data module builds them (a ValueError traceback after the folder was written).
+    (
+        ("data.face_crop={top:-5,left:0,height:178,width:178}",),
+        "data.face_crop={'top': -5, 'left': 0, 'height': 178, 'width': 178} is not allowed",
+    ),
+    (("data.augmentations=[{name:blur}]",), "data.augmentations=[{'name': 'blur'}] is not"),
+    (
+        ("data.augmentations=[{name:rotation,degres:15}]",),
+        "data.augmentations=[{'name': 'rotation', 'degres': 15}] is not allowed: expected "
+        "augmentations celeba_gender/data/transforms.py knows (Augmentation 'rotation'",
     ),
     # A value given through an interpolation is named where the user set it.
     (("seed=abc",), "seed=abc is not allowed: expected an integer"),
