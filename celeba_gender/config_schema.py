@@ -506,13 +506,13 @@ def _leaves(schema: type, prefix: str) -> Iterator[tuple[str, tuple[Any, Rule]]]
 def _present_values(cfg: DictConfig, schema: type) -> dict:
     """The nested values of ``cfg`` at the schema's keys, resolved; keys it lacks are left out."""
     values: dict = {}
-    for key, _ in _fields(schema):
+    for key, (kind, rule) in _fields(schema):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
         if not isinstance(node, DictConfig) or leaf not in list(node):  # keys, unresolved
             continue  # a key this config does not have (another optimizer's momentum)
-        if OmegaConf.is_missing(node, leaf):
-            continue
+        if OmegaConf.is_missing(node, leaf):  # ??? in the config: the user must give it
+            raise ConfigError(key, "???", f"{_describe(kind, rule)} (required: {key}=...)")
         try:
             value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
             if isinstance(value, (DictConfig, ListConfig)):

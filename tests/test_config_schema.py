@@ -186,6 +186,17 @@ def test_the_eval_schema_checks_the_eval_config():
         validate(_compose("ckpt_path=x.ckpt", "data.batch_size=0", name="eval"), EvalSchema)
 
 
+def test_a_required_value_not_given_is_one_line_not_a_traceback(run_env, tmp_path):
+    with pytest.raises(ConfigError, match=r"^ckpt_path=\?\?\? is not allowed: expected a string"):
+        validate(_compose(name="eval"), EvalSchema)
+    result = run_script("eval.py", f"hydra.run.dir={tmp_path / 'eval'}", env=run_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: ckpt_path=??? is not allowed: expected a string (required: ckpt_path=...)."
+    ]
+
+
 @pytest.mark.parametrize(
     ("override", "shown"),
     [
