@@ -148,8 +148,17 @@ KINDS = [
 ]
 
 
-@pytest.mark.parametrize("entry", ["eval", "predict", "export"])
-@pytest.mark.parametrize("kind", KINDS)
+# Every bad file through the export; through eval and predict, which call the same loader
+# (its reason for each file: test_the_loader_says_what_is_wrong_with_each_file), one of each
+# way a file fails: unreadable, a pickle that would run code, not a checkpoint at all.
+ENTRY_KINDS = [("export", kind) for kind in KINDS] + [
+    (entry, kind)
+    for entry in ("eval", "predict")
+    for kind in ("truncated", "malicious_pickle", "corrupt_onnx", "other_lightning_model")
+]
+
+
+@pytest.mark.parametrize(("entry", "kind"), ENTRY_KINDS)
 def test_a_bad_model_file_ends_in_one_line_naming_it(bad_files, run_env, tmp_path, entry, kind):
     model = bad_files[kind]
     result = _run_entry_point(entry, model, tmp_path, run_env)

@@ -3,6 +3,8 @@ rows done when it is stopped, names its pictures safely; export never overwrites
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from conftest import REPO, file_stamps, run_script
 from PIL import Image
 
 from celeba_gender.inference import FaceAligner, GenderPredictor, expand_inputs
+from celeba_gender.inference.export import main as export_main
 from celeba_gender.inference.run import COLUMNS, output_names, predict_photos
 
 
@@ -321,14 +324,16 @@ def test_an_annotated_copy_never_replaces_its_input(checkpoint, faces, run_env, 
 # --------------------------------------------------------------------------- export
 
 
-def _export(*arguments: str | Path):
-    return subprocess.run(
-        [sys.executable, "-m", "celeba_gender.inference.export", *map(str, arguments)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
+def _export(*arguments: str | Path) -> subprocess.CompletedProcess:
+    """The export command, in this process (its command line in a subprocess:
+    tests/test_checkpoints.py): exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = export_main([str(a) for a in arguments])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+    return subprocess.CompletedProcess(arguments, code, out.getvalue(), err.getvalue())
 
 
 def test_export_never_overwrites_its_checkpoint_or_an_existing_file(checkpoint, tmp_path):
@@ -346,7 +351,7 @@ def test_export_never_overwrites_its_checkpoint_or_an_existing_file(checkpoint, 
         run / "link.ckpt",
         run / "alias.onnx",
         run / "checkpoints" / ".." / "checkpoints" / "best.ckpt",
-        Path(os.path.relpath(model, REPO)),
+        Path(os.path.relpath(model)),  # relative to where the command runs
     ):
         for force in ((), ("--force",)):
             result = _export(model, output, *force)
