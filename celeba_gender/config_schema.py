@@ -395,6 +395,16 @@ def _check_together(cfg: DictConfig, present: dict) -> None:
             f"an integer >= model.min_image_size ({smallest} for {name}, the smallest input it "
             "runs at; a model that runs smaller: set model.min_image_size too)",
         )
+    # max_epochs=-1 is Lightning's "no limit": with no max_steps or max_time it trains forever.
+    if _lookup(present, "trainer.max_epochs") == -1:
+        steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+        if steps in (None, -1) and OmegaConf.select(cfg, "trainer.max_time", default=None) is None:
+            raise ConfigError(
+                _source(cfg, "trainer.max_epochs"),
+                -1,
+                "an integer >= 1, or -1 with trainer.max_steps or trainer.max_time set (-1 "
+                "alone trains forever)",
+            )
     monitor, mode = _lookup(present, "monitor"), _lookup(present, "monitor_mode")
     if monitor is not None and mode is not None:
         best = "min" if monitor == "val/loss" else "max"

@@ -51,6 +51,7 @@ BAD = [
     ("data.eval_batch_size=2.5", "data.eval_batch_size=2.5", "an integer >= 1 or null"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0", "an integer >= 1, -1 (no limit) or null"),
     ("trainer.max_epochs=-2", "trainer.max_epochs=-2", "an integer >= 1, -1 (no limit) or null"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1", "-1 alone trains forever"),
     ("optimizer.lr=-0.001", "optimizer.lr=-0.001", "a finite number > 0"),
     ("optimizer.lr=fast", "optimizer.lr=fast", "a finite number > 0"),
     ("data.split=random", "data.split=random", "one of identity, seed_protocol, official, all"),
@@ -80,6 +81,7 @@ def test_a_value_the_schema_does_not_allow_is_named_with_what_is_allowed(overrid
 GOOD = [
     ("trainer.max_epochs=-1", "+trainer.max_steps=100"),  # Lightning: no epoch limit
     ("trainer.max_epochs=null", "+trainer.max_steps=100"),
+    ("trainer.max_epochs=-1", "+trainer.max_time=00:01:00:00"),
     ("trainer.max_epochs=null",),  # Lightning's default (1000 epochs)
     ("trainer.devices='0,1'",),
     ("trainer.devices='0,'",),
