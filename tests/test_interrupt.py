@@ -122,6 +122,8 @@ def test_a_signal_while_testing_records_interrupted_and_resume_only_tests(env, t
     record = _record(folder)
     assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
     assert (record["checkpoint"], record["global_step"]) == (str(last), 12)
+    # The epoch is the checkpoint's (0, the epoch it ended), not the trainer's count after it.
+    assert _position(record["checkpoint"]) == (record["epoch"], record["global_step"])
     resumed = _resume(folder, env, SLOW_TEST)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 12)" in resumed.stdout  # nothing left to train: it tests
@@ -152,3 +154,36 @@ def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(t
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_a_second_signal_while_the_stop_is_recorded_does_not_lose_the_record(tmp_path, monkeypatch):
+    """A double Ctrl-C (or SIGTERM after SIGUSR2) whose second signal comes as metrics.json
+    is written: the record is still written whole, and the job stops."""
+    from hydra import compose, initialize_config_dir
+
+    import celeba_gender.config  # noqa: F401  (resolvers)
+    from celeba_gender.training import run
+    from celeba_gender.training.resume import TrainingInterrupted
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", f"paths.output_dir={tmp_path}"])
+
+    def job(cfg, start, stops, started):  # the first signal, outside training: stops at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+
+    real_write = run.write_json
+
+    def write_json(path, data):  # the second comes while the record is written
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        return real_write(path, data)
+
+    monkeypatch.setattr(run, "_train", job)
+    monkeypatch.setattr(run, "write_json", write_json)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        run.train(cfg)
+    assert signal.getsignal(signal.SIGTERM) == before
+    record = _record(tmp_path)
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"

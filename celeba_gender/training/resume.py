@@ -11,6 +11,7 @@ stop signal arrives, and ``AtomicCheckpointIO`` makes every checkpoint write all
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -129,13 +130,15 @@ class StopSignals:
 
     def interruption(self, checkpoint: Path | None = None, epoch=None, step=None):
         signum = self.requested if self.requested is not None else signal.SIGTERM
-        return TrainingInterrupted(
-            signum,
-            checkpoint if checkpoint is not None else self.checkpoint,
-            self.epoch if epoch is None else epoch,
-            self.step if step is None else step,
-            self.previous.get(signum),
-        )
+        checkpoint = checkpoint if checkpoint is not None else self.checkpoint
+        epoch = self.epoch if epoch is None else epoch
+        step = self.step if step is None else step
+        if checkpoint is not None:
+            # The epoch and step resume=true continues from are the checkpoint's own: a save at
+            # an epoch's end holds that epoch, while the trainer has counted on to the next.
+            with contextlib.suppress(Exception):  # unreadable: the trainer's count it is
+                epoch, step = checkpoint_position(checkpoint)
+        return TrainingInterrupted(signum, checkpoint, epoch, step, self.previous.get(signum))
 
 
 # --------------------------------------------------------------------------- checkpoint writing
@@ -221,6 +224,10 @@ class LastCheckpoint(Checkpoint):
         self.stops.last_path = self.path
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.path.is_file():
+            # Training is over: a stop from here on (Lightning's teardown, testing) resumes
+            # from the last checkpoint it wrote, not from where the job started.
+            self.stops.checkpoint = self.path
         self.stops.deferred = False
         # Asked during the last epoch's end: it saved (or saves now), and stops before testing.
         if self.stops.signals and self._stop_agreed(trainer):
