@@ -342,8 +342,26 @@ def validate(cfg: DictConfig, schema: type = TrainSchema) -> None:
         if not _allowed(value, rule):
             raise ConfigError(_source(cfg, key), given, _describe(kind, rule))
     _check_transform(cfg, present)
+    _check_devices(cfg, present)
     if schema is TrainSchema:
         _check_together(cfg, present)
+
+
+def _check_devices(cfg: DictConfig, present: dict) -> None:
+    """On the CPU Lightning takes a number of processes only (trainer=ddp's -1, a list of
+    indices: a TypeError once the data is loaded)."""
+    devices = _lookup(present, "trainer.devices")
+    if _lookup(present, "trainer.accelerator") != "cpu" or devices is None:
+        return
+    if devices == "auto" or (_is_count(devices) and devices >= 1):
+        return
+    if isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1:
+        return
+    raise ConfigError(
+        _source(cfg, "trainer.devices"),
+        devices,
+        "a number of processes >= 1 or 'auto' with trainer.accelerator=cpu",
+    )
 
 
 def _check_transform(cfg: DictConfig, present: dict) -> None:
@@ -592,8 +610,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, str) and _reads_as_other(value):
-        return repr(value)  # text that looks like a number or a bool: say it is text
+    if isinstance(value, str) and (_reads_as_other(value) or not value.isprintable()):
+        return repr(value)  # text that looks like a number or a bool, or a line break: quoted
     return str(value)
 
 

@@ -83,9 +83,11 @@ GOOD = [
     ("trainer.max_epochs=null", "+trainer.max_steps=100"),
     ("trainer.max_epochs=-1", "+trainer.max_time=00:01:00:00"),
     ("trainer.max_epochs=null",),  # Lightning's default (1000 epochs)
-    ("trainer.devices='0,1'",),
-    ("trainer.devices='0,'",),
-    ("trainer.devices=[0,1]",),
+    ("trainer.devices='0,1'", "trainer.accelerator=gpu"),
+    ("trainer.devices='0,'", "trainer.accelerator=cuda"),
+    ("trainer.devices=[0,1]", "trainer.accelerator=gpu"),
+    ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),  # README's DDP on CPU
+    ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=auto"),
     ("trainer.devices=auto",),
     ("trainer.devices='2'",),
     ("trainer.precision=16",),
@@ -158,6 +160,9 @@ BAD_TOGETHER = [
         "data.augmentations=[{'name': 'rotation', 'degres': 15}] is not allowed: expected "
         "augmentations celeba_gender/data/transforms.py knows (Augmentation 'rotation'",
     ),
+    (("trainer=ddp", "trainer.accelerator=cpu"), "trainer.devices=-1 is not allowed: expected"),
+    (("trainer.devices=[0,1]",), "trainer.devices=[0, 1] is not allowed: expected a number of"),
+    (("data.split='a\nb'",), "data.split='a\\nb' is not allowed"),  # one line
     # A value given through an interpolation is named where the user set it.
     (("seed=abc",), "seed=abc is not allowed: expected an integer"),
     (("model.image_size=7",), "model.image_size=7 is not allowed: expected an integer >= 8"),
