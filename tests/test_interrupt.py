@@ -187,3 +187,21 @@ def test_a_second_signal_while_the_stop_is_recorded_does_not_lose_the_record(tmp
     assert signal.getsignal(signal.SIGTERM) == before
     record = _record(tmp_path)
     assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+
+
+def test_a_signal_ignored_before_the_job_stays_ignored():
+    """nohup (SIGHUP) or a background job of a script (SIGINT): not taken over, and as before
+    after the job."""
+    from celeba_gender.training.resume import StopSignals
+
+    before = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        with StopSignals(["SIGUSR2", "SIGUSR1"]) as stops:
+            assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGUSR1) == stops.handle
+            os.kill(os.getpid(), signal.SIGUSR2)  # ignored: nothing happens
+            time.sleep(0.05)
+            assert stops.requested is None
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR2, before)
