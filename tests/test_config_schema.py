@@ -108,6 +108,8 @@ GOOD = [
     ("data.face_crop=null", "data.augmentations=[]"),
     ("monitor=val/loss", "monitor_mode=min"),
     ("scheduler=cosine", "trainer.max_epochs=3"),
+    ("scheduler=onecycle", "trainer.max_epochs=-1", "+trainer.max_steps=50"),
+    ("scheduler=onecycle", "trainer.max_epochs=null"),
 ]
 
 
