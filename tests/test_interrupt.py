@@ -39,6 +39,13 @@ def env(run_env, subset_root) -> dict:
     return {**run_env, "CELEBA_ROOT": str(subset_root)}
 
 
+def _interactive_signals() -> None:
+    """The child's stop signals as a terminal gives them: pytest itself may run with SIGINT
+    ignored (a background job of a script), which the run keeps ignored, as it should."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *run, f"hydra.run.dir={folder}"],
@@ -47,6 +54,7 @@ def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interactive_signals,
     )
 
 
@@ -135,6 +143,8 @@ def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(t
     from celeba_gender.training.resume import StopSignals, TrainingInterrupted
 
     before = signal.getsignal(signal.SIGUSR1)
+    # As under a terminal (pytest may run with SIGINT ignored, which StopSignals keeps).
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     with StopSignals(["SIGUSR1", "SIGINT"]) as stops:
         stops.checkpoint, stops.epoch, stops.step = tmp_path / "last.ckpt", 2, 30
         with pytest.raises(TrainingInterrupted) as raised:  # outside training: at once
@@ -154,6 +164,7 @@ def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(t
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGUSR1) == before
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def test_a_second_signal_while_the_stop_is_recorded_does_not_lose_the_record(tmp_path, monkeypatch):
