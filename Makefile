@@ -2,6 +2,8 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
+# Test files run in parallel, each file on one worker (its module fixtures are made once).
+TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning clean
@@ -43,7 +45,7 @@ tensorboard:  ## TensorBoard over every run in outputs/
 test:  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:  ## the tests without the slow ones
 	$(PYTHON) -m pytest -m 'not slow'
