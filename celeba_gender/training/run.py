@@ -355,20 +355,13 @@ def _guarded(
         else:
             say(f"{stop}. Continue with the same command and resume=true.")
         raise SystemExit(128 + stop.signum) from None
-    except ConfigError as error:
-        # A value the schema does not allow: nothing was read or written; the folder (a run
-        # to resume, perhaps) stays as it was.
+    except (ConfigError, ResumeRefused) as error:
+        # A value the schema does not allow, or a folder holding another run's results:
+        # nothing was read or written, and the folder stays exactly as it was.
         leave_folder_untouched(output_dir)
         if _in_multirun():
-            say(f"{output_dir}: not run. error: {error}")
-            return None
-        say(f"error: {error}")
-        raise SystemExit(2) from None
-    except ResumeRefused as error:
-        # The folder holds another run's results: leave it exactly as it was.
-        leave_folder_untouched(output_dir)
-        if _in_multirun():
-            say(f"{output_dir}: not run. {error}")
+            said = f"error: {error}" if isinstance(error, ConfigError) else str(error)
+            say(f"{output_dir}: not run. {said}")
             return None
         say(f"error: {error}")
         raise SystemExit(2) from None
