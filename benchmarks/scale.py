@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from celeba_gender.data.annotations import canonical_name
@@ -120,19 +121,37 @@ def _complete_count(folder: Path, subset_root: Path) -> int:
     return int(marker.get("images", 0)) if same else 0
 
 
-def make_source_copy(subset_root: Path, folder: Path, count: int, processes: int = 2) -> float:
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link of ``source`` (the annotation files are 31 MB, read only),
+    or a copy where a link cannot be made (another file system)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def make_source_copy(
+    subset_root: Path, folder: Path, count: int, processes: int = 2
+) -> float | None:
     """Make ``folder`` a CelebA copy of ``count`` distinct images, writing only the files a
-    previous run did not finish; returns the seconds spent."""
+    previous run did not finish; returns the seconds spent, None when it was complete."""
     started = time.perf_counter()
     done = _complete_count(folder, subset_root)
     if done >= count:
-        return 0.0
+        return None
+    for relative in (IMAGE_FOLDER, *ANNOTATION_FILES, PARTITION_FILE):
+        if not (subset_root / relative).exists():
+            raise DataError(
+                f"{subset_root / relative} does not exist: pass --root a CelebA copy in the "
+                "official layout with its full annotation files (e.g. the shared subset)."
+            )
     sources = distinct_sources(subset_root)
     image_dir = folder / IMAGE_FOLDER
     image_dir.mkdir(parents=True, exist_ok=True)
     for relative in (*ANNOTATION_FILES, PARTITION_FILE):
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(subset_root / relative, folder / relative)
+        link_or_copy(subset_root / relative, folder / relative)
     tasks = [
         (str(sources[i % len(sources)]), str(image_dir / image_name(i)), *variant(i, len(sources)))
         for i in range(done, count)
@@ -151,8 +170,7 @@ def link_copy(source_copy: Path, folder: Path, count: int) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     (folder / IMAGE_FOLDER).mkdir(parents=True)
     for relative in (*ANNOTATION_FILES, PARTITION_FILE):
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        os.link(source_copy / relative, folder / relative)
+        link_or_copy(source_copy / relative, folder / relative)
     for i in range(count):
         name = image_name(i)
         os.link(source_copy / IMAGE_FOLDER / name, folder / IMAGE_FOLDER / name)
@@ -303,9 +321,10 @@ def measure_size(args: argparse.Namespace, source_copy: Path, images: int) -> di
     first = prepare("first", cache, "cached")
     second = prepare("second", cache, "cached")
     train = run_child(
-        out / f"{images}-train.json", "train",
+        out / f"{images}-train.json",
+        "train",
         {"overrides": training_overrides(args, root, cache, run)},
-    )  # fmt: skip
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     if metrics.get("status") != "ok":
         raise DataError(f"The training run in {run} ended with status {metrics.get('status')}.")
@@ -418,20 +437,33 @@ def parse_sizes(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default="4000,20000,50000", help="copy sizes, comma-separated")
-    parser.add_argument("--root", default=os.environ.get("CELEBA_SUBSET", str(DEFAULT_ROOT)),
-                        help="the CelebA subset the copies are made from")  # fmt: skip
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("CELEBA_SUBSET", str(DEFAULT_ROOT)),
+        help="the CelebA subset the copies are made from",
+    )
     parser.add_argument("--json", default=None, help="write one object per size here")
-    parser.add_argument("--workdir", default=None,
-                        help="copies, caches and runs (default: a temporary folder, deleted)")  # fmt: skip
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="copies, caches and runs (default: a temporary folder, deleted)",
+    )
     parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--eval-batches", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--trainer", default="cpu", help="conf/trainer group: cpu | gpu")
-    parser.add_argument("--train-override", action="append", default=[],
-                        help="one more train.py override (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        help="one more train.py override (repeatable)",
+    )
     parser.add_argument("--processes", type=int, default=2, help="processes making the copy")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep copies, caches and runs (default: delete what was made)")  # fmt: skip
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep copies, caches and runs (default: delete what was made)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--phase-arguments", help=argparse.SUPPRESS)
     parser.add_argument("--phase-output", help=argparse.SUPPRESS)
@@ -457,8 +489,11 @@ def run(args: argparse.Namespace) -> None:
     source_copy = work / "source"
     try:
         made = make_source_copy(Path(args.root), source_copy, sizes[-1], args.processes)
-        print(f"copy of {sizes[-1]:,} images in {source_copy}: "
-              + (f"made in {made:.0f} s" if made else "reused"), flush=True)  # fmt: skip
+        print(
+            f"copy of {sizes[-1]:,} images in {source_copy}: "
+            + ("reused" if made is None else f"made in {made:.0f} s"),
+            flush=True,
+        )
         rows = []
         for images in sizes:
             rows.append(measure_size(args, source_copy, images))
@@ -469,10 +504,12 @@ def run(args: argparse.Namespace) -> None:
         elif not args.keep:  # a given workdir keeps the source copy for the next run
             for name in ("caches", "runs", "phases", *(f"celeba-{n}" for n in sizes)):
                 shutil.rmtree(work / name, ignore_errors=True)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(
-        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores; python "
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPU cores, GPU {gpu}; python "
         f"{platform.python_version()}; ResNet-18 48 px, batch {args.batch_size}, "
-        f"{args.train_steps} training steps, {args.eval_batches} test batches, trainer={args.trainer}"
+        f"{args.train_steps} training steps, {args.eval_batches} test batches, "
+        f"trainer={args.trainer}"
     )
     print_table(rows)
     facts = summary(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,50 @@ def test_framing_robustness_benchmark_on_a_trained_run(smoke_run, tmp_path):
     for key in ("accuracy_crop_detect", "accuracy_reframed"):
         assert 0 <= figures[key] <= 1
     assert figures["missed_faces_reframed"] <= 2
+
+
+SCALE_FIGURES = (
+    "scan_seconds", "cache_seconds", "first_run_seconds", "second_run_seconds",
+    "train_images_per_second", "eval_images_per_second", "peak_anon_mb",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_scale_benchmark_on_small_synthetic_copies(subset_root, tmp_path):
+    # 50 source images for 120 files: each image is re-encoded up to 3 times, and the scan
+    # (which drops files with the same bytes) must still find 120 distinct images.
+    root = tmp_path / "subset50"
+    (root / "img_align_celeba").mkdir(parents=True)
+    names = sorted(
+        p.name for p in (subset_root / "img_align_celeba").iterdir() if "(" not in p.name
+    )
+    for name in names[:50]:
+        shutil.copyfile(subset_root / "img_align_celeba" / name, root / "img_align_celeba" / name)
+    for relative in ("Anno/list_attr_celeba.txt", "Anno/identity_CelebA.txt",
+                     "Eval/list_eval_partition.txt"):  # fmt: skip
+        (root / relative).parent.mkdir(exist_ok=True)
+        (root / relative).symlink_to(subset_root / relative)  # the full 202,599-row files
+    work, output = tmp_path / "work", tmp_path / "scale.json"
+    result = _script(
+        "scale.py", "--images", "60,120", "--train-steps", "2", "--eval-batches", "1",
+        "--root", str(root), "--workdir", str(work), "--json", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(output.read_text())
+    assert [row["images"] for row in rows] == [60, 120]
+    for row in rows:
+        for key in SCALE_FIGURES:
+            assert 0 < row[key] < 10_000, (key, row[key])
+        # The tensor cache holds every image decoded at 218x178, and only once.
+        assert row["images"] * 3 * 218 * 178 <= row["cache_bytes"] < 1.1 * row["images"] * 116_412
+        assert row["peak_anon_mb"] < row["peak_rss_mb"] < 10_000
+        # prepare_data on the warm cache checked no file and built no cache.
+        assert row["second_run_scan_checked"] == 0 and row["second_run_cache_built_now"] is False
+        assert row["second_run_built_nothing"] is True
+        assert row["train_images"] > 0 and row["eval_images"] > 0
+    assert "linear extrapolation to 202,599 images" in result.stdout
+    # The generated copy stays for the next run (official names, distinct JPEGs); the caches,
+    # runs and hard-linked copies of each size are gone.
+    generated = sorted(p.name for p in (work / "source" / "img_align_celeba").iterdir())
+    assert generated == [f"{i:06d}.jpg" for i in range(1, 121)]
+    assert sorted(p.name for p in work.iterdir()) == ["source"]
