@@ -6,7 +6,7 @@ DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning clean
+.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench-data:  ## images/second: per-sample PIL loader vs cached batched pipeline
 
 bench-lightning:  ## training img/s: Lightning vs a plain PyTorch loop
 	$(PYTHON) benchmarks/lightning_overhead.py --root $(DATA)
+
+bench-scale:  ## scan, cache, memory and training cost at 4k-50k images, extrapolated to 202,599 (ARGS='--json out.json')
+	$(PYTHON) benchmarks/scale.py --root $(DATA) $(ARGS)
 
 clean:  ## remove caches and run outputs (not the venv, not ~/.cache/celeba_gender)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache
