@@ -274,7 +274,8 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(
 
     def evaluation_view(rows: torch.Tensor) -> torch.Tensor:
         if loader == "cached":
-            raw = torch.from_numpy(reference.cache.gather(rows.numpy()))
+            cache_rows = reference.index.images["cache_row"].to_numpy()[rows.numpy()]
+            raw = torch.from_numpy(reference.cache.gather(cache_rows))
             return reference.transform_batch(raw, train=False)
         transform = reference.datasets["val"].transform
         return torch.stack([transform(Image.open(paths[r]).convert("RGB")) for r in rows.tolist()])

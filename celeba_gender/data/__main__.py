@@ -21,7 +21,6 @@ from celeba_gender.data.cache import (
     belongs_to,
     cache_inventory,
     cache_root,
-    gigabytes,
     human_bytes,
     remove_cache_entry,
 )
@@ -89,7 +88,7 @@ def _cache_lines(summary: dict[str, Any]) -> list[str]:
     if tensor:
         how = "built now" if tensor["built_now"] else "reused"
         lines.append(
-            f"tensors:  cache {tensor['file']} ({gigabytes(tensor['bytes'])}, {how}, "
+            f"tensors:  cache {tensor['file']} ({human_bytes(tensor['bytes'])}, {how}, "
             f"{tensor['seconds']:.1f} s)"
         )
     lines.append(
@@ -129,7 +128,7 @@ def _cache_main(argv: list[str]) -> int:
             if entry not in removed:
                 print(f"kept     {entry.kind:10s} {entry.path}: being built by another process")
         freed = sum(entry.bytes for entry in removed)
-        print(f"freed {gigabytes(freed)} ({freed} bytes) in {len(removed)} entries under {root}")
+        print(f"freed {human_bytes(freed)} ({freed} bytes) in {len(removed)} entries under {root}")
         if not args.all:
             print("scan caches are shared by every copy of a folder name and kept (--all too)")
         return 0
@@ -145,7 +144,7 @@ def _cache_main(argv: list[str]) -> int:
         for folder in entry.image_dirs:
             print(f"{'':44s}used by {folder}")
     total = sum(entry.bytes for entry in entries)
-    print(f"total: {gigabytes(total)} in {len(entries)} entries")
+    print(f"total: {human_bytes(total)} in {len(entries)} entries")
     if image_dir:
         print(f"* made for or used by the copy in {image_dir.resolve()}")
     return 0

@@ -189,10 +189,6 @@ def decode_rgb(path: Path, height: int, width: int) -> np.ndarray:
     return resized_rgb(decode_image(path, name=Path(path).name), height, width)
 
 
-def gigabytes(count: int) -> str:
-    return f"{count / 1e9:.2f} GB"
-
-
 def human_bytes(count: int) -> str:
     """A size for people: GB, MB or kB as fits."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
@@ -228,7 +224,7 @@ class TensorCacheWriter:
         if self.bytes > free:
             raise self._no_room(free, "")
         print(
-            f"Decoding {count} images into a {gigabytes(self.bytes)} cache ({height}x{width}) "
+            f"Decoding {count} images into a {human_bytes(self.bytes)} cache ({height}x{width}) "
             f"in {partial.parent}; to put it elsewhere (a node's scratch disk): "
             f"data.cache_dir=... or {CACHE_ENV}=...",
             file=sys.stderr,
@@ -247,8 +243,8 @@ class TensorCacheWriter:
         why = f" ({error.strerror or error})" if isinstance(error, OSError) else ""
         return DataError(
             f"Not enough room for the decoded-image cache in {self.partial.parent}{why}: "
-            f"{self.count} images at {self.height}x{self.width} need {gigabytes(self.bytes)}, "
-            f"{gigabytes(free)} is free (or a file size limit is lower). Nothing was written; "
+            f"{self.count} images at {self.height}x{self.width} need {human_bytes(self.bytes)}, "
+            f"{human_bytes(free)} is free (or a file size limit is lower). Nothing was written; "
             f"{ELSEWHERE}."
         )
 

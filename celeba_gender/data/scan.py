@@ -77,6 +77,10 @@ def _record(name: str, size: int = -1, mtime_ns: int = -1, problem: str = "") ->
     }
 
 
+def _sample_digest(size: int, head: bytes, tail: bytes) -> str:
+    return hashlib.sha1(f"{size}\n".encode() + head + tail).hexdigest()
+
+
 def content_sample(path: Path, size: int) -> str:
     """sha1 of the size and the first and last SAMPLE_BYTES (the whole of a small file): what
     tells a file's content from another's without reading it all. "" when it cannot be read
@@ -89,10 +93,9 @@ def content_sample(path: Path, size: int) -> str:
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return ""
-        digest = hashlib.sha1(f"{size}\n".encode())
-        digest.update(os.pread(descriptor, SAMPLE_BYTES, 0))
-        digest.update(os.pread(descriptor, SAMPLE_BYTES, max(size - SAMPLE_BYTES, SAMPLE_BYTES)))
-        return digest.hexdigest()
+        head = os.pread(descriptor, SAMPLE_BYTES, 0)
+        tail = os.pread(descriptor, SAMPLE_BYTES, max(size - SAMPLE_BYTES, SAMPLE_BYTES))
+        return _sample_digest(size, head, tail)
     except OSError:
         return ""
     finally:
@@ -110,12 +113,8 @@ def _check(path: Path, tensor_size: tuple[int, int] | None) -> tuple[dict, np.nd
         data = read_file_bytes(path, path.name)
         record["sha1"] = hashlib.sha1(data).hexdigest()
         # The sample of the bytes read, so the cached row describes exactly this content.
-        record["sample"] = hashlib.sha1(
-            f"{len(data)}\n".encode()
-            + data[:SAMPLE_BYTES]
-            + data[max(len(data) - SAMPLE_BYTES, SAMPLE_BYTES) :]
-        ).hexdigest()
-        record["size"] = len(data)
+        tail = data[max(len(data) - SAMPLE_BYTES, SAMPLE_BYTES) :]
+        record.update(size=len(data), sample=_sample_digest(len(data), data[:SAMPLE_BYTES], tail))
         decoded = read_image(data, name=path.name)
     except ImageDecodeError as error:
         if error.transient:
@@ -123,6 +122,8 @@ def _check(path: Path, tensor_size: tuple[int, int] | None) -> tuple[dict, np.nd
             # the row out of the scan cache, so a chmod (which keeps size and mtime) is seen.
             return _record(path.name, problem=error.reason), None
         record["problem"] = error.reason
+        if not record["sample"]:  # refused unread (empty, too large): sampled to be cached
+            record["sample"] = content_sample(path, record["size"])
         return record, None
     record.update(
         width=decoded.image.width,
