@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from celeba_gender.data import CelebADataModule, DataError, build_index
-from celeba_gender.data.cache import ImageTensorCache, cache_folder, decode_rgb
+from celeba_gender.data.cache import ImageTensorCache, decode_rgb, tensor_folder
 
 REPO = Path(__file__).resolve().parents[1]
 FACE = {"top": 30, "left": 0, "height": 178, "width": 178}
@@ -65,8 +65,10 @@ def test_tensor_cache_holds_the_decoded_images_and_is_reused(defective_copy, tmp
     second.prepare_data()
     assert second.index.report["tensor_cache"]["built_now"] is False
     paths = second.index.paths()
+    cache_rows = second.index.images["cache_row"].to_numpy()  # a row per scanned entry
     for row in (0, len(paths) // 2, len(paths) - 1):  # grayscale and CMYK files included
-        assert np.array_equal(second.cache.gather([row])[0], decode_rgb(paths[row], 218, 178))
+        expected = decode_rgb(paths[row], 218, 178)
+        assert np.array_equal(second.cache.gather([cache_rows[row]])[0], expected)
     assert second.index.images["mode"].isin(["L", "CMYK"]).sum() == 2
 
 
@@ -74,9 +76,9 @@ def _build_cache(args) -> bool:
     root, cache = args
     index = build_index(root, cache)
     _, built = ImageTensorCache.build_or_open(
-        index.paths(),
-        index.images["fingerprint"].tolist(),
-        cache_folder(index.layout.image_dir, cache),
+        [index.layout.image_dir / name for name in index.cache_files],
+        index.cache_content,
+        tensor_folder(cache),
         218,
         178,
     )
@@ -272,7 +274,8 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(
 
     def evaluation_view(rows: torch.Tensor) -> torch.Tensor:
         if loader == "cached":
-            raw = torch.from_numpy(reference.cache.gather(rows.numpy()))
+            cache_rows = reference.index.images["cache_row"].to_numpy()[rows.numpy()]
+            raw = torch.from_numpy(reference.cache.gather(cache_rows))
             return reference.transform_batch(raw, train=False)
         transform = reference.datasets["val"].transform
         return torch.stack([transform(Image.open(paths[r]).convert("RGB")) for r in rows.tolist()])

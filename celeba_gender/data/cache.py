@@ -2,23 +2,39 @@
 
 JPEG decoding of the same 178x218 files every epoch is the input bottleneck once a GPU trains
 the model. ``ImageTensorCache`` decodes each usable image once into a uint8 (N, 3, H, W)
-memory-mapped file. It depends only on the image files (not on the split, image size or
-augmentations), so all 30 jobs of a sweep and later runs reuse it.
+memory-mapped file. It depends only on the images' content (not on the split, image size,
+augmentations or where the folder lies), so every job of a sweep, later runs and a copy of
+the folder on a node's local disk reuse it.
+
+Layout under the cache root (data.cache_dir, else $CELEBA_GENDER_CACHE, else
+~/.cache/celeba_gender)::
+
+    scan-v3/<folder name>.csv          file checks, keyed by (name, size, content sample)
+    scan-v3/paths/<folder>-<hash>.csv  per path: (name, size, mtime) -> content sample
+    images/images-HxW-N-<key>.u8       decoded pixels; .json: what and who used it; .lock
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -30,19 +46,40 @@ CACHE_ENV = "CELEBA_GENDER_CACHE"
 # Raise when ``images.decode_image`` gives other pixels for some file (2: every mode read with
 # wide samples scaled, alpha composited, EXIF upright; floats beyond 0..1 stretched).
 DECODE_VERSION = 2
+TENSOR_FOLDER = "images"
+# Said in every message about the cache's disk: the three ways to need less of it there.
+ELSEWHERE = (
+    "point the cache at a disk with room (data.cache_dir=/scratch/$USER/celeba_cache, or "
+    f"{CACHE_ENV}=...), make it smaller (data.cache_size=[109,89]) or decode per image "
+    "without a cache (data.loader=per_sample)"
+)
+# flock fails this way on some NFS, Lustre and FUSE mounts.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
+_warned_no_locks = False
 
 
-def cache_folder(image_dir: Path, cache_dir: Path | None = None) -> Path:
-    """The cache folder of one image folder: ``<cache_dir>/<folder name>-<path hash>``.
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache root: ``cache_dir``, else $CELEBA_GENDER_CACHE, else ~/.cache/celeba_gender
+    (read-only dataset copies work: nothing is written beside the images)."""
+    base = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "celeba_gender"
+    return Path(base).expanduser()
 
-    ``cache_dir`` defaults to $CELEBA_GENDER_CACHE, else ~/.cache/celeba_gender, so read-only
-    dataset copies work and two copies never share entries.
-    """
-    base = cache_dir or Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "celeba_gender"))
-    resolved = str(Path(image_dir).resolve())
-    digest = hashlib.sha1(os.fsencode(resolved)).hexdigest()[:12]  # not UTF-8: still a name
-    parent = Path(resolved).parent.name
-    return Path(base).expanduser() / f"{parent}-{Path(resolved).name}-{digest}"
+
+def tensor_folder(cache_dir: str | Path | None = None) -> Path:
+    return cache_root(cache_dir) / TENSOR_FOLDER
+
+
+def path_hash(path: Path) -> str:
+    """A short hash of a resolved path (bytes: a name that is not UTF-8 still hashes)."""
+    return hashlib.sha1(os.fsencode(str(Path(path).resolve()))).hexdigest()[:12]
+
+
+def legacy_cache_folder(image_dir: Path, cache_dir: str | Path | None = None) -> Path:
+    """Where caches of one image folder lived before they were keyed by content
+    (``<parent>-<folder>-<path hash>``): listed and cleared by ``python -m celeba_gender.data
+    cache``."""
+    resolved = Path(image_dir).resolve()
+    return cache_root(cache_dir) / f"{resolved.parent.name}-{resolved.name}-{path_hash(resolved)}"
 
 
 @contextlib.contextmanager
@@ -98,25 +135,186 @@ def atomic_write(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _warn_no_locks(path: Path, error: OSError) -> None:
+    global _warned_no_locks
+    if _warned_no_locks:
+        return
+    _warned_no_locks = True
+    warnings.warn(
+        f"Cannot lock {path} ({error.strerror or error}): this filesystem does not support "
+        "file locks. Concurrent jobs may build the same cache twice; results stay correct "
+        "because every cache file is replaced atomically.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an advisory lock so concurrent jobs (sweep jobs, DDP ranks) build a cache once."""
+def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an advisory lock so concurrent jobs (sweep jobs, DDP ranks) build a cache once.
+
+    Yields True when held. Non-blocking, yields False when another process holds it. Where the
+    filesystem has no locks (some NFS, Lustre, FUSE mounts) it warns once and yields True
+    unlocked: atomic replaces keep the files whole, at worst work is done twice.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            _warn_no_locks(path, error)
+            yield True
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resized_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """An RGB picture as the cache stores it: uint8 (3, height, width)."""
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image).transpose(2, 0, 1)
 
 
 def decode_rgb(path: Path, height: int, width: int) -> np.ndarray:
     """Decode one image with ``images.decode_image`` (the decode the data scan checked) to a
     uint8 (3, height, width) array. Raises ImageDecodeError for a file that cannot be used."""
-    image = decode_image(path, name=Path(path).name)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image).transpose(2, 0, 1)
+    return resized_rgb(decode_image(path, name=Path(path).name), height, width)
+
+
+def human_bytes(count: int) -> str:
+    """A size for people: GB, MB or kB as fits."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count / 1e3:.1f} kB"
+
+
+def changed_since_scan(image_dir: Path, error: ImageDecodeError) -> DataError:
+    return DataError(
+        f"{image_dir / error.name} changed since the data scan checked it and can no longer "
+        f"be used ({error.reason}). Run again: the scan checks changed files anew and leaves "
+        "broken ones out."
+    )
+
+
+class TensorCacheWriter:
+    """A tensor cache being written: ``<final name>.partial``, its space reserved up front.
+
+    Free space is checked before anything is written, then the whole file is reserved with
+    ``posix_fallocate``, and rows go in with ``os.pwrite``: a full disk or a file size limit
+    is one DataError (the partial file removed), never a SIGBUS from a written memory map,
+    and writing leaves no dirty mapped pages in the process.
+    """
+
+    def __init__(self, partial: Path, count: int, height: int, width: int) -> None:
+        self.partial = partial
+        self.count, self.height, self.width = count, height, width
+        self.row_bytes = 3 * height * width
+        self.bytes = count * self.row_bytes
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(partial.parent).free
+        if self.bytes > free:
+            raise self._no_room(free, "")
+        print(
+            f"Decoding {count} images into a {human_bytes(self.bytes)} cache ({height}x{width}) "
+            f"in {partial.parent}; to put it elsewhere (a node's scratch disk): "
+            f"data.cache_dir=... or {CACHE_ENV}=...",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.posix_fallocate(self._fd, 0, max(self.bytes, 1))
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.discard()
+                raise self._no_room(shutil.disk_usage(partial.parent).free, error) from None
+            os.ftruncate(self._fd, self.bytes)  # no reservation here: pwrite reports ENOSPC
+
+    def _no_room(self, free: int, error: OSError | str) -> DataError:
+        why = f" ({error.strerror or error})" if isinstance(error, OSError) else ""
+        return DataError(
+            f"Not enough room for the decoded-image cache in {self.partial.parent}{why}: "
+            f"{self.count} images at {self.height}x{self.width} need {human_bytes(self.bytes)}, "
+            f"{human_bytes(free)} is free (or a file size limit is lower). Nothing was written; "
+            f"{ELSEWHERE}."
+        )
+
+    def write(self, row: int, pixels: np.ndarray) -> None:
+        data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+        try:
+            os.pwrite(self._fd, data, row * self.row_bytes)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise self._no_room(shutil.disk_usage(self.partial.parent).free, error) from None
+            raise
+
+    def publish(self, path: Path, meta: dict[str, Any]) -> None:
+        """Make the complete file ``path`` (data on disk first), with its JSON beside it."""
+        os.fsync(self._fd)
+        os.fchmod(self._fd, 0o666 & ~current_umask())
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.partial, path)
+        atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.partial.unlink(missing_ok=True)
+
+
+def tensor_cache_path(
+    folder: Path, files: Sequence[Path], content_ids: Sequence[str], height: int, width: int
+) -> Path:
+    """Where the cache of these files lives: named by the decode version, the resolution and
+    every (file name, content id), so any change of content gives a new cache, and a copy of
+    the same files at another path (new mtimes included) finds the same one."""
+    lines = [f"decode-v{DECODE_VERSION}", f"{height}x{width}"]
+    pairs = zip(files, content_ids, strict=True)
+    lines += [f"{Path(file).name}\t{content}" for file, content in pairs]
+    key = hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return folder / f"images-{height}x{width}-{len(files)}-{key}.u8"
+
+
+def tensor_cache_meta(cache: ImageTensorCache, used_by: Path | None, seconds: float) -> dict:
+    count, _, height, width = cache.shape
+    return {
+        "count": count,
+        "height": height,
+        "width": width,
+        "decode_version": DECODE_VERSION,
+        "bytes": cache.bytes,
+        "build_seconds": round(seconds, 3),
+        "image_dirs": [str(used_by)] if used_by else [],
+        "last_used": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def record_use(path: Path, used_by: Path | None) -> None:
+    """Note in the cache's JSON that the image folder ``used_by`` used it, and when (what
+    ``cache --list`` shows). A read-only cache folder goes without."""
+    meta_path = path.with_suffix(".json")
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads(meta_path.read_text())
+        folders = meta.get("image_dirs", [])
+        if used_by is not None and str(used_by) not in folders:
+            folders.append(str(used_by))
+        meta.update(image_dirs=folders, last_used=_now())
+        atomic_write(meta_path, json.dumps(meta, indent=1).encode())
 
 
 class ImageTensorCache:
@@ -126,6 +324,10 @@ class ImageTensorCache:
         self.path = path
         self.shape = (count, 3, height, width)
         self._array: np.memmap | None = None
+
+    @property
+    def bytes(self) -> int:
+        return int(np.prod(self.shape))
 
     @property
     def array(self) -> np.memmap:
@@ -152,51 +354,163 @@ class ImageTensorCache:
     def build_or_open(
         cls,
         files: Sequence[Path],
-        fingerprints: Sequence[str],
+        content_ids: Sequence[str],
         folder: Path,
         height: int,
         width: int,
         workers: int | None = None,
+        used_by: Path | None = None,
     ) -> tuple[ImageTensorCache, bool]:
         """Open the cache for exactly these files, building it first if needed.
 
-        ``fingerprints`` (one per file, e.g. name:size:mtime) key the cache, so any change to
-        the files gives a new cache rather than stale pixels. Returns the cache and whether it
-        was built now.
+        ``content_ids`` (one per file: its content hash; "" leaves its row zero, for a file
+        that is not a usable image) key the cache with the file names (``tensor_cache_path``).
+        ``used_by``: the image folder, recorded for ``cache --list``. Returns the cache and
+        whether it was built now.
         """
-        # The decode's version is part of the key: pixels decoded otherwise are never reused.
-        key_text = "\n".join([f"decode-v{DECODE_VERSION}", *fingerprints])
-        key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
-        path = folder / f"images-{height}x{width}-{len(files)}-{key}.u8"
-        meta_path = path.with_suffix(".json")
+        path = tensor_cache_path(folder, files, content_ids, height, width)
+        cache = cls(path, len(files), height, width)
         with exclusive_lock(path.with_suffix(".lock")):
-            if meta_path.is_file() and path.is_file():
-                return cls(path, len(files), height, width), False
-            partial = path.with_suffix(".partial")
-            target = np.memmap(
-                partial, dtype=np.uint8, mode="w+", shape=(len(files), 3, height, width)
-            )
+            if path.with_suffix(".json").is_file() and path.is_file():
+                record_use(path, used_by)
+                return cache, False
+            start = time.perf_counter()
+            writer = TensorCacheWriter(path.with_suffix(".partial"), len(files), height, width)
 
             def fill(row: int) -> None:
-                target[row] = decode_rgb(files[row], height, width)
+                if content_ids[row]:
+                    writer.write(row, decode_rgb(files[row], height, width))
 
             try:
-                with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-                    list(pool.map(fill, range(len(files))))
+                parallel(fill, range(len(files)), workers)
             except ImageDecodeError as error:
-                del target
-                partial.unlink(missing_ok=True)
-                raise DataError(
-                    f"{Path(files[0]).parent / error.name} changed since the data scan checked "
-                    f"it and can no longer be used ({error.reason}). Run again: the scan "
-                    "checks changed files anew and leaves broken ones out."
-                ) from None
-            target.flush()
-            os.replace(partial, path)
-            atomic_write(
-                meta_path,
-                json.dumps(
-                    {"count": len(files), "height": height, "width": width, "key": key}
-                ).encode(),
+                writer.discard()
+                raise changed_since_scan(Path(files[0]).parent, error) from None
+            except BaseException:
+                writer.discard()
+                raise
+            writer.publish(path, tensor_cache_meta(cache, used_by, time.perf_counter() - start))
+        return cache, True
+
+
+def parallel(work: Callable[[int], Any], items: Sequence | range, workers: int | None) -> list:
+    """``work`` over ``items`` in threads (PIL decoding and hashlib release the GIL)."""
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(work, items))
+
+
+# ----------------------------------------------------------------------------- listing, clearing
+@dataclass
+class CacheEntry:
+    """One cache file (or an old-layout folder) under the cache root, for ``cache --list``."""
+
+    kind: str  # images | scan | scan memo | partial | old layout
+    path: Path
+    bytes: int
+    resolution: str = ""
+    images: int | None = None
+    image_dirs: list[str] = field(default_factory=list)
+    last_used: str = ""
+
+
+_LEGACY_NAME = re.compile(r".+-[0-9a-f]{12}")
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _modified(path: Path) -> str:
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:
+        return ""
+    return datetime.fromtimestamp(stamp, timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def cache_inventory(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """Every cache file under the cache root, biggest first: decoded-image caches (with the
+    image folders that used them and when), scan caches, partial builds and old-layout
+    folders (caches from before they were keyed by content)."""
+    root = cache_root(cache_dir)
+    entries: list[CacheEntry] = []
+    images = root / TENSOR_FOLDER
+    for path in sorted(images.glob("*.u8")):
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        entries.append(
+            CacheEntry(
+                "images",
+                path,
+                _file_bytes(path),
+                f"{meta.get('height', '?')}x{meta.get('width', '?')}",
+                meta.get("count"),
+                list(meta.get("image_dirs", [])),
+                meta.get("last_used", "") or _modified(path),
             )
-        return cls(path, len(files), height, width), True
+        )
+    for path in sorted(images.glob("*.partial")):
+        entries.append(CacheEntry("partial", path, _file_bytes(path), last_used=_modified(path)))
+    for path in sorted(root.glob("scan-v*/*.csv")):
+        shared = [f"every folder named {path.stem}"]
+        entries.append(
+            CacheEntry("scan", path, _file_bytes(path), "", None, shared, _modified(path))
+        )
+    for path in sorted(root.glob("scan-v*/paths/*.csv")):
+        entries.append(CacheEntry("scan memo", path, _file_bytes(path), last_used=_modified(path)))
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if not (folder.is_dir() and _LEGACY_NAME.fullmatch(folder.name)):
+                continue
+            files = [p for p in folder.iterdir() if p.is_file()]
+            if any(p.name.startswith(("scan-v", "images-")) for p in files):
+                size = sum(_file_bytes(p) for p in files)
+                entries.append(CacheEntry("old layout", folder, size, last_used=_modified(folder)))
+    return sorted(entries, key=lambda entry: -entry.bytes)
+
+
+def belongs_to(entry: CacheEntry, image_dir: Path, cache_dir: str | Path | None = None) -> bool:
+    """Whether ``entry`` was made for or used by the copy whose images are in ``image_dir``
+    (a scan cache is shared by every folder of its name and belongs to none)."""
+    resolved = Path(image_dir).resolve()
+    if entry.kind == "images":
+        return str(resolved) in entry.image_dirs
+    if entry.kind == "scan memo":
+        return entry.path.name == f"{resolved.name}-{path_hash(resolved)}.csv"
+    if entry.kind == "old layout":
+        return entry.path == legacy_cache_folder(resolved, cache_dir)
+    if entry.kind == "partial":
+        return entry.path.name == f"fill-{path_hash(resolved)}.partial"
+    return False
+
+
+def remove_cache_entry(entry: CacheEntry) -> bool:
+    """Delete one cache entry unless a process is building it (its lock is held): True when
+    deleted. A run reading a deleted cache keeps reading it (the file lives on while mapped)."""
+    if entry.kind == "old layout":
+        locks = sorted(entry.path.glob("*.lock"))
+        with contextlib.ExitStack() as held:
+            if not all(held.enter_context(exclusive_lock(lock, blocking=False)) for lock in locks):
+                return False
+            shutil.rmtree(entry.path, ignore_errors=True)
+        return not entry.path.exists()
+    if entry.kind in ("images", "partial"):
+        with exclusive_lock(entry.path.with_suffix(".lock"), blocking=False) as held:
+            if not held:
+                return False
+            entry.path.unlink(missing_ok=True)
+            entry.path.with_suffix(".json").unlink(missing_ok=True)
+        return True
+    if entry.kind == "scan memo":  # written atomically, never locked
+        entry.path.unlink(missing_ok=True)
+        return True
+    with exclusive_lock(entry.path.with_suffix(".lock"), blocking=False) as held:
+        if not held:
+            return False
+        entry.path.unlink(missing_ok=True)
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from celeba_gender.data.balance import (
     rebalance_rows,
     sampler_weights,
 )
-from celeba_gender.data.cache import ImageTensorCache, atomic_write, cache_folder
+from celeba_gender.data.cache import ImageTensorCache, atomic_write, tensor_folder
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
@@ -109,23 +110,32 @@ class CelebADataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- reading and caching
     def _ensure_index(self) -> CelebAIndex:
         if self.index is None:
-            self.index = build_index(self.root, self.cache_dir, self.scan_workers)
+            # The cached loader's first run fills its tensor cache during the file check.
+            tensor_size = self.cache_size if self.loader == "cached" else None
+            self.index = build_index(self.root, self.cache_dir, self.scan_workers, tensor_size)
         return self.index
 
     def _ensure_cache(self) -> ImageTensorCache:
         if self.cache is None:
             index = self._ensure_index()
+            image_dir = index.layout.image_dir
+            start = time.perf_counter()
             self.cache, built = ImageTensorCache.build_or_open(
-                index.paths(),
-                index.images["fingerprint"].tolist(),
-                cache_folder(index.layout.image_dir, self.cache_dir),
+                [image_dir / name for name in index.cache_files],
+                index.cache_content,
+                tensor_folder(self.cache_dir),
                 *self.cache_size,
                 workers=self.scan_workers,
+                used_by=image_dir.resolve(),
             )
+            filled = index.report["scan"].get("tensor_cache", {})
             self.index.report["tensor_cache"] = {
                 "file": str(self.cache.path),
                 "shape": list(self.cache.shape),
-                "built_now": built,
+                "bytes": self.cache.bytes,
+                # Built by this run: now, or while the scan checked the files.
+                "built_now": built or filled.get("file") == str(self.cache.path),
+                "seconds": round(time.perf_counter() - start + filled.get("seconds", 0.0), 3),
             }
         return self.cache
 
@@ -163,9 +173,11 @@ class CelebADataModule(L.LightningDataModule):
 
         if self.loader == "cached":
             cache = self._ensure_cache()
+            cache_rows = images["cache_row"].to_numpy(dtype=np.int64)
             for name, rows in rows_by_part.items():
-                # Cache rows follow the index's order, so a row is its own cache position.
-                self.datasets[name] = CachedImageDataset(cache, rows, labels[rows], rows)
+                self.datasets[name] = CachedImageDataset(
+                    cache, cache_rows[rows], labels[rows], rows
+                )
         else:
             paths = index.paths()
             for name, rows in rows_by_part.items():

@@ -17,7 +17,7 @@ from celeba_gender.data.annotations import (
     read_name_value_table,
 )
 from celeba_gender.data.errors import DataError
-from celeba_gender.data.scan import scan_image_folder
+from celeba_gender.data.scan import cache_content_ids, scan_image_folder
 
 IMAGE_EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 MISSING = -1  # identity / partition of an image its file does not list
@@ -47,14 +47,19 @@ def _annotation_warnings(facts: dict) -> list[str]:
 class CelebAIndex:
     """``images``: one row per usable unique image, in file-name order, with columns
     ``file_name`` (annotation name), ``file`` (name on disk), ``male`` (0/1), ``identity``,
-    ``partition``, ``fingerprint``, and every attribute (0/1). ``attributes``: the attribute
-    files' column names other than the label. ``report``: what was found and dropped.
+    ``partition``, ``fingerprint`` (name:size:sha1), ``cache_row`` (its row in the decoded-image
+    cache) and every attribute (0/1). ``attributes``: the attribute files' column names other
+    than the label. ``report``: what was found and dropped. ``cache_files`` and
+    ``cache_content``: every scanned entry in cache row order and what keys its row (""
+    leaves it zero; ``ImageTensorCache.build_or_open``).
     """
 
     layout: DatasetLayout
     images: pd.DataFrame
     report: dict = field(default_factory=dict)
     attributes: list[str] = field(default_factory=list)
+    cache_files: list[str] = field(default_factory=list)
+    cache_content: list[str] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
         return [self.layout.image_dir / name for name in self.images["file"]]
@@ -84,12 +89,20 @@ def _deduplicate(usable: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def build_index(
-    root: str | Path, cache_dir: str | Path | None = None, workers: int | None = None
+    root: str | Path,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    tensor_size: tuple[int, int] | None = None,
 ) -> CelebAIndex:
-    """Read annotations, check every image once (cached), drop duplicates and broken files."""
+    """Read annotations, check every image once (cached), drop duplicates and broken files.
+
+    ``tensor_size`` (height, width): the run will want a decoded-image cache of that size, so
+    files the scan must check fill it in the same pass (``scan_image_folder``).
+    """
     layout = detect_layout(root)
     attributes, attribute_facts = read_attributes(layout.attributes_file)
-    scan, scan_facts = scan_image_folder(layout.image_dir, cache_dir, workers)
+    scan, scan_facts = scan_image_folder(layout.image_dir, cache_dir, workers, tensor_size)
+    scan["cache_row"] = range(len(scan))
 
     problems = scan[scan["problem"] != ""]
     usable, duplicates = _deduplicate(scan[scan["problem"] == ""])
@@ -97,7 +110,9 @@ def build_index(
     unannotated = sorted(usable.loc[~listed, "file"])
     usable = usable[listed]
 
-    frame = usable[["file_name", "file", "size", "mtime_ns", "mode", "format", "width", "height"]]
+    frame = usable[
+        ["file_name", "file", "size", "sha1", "cache_row", "mode", "format", "width", "height"]
+    ]
     frame = frame.join(attributes, on="file_name").rename(columns={LABEL_COLUMN: "male"})
     annotation_warnings = _annotation_warnings(attribute_facts)
     for column, path, allowed in (
@@ -110,9 +125,7 @@ def build_index(
             values, facts = read_name_value_table(path, column, allowed)
             annotation_warnings += _annotation_warnings(facts)
             frame[column] = frame["file_name"].map(values).fillna(MISSING).astype("int64")
-    frame["fingerprint"] = (
-        frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["mtime_ns"].astype(str)
-    )
+    frame["fingerprint"] = frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["sha1"]
     frame = frame.sort_values("file_name", ignore_index=True)
 
     if frame.empty:
@@ -164,9 +177,11 @@ def build_index(
     }
     return CelebAIndex(
         layout=layout,
-        images=frame.drop(columns=["size", "mtime_ns"]),
+        images=frame.drop(columns=["size", "sha1"]),
         report=report,
         attributes=[name for name in attributes.columns if name != LABEL_COLUMN],
+        cache_files=scan["file"].tolist(),
+        cache_content=cache_content_ids(scan),
     )
 
 

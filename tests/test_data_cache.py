@@ -1,0 +1,339 @@
+"""The caches on clusters: keyed by content (a node-local copy reuses them), one decode on a
+first run, disk space checked before writing, locks that degrade on network filesystems,
+and ``python -m celeba_gender.data cache --list | --clear``. Real CelebA files throughout."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, _subset_names, _write_official_annotations, run_script
+
+from celeba_gender.data import CelebADataModule
+from celeba_gender.data import cache as cache_module
+from celeba_gender.data import scan as scan_module
+from celeba_gender.data.__main__ import main as data_main
+from celeba_gender.data.cache import decode_rgb, exclusive_lock, human_bytes
+
+FACE = {"top": 30, "left": 0, "height": 178, "width": 178}
+
+
+def _copy(subset_root: Path, root: Path, count: int = 24) -> list[str]:
+    """An official-layout copy of ``count`` subset images, annotations cut down to them."""
+    names = _subset_names(subset_root, count)
+    (root / "img_align_celeba").mkdir(parents=True)
+    for name in names:
+        # shutil.copy, like cp without -p: the copy's files get new mtimes.
+        shutil.copy(subset_root / "img_align_celeba" / name, root / "img_align_celeba" / name)
+    _write_official_annotations(subset_root, root, names, root / "Anno", root / "Eval")
+    return names
+
+
+def _module(root: Path, cache: Path, **overrides) -> CelebADataModule:
+    options = dict(split="all", image_size=48, face_crop=FACE, cache_dir=cache, num_workers=0)
+    return CelebADataModule(root, **{**options, **overrides})
+
+
+@pytest.fixture
+def full_reads(monkeypatch) -> collections.Counter:
+    """File name -> how many times its whole content was read: by the scan's check
+    (``read_file_bytes``) or by a decode into the image cache (``decode_image``)."""
+    counts: collections.Counter = collections.Counter()
+    read_file_bytes, decode_image = scan_module.read_file_bytes, cache_module.decode_image
+
+    def counted_read(path, name, *args, **kwargs):
+        counts[Path(path).name] += 1
+        return read_file_bytes(path, name, *args, **kwargs)
+
+    def counted_decode(source, *args, **kwargs):
+        counts[Path(source).name] += 1
+        return decode_image(source, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "read_file_bytes", counted_read)
+    monkeypatch.setattr(cache_module, "decode_image", counted_decode)
+    return counts
+
+
+def test_a_first_run_reads_each_file_once(subset_root, tmp_path, full_reads, capsys):
+    root = tmp_path / "celeba"
+    names = _copy(subset_root, root)
+    module = _module(root, tmp_path / "cache")
+    module.prepare_data()
+    module.setup()
+    assert full_reads == dict.fromkeys(names, 1)  # the check and the cache build share a decode
+    tensor = module.summary()["tensor_cache"]
+    assert tensor["built_now"] is True and tensor["seconds"] > 0
+    assert tensor["bytes"] == len(names) * 3 * 218 * 178 == os.path.getsize(tensor["file"])
+    # The cache holds what the decode gives, row by row.
+    for row in range(len(names)):
+        cache_row = module.index.images["cache_row"].iloc[row]
+        expected = decode_rgb(module.index.paths()[row], 218, 178)
+        assert np.array_equal(module.cache.gather([cache_row])[0], expected)
+    # Before building: one line saying how many images, how big, where, how to go elsewhere.
+    said = capsys.readouterr().err
+    assert f"Decoding {len(names)} images into a {human_bytes(tensor['bytes'])} cache" in said
+    assert str(tmp_path / "cache") in said and "data.cache_dir" in said
+
+
+def test_a_copy_at_another_path_reuses_both_caches(subset_root, tmp_path, full_reads):
+    first_root = tmp_path / "celeba"
+    names = _copy(subset_root, first_root)
+    first = _module(first_root, tmp_path / "cache")
+    first.prepare_data()
+    assert first.index.report["tensor_cache"]["built_now"] is True
+    # The same run again: nothing read, not even the content samples (the per-path memo).
+    full_reads.clear()
+    again = _module(first_root, tmp_path / "cache")
+    again.prepare_data()
+    scan = again.index.report["scan"]
+    assert (scan["checked"], scan["sampled"]) == (0, 0) and not full_reads
+    assert again.index.report["tensor_cache"]["built_now"] is False
+
+    # A node-local copy made with cp without -p: other path, other mtimes, same content.
+    copy_root = tmp_path / "node_local" / "celeba"
+    shutil.copytree(first_root, copy_root, copy_function=shutil.copy)
+    original = first_root / "img_align_celeba" / names[0]
+    copied = copy_root / "img_align_celeba" / names[0]
+    assert copied.stat().st_mtime_ns != original.stat().st_mtime_ns
+    full_reads.clear()
+    on_copy = _module(copy_root, tmp_path / "cache")
+    on_copy.prepare_data()
+    scan = on_copy.index.report["scan"]
+    assert (scan["checked"], scan["sampled"]) == (0, len(names))  # 8 KiB each, no decode
+    assert not full_reads
+    tensor = on_copy.index.report["tensor_cache"]
+    assert tensor["built_now"] is False
+    assert tensor["file"] == first.index.report["tensor_cache"]["file"]
+    # The cache records the folders that used it (what `cache --list` shows).
+    meta = json.loads(Path(tensor["file"]).with_suffix(".json").read_text())
+    assert meta["image_dirs"] == [
+        str((first_root / "img_align_celeba").resolve()),
+        str((copy_root / "img_align_celeba").resolve()),
+    ]
+
+    # Other content under the same name on the copy: that file alone is checked again.
+    copied.write_bytes((subset_root / "img_align_celeba" / names[1]).read_bytes())
+    full_reads.clear()
+    changed = _module(copy_root, tmp_path / "cache")
+    changed.prepare_data()
+    assert changed.index.report["scan"]["checked"] == 1
+    assert changed.index.report["tensor_cache"]["built_now"] is True  # other pixels: new cache
+    assert full_reads[names[0]] == 1 and max(full_reads.values()) == 1
+
+
+def test_a_smaller_cache_resolution_is_its_own_file(subset_root, tmp_path):
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=12)
+    full = _module(root, tmp_path / "cache")
+    full.prepare_data()
+    small = _module(root, tmp_path / "cache", cache_size=(64, 52))
+    small.prepare_data()
+    assert small.cache.shape[1:] == (3, 64, 52) and small.cache.path != full.cache.path
+    assert small.cache.path.parent == full.cache.path.parent
+    assert small.index.report["tensor_cache"]["built_now"] is True
+    assert _module(root, tmp_path / "cache").prepare_data() is None  # the full one stays
+    assert full.cache.path.is_file()
+
+
+_BUILD = """
+import sys
+from celeba_gender.data import CelebADataModule, DataError
+module = CelebADataModule({root!r}, split="all", cache_dir={cache!r}, num_workers=0)
+try:
+    module.prepare_data()
+except DataError as error:
+    print(f"error: {{error}}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_file_size_limit_is_a_clear_error_and_leaves_no_partial_file(subset_root, tmp_path):
+    root = tmp_path / "celeba"
+    names = _copy(subset_root, root, count=30)  # a 3.5 MB cache
+    limit = 1 << 20
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    script = _BUILD.format(root=str(root), cache=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        preexec_fn=limited,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.stderr
+    needed = human_bytes(len(names) * 3 * 218 * 178)
+    assert f"need {needed}" in error[0] and "free" in error[0]
+    assert "data.cache_dir" in error[0] and "CELEBA_GENDER_CACHE" in error[0]
+    images = tmp_path / "cache" / "images"
+    assert not [p.name for p in images.iterdir() if p.suffix in (".partial", ".u8", ".json")]
+
+
+def test_a_too_small_filesystem_is_refused_before_writing(subset_root, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        root = tmp_path / "celeba"
+        names = _copy(subset_root, root, count=30)
+        free = shutil.disk_usage(small).free
+        # In a child: a write into a memory map past the disk's end is a SIGBUS, fatal.
+        script = _BUILD.format(root=str(root), cache=str(small / "cache"))
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith("error:") and "Traceback" not in result.stderr
+        sizes = re.search(r"need ([\d.]+) MB, ([\d.]+) MB is free", message)
+        assert sizes, message
+        assert sizes[1] == human_bytes(len(names) * 3 * 218 * 178).split()[0]
+        # Free space as checked, after the scan wrote its few kB (shown to 10 kB).
+        assert abs(float(sizes[2]) * 1e6 - free) < 100_000, (sizes[2], free)
+        assert "data.cache_dir" in message and str(small / "cache" / "images") in message
+        written = [p.name for p in (small / "cache" / "images").iterdir()]
+        assert not [name for name in written if not name.endswith(".lock")], written
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_without_file_locks_it_warns_once_and_goes_on(subset_root, tmp_path, monkeypatch):
+    """flock fails with ENOLCK on some NFS mounts: one warning in plain words, then work."""
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(cache_module.fcntl, "flock", no_locks)
+    monkeypatch.setattr(cache_module, "_warned_no_locks", False)
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = _module(root, tmp_path / "cache")
+        module.prepare_data()  # the scan lock, the fill lock, the image cache's lock
+        _module(root, tmp_path / "cache").prepare_data()
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1, said
+    assert "may build the same cache twice" in said[0] and "atomically" in said[0]
+    assert module.index.report["tensor_cache"]["built_now"] is True
+
+
+def _listed(capsys, *args: str) -> str:
+    capsys.readouterr()
+    assert data_main(["cache", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_cache_list_and_clear(subset_root, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    _copy(subset_root, mine, count=12)
+    _copy(subset_root, other, count=8)  # other content: its own image cache
+    for root, size in ((mine, (218, 178)), (mine, (64, 52)), (other, (218, 178))):
+        _module(root, cache, cache_size=size).prepare_data()
+    # A cache of the layout before content keys (<parent>-<folder>-<path hash>/).
+    legacy = cache_module.legacy_cache_folder(other / "img_align_celeba", cache)
+    legacy.mkdir()
+    (legacy / "scan-v2.csv").write_text("file,size\n")
+
+    listing = _listed(capsys, str(mine), "--list", "--cache-dir", str(cache))
+    lines = listing.splitlines()
+    marked = [line for line in lines if line.startswith("* images")]
+    assert len(marked) == 2 and any("64x52" in line for line in marked)
+    assert len([line for line in lines if line.startswith("  images")]) == 1  # other's
+    assert f"used by {(mine / 'img_align_celeba').resolve()}" in listing
+    assert "old layout" in listing and "scan memo" in listing
+
+    images = cache / "images"
+    other_cache = next(p for p in images.glob("images-218x178-8-*.u8"))
+    memo = scan_module.scan_cache_files(mine / "img_align_celeba", cache)[1]
+    memo_bytes = memo.stat().st_size
+    cleared = _listed(capsys, str(mine), "--clear", "--cache-dir", str(cache))
+    assert sorted(p.name for p in images.glob("*.u8")) == [other_cache.name]
+    removed = [line for line in cleared.splitlines() if line.startswith("removed")]
+    assert len(removed) == 3  # two image caches and the scan memo of this path
+    freed = (12 * 3 * 218 * 178) + (12 * 3 * 64 * 52) + memo_bytes
+    assert f"freed {human_bytes(freed)} ({freed} bytes) in 3 entries" in cleared
+    assert not memo.exists()
+    assert legacy.is_dir()  # another copy's
+
+    # A cache another process is building (its lock held) is never deleted.
+    with exclusive_lock(other_cache.with_suffix(".lock")):
+        held = subprocess.run(
+            [sys.executable, "-m", "celeba_gender.data", "cache", "--clear", "--all",
+             "--cache-dir", str(cache)],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    assert "being built by another process" in held.stdout and other_cache.is_file()
+    assert not legacy.exists() and not list(cache.glob("scan-v3/*.csv"))
+    _listed(capsys, "--clear", "--all", "--cache-dir", str(cache))
+    assert not list(images.glob("*.u8")) and not list(images.glob("*.json"))
+    assert "total: 0.0 kB in 0 entries" in _listed(capsys, "--cache-dir", str(cache))
+
+
+def test_the_data_report_says_where_the_caches_are_and_how_long(subset_root, tmp_path, capsys):
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=12)
+    capsys.readouterr()
+    report = [str(root), "--split", "all", "--cache-dir", str(tmp_path / "c")]
+    assert data_main(report) == 0
+    text = capsys.readouterr().out
+    scan_file = tmp_path / "c" / "scan-v3" / "img_align_celeba.csv"
+    assert f"cache {scan_file}" in text and "12 files checked" in text
+    assert "python -m celeba_gender.data cache" in text
+    assert data_main([*report, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scan"]["seconds"] >= 0 and summary["scan"]["cache_bytes"] > 0
+    module = _module(root, tmp_path / "c")
+    module.prepare_data()
+    facts = module.summary()["tensor_cache"]
+    assert {"file", "bytes", "seconds", "built_now"} <= set(facts)
+
+
+@pytest.mark.slow
+def test_a_48_pixel_run_on_a_64x52_cache_trains_and_evaluates(run_env, smoke_run, tmp_path):
+    """The session's smoke run made the shared full-size cache; a run with a small cache
+    makes its own beside it, and eval uses the checkpoint's cache_size."""
+    run = tmp_path / "run"
+    small = ["data.image_size=48", "data.cache_size=[64,52]"]
+    overrides = ["experiment=smoke", *small, f"hydra.run.dir={run}"]
+    trained = run_script("train.py", *overrides, env=run_env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert summary["tensor_cache"]["shape"][2:] == [64, 52]
+    checkpoint = next((run / "checkpoints").glob("*.ckpt"))
+    evaluated = run_script(
+        "eval.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}", env=run_env
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    eval_summary = json.loads((tmp_path / "eval" / "data_summary.json").read_text())
+    assert eval_summary["tensor_cache"]["file"] == summary["tensor_cache"]["file"]
+    images = Path(run_env["CELEBA_GENDER_CACHE"]) / "images"
+    sizes = {p.name.split("-")[1] for p in images.glob("images-*.u8")}
+    assert {"218x178", "64x52"} <= sizes
