@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,17 +115,52 @@ def _list_folder(image_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
     return current, special
 
 
+def _list_names(image_dir: Path, names: Sequence[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """``_list_folder`` for given relative paths (an image folder tree, a CSV's files): each
+    one stat'ed, a problem row for any that is not a regular file or cannot be stat'ed."""
+    regular: list[tuple[str, int, int]] = []
+    special: list[dict] = []
+    for name in sorted(set(names)):
+        path = image_dir / name
+        try:
+            status = path.stat()
+        except OSError as error:
+            special.append(_record(name, problem=describe_os_error(error, path)))
+            continue
+        if stat.S_ISREG(status.st_mode):
+            regular.append((name, status.st_size, status.st_mtime_ns))
+        else:
+            kind = file_kind(stat.S_IFMT(status.st_mode))
+            special.append(
+                _record(name, status.st_size, status.st_mtime_ns, f"not a regular file ({kind})")
+            )
+    current = pd.DataFrame(regular, columns=["file", "size", "mtime_ns"]).astype(
+        {"file": str, "size": "int64", "mtime_ns": "int64"}
+    )
+    return current, special
+
+
+def _check_named(image_dir: Path, name: str) -> dict:
+    # check_image names a row by the file's base name; a relative path keeps its folders.
+    return {**check_image(image_dir / name), "file": name}
+
+
 def scan_image_folder(
-    image_dir: str | Path, cache_dir: str | Path | None = None, workers: int | None = None
+    image_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Check every non-hidden entry of ``image_dir``, reusing cached results for regular files.
 
+    ``names`` (relative paths under ``image_dir``, '/'-separated) replaces the folder's
+    listing: those files are checked, and the ``file`` column holds the relative path.
     Returns one row per entry (``SCAN_COLUMNS``; entries that are not regular files, or that
     cannot be read, have a ``problem``) and how many were checked versus reused.
     """
     image_dir = Path(image_dir)
     cache_file = _cache_file(image_dir, Path(cache_dir) if cache_dir else None)
-    current, special = _list_folder(image_dir)
+    current, special = _list_folder(image_dir) if names is None else _list_names(image_dir, names)
     cached = _read_cache(cache_file)
     if cached is not None:
         merged = current.merge(cached, on=["file", "size", "mtime_ns"], how="left", indicator=True)
@@ -138,7 +174,7 @@ def scan_image_folder(
     if stale:
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             # PIL decoding and hashlib release the GIL, so threads use every core.
-            checked = pd.DataFrame(list(pool.map(check_image, (image_dir / n for n in stale))))
+            checked = pd.DataFrame(list(pool.map(lambda n: _check_named(image_dir, n), stale)))
     frames = [frame for frame in (reused, checked) if len(frame)]
     files = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCAN_COLUMNS)
     files = files.sort_values("file", ignore_index=True)[SCAN_COLUMNS]
