@@ -165,7 +165,8 @@ class DataSchema:
     )
     csv_columns: dict[str, Optional[str]] = setting(  # noqa: UP045
         check=_csv_columns,
-        allowed="{path: <column>, label: <column>, identity: <column> or null}",
+        allowed="{path: <column>, label: <column>, identity: <column> or null}; path and label "
+        "required",
     )
     split: str = setting(choices=SPLIT_METHODS)
     split_seed: int = setting(ge=0)
