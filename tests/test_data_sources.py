@@ -284,7 +284,8 @@ def test_what_data_root_is_decides_the_source_or_one_error_names_all_three(
     (tmp_path / "photos" / "people").mkdir(parents=True)
     with pytest.raises(
         DataError,
-        match=r"No data layout recognised in .*photos \(its subfolders: people\)\. Expected a "
+        match=r"No CelebA layout recognised in .*photos, nor class folders \(its subfolders: "
+        r"people\)\. Expected a "
         r"CelebA copy .*, a folder with one subfolder per class \(female/ and male/: "
         r"data.class_names\), or a CSV file",
     ):

@@ -146,7 +146,7 @@ def detect_source(
         return "image_folder"
     subfolders = _subfolders(path)
     raise DataError(
-        f"No data layout recognised in {path} (its subfolders: "
+        f"No CelebA layout recognised in {path}, nor class folders (its subfolders: "
         f"{', '.join(subfolders[:10]) or 'none'}). Expected {_accepted(class_names)}."
     )
 
