@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from celeba_gender.data.balance import BALANCE_METHODS
 from celeba_gender.data.datamodule import LOADERS
+from celeba_gender.data.sources import CSV_KEYS, SOURCES
 from celeba_gender.data.splits import SPLIT_METHODS
 from celeba_gender.models.heads import HEADS
 from celeba_gender.training.faults import FAULTS
@@ -137,8 +138,36 @@ def _torchvision_models() -> frozenset[str]:
 
 # --------------------------------------------------------------------------- the schema
 # One dataclass per config node a user sets; each field: its type, and its rule.
+def _class_names(value: Any) -> bool:
+    names = [str(name).strip() for name in value]
+    return (
+        len(names) == 2
+        and all(names)
+        and names[0].casefold() != names[1].casefold()
+        and not {"0", "1"} & set(names)
+    )
+
+
+def _csv_columns(value: Any) -> bool:
+    return (
+        set(value) <= set(CSV_KEYS)
+        and all(bool(value.get(key)) for key in ("path", "label"))
+        and all(name is None or (isinstance(name, str) and name) for name in value.values())
+    )
+
+
 @dataclass
 class DataSchema:
+    source: str = setting(choices=SOURCES)
+    class_names: list[str] = setting(
+        check=_class_names,
+        allowed="2 names (label 0, label 1) that differ whatever their case, not 0 or 1",
+    )
+    csv_columns: dict[str, Optional[str]] = setting(  # noqa: UP045
+        check=_csv_columns,
+        allowed="{path: <column>, label: <column>, identity: <column> or null}; path and label "
+        "required",
+    )
     split: str = setting(choices=SPLIT_METHODS)
     split_seed: int = setting(ge=0)
     split_fractions: list[float] = setting(

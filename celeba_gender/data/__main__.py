@@ -1,4 +1,7 @@
-"""Check a CelebA copy without training: ``python -m celeba_gender.data ROOT [--split identity]``.
+"""Check a data copy without training: ``python -m celeba_gender.data ROOT [--split identity]``.
+
+ROOT is a CelebA copy, a folder with one subfolder per class (female/, male/) or a CSV file of
+path,label[,identity] (``--source``, ``--class-names``, ``--csv-columns``: data.* in conf/).
 
 Prints the same report a training run writes as data_summary.json.
 
@@ -26,6 +29,7 @@ from celeba_gender.data.cache import (
 )
 from celeba_gender.data.datamodule import CelebADataModule
 from celeba_gender.data.errors import DataError
+from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, SOURCES
 from celeba_gender.data.splits import SPLIT_METHODS
 
 LISTED_NAMES = 10  # long lists (unreadable files, duplicates) are cut here; --json has all
@@ -48,6 +52,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"images:   {summary['images_listed']} listed, {summary['images_present']} present, "
         f"{summary['images_usable']} usable; {summary['listed_but_absent']} listed but absent",
         *_named("duplicates dropped", summary["duplicates"]),
+        *_named("same image labelled both ways, left out", summary.get("conflicting_labels", {})),
+        *(
+            _named("listed but absent", summary["absent_files"])
+            if summary.get("absent_files")
+            else []
+        ),
         *_named("unreadable files skipped", summary["unreadable"]),
         *_named("files without annotation", summary["unannotated_files"]),
     ]
@@ -68,6 +78,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{part['female']:6d} female  identities: {part['identities']}"
         )
     lines.append(f"shared identities: {summary['shared_identities']}")
+    if summary.get("identity_disjoint") is not None:
+        lines.append(f"identity_disjoint: {str(summary['identity_disjoint']).lower()}")
+    if summary.get("identity_note"):
+        lines.append(f"    {summary['identity_note']}")
     balance = summary["balance"]
     lines.append(
         f"balance:  {balance['method']}: {balance['train_images_per_epoch']} training images per "
@@ -155,7 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["cache"]:  # a data folder named cache: ./cache
         return _cache_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m celeba_gender.data", description=__doc__)
-    parser.add_argument("root", help="a CelebA folder (official or study layout)")
+    parser.add_argument(
+        "root", help="a CelebA folder (official or study layout), a folder of class folders, a CSV"
+    )
+    parser.add_argument("--source", default="auto", choices=SOURCES)
+    parser.add_argument(
+        "--class-names",
+        default=",".join(DEFAULT_CLASS_NAMES),
+        help="label 0,label 1: class folder names and CSV label values (default: female,male)",
+    )
+    parser.add_argument(
+        "--csv-columns",
+        default="",
+        help="the CSV's column names, e.g. path=file,label=gender (default: path, label, identity)",
+    )
     parser.add_argument("--split", default="identity", choices=SPLIT_METHODS)
     parser.add_argument("--seed", type=int, default=42, help="split seed")
     parser.add_argument("--balance", default="none", choices=BALANCE_METHODS)
@@ -163,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
     try:
+        items = [item for item in args.csv_columns.split(",") if item]
+        if any("=" not in item for item in items):
+            parser.error(f"--csv-columns {args.csv_columns}: expected key=column,... (path=file)")
+        columns = dict(item.split("=", 1) for item in items)
         module = CelebADataModule(
             args.root,
+            source=args.source,
+            class_names=args.class_names.split(","),
+            csv_columns=columns,
             split=args.split,
             split_seed=args.seed,
             balance=args.balance,

@@ -29,10 +29,10 @@ _IMAGE_NAME = re.compile(r"\.(jpe?g|png|webp|bmp|gif|tiff?)$", re.IGNORECASE)
 class DatasetLayout:
     """Where the pieces of one CelebA copy are, and which files were deliberately not used."""
 
-    name: str
+    name: str  # official | study_subset, or a non-CelebA source: image_folder | csv
     root: Path
     image_dir: Path
-    attributes_file: Path
+    attributes_file: Path | None  # None: a source without attributes (image folder, CSV)
     identity_file: Path | None
     partition_file: Path | None
     ignored_files: dict[str, str] = field(default_factory=dict)
@@ -49,6 +49,16 @@ def _first_existing(root: Path, candidates: list[str]) -> Path | None:
         if (root / candidate).exists():
             return root / candidate
     return None
+
+
+# The image folders that make a folder a CelebA copy (official, torchvision's download, study).
+_CELEBA_IMAGE_DIRS = ("img_align_celeba", "celeba/img_align_celeba", "Images")
+
+
+def looks_like_celeba(root: str | Path) -> bool:
+    """Whether ``root`` has one of CelebA's image folders (``detect_layout`` then reads it)."""
+    root = Path(root).expanduser()
+    return any((root / folder).is_dir() for folder in _CELEBA_IMAGE_DIRS)
 
 
 def detect_layout(root: str | Path) -> DatasetLayout:

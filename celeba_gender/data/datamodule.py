@@ -1,4 +1,5 @@
-"""CelebADataModule: from a CelebA folder to train/val/test batches, with a data report."""
+"""CelebADataModule: from a CelebA folder (or an image folder or CSV of another face set) to
+train/val/test batches, with a data report."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from celeba_gender.data.sampling import (
     ignore_stop_signals,
     seed_batch_streams,
 )
+from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, OTHER_SOURCES
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
 
@@ -38,7 +40,9 @@ LOADERS = ("cached", "per_sample")
 
 
 class CelebADataModule(L.LightningDataModule):
-    """Reads a CelebA copy (official or study layout), splits, rebalances and batches it.
+    """Reads a CelebA copy (official or study layout), or another face set as a folder per class
+    or a CSV (``source``, ``class_names``, ``csv_columns``: see ``data/sources.py``), splits,
+    rebalances and batches it.
 
     ``loader='cached'`` decodes every image once into a uint8 memory map and augments whole
     batches on their device in ``on_after_batch_transfer``; ``loader='per_sample'`` decodes
@@ -48,6 +52,9 @@ class CelebADataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
+        source: str = "auto",
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+        csv_columns: Mapping[str, str | None] | None = None,
         split: str = "identity",
         split_seed: int = 42,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -75,6 +82,9 @@ class CelebADataModule(L.LightningDataModule):
         if loader not in LOADERS:
             raise DataError(f"Unknown data.loader '{loader}'; choose one of {', '.join(LOADERS)}.")
         self.root = Path(root).expanduser()
+        self.source = source
+        self.class_names = [str(name) for name in class_names]
+        self.csv_columns = dict(csv_columns) if csv_columns else None
         self.split = split
         self.split_seed = split_seed
         self.split_fractions = [float(f) for f in split_fractions]
@@ -112,7 +122,15 @@ class CelebADataModule(L.LightningDataModule):
         if self.index is None:
             # The cached loader's first run fills its tensor cache during the file check.
             tensor_size = self.cache_size if self.loader == "cached" else None
-            self.index = build_index(self.root, self.cache_dir, self.scan_workers, tensor_size)
+            self.index = build_index(
+                self.root,
+                self.cache_dir,
+                self.scan_workers,
+                tensor_size,
+                source=self.source,
+                class_names=self.class_names,
+                csv_columns=self.csv_columns,
+            )
         return self.index
 
     def _ensure_cache(self) -> ImageTensorCache:
@@ -157,6 +175,9 @@ class CelebADataModule(L.LightningDataModule):
             seed=self.split_seed,
             fractions=self.split_fractions,
             train_per_class=self.seed_protocol_train_per_class,
+            # Image folders and CSVs often name no person: those images split one by one
+            # (the report says so); a CelebA copy without identity_CelebA.txt is refused.
+            unknown_identity_alone=not self._is_celeba(),
         ).to_numpy()
         self.parts = {name: np.flatnonzero(part == name) for name in PARTS}
         labels = images["male"].to_numpy(dtype=np.int64)
@@ -194,6 +215,9 @@ class CelebADataModule(L.LightningDataModule):
                 )
         if self.summary_path is not None and self._is_global_zero():
             self.write_summary(self.summary_path)
+
+    def _is_celeba(self) -> bool:
+        return self._ensure_index().layout.name not in OTHER_SOURCES
 
     def _is_global_zero(self) -> bool:
         if self.trainer is not None:
@@ -302,6 +326,12 @@ class CelebADataModule(L.LightningDataModule):
         """``requested`` attribute names checked against the annotation file; ``["all"]``
         stands for every attribute but the label (multi-task training targets)."""
         available = self._ensure_index().attributes
+        if requested and not self._is_celeba():
+            raise DataError(
+                f"attribute_targets={list(requested)} needs CelebA's attribute file, but "
+                f"{self.index.layout.root} is an {self.index.layout.name} source (labels only). "
+                "Use attribute_targets=[]."
+            )
         if list(requested) == ["all"]:
             return list(available)
         unknown = [name for name in requested if name not in available]
@@ -349,6 +379,7 @@ class CelebADataModule(L.LightningDataModule):
             f"{a}-{b}": len(identities[a] & identities[b])
             for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
         }
+        disjoint, identity_note = self._identity_disjointness(shared)
         train_labels = images["male"].to_numpy(dtype=np.int64)[self.train_rows]
         balance: dict[str, Any] = {
             "method": self.balance,
@@ -375,12 +406,33 @@ class CelebADataModule(L.LightningDataModule):
             },
             "parts": parts,
             "shared_identities": shared,
+            "identity_disjoint": disjoint,
+            "identity_note": identity_note,
             "balance": balance,
             "loader": self.loader,
             "image_size": self.image_size,
             "face_crop": self.face_crop,
             "augmentations": self.augmentations,
         }
+
+    def _identity_disjointness(self, shared: Mapping[str, int]) -> tuple[bool | None, str | None]:
+        """Whether no person is in two parts (None: fewer than two parts hold images), and a
+        sentence when that cannot be known for every image."""
+        images = self.index.images
+        if sum(len(rows) > 0 for rows in self.parts.values()) < 2:
+            return None, None
+        unknown = int((images["identity"] == MISSING).sum())
+        if not unknown:
+            return not any(shared.values()), None
+        where = {
+            "image_folder": "person folders (<class>/<person>/image)",
+            "csv": "an identity column (data.csv_columns.identity)",
+        }.get(self.index.layout.name, "an identity file (identity_CelebA.txt)")
+        return False, (
+            f"{unknown} of {len(images)} images have no identity: the split keeps known "
+            "identities apart but cannot keep unknown ones apart; give "
+            f"{where} for an identity-disjoint split."
+        )
 
     def write_summary(self, path: str | Path) -> Path:
         path = Path(path)

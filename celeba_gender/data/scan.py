@@ -18,6 +18,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,13 +103,17 @@ def content_sample(path: Path, size: int) -> str:
         os.close(descriptor)
 
 
-def _check(path: Path, tensor_size: tuple[int, int] | None) -> tuple[dict, np.ndarray | None]:
-    """``check_image``, and the picture at ``tensor_size`` when asked and usable."""
+def _check(
+    path: Path, tensor_size: tuple[int, int] | None, name: str | None = None
+) -> tuple[dict, np.ndarray | None]:
+    """``check_image``, and the picture at ``tensor_size`` when asked and usable. The row is
+    named ``name`` (a relative path under the scanned folder), else by the file's name."""
+    name = name or path.name
     try:
         status = path.stat()
     except OSError as error:
-        return _record(path.name, problem=describe_os_error(error, path)), None
-    record = _record(path.name, status.st_size, status.st_mtime_ns)
+        return _record(name, problem=describe_os_error(error, path)), None
+    record = _record(name, status.st_size, status.st_mtime_ns)
     try:
         data = read_file_bytes(path, path.name)
         record["sha1"] = hashlib.sha1(data).hexdigest()
@@ -120,7 +125,7 @@ def _check(path: Path, tensor_size: tuple[int, int] | None) -> tuple[dict, np.nd
         if error.transient:
             # Not the content's fault (permission denied, gone, out of memory): size -1 keeps
             # the row out of the scan cache, so a chmod (which keeps size and mtime) is seen.
-            return _record(path.name, problem=error.reason), None
+            return _record(name, problem=error.reason), None
         record["problem"] = error.reason
         if not record["sample"]:  # refused unread (empty, too large): sampled to be cached
             record["sample"] = content_sample(path, record["size"])
@@ -185,6 +190,31 @@ def _list_folder(image_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
     return current, special
 
 
+def _list_names(image_dir: Path, names: Sequence[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """``_list_folder`` for given relative paths (an image folder tree, a CSV's files): each
+    one stat'ed, a problem row for any that is not a regular file or cannot be stat'ed."""
+    regular: list[tuple[str, int, int]] = []
+    special: list[dict] = []
+    for name in sorted(set(names)):
+        path = image_dir / name
+        try:
+            status = path.stat()
+        except OSError as error:
+            special.append(_record(name, problem=describe_os_error(error, path)))
+            continue
+        if stat.S_ISREG(status.st_mode):
+            regular.append((name, status.st_size, status.st_mtime_ns))
+        else:
+            kind = file_kind(stat.S_IFMT(status.st_mode))
+            special.append(
+                _record(name, status.st_size, status.st_mtime_ns, f"not a regular file ({kind})")
+            )
+    current = pd.DataFrame(regular, columns=["file", "size", "mtime_ns"]).astype(
+        {"file": str, "size": "int64", "mtime_ns": "int64"}
+    )
+    return current, special
+
+
 def _split_reused(current: pd.DataFrame, cached: pd.DataFrame | None):
     """Rows of ``current`` (with their samples) found in the scan cache, and the names not."""
     if cached is None:
@@ -199,6 +229,7 @@ def scan_image_folder(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     tensor_size: tuple[int, int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Check every non-hidden entry of ``image_dir``, reusing cached results for regular files.
 
@@ -207,12 +238,14 @@ def scan_image_folder(
     sampled (8 KiB read) and reused, the cache files, the seconds taken. With ``tensor_size``
     (height, width), files that must be checked also fill the decoded-image cache of the whole
     listing, one row per entry in this order (``tensor_cache`` in the facts), unless it exists.
+    ``names`` (relative paths under ``image_dir``, '/'-separated) replaces the folder's
+    listing: those files are checked, and the ``file`` column holds the relative path.
     """
     start = time.perf_counter()
     image_dir = Path(image_dir)
     cache_dir = Path(cache_dir) if cache_dir else None
     scan_file, memo_file = scan_cache_files(image_dir, cache_dir)
-    current, special = _list_folder(image_dir)
+    current, special = _list_folder(image_dir) if names is None else _list_names(image_dir, names)
     memo = _read_table(memo_file, _MEMO_COLUMNS)
     if memo is not None:
         current = current.merge(memo, on=["file", "size", "mtime_ns"], how="left")
@@ -240,7 +273,9 @@ def scan_image_folder(
                     image_dir, current, reused, stale, special, cache_dir, tensor_size, workers
                 )
             elif stale:
-                checked_rows = parallel(lambda name: check_image(image_dir / name), stale, workers)
+                checked_rows = parallel(
+                    lambda name: _check(image_dir / name, None, name)[0], stale, workers
+                )
             # Only files whose content was checked: a vanished or unreadable file's row (size
             # -1) must be checked again next time.
             _merge_into_cache(scan_file, [row for row in checked_rows if row["size"] >= 0])
@@ -301,7 +336,7 @@ def _check_and_fill(
 
         def work(name: str) -> dict | None:
             if name in stale_set:
-                record, pixels = _check(image_dir / name, tensor_size)
+                record, pixels = _check(image_dir / name, tensor_size, name)
             elif name in usable_reused:
                 record, pixels = None, decode_rgb(image_dir / name, height, width)
             else:

@@ -21,13 +21,21 @@ SPLIT_METHODS = ("identity", "seed_protocol", "official", "all")
 PARTS = ("train", "val", "test")
 
 
-def identity_split(images: pd.DataFrame, seed: int, fractions: Sequence[float]) -> pd.Series:
+def identity_split(
+    images: pd.DataFrame,
+    seed: int,
+    fractions: Sequence[float],
+    unknown_identity_alone: bool = False,
+) -> pd.Series:
     """Shuffle identities and fill train, val, test in turn up to the fractions of images.
 
     Identities are split separately by their majority gender, so every part keeps about the
-    dataset's class ratio while no identity is in two parts.
+    dataset's class ratio while no identity is in two parts. An image without identity is
+    refused, or with ``unknown_identity_alone`` (sources that often name no person: an image
+    folder, a CSV) is a group of its own: such a split is not identity-disjoint.
     """
-    if (images["identity"] == MISSING).any():
+    missing = images["identity"] == MISSING
+    if missing.any() and not unknown_identity_alone:
         missing = images.loc[images["identity"] == MISSING, "file_name"].head(5).tolist()
         raise DataError(
             f"split=identity needs an identity for every image, but "
@@ -40,7 +48,10 @@ def identity_split(images: pd.DataFrame, seed: int, fractions: Sequence[float]) 
             f"got {list(fractions)}"
         )
     rng = np.random.default_rng(seed)
-    per_identity = images.groupby("identity")["male"].agg(["size", "mean"])
+    # Unknown identities numbered after the known ones: each image its own group.
+    first_free = int(images["identity"].max()) + 1
+    person = images["identity"].mask(missing, first_free + np.cumsum(missing) - 1)
+    per_identity = images.groupby(person)["male"].agg(["size", "mean"])
     part = pd.Series(index=per_identity.index, dtype=object)
     for _, group in per_identity.groupby(per_identity["mean"] >= 0.5):
         order = group.index.to_numpy()[rng.permutation(len(group))]
@@ -50,7 +61,7 @@ def identity_split(images: pd.DataFrame, seed: int, fractions: Sequence[float]) 
         midpoints = (np.cumsum(counts) - counts / 2) / counts.sum()
         bounds = np.cumsum(fractions)[:-1]
         part.loc[order] = np.array(PARTS)[np.searchsorted(bounds, midpoints, side="right")]
-    return images["identity"].map(part).rename("part")
+    return person.map(part).rename("part")
 
 
 def seed_protocol_split(images: pd.DataFrame, seed: int, train_per_class: int) -> pd.Series:
@@ -87,10 +98,11 @@ def assign_split(
     seed: int = 42,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     train_per_class: int = 1500,
+    unknown_identity_alone: bool = False,
 ) -> pd.Series:
     """The part ('train', 'val' or 'test') of every row of ``images``."""
     if method == "identity":
-        return identity_split(images, seed, fractions)
+        return identity_split(images, seed, fractions, unknown_identity_alone)
     if method == "seed_protocol":
         return seed_protocol_split(images, seed, train_per_class)
     if method == "official":
