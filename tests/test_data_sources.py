@@ -409,3 +409,41 @@ def test_train_on_one_source_and_evaluate_on_the_other(
         assert predictions["file_name"].str.match(r"(female|male)/").all()
     accuracy = ((predictions["p_male"] > 0.5) == (predictions["label"] == 1)).mean()
     assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- review fixes
+def test_a_split_not_by_identity_does_not_claim_to_keep_identities_apart(
+    sources, cache_dir, tmp_path
+):
+    lines = sources.csv.read_text().splitlines()
+    # Every other row without identity: seed_protocol draws images, known persons or not.
+    rows = [
+        lines[0],
+        *(row if n % 2 else row[: row.rfind(",") + 1] for n, row in enumerate(lines[1:])),
+    ]
+    path = sources.csv.parent / "half_known.csv"
+    path.write_text("\n".join(rows) + "\n")
+    module = _module(path, cache_dir, split="seed_protocol", seed_protocol_train_per_class=20)
+    summary = module.summary()
+    assert summary["identity_disjoint"] is False
+    note = summary["identity_note"]
+    assert note.startswith(
+        f"{IMAGES // 2} of {IMAGES} images have no identity, and split=seed_protocol does not "
+        "keep persons apart (only split=identity does"
+    )
+    assert "keeps known identities apart" not in note
+    # split=identity on the same file still says what it does.
+    identity = _module(path, cache_dir).summary()["identity_note"]
+    assert "the split keeps known identities apart" in identity
+
+
+def test_class_names_that_make_male_label_0_are_refused(sources, cache_dir):
+    # Swapped, the models' P(label 1) would be written as p_male and compared with CelebA's Male.
+    for names in (["male", "female"], ["Male", "woman"], ["man", "Female"]):
+        with pytest.raises(DataError, match=r"label 1 is male .*name the female class first"):
+            build_index(sources.folder, cache_dir, class_names=names)
+    with pytest.raises(ConfigError, match=r"data.class_names=\['male', 'female'\] is not allowed"):
+        validate(_compose("data.class_names=[male,female]"), TrainSchema)
+    # Names are read as CSV cells are, stripped: ' Female' and 'MALE ' still label the rows.
+    index = build_index(sources.csv, cache_dir, class_names=[" female", "male "])
+    assert index.images["male"].sum() == sum(sources.male.values())

@@ -75,16 +75,24 @@ def _accepted(class_names: Sequence[str]) -> str:
 
 def check_class_names(class_names: Sequence[str]) -> tuple[str, str]:
     """The two class names (label 0, label 1), distinct whatever their case."""
-    names = tuple(str(name) for name in class_names)
-    if len(names) != 2 or any(not name.strip() for name in names):
+    names = tuple(str(name).strip() for name in class_names)  # CSV cells are read stripped
+    if len(names) != 2 or not all(names):
         raise DataError(
             f"data.class_names must be two names (label 0, label 1), e.g. [female, male]; "
             f"got {list(class_names)}."
         )
-    if names[0].casefold() == names[1].casefold() or {"0", "1"} & {n.strip() for n in names}:
+    if names[0].casefold() == names[1].casefold() or {"0", "1"} & set(names):
         raise DataError(
             f"data.class_names {list(names)}: the two names must differ in more than case and "
             "not be 0 or 1 (those are accepted as labels anyway)."
+        )
+    # The models' output is P(label 1), written as p_male and compared with CelebA's Male:
+    # [male, female] would silently invert every label, prediction and metric.
+    if names[0].casefold() == "male" or names[1].casefold() == "female":
+        raise DataError(
+            f"data.class_names {list(names)}: label 1 is male (the models predict P(male), as "
+            "CelebA's Male attribute), so name the female class first: [female, male] or, "
+            "for other folder or label names, [<female name>, <male name>]."
         )
     return names  # type: ignore[return-value]
 
