@@ -447,3 +447,42 @@ def test_class_names_that_make_male_label_0_are_refused(sources, cache_dir):
     # Names are read as CSV cells are, stripped: ' Female' and 'MALE ' still label the rows.
     index = build_index(sources.csv, cache_dir, class_names=[" female", "male "])
     assert index.images["male"].sum() == sum(sources.male.values())
+
+
+def test_the_analysis_of_a_run_on_a_csv_says_what_is_true(sources, run_env, tmp_path):
+    # The CSV's own column names: the analysis must read them from the run's config.
+    table = pd.read_csv(sources.csv, dtype=str)
+    renamed = sources.csv.parent / "renamed.csv"
+    table.rename(columns={"path": "file", "label": "gender", "identity": "person"}).to_csv(
+        renamed, index=False
+    )
+    sweep = tmp_path / "sweep"
+    trained = run_script(
+        "train.py",
+        "experiment=smoke",
+        f"data.root={renamed}",
+        "data.csv_columns={path: file, label: gender, identity: person}",
+        f"hydra.run.dir={sweep / '0_csv'}",
+        env=run_env,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    analysis = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.analysis", str(sweep), "--no-notebook"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **run_env},
+    )
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
+    report = (sweep / "report" / "report.md").read_text()
+    assert "does not exist or is not a folder" not in report
+    assert (
+        f"0_csv: no fairness slices ({renamed} is a CSV source (data.source=csv): it has labels "
+        "but no CelebA attributes to slice by" in report
+    )
+    # Every test image's person is in the CSV: the bootstrap resamples persons.
+    runs = pd.read_csv(sweep / "report" / "runs.csv")
+    assert runs["resampled"].tolist() == ["identities"]
+    # The worst-images grid finds the images beside the CSV.
+    assert "no worst-images grid" not in report
+    assert (sweep / "report" / "figures" / "worst_images.png").is_file()

@@ -29,6 +29,7 @@ from celeba_gender.data.annotations import (
     _check_utf8,
     _duplicate_facts,
     _read_text,
+    detect_layout,
     looks_like_celeba,
 )
 from celeba_gender.data.errors import DataError
@@ -383,3 +384,22 @@ def read_source(
     if source == "csv":
         return read_csv_source(root, class_names, csv_columns)
     raise DataError(f"read_source reads image_folder or csv sources, not '{source}'.")
+
+
+def source_image_dir(
+    root: str | Path, source: str = "auto", class_names: Sequence[str] = DEFAULT_CLASS_NAMES
+) -> Path:
+    """The folder a run's file names (predictions' ``file_name``) are relative to: a CelebA
+    copy's image folder, an image folder source's root, a CSV's own folder."""
+    kind = detect_source(root, source, class_names)
+    if kind == "celeba":
+        return detect_layout(root).image_dir
+    path = Path(root).expanduser()
+    return path.parent if kind == "csv" else path
+
+
+def source_identities(labelled: LabelledFiles) -> pd.Series:
+    """Identity by file name as a run's predictions name it (``listed_as``), for the images
+    whose source names one."""
+    files = labelled.files[labelled.files["identity"] != ""]
+    return pd.Series(files["identity"].to_numpy(), index=files["listed_as"].to_numpy())
