@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import run_script
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import celeba_gender.config  # noqa: F401  (resolvers)
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
@@ -486,3 +487,26 @@ def test_the_analysis_of_a_run_on_a_csv_says_what_is_true(sources, run_env, tmp_
     # The worst-images grid finds the images beside the CSV.
     assert "no worst-images grid" not in report
     assert (sweep / "report" / "figures" / "worst_images.png").is_file()
+
+
+def test_a_run_from_before_the_source_settings_resumes_at_their_defaults(run_env, tmp_path):
+    run = (
+        "experiment=smoke",
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_last=true",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        "checkpoint_every_n_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    killed = run_script("train.py", *run, "fault.kill_at_step=3", env=run_env)
+    assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
+        config = OmegaConf.load(saved)
+        for key in ("source", "class_names", "csv_columns"):
+            config.data.pop(key)
+        OmegaConf.save(config, saved)
+    changed = run_script("train.py", *run, "resume=true", "data.source=celeba", env=run_env)
+    assert changed.returncode == 2 and "data.source: 'auto' -> 'celeba'" in changed.stderr
+    resumed = run_script("train.py", *run, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"
