@@ -36,7 +36,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from celeba_gender.data.balance import BALANCE_METHODS
 from celeba_gender.data.datamodule import LOADERS
-from celeba_gender.data.sources import CSV_KEYS, SOURCES
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
 from celeba_gender.data.splits import SPLIT_METHODS
 from celeba_gender.models.heads import HEADS
 from celeba_gender.training.faults import FAULTS
@@ -139,13 +140,11 @@ def _torchvision_models() -> frozenset[str]:
 # --------------------------------------------------------------------------- the schema
 # One dataclass per config node a user sets; each field: its type, and its rule.
 def _class_names(value: Any) -> bool:
-    names = [str(name).strip() for name in value]
-    return (
-        len(names) == 2
-        and all(names)
-        and names[0].casefold() != names[1].casefold()
-        and not {"0", "1"} & set(names)
-    )
+    try:
+        check_class_names(list(value))
+    except DataError:
+        return False
+    return True
 
 
 def _csv_columns(value: Any) -> bool:
@@ -161,7 +160,8 @@ class DataSchema:
     source: str = setting(choices=SOURCES)
     class_names: list[str] = setting(
         check=_class_names,
-        allowed="2 names (label 0, label 1) that differ whatever their case, not 0 or 1",
+        allowed="2 names (label 0: female, label 1: male) that differ whatever their case, not 0 "
+        "or 1",
     )
     csv_columns: dict[str, Optional[str]] = setting(  # noqa: UP045
         check=_csv_columns,

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import run_script
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import celeba_gender.config  # noqa: F401  (resolvers)
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
@@ -409,3 +410,103 @@ def test_train_on_one_source_and_evaluate_on_the_other(
         assert predictions["file_name"].str.match(r"(female|male)/").all()
     accuracy = ((predictions["p_male"] > 0.5) == (predictions["label"] == 1)).mean()
     assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- review fixes
+def test_a_split_not_by_identity_does_not_claim_to_keep_identities_apart(
+    sources, cache_dir, tmp_path
+):
+    lines = sources.csv.read_text().splitlines()
+    # Every other row without identity: seed_protocol draws images, known persons or not.
+    rows = [
+        lines[0],
+        *(row if n % 2 else row[: row.rfind(",") + 1] for n, row in enumerate(lines[1:])),
+    ]
+    path = sources.csv.parent / "half_known.csv"
+    path.write_text("\n".join(rows) + "\n")
+    module = _module(path, cache_dir, split="seed_protocol", seed_protocol_train_per_class=20)
+    summary = module.summary()
+    assert summary["identity_disjoint"] is False
+    note = summary["identity_note"]
+    assert note.startswith(
+        f"{IMAGES // 2} of {IMAGES} images have no identity, and split=seed_protocol does not "
+        "keep persons apart (only split=identity does"
+    )
+    assert "keeps known identities apart" not in note
+    # split=identity on the same file still says what it does.
+    identity = _module(path, cache_dir).summary()["identity_note"]
+    assert "the split keeps known identities apart" in identity
+
+
+def test_class_names_that_make_male_label_0_are_refused(sources, cache_dir):
+    # Swapped, the models' P(label 1) would be written as p_male and compared with CelebA's Male.
+    for names in (["male", "female"], ["Male", "woman"], ["man", "Female"]):
+        with pytest.raises(DataError, match=r"label 1 is male .*name the female class first"):
+            build_index(sources.folder, cache_dir, class_names=names)
+    with pytest.raises(ConfigError, match=r"data.class_names=\['male', 'female'\] is not allowed"):
+        validate(_compose("data.class_names=[male,female]"), TrainSchema)
+    # Names are read as CSV cells are, stripped: ' Female' and 'MALE ' still label the rows.
+    index = build_index(sources.csv, cache_dir, class_names=[" female", "male "])
+    assert index.images["male"].sum() == sum(sources.male.values())
+
+
+def test_the_analysis_of_a_run_on_a_csv_says_what_is_true(sources, run_env, tmp_path):
+    # The CSV's own column names: the analysis must read them from the run's config.
+    table = pd.read_csv(sources.csv, dtype=str)
+    renamed = sources.csv.parent / "renamed.csv"
+    table.rename(columns={"path": "file", "label": "gender", "identity": "person"}).to_csv(
+        renamed, index=False
+    )
+    sweep = tmp_path / "sweep"
+    trained = run_script(
+        "train.py",
+        "experiment=smoke",
+        f"data.root={renamed}",
+        "data.csv_columns={path: file, label: gender, identity: person}",
+        f"hydra.run.dir={sweep / '0_csv'}",
+        env=run_env,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    analysis = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.analysis", str(sweep), "--no-notebook"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **run_env},
+    )
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
+    report = (sweep / "report" / "report.md").read_text()
+    assert "does not exist or is not a folder" not in report
+    assert (
+        f"0_csv: no fairness slices ({renamed} is a CSV source (data.source=csv): it has labels "
+        "but no CelebA attributes to slice by" in report
+    )
+    # Every test image's person is in the CSV: the bootstrap resamples persons.
+    runs = pd.read_csv(sweep / "report" / "runs.csv")
+    assert runs["resampled"].tolist() == ["identities"]
+    # The worst-images grid finds the images beside the CSV.
+    assert "no worst-images grid" not in report
+    assert (sweep / "report" / "figures" / "worst_images.png").is_file()
+
+
+def test_a_run_from_before_the_source_settings_resumes_at_their_defaults(run_env, tmp_path):
+    run = (
+        "experiment=smoke",
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_last=true",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        "checkpoint_every_n_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    killed = run_script("train.py", *run, "fault.kill_at_step=3", env=run_env)
+    assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
+        config = OmegaConf.load(saved)
+        for key in ("source", "class_names", "csv_columns"):
+            config.data.pop(key)
+        OmegaConf.save(config, saved)
+    changed = run_script("train.py", *run, "resume=true", "data.source=celeba", env=run_env)
+    assert changed.returncode == 2 and "data.source: 'auto' -> 'celeba'" in changed.stderr
+    resumed = run_script("train.py", *run, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"

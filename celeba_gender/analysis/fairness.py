@@ -16,13 +16,23 @@ from scipy import stats
 from celeba_gender.analysis.statistics import correct
 from celeba_gender.data import DataError
 from celeba_gender.data.annotations import canonical_name, detect_layout, read_attributes
+from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, detect_source, source_image_dir
 
 GENDERS = {0: "female", 1: "male"}
 
 
 @cache
-def attributes_of(data_root: str) -> pd.DataFrame:
+def attributes_of(
+    data_root: str, source: str = "auto", class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES
+) -> pd.DataFrame:
     """The 0/1 attribute table of a CelebA copy, indexed by file name (read once per root)."""
+    kind = detect_source(data_root, source, class_names)
+    if kind != "celeba":
+        raise DataError(
+            f"{data_root} is {'a CSV' if kind == 'csv' else 'an image folder'} source "
+            f"(data.source={kind}): it has labels but no CelebA attributes to slice by; the "
+            "slices need a run tested on a CelebA copy."
+        )
     return read_attributes(detect_layout(data_root).attributes_file)[0]
 
 
@@ -110,4 +120,4 @@ def _cell_name(row: pd.Series) -> str:
 
 def image_path(data_root: str | Path, file_name: str) -> Path:
     """Where a test image lives in its copy (for the worst-images grid)."""
-    return detect_layout(data_root).image_dir / file_name
+    return source_image_dir(data_root) / file_name

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,8 @@ from celeba_gender.analysis.statistics import (
 )
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data import DataError
-from celeba_gender.data.annotations import detect_layout
+from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, source_image_dir
+from celeba_gender.training.resume import saved_config
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_study.csv"
@@ -124,12 +126,23 @@ def _data_root(settings: DictConfig, run: pd.Series) -> str | None:
     )
 
 
+def _source_settings(run: pd.Series) -> dict[str, Any]:
+    """The run's data.source, data.class_names and data.csv_columns (hashable; the defaults
+    for a run from before those settings): how its data_root is read."""
+    data = (saved_config(Path(run["run_dir"])) or {}).get("data") or {}
+    return {
+        "source": data.get("source") or "auto",
+        "class_names": tuple(data.get("class_names") or DEFAULT_CLASS_NAMES),
+        "csv_columns": tuple((data.get("csv_columns") or {}).items()),
+    }
+
+
 def _identities(settings: DictConfig, run: pd.Series) -> pd.Series | None:
-    """Celebrity by file name in the run's CelebA copy (None: unknown; bootstraps then resample
+    """Person by file name in the run's data (None: unknown; bootstraps then resample
     images)."""
     data_root = _data_root(settings, run)
     try:
-        return identities_of(data_root) if data_root else None
+        return identities_of(data_root, **_source_settings(run)) if data_root else None
     except DataError:
         return None
 
@@ -214,10 +227,11 @@ def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
     cells = None
     data_root = _data_root(settings, run)
     if data_root:
+        source = _source_settings(run)
         try:
             cells = subgroup_table(
                 predictions,
-                attributes_of(data_root),
+                attributes_of(data_root, source["source"], source["class_names"]),
                 list(settings.fairness.attributes),
                 settings.fairness.min_group_size,
                 boot.confidence,
@@ -343,7 +357,8 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
     data_root = analysis.data_root(best_run)
     if data_root:
         try:
-            image_dir = detect_layout(data_root).image_dir
+            source = _source_settings(best_run)
+            image_dir = source_image_dir(data_root, source["source"], source["class_names"])
             result["worst_images"] = figures.worst_images(
                 analysis.predictions(best_run["job"]),
                 image_dir,

@@ -28,6 +28,12 @@ from torchmetrics.functional.classification import (
 
 from celeba_gender.analysis.collect import METRICS
 from celeba_gender.data.annotations import canonical_name, detect_layout, read_name_value_file
+from celeba_gender.data.sources import (
+    DEFAULT_CLASS_NAMES,
+    detect_source,
+    read_source,
+    source_identities,
+)
 
 # One configuration: runs that differ only by seed. Runs of different experiments found in
 # one folder are never averaged together.
@@ -62,9 +68,18 @@ def metric_values(labels: np.ndarray, p_male: np.ndarray, threshold: float = 0.5
 
 
 @cache
-def identities_of(data_root: str) -> pd.Series:
-    """Celebrity identity by file name of a CelebA copy (read once per root); empty when the
-    copy has no identity file."""
+def identities_of(
+    data_root: str,
+    source: str = "auto",
+    class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES,
+    csv_columns: tuple[tuple[str, str | None], ...] = (),
+) -> pd.Series:
+    """Person identity by file name (read once per root): a CelebA copy's identity file, an
+    image folder's person folders or a CSV's identity column (``source``, ``class_names``,
+    ``csv_columns``: the run's data settings); empty when the data names none."""
+    kind = detect_source(data_root, source, class_names)
+    if kind != "celeba":
+        return source_identities(read_source(data_root, kind, class_names, dict(csv_columns)))
     identity_file = detect_layout(data_root).identity_file
     if identity_file is None:
         return pd.Series(dtype="int64")
@@ -72,10 +87,11 @@ def identities_of(data_root: str) -> pd.Series:
 
 
 def resampling_units(file_names: pd.Series, identities: pd.Series | None) -> tuple[np.ndarray, str]:
-    """Each image's resampling unit as a code 0..K-1, and what the units are: its celebrity
+    """Each image's resampling unit as a code 0..K-1, and what the units are: its person
     where ``identities`` names every image's (``"identities"``), else the image itself."""
     if identities is not None and len(identities):
-        known = file_names.map(canonical_name).map(identities)
+        # A source's names as listed; a CelebA copy's NNNNNN(1).jpg by its annotation name.
+        known = file_names.map(identities).fillna(file_names.map(canonical_name).map(identities))
         if known.notna().all():
             return pd.factorize(known)[0], IDENTITIES
     return np.arange(len(file_names)), IMAGES

@@ -428,6 +428,13 @@ class CelebADataModule(L.LightningDataModule):
             "image_folder": "person folders (<class>/<person>/image)",
             "csv": "an identity column (data.csv_columns.identity)",
         }.get(self.index.layout.name, "an identity file (identity_CelebA.txt)")
+        if self.split != "identity":
+            # Only split=identity groups by person: the known ones are not kept apart either.
+            return False, (
+                f"{unknown} of {len(images)} images have no identity, and split={self.split} "
+                "does not keep persons apart (only split=identity does, given "
+                f"{where}): shared_identities counts known identities only."
+            )
         return False, (
             f"{unknown} of {len(images)} images have no identity: the split keeps known "
             "identities apart but cannot keep unknown ones apart; give "

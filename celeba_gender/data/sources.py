@@ -29,6 +29,7 @@ from celeba_gender.data.annotations import (
     _check_utf8,
     _duplicate_facts,
     _read_text,
+    detect_layout,
     looks_like_celeba,
 )
 from celeba_gender.data.errors import DataError
@@ -75,16 +76,24 @@ def _accepted(class_names: Sequence[str]) -> str:
 
 def check_class_names(class_names: Sequence[str]) -> tuple[str, str]:
     """The two class names (label 0, label 1), distinct whatever their case."""
-    names = tuple(str(name) for name in class_names)
-    if len(names) != 2 or any(not name.strip() for name in names):
+    names = tuple(str(name).strip() for name in class_names)  # CSV cells are read stripped
+    if len(names) != 2 or not all(names):
         raise DataError(
             f"data.class_names must be two names (label 0, label 1), e.g. [female, male]; "
             f"got {list(class_names)}."
         )
-    if names[0].casefold() == names[1].casefold() or {"0", "1"} & {n.strip() for n in names}:
+    if names[0].casefold() == names[1].casefold() or {"0", "1"} & set(names):
         raise DataError(
             f"data.class_names {list(names)}: the two names must differ in more than case and "
             "not be 0 or 1 (those are accepted as labels anyway)."
+        )
+    # The models' output is P(label 1), written as p_male and compared with CelebA's Male:
+    # [male, female] would silently invert every label, prediction and metric.
+    if names[0].casefold() == "male" or names[1].casefold() == "female":
+        raise DataError(
+            f"data.class_names {list(names)}: label 1 is male (the models predict P(male), as "
+            "CelebA's Male attribute), so name the female class first: [female, male] or, "
+            "for other folder or label names, [<female name>, <male name>]."
         )
     return names  # type: ignore[return-value]
 
@@ -375,3 +384,22 @@ def read_source(
     if source == "csv":
         return read_csv_source(root, class_names, csv_columns)
     raise DataError(f"read_source reads image_folder or csv sources, not '{source}'.")
+
+
+def source_image_dir(
+    root: str | Path, source: str = "auto", class_names: Sequence[str] = DEFAULT_CLASS_NAMES
+) -> Path:
+    """The folder a run's file names (predictions' ``file_name``) are relative to: a CelebA
+    copy's image folder, an image folder source's root, a CSV's own folder."""
+    kind = detect_source(root, source, class_names)
+    if kind == "celeba":
+        return detect_layout(root).image_dir
+    path = Path(root).expanduser()
+    return path.parent if kind == "csv" else path
+
+
+def source_identities(labelled: LabelledFiles) -> pd.Series:
+    """Identity by file name as a run's predictions name it (``listed_as``), for the images
+    whose source names one."""
+    files = labelled.files[labelled.files["identity"] != ""]
+    return pd.Series(files["identity"].to_numpy(), index=files["listed_as"].to_numpy())

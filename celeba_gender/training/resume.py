@@ -12,6 +12,7 @@ stop signal arrives, and ``AtomicCheckpointIO`` makes every checkpoint write all
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import json
 import logging
@@ -32,6 +33,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_output, atomic_write
+from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
 from celeba_gender.training.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,14 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 SAVED_CONFIG_DIR = ".hydra"  # where Hydra itself would keep a run's config
 RESOLVED_CONFIG = "resolved_config.yaml"  # the values the run used, interpolations resolved
+# Data settings added after runs were made, at the values every earlier run had in effect (it
+# read a CelebA copy): a run saved without them is read as having them, so it resumes and
+# matches a new run of its command while they stay at these values.
+ADDED_DATA_SETTINGS = {
+    "source": "auto",
+    "class_names": list(DEFAULT_CLASS_NAMES),
+    "csv_columns": dict(DEFAULT_CSV_COLUMNS),
+}
 
 
 class ResumeRefused(Exception):
@@ -373,13 +383,25 @@ def saved_config(output_dir: Path) -> dict | None:
     """The resolved config a run folder was started with (None if it has none)."""
     folder = output_dir / SAVED_CONFIG_DIR
     if (folder / RESOLVED_CONFIG).is_file():
-        return OmegaConf.to_container(OmegaConf.load(folder / RESOLVED_CONFIG))
+        return _with_added_settings(
+            OmegaConf.to_container(OmegaConf.load(folder / RESOLVED_CONFIG))
+        )
     if (folder / "config.yaml").is_file():  # a folder from before resolved configs were kept
         try:
-            return resolved(OmegaConf.load(folder / "config.yaml"))
+            config = resolved(OmegaConf.load(folder / "config.yaml"))
         except Exception:  # noqa: BLE001 - an interpolation that no longer resolves
-            return OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+            config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+        return _with_added_settings(config)
     return None
+
+
+def _with_added_settings(config: dict) -> dict:
+    """``config`` with each of ``ADDED_DATA_SETTINGS`` it lacks (a run from before them)."""
+    data = config.get("data")
+    if isinstance(data, dict):
+        for key, value in ADDED_DATA_SETTINGS.items():
+            data.setdefault(key, copy.deepcopy(value))
+    return config
 
 
 def config_differences(saved: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
