@@ -214,7 +214,9 @@ def test_attribute_targets_on_a_source_without_attributes_is_one_clear_error(sou
     module = _module(sources.folder, cache_dir)
     assert module.attribute_names([]) == []
     for requested in (["Young"], ["all"]):
-        with pytest.raises(DataError, match=r"needs CelebA's attribute file.*image_folder source"):
+        with pytest.raises(
+            DataError, match=r"needs CelebA's attribute file.*data.source=image_folder copy"
+        ):
             module.attribute_names(requested)
 
 

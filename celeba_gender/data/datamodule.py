@@ -329,7 +329,8 @@ class CelebADataModule(L.LightningDataModule):
         if requested and not self._is_celeba():
             raise DataError(
                 f"attribute_targets={list(requested)} needs CelebA's attribute file, but "
-                f"{self.index.layout.root} is an {self.index.layout.name} source (labels only). "
+                f"{self.index.layout.root} is a data.source={self.index.layout.name} copy "
+                "(labels only). "
                 "Use attribute_targets=[]."
             )
         if list(requested) == ["all"]:
