@@ -337,3 +337,154 @@ def test_a_48_pixel_run_on_a_64x52_cache_trains_and_evaluates(run_env, smoke_run
     images = Path(run_env["CELEBA_GENDER_CACHE"]) / "images"
     sizes = {p.name.split("-")[1] for p in images.glob("images-*.u8")}
     assert {"218x178", "64x52"} <= sizes
+
+
+# ------------------------------------------------------------------ found in review, fixed
+_RUN = """
+import json, sys
+from celeba_gender.data import CelebADataModule, DataError
+from celeba_gender.data import cache as cache_module
+decodes = []
+decode_image = cache_module.decode_image
+def counted(source, *args, **kwargs):
+    decodes.append(str(source))
+    return decode_image(source, *args, **kwargs)
+cache_module.decode_image = counted
+module = CelebADataModule({root!r}, split="all", cache_dir={cache!r}, num_workers=0)
+try:
+    module.prepare_data()
+except DataError as error:
+    print(f"error: {{error}}", file=sys.stderr)
+    sys.exit(2)
+report = module.index.report
+print(json.dumps({{"decodes": len(decodes), "checked": report["scan"]["checked"],
+                  "built_now": report["tensor_cache"]["built_now"]}}))
+"""
+
+
+def _as_user(script: str) -> subprocess.CompletedProcess:
+    """``script`` in a child to which file permissions apply: as root, without the
+    capabilities that let root read and write any file (setpriv)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: file permissions cannot apply")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+    )  # fmt: skip
+
+
+def test_an_unreadable_file_does_not_make_every_run_decode_again(subset_root, tmp_path):
+    """A file this user may not read is checked again each run (its problem may go away),
+    but the cache of the other files exists: nothing else is decoded, no space reserved."""
+    root = tmp_path / "celeba"
+    names = _copy(subset_root, root, count=20)
+    (root / "img_align_celeba" / names[3]).chmod(0)
+    script = _RUN.format(root=str(root), cache=str(tmp_path / "cache"))
+    runs = []
+    for _ in range(2):
+        result = _as_user(script)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append(json.loads(result.stdout.splitlines()[-1]))
+    assert runs[0]["built_now"] is True
+    assert runs[1] == {"decodes": 0, "checked": 1, "built_now": False}, runs
+
+
+def test_a_read_only_cache_folder_serves_its_caches(subset_root, tmp_path):
+    """A prepared cache shared read-only (a lab's, a read-only mount) is used as it is; in a
+    read-only folder without one, one line says where it cannot write and what to do."""
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=12)
+    cache = tmp_path / "cache"
+    _module(root, cache).prepare_data()
+    for path in [cache, *cache.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        result = _as_user(_RUN.format(root=str(root), cache=str(cache)))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.splitlines()[-1])["built_now"] is False
+        empty = tmp_path / "empty_cache"
+        empty.mkdir(mode=0o555)
+        refused = _as_user(_RUN.format(root=str(root), cache=str(empty)))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        message = refused.stderr.strip().splitlines()[-1]
+        assert message.startswith(f"error: Cannot write the decoded-image cache in {empty}")
+        assert "data.cache_dir" in message and "Nothing was written" in message
+    finally:
+        for path in [cache, *cache.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_clear_keeps_a_cache_a_run_reads(subset_root, tmp_path):
+    """DataLoader workers map the cache anew each epoch: a --clear from another shell while
+    a run trains must keep it, or the next epoch fails."""
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=24)
+    module = _module(root, tmp_path / "cache", split="identity", batch_size=8, num_workers=1)
+    module.prepare_data()
+    module.setup()
+    loader = module.train_dataloader()
+    first = next(iter(loader))
+    cleared = subprocess.run(
+        [sys.executable, "-m", "celeba_gender.data", "cache", "--clear", "--all",
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert cleared.returncode == 0, cleared.stderr
+    assert "in use or being built by another process" in cleared.stdout
+    assert module.cache.path.is_file()
+    second = next(iter(loader))  # the next epoch's workers map the file again
+    assert len(second[0]) == len(first[0])
+    del module, loader
+    gone = data_main(["cache", "--clear", "--all", "--cache-dir", str(tmp_path / "cache")])
+    assert gone == 0 and not list((tmp_path / "cache" / "images").glob("*.u8"))
+
+
+_KILLED = """
+import os, signal
+from celeba_gender.data import CelebADataModule
+from celeba_gender.data import cache as cache_module
+write = cache_module.TensorCacheWriter.write
+def write_then_die(self, row, pixels):
+    write(self, row, pixels)
+    os.kill(os.getpid(), signal.SIGKILL)  # a job killed mid-build (scancel, OOM killer)
+cache_module.TensorCacheWriter.write = write_then_die
+CelebADataModule({root!r}, split="all", cache_dir={cache!r}, num_workers=0).prepare_data()
+"""
+
+
+def test_a_killed_build_leaves_room_for_the_next_one(subset_root, tmp_path):
+    """The killed build's partial file holds its whole reservation; the rerun replaces it, so
+    its space is free for the rerun (a disk that fits one cache, not two)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 6 MB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        root = tmp_path / "celeba"
+        names = _copy(subset_root, root, count=40)  # a 4.7 MB cache
+        cache = str(small / "cache")
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED.format(root=str(root), cache=cache)],
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert list((small / "cache" / "images").glob("*.partial"))
+        rerun = subprocess.run(
+            [sys.executable, "-c", _BUILD.format(root=str(root), cache=cache)],
+            capture_output=True, text=True, timeout=300, cwd=REPO,
+        )  # fmt: skip
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        built = list((small / "cache" / "images").glob("*.u8"))
+        assert [p.stat().st_size for p in built] == [len(names) * 3 * 218 * 178]
+        assert not list((small / "cache" / "images").glob("*.partial"))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -140,7 +140,8 @@ def _cache_main(argv: list[str]) -> int:
             print(f"removed  {entry.kind:10s} {human_bytes(entry.bytes):>9s}  {entry.path}")
         for entry in chosen:
             if entry not in removed:
-                print(f"kept     {entry.kind:10s} {entry.path}: being built by another process")
+                why = "in use or being built by another process"
+                print(f"kept     {entry.kind:10s} {entry.path}: {why}")
         freed = sum(entry.bytes for entry in removed)
         print(f"freed {human_bytes(freed)} ({freed} bytes) in {len(removed)} entries under {root}")
         if not args.all:

@@ -149,31 +149,59 @@ def _warn_no_locks(path: Path, error: OSError) -> None:
     )
 
 
+def _open_lock_file(path: Path) -> BinaryIO | None:
+    """The lock file, opened to be flock'ed: for writing, else read-only where this user may
+    not write it (a prepared cache shared read-only; flock works on either); None when it
+    cannot be created there (a read-only cache folder: nothing can be built in it anyway)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab")  # noqa: SIM115 - the callers close it
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    try:
+        return open(path, "rb")  # noqa: SIM115
+    except OSError:
+        return None
+
+
+def _flock(handle: BinaryIO, operation: int, path: Path) -> bool:
+    """flock; False when another process holds it (LOCK_NB). Where the filesystem has no
+    locks it warns once and says True: atomic replaces keep the files whole."""
+    try:
+        fcntl.flock(handle, operation)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        if error.errno not in _NO_LOCKS:
+            raise
+        _warn_no_locks(path, error)
+    return True
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
     """Hold an advisory lock so concurrent jobs (sweep jobs, DDP ranks) build a cache once.
 
-    Yields True when held. Non-blocking, yields False when another process holds it. Where the
-    filesystem has no locks (some NFS, Lustre, FUSE mounts) it warns once and yields True
-    unlocked: atomic replaces keep the files whole, at worst work is done twice.
+    Yields True when held. Non-blocking, yields False when another process holds it (or, for
+    a decoded-image cache, a run reads it: ``ImageTensorCache.hold``). Where the filesystem
+    has no locks (some NFS, Lustre, FUSE mounts) it warns once and yields True unlocked:
+    atomic replaces keep the files whole, at worst work is done twice. In a read-only cache
+    folder without the lock file it yields True unlocked: nobody writes there.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
+    handle = _open_lock_file(path)
+    if handle is None:
+        yield True
+        return
+    with handle:
+        if not _flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB), path):
             yield False
-            return
-        except OSError as error:
-            if error.errno not in _NO_LOCKS:
-                raise
-            _warn_no_locks(path, error)
-            yield True
             return
         try:
             yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # a filesystem without locks: none to release
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resized_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
@@ -219,8 +247,14 @@ class TensorCacheWriter:
         self.count, self.height, self.width = count, height, width
         self.row_bytes = 3 * height * width
         self.bytes = count * self.row_bytes
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(partial.parent).free
+        self._fd = -1
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            # A build killed before (its file reserved in full) leaves a partial file that
+            # this one replaces (the caller holds its lock): its space counts as free.
+            free = shutil.disk_usage(partial.parent).free + _allocated_bytes(partial)
+        except OSError as error:
+            raise self._cannot_write(error) from None
         if self.bytes > free:
             raise self._no_room(free, "")
         print(
@@ -230,7 +264,10 @@ class TensorCacheWriter:
             file=sys.stderr,
             flush=True,
         )
-        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as error:
+            raise self._cannot_write(error) from None
         try:
             os.posix_fallocate(self._fd, 0, max(self.bytes, 1))
         except OSError as error:
@@ -246,6 +283,13 @@ class TensorCacheWriter:
             f"{self.count} images at {self.height}x{self.width} need {human_bytes(self.bytes)}, "
             f"{human_bytes(free)} is free (or a file size limit is lower). Nothing was written; "
             f"{ELSEWHERE}."
+        )
+
+    def _cannot_write(self, error: OSError) -> DataError:
+        return DataError(
+            f"Cannot write the decoded-image cache in {self.partial.parent} "
+            f"({error.strerror or error}): {self.count} images at {self.height}x{self.width} "
+            f"need {human_bytes(self.bytes)} there. Nothing was written; {ELSEWHERE}."
         )
 
     def write(self, row: int, pixels: np.ndarray) -> None:
@@ -271,6 +315,14 @@ class TensorCacheWriter:
             os.close(self._fd)
             self._fd = -1
         self.partial.unlink(missing_ok=True)
+
+
+def _allocated_bytes(path: Path) -> int:
+    """Disk space a file takes (0 when absent)."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
 
 
 def tensor_cache_path(
@@ -324,6 +376,7 @@ class ImageTensorCache:
         self.path = path
         self.shape = (count, 3, height, width)
         self._array: np.memmap | None = None
+        self._in_use: BinaryIO | None = None
 
     @property
     def bytes(self) -> int:
@@ -337,7 +390,25 @@ class ImageTensorCache:
         return self._array
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_in_use": None}
+
+    def hold(self) -> bool:
+        """Hold a shared lock on the cache while this object lives, so ``cache --clear`` keeps
+        a cache a run reads (DataLoader workers map it anew each epoch, by its name). Waits
+        while another process builds it. False when the cache is not (or no longer) there."""
+        handle = _open_lock_file(self.path.with_suffix(".lock"))
+        if handle is not None:
+            _flock(handle, fcntl.LOCK_SH, self.path)
+        if not self.complete():
+            if handle is not None:
+                handle.close()
+            return False
+        self._in_use = handle  # released when this object (and its forked workers) go
+        return True
+
+    def complete(self) -> bool:
+        """Whether the cache file is there, published (its JSON is written after it)."""
+        return self.path.is_file() and self.path.with_suffix(".json").is_file()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -370,27 +441,43 @@ class ImageTensorCache:
         """
         path = tensor_cache_path(folder, files, content_ids, height, width)
         cache = cls(path, len(files), height, width)
-        with exclusive_lock(path.with_suffix(".lock")):
-            if path.with_suffix(".json").is_file() and path.is_file():
-                record_use(path, used_by)
-                return cache, False
-            start = time.perf_counter()
-            writer = TensorCacheWriter(path.with_suffix(".partial"), len(files), height, width)
+        built = False
+        # Shared first: runs reading the same cache (this process's other modules included)
+        # never wait for each other; only a build takes the lock alone.
+        while not cache.hold():
+            with exclusive_lock(path.with_suffix(".lock")):
+                if not cache.complete():
+                    cache._build(files, content_ids, workers, used_by)
+                    built = True
+        if not built:
+            record_use(path, used_by)
+        return cache, built
 
-            def fill(row: int) -> None:
-                if content_ids[row]:
-                    writer.write(row, decode_rgb(files[row], height, width))
+    def _build(
+        self,
+        files: Sequence[Path],
+        content_ids: Sequence[str],
+        workers: int | None,
+        used_by: Path | None,
+    ) -> None:
+        """Decode ``files`` into the cache file (the caller holds its lock)."""
+        start = time.perf_counter()
+        _, _, height, width = self.shape
+        writer = TensorCacheWriter(self.path.with_suffix(".partial"), len(files), height, width)
 
-            try:
-                parallel(fill, range(len(files)), workers)
-            except ImageDecodeError as error:
-                writer.discard()
-                raise changed_since_scan(Path(files[0]).parent, error) from None
-            except BaseException:
-                writer.discard()
-                raise
-            writer.publish(path, tensor_cache_meta(cache, used_by, time.perf_counter() - start))
-        return cache, True
+        def fill(row: int) -> None:
+            if content_ids[row]:
+                writer.write(row, decode_rgb(files[row], height, width))
+
+        try:
+            parallel(fill, range(len(files)), workers)
+        except ImageDecodeError as error:
+            writer.discard()
+            raise changed_since_scan(Path(files[0]).parent, error) from None
+        except BaseException:
+            writer.discard()
+            raise
+        writer.publish(self.path, tensor_cache_meta(self, used_by, time.perf_counter() - start))
 
 
 def parallel(work: Callable[[int], Any], items: Sequence | range, workers: int | None) -> list:
@@ -490,8 +577,8 @@ def belongs_to(entry: CacheEntry, image_dir: Path, cache_dir: str | Path | None 
 
 
 def remove_cache_entry(entry: CacheEntry) -> bool:
-    """Delete one cache entry unless a process is building it (its lock is held): True when
-    deleted. A run reading a deleted cache keeps reading it (the file lives on while mapped)."""
+    """Delete one cache entry unless a process is building it or, for a decoded-image cache,
+    a run reads it (its lock is held): True when deleted."""
     if entry.kind == "old layout":
         locks = sorted(entry.path.glob("*.lock"))
         with contextlib.ExitStack() as held:
