@@ -223,14 +223,24 @@ def build_app(demo: Demo) -> Any:
                     headers=list(TABLE_COLUMNS), label="Faces", interactive=False, elem_id="table"
                 )
                 # The aligned crops the model sees (heat maps go on them: see Demo.answer).
-                crops_a = gr.Gallery(label="Aligned crops", columns=4, height=300, elem_id="crops")
+                crops_a = gr.Gallery(
+                    label="Aligned crops",
+                    columns=4,
+                    height=300,
+                    object_fit="contain",
+                    elem_id="crops",
+                )
             with gr.Column(visible=several):
                 annotated_b = gr.Image(label="Compared model", type="pil", elem_id="annotated_b")
                 table_b = gr.Dataframe(
                     headers=list(TABLE_COLUMNS), interactive=False, elem_id="table_b"
                 )
                 crops_b = gr.Gallery(
-                    label="Aligned crops", columns=4, height=300, elem_id="crops_b"
+                    label="Aligned crops",
+                    columns=4,
+                    height=300,
+                    object_fit="contain",
+                    elem_id="crops_b",
                 )
                 message_b = gr.Markdown(elem_id="message_b")
         gr.on(
