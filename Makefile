@@ -15,8 +15,12 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
-setup: $(PYTHON)  ## create .venv and install the package with its dev tools
+setup: $(PYTHON)  ## create .venv and install the package with its dev tools (and chromium, as root)
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@# Debian's chromium for the demo's browser test (no browser download by playwright).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "no chromium: tests/test_demo.py's browser test will skip (fail under CI=true)"
 
 train:  ## train one model (ARGS='model=vgg19 treatment=scratch_ce ...')
 	$(PYTHON) train.py $(ARGS)

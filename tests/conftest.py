@@ -22,13 +22,26 @@ SAMPLE = REPO / "celeba_gender" / "assets" / "celeba_sample"  # committed: prese
 SUBSET = Path(os.environ.get("CELEBA_SUBSET", REPO.parent / "shared" / "data" / "celeba-subset"))
 
 
-def _require_subset() -> Path:
-    if (SUBSET / "img_align_celeba").is_dir():
-        return SUBSET
-    reason = f"the CelebA subset is not at {SUBSET} (set CELEBA_SUBSET to its folder)"
+def _unavailable(reason: str) -> None:
+    """Skip a test whose tool or data is missing here; under CI, where it must be, fail."""
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{reason}; under CI it must be present")
     pytest.skip(reason)
+
+
+def _require_subset() -> Path:
+    if (SUBSET / "img_align_celeba").is_dir():
+        return SUBSET
+    _unavailable(f"the CelebA subset is not at {SUBSET} (set CELEBA_SUBSET to its folder)")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium for the browser tests (`make setup` installs it as root), or $CHROMIUM."""
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not found:
+        _unavailable("no chromium on PATH (`apt-get install chromium`, or `make setup` as root)")
+    return found
 
 
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):

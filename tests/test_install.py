@@ -116,6 +116,7 @@ def test_the_wheel_carries_configs_notebook_sample_data_and_launchers(wheel):
         "celeba-gender-train": "celeba_gender.train:main",
         "celeba-gender-eval": "celeba_gender.eval:main",
         "celeba-gender-predict": "celeba_gender.predict:main",
+        "celeba-gender-demo": "celeba_gender.demo:main",
         "celeba-gender-analysis": "celeba_gender.analysis.__main__:main",
     }
 

@@ -29,7 +29,7 @@ import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class PhotoResult:
     path: Path
     photo: Image.Image | None  # None when it could not be read
     rows: list[dict[str, Any]]  # one per face, or one saying "no_face" or "error"
+    # The faces' aligned crops, in row order (the demo shows them); empty without faces.
+    crops: list[Image.Image] = field(default_factory=list)
 
 
 def label_of(p_male: float, threshold: float) -> str:
@@ -168,7 +170,8 @@ def _classify(
             except Exception as error:  # noqa: BLE001 - this photo's error row
                 log.warning("%s: classification failed: %s", result.path, error)
                 probabilities.append(error)
-    for (result, _), own in zip(batch, probabilities, strict=True):
+    for (result, crops), own in zip(batch, probabilities, strict=True):
+        result.crops = crops
         if isinstance(own, Exception):
             for row in result.rows:
                 if row["status"] == "ok":
