@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLE
+from conftest import SAMPLE, run_script
 from omegaconf import OmegaConf
 from PIL import Image
 
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data.transforms import per_sample_transform
+from celeba_gender.inference import GenderPredictor
 from celeba_gender.inference.explain import (
+    CropExplainer,
     ExplainUnavailable,
     class_activation_maps,
     on_crop,
@@ -142,3 +145,46 @@ def test_overlay_puts_the_map_back_on_the_face_box():
     original = np.asarray(crop, dtype=float)
     assert np.abs(picture - original)[:, 100:158].mean() > 20  # coloured where the map is
     np.testing.assert_allclose(picture[:, :80], original[:, :80], atol=1)  # untouched elsewhere
+
+
+def test_predict_explain_writes_each_faces_heat_map(smoke_run, run_env, tmp_path):
+    """predict.py explain=true on real photos: an uncropped portrait (scikit-image's
+    astronaut, found and aligned by MTCNN) and an aligned CelebA crop."""
+    pytest.importorskip("facenet_pytorch", reason="predict's face detector (predict extra)")
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the photo")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(photos / "astronaut.jpg", quality=92)
+    Image.open(PORTRAITS[0]).save(photos / "crop.png")
+    output = tmp_path / "out"
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}",
+        f"input={photos}",
+        "explain=true",
+        f"hydra.run.dir={output}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(output / "predictions.csv")
+    assert (table["status"] == "ok").all(), table.to_string()
+    assert set(table["explained"]) == {
+        "explained/astronaut.face0.png",
+        "explained/crop.face0.png",
+    }
+    for row in table.itertuples():
+        picture = np.asarray(Image.open(output / row.explained).convert("RGB"), dtype=float)
+        assert picture.shape == (218, 178, 3)  # the aligned crop's frame
+    # The crop's picture is the crop under a heat map: coloured, but the same face.
+    crop = np.asarray(Image.open(PORTRAITS[0]).convert("RGB"), dtype=float)
+    explained = np.asarray(Image.open(output / "explained/crop.face0.png"), dtype=float)
+    assert 3 < np.abs(explained - crop).mean() < 80
+
+
+def test_explain_refuses_a_model_without_gradients(smoke_run):
+    """An ONNX model's predictor holds no torch model: one clear message."""
+    predictor = GenderPredictor.from_checkpoint(smoke_run / "checkpoints" / "best.ckpt")
+    onnx_like = GenderPredictor(predictor.eval_transform, lambda x: None, "resnet18")
+    with pytest.raises(ExplainUnavailable, match="ONNX model gives no gradients"):
+        CropExplainer.from_predictor(onnx_like)
+    assert CropExplainer.from_predictor(predictor).target_layer == "layer4"
