@@ -215,6 +215,7 @@ class ModelSchema:
     allow_download: bool = setting()
     channels_last: bool = setting()
     flip_tta: bool = setting()
+    cam_target_layer: Optional[str] = setting()  # noqa: UP045
 
 
 @dataclass

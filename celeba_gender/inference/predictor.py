@@ -38,6 +38,7 @@ class GenderPredictor:
         self.backbone = backbone
         self.batch_size = batch_size
         self._run_batch = run_batch
+        self.model: GenderClassifier | None = None  # a checkpoint's (heat maps need it)
         self._transform = per_sample_transform(
             self.eval_transform["image_size"],
             self.eval_transform.get("face_crop"),
@@ -57,7 +58,11 @@ class GenderPredictor:
         def run_batch(images: torch.Tensor) -> np.ndarray:
             return model(images.to(device)).float().cpu().numpy()
 
-        return cls(eval_transform_of(model, path), run_batch, model.hparams.backbone, batch_size)
+        predictor = cls(
+            eval_transform_of(model, path), run_batch, model.hparams.backbone, batch_size
+        )
+        predictor.model = model
+        return predictor
 
     @classmethod
     def from_onnx(cls, path: str | Path, batch_size: int = 32) -> GenderPredictor:

@@ -58,6 +58,7 @@ COLUMNS = (
     "label",
     "error",
     "annotated",  # the photo's annotated copy, relative to the output folder (annotate=true)
+    "explained",  # the face's crop with its heat map, relative to the output folder (explain=true)
 )
 # Annotated copies keep their photo's format when PIL writes RGB pictures in it; others are PNG.
 SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -390,6 +391,38 @@ def _save_annotated(result: PhotoResult, target: Path) -> str | None:
     return None
 
 
+def _save_explained(
+    result: PhotoResult, explainer: Any, folder: Path, name: str, alpha: float, colormap: str
+) -> None:
+    """Write each classified face's crop with its heat map as ``explained/<stem>.face<N>.png``
+    (named after the photo's annotated copy) and name it in the face's row; a face whose map
+    cannot be made gets the reason in its row instead."""
+    from celeba_gender.inference.explain import overlay
+
+    face_rows = [row for row in result.rows if row.get("face") is not None]  # one per crop
+    faces = [
+        (row, crop)
+        for row, crop in zip(face_rows, result.crops, strict=True)
+        if row["status"] == "ok"
+    ]
+    if not faces:
+        return
+    try:
+        maps = explainer.explain([crop for _, crop in faces])
+    except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
+        log.warning("%s: no heat maps: %s", result.path, error)
+        for row, _ in faces:
+            problem = f"heat map not made ({_reason(error)})"
+            row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
+        return
+    stem = Path(name).stem
+    for (row, crop), heat_map in zip(faces, maps, strict=True):
+        target = folder / f"{stem}.face{row['face']}.png"
+        with atomic_output(target) as file:
+            overlay(crop, heat_map, alpha, colormap).save(file, format="PNG")
+        row["explained"] = f"explained/{target.name}"
+
+
 def predict(cfg: DictConfig) -> Counter[str]:
     """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses.
     Ctrl-C or SIGTERM stops it with PredictionInterrupted, the rows done so far written."""
@@ -398,6 +431,13 @@ def predict(cfg: DictConfig) -> Counter[str]:
         raise DataError(f"batch_size={cfg.batch_size}: it must be a whole number of at least 1")
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)
     aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
+    explainer = None
+    if cfg.get("explain"):
+        from celeba_gender.inference.explain import CropExplainer
+
+        explainer = CropExplainer.from_predictor(
+            predictor, cfg.explain_target_layer, cfg.explain_toward
+        )
     paths = expand_inputs(
         OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     )
@@ -407,6 +447,8 @@ def predict(cfg: DictConfig) -> Counter[str]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.annotate:
         (output_dir / "annotated").mkdir(exist_ok=True)
+    if explainer is not None:
+        (output_dir / "explained").mkdir(exist_ok=True)
     for output in ("predictions.csv", "gallery.png"):  # a link left there: replaced, not
         if (output_dir / output).is_symlink():  # written through
             (output_dir / output).unlink()
@@ -435,6 +477,16 @@ def predict(cfg: DictConfig) -> Counter[str]:
                             row["annotated"] = f"annotated/{name}"
                         else:
                             row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
+                if explainer is not None:
+                    _save_explained(
+                        result,
+                        explainer,
+                        output_dir / "explained",
+                        name,
+                        cfg.explain_alpha,
+                        cfg.explain_colormap,
+                    )
+                result.crops = []  # let them go with the batch
                 if cfg.gallery and len(shown) < cfg.gallery_max_photos:
                     picture = None
                     try:

@@ -76,6 +76,7 @@ class GenderClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         attribute_targets: Sequence[str] = (),
         attribute_loss_weight: float = 1.0,
+        cam_target_layer: str | None = None,
     ) -> None:
         """Built from conf/config.yaml's ``module`` node (``_target_``): the backbone's settings
         come from conf/model/, the loss from conf/treatment/, ``optimizer`` (a partial taking
@@ -102,6 +103,14 @@ class GenderClassifier(L.LightningModule):
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if cam_target_layer is not None:  # heat maps' layer (saved in hparams): a typo fails now
+            try:
+                self.net.get_submodule(str(cam_target_layer))
+            except AttributeError:
+                raise ValueError(
+                    f"model.cam_target_layer={cam_target_layer!r} is not a layer of {backbone} "
+                    f"(its top-level layers: {', '.join(n for n, _ in self.net.named_children())})"
+                ) from None
         # Attribute values (0/1) of every image, by data-module row: set_attribute_table.
         self.register_buffer(
             "attribute_table", torch.zeros(0, len(self.attribute_targets)), persistent=False

@@ -1,0 +1,266 @@
+"""Class-activation maps: where a backbone looks when it says "male" or "female".
+
+Grad-CAM (Selvaraju et al. 2017) with captum's ``LayerGradCam``: captum is PyTorch's own
+interpretability library, a single pure-Python package whose dependencies (torch, numpy,
+matplotlib) the project already has, so installing it changes nothing else; it works on any
+``nn.Module`` layer by module, which is all we need (pytorch-grad-cam would bring OpenCV's GUI
+build, scikit-learn and ttach). It lives in ``inference/`` beside the predictor because it
+explains the crops predict classifies, with the same transform.
+
+Public API (predict's ``explain=true``, the analysis' mean maps and the demo call these):
+
+- ``target_layer_of(model, override=None)`` -> the layer's dotted name on ``model.net``: the
+  checkpoint's ``cam_target_layer`` (conf/model/*.yaml's ``cam_target_layer``), for a
+  checkpoint without one the backbone's conf/model file.
+- ``class_activation_maps(model, images, target_layer=None, toward="predicted")`` -> float32
+  ``(N, H, W)`` in [0, 1], one map per normalised input image ``(N, 3, H, W)``.
+- ``CropExplainer.from_predictor(predictor)``: ``explain(crops)`` -> one map per aligned crop,
+  on the crop's own pixels (zero outside the face box the model sees).
+- ``overlay(crop, heat_map, alpha=0.45, colormap="jet")`` -> the crop with the map over it.
+
+What a map explains: the log-odds of P(male). That is the BCE head's logit, and the CE head's
+male logit minus its female logit (log P(male)/P(female)), so maps of both heads mean the same
+thing; the male logit alone would also show evidence that raises both classes' logits.
+``toward="predicted"`` explains the predicted class (the negative log-odds for a face labelled
+female), ``toward="male"`` always the evidence for male. A model with ``flip_tta`` is explained
+on the image as given (its mirror pass is not).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from omegaconf import OmegaConf
+from PIL import Image
+
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.data import DataError
+from celeba_gender.data.transforms import crop_box
+from celeba_gender.models import GenderClassifier
+
+log = logging.getLogger(__name__)
+TARGET_LAYER_KEY = "cam_target_layer"
+Toward = Literal["predicted", "male"]
+TOWARD = ("predicted", "male")
+
+
+class ExplainUnavailable(DataError):
+    """Maps cannot be made here: captum missing, an ONNX model, an unknown layer."""
+
+
+def _layer_gradcam() -> Any:
+    try:
+        from captum.attr import LayerGradCam
+    except ImportError:
+        raise ExplainUnavailable(
+            "Heat maps need captum: pip install -e '.[explain]' (the dev extra has it)."
+        ) from None
+    return LayerGradCam
+
+
+def explain_available() -> bool:
+    """Whether captum is installed (the analysis skips its heat-map figure without it)."""
+    try:
+        _layer_gradcam()
+    except ExplainUnavailable:
+        return False
+    return True
+
+
+def configured_target_layer(backbone: str) -> str | None:
+    """``cam_target_layer`` of conf/model/<backbone>.yaml, or None (no such file, or unset)."""
+    path = CONFIG_DIR / "model" / f"{backbone}.yaml"
+    if not path.is_file():
+        return None
+    return OmegaConf.load(path).get(TARGET_LAYER_KEY)
+
+
+def check_target_layer(net: torch.nn.Module, name: str, backbone: str) -> str:
+    """``name`` if it names a module of ``net``; else one message naming the setting."""
+    try:
+        net.get_submodule(str(name))
+    except AttributeError:
+        tops = ", ".join(child for child, _ in net.named_children())
+        raise ExplainUnavailable(
+            f"model.{TARGET_LAYER_KEY}={name!r} is not a layer of {backbone} (its top-level "
+            f"layers: {tops}); set it in conf/model/{backbone}.yaml to a dotted module name "
+            "such as layer4 or features.29"
+        ) from None
+    return str(name)
+
+
+def target_layer_of(model: GenderClassifier, override: str | None = None) -> str:
+    """The layer to explain: ``override``, else the checkpoint's ``cam_target_layer``, else
+    (a checkpoint trained before the setting existed) the backbone's conf/model file: the layer
+    is a property of the architecture, not of the training, so today's file is the answer."""
+    backbone = model.hparams.backbone
+    name = override or model.hparams.get(TARGET_LAYER_KEY)
+    if not name:
+        name = configured_target_layer(backbone)
+        if not name:
+            raise ExplainUnavailable(
+                f"the checkpoint ({backbone}) records no model.{TARGET_LAYER_KEY} and "
+                f"conf/model/{backbone}.yaml gives none: pass explain_target_layer=NAME (a "
+                "dotted module name of the torchvision network, e.g. layer4)"
+            )
+        log.info(
+            "the checkpoint records no %s: using %r from conf/model/%s.yaml",
+            TARGET_LAYER_KEY,
+            name,
+            backbone,
+        )
+    return check_target_layer(model.net, name, backbone)
+
+
+def male_log_odds(model: GenderClassifier, images: torch.Tensor) -> torch.Tensor:
+    """log P(male)/P(female) of each image: the BCE logit, or CE's male minus female logit."""
+    logits = model._logits(images)[0]
+    return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+def class_activation_maps(
+    model: GenderClassifier,
+    images: torch.Tensor,
+    target_layer: str | None = None,
+    toward: Toward = "predicted",
+) -> np.ndarray:
+    """Grad-CAM of each normalised image ``(N, 3, H, W)``: float32 ``(N, H, W)`` in [0, 1],
+    each map divided by its own maximum (all zero where no part of the layer speaks for the
+    class). ``toward``: "predicted" or "male" (see the module's docstring)."""
+    if toward not in TOWARD:
+        raise DataError(f"explain toward={toward!r}: choose one of {', '.join(TOWARD)}")
+    layer_name = target_layer_of(model, target_layer)
+    layer = model.net.get_submodule(layer_name)
+
+    def evidence(batch: torch.Tensor) -> torch.Tensor:
+        log_odds = male_log_odds(model, batch)
+        if toward == "male":
+            return log_odds
+        return log_odds * torch.where(log_odds.detach() > 0, 1.0, -1.0)  # P(male) > 0.5
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.enable_grad():
+            maps = _layer_gradcam()(evidence, layer).attribute(
+                images.to(device), relu_attributions=True
+            )
+    finally:
+        model.train(was_training)
+    maps = torch.nn.functional.interpolate(
+        maps.detach().float().sum(dim=1, keepdim=True),
+        size=images.shape[-2:],
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0].clamp_min(0)
+    peaks = maps.amax(dim=(1, 2), keepdim=True)
+    maps = torch.where(peaks > 0, maps / peaks.clamp_min(1e-12), torch.zeros_like(maps))
+    return maps.cpu().numpy().astype(np.float32)
+
+
+def on_crop(heat_map: np.ndarray, crop_size: tuple[int, int], face_crop: Any) -> np.ndarray:
+    """A map of the model's input placed on the aligned crop's pixels (width, height): the
+    input is the crop's ``face_crop`` box resized, so the map goes back into that box."""
+    width, height = crop_size
+    top, left, box_height, box_width = crop_box(face_crop, height, width)
+    placed = np.zeros((height, width), dtype=np.float32)
+    resized = Image.fromarray(heat_map.astype(np.float32), mode="F").resize(
+        (box_width, box_height), Image.Resampling.BILINEAR
+    )
+    placed[top : top + box_height, left : left + box_width] = np.asarray(resized)
+    return placed.clip(0, 1)
+
+
+def overlay(
+    crop: Image.Image, heat_map: np.ndarray, alpha: float = 0.45, colormap: str = "jet"
+) -> Image.Image:
+    """``crop`` with ``heat_map`` (its size, or resized to it; values in [0, 1]) drawn over it
+    in ``colormap`` (a matplotlib name), ``alpha`` at the map's strongest."""
+    crop = crop.convert("RGB")
+    if heat_map.shape != (crop.height, crop.width):
+        heat_map = np.asarray(
+            Image.fromarray(heat_map.astype(np.float32), mode="F").resize(
+                crop.size, Image.Resampling.BILINEAR
+            )
+        )
+    heat_map = np.clip(heat_map, 0, 1)
+    try:
+        colours = colormaps[colormap](heat_map)[..., :3]
+    except KeyError:
+        raise DataError(f"colormap={colormap!r} is not a matplotlib colormap (e.g. jet)") from None
+    weight = alpha * heat_map[..., None]
+    blended = (1 - weight) * np.asarray(crop, dtype=np.float32) / 255 + weight * colours
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+class CropExplainer:
+    """Heat maps of aligned crops, through a checkpoint's own evaluation transform."""
+
+    def __init__(
+        self,
+        model: GenderClassifier,
+        transform: Any,
+        eval_transform: dict,
+        target_layer: str | None = None,
+        toward: Toward = "predicted",
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model
+        self.transform = transform
+        self.face_crop = eval_transform.get("face_crop")
+        self.target_layer = target_layer_of(model, target_layer)
+        self.toward = toward
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_predictor(
+        cls, predictor: Any, target_layer: str | None = None, toward: Toward = "predicted"
+    ) -> CropExplainer:
+        """For a ``GenderPredictor`` of a .ckpt checkpoint (ONNX models give no gradients)."""
+        _layer_gradcam()  # captum missing: say so before any photo is read
+        model = getattr(predictor, "model", None)
+        if model is None:
+            raise ExplainUnavailable(
+                "explain=true needs the .ckpt checkpoint: an ONNX model gives no gradients, "
+                "so no heat maps (predict with ckpt_path=.../best.ckpt, or explain=false)"
+            )
+        return cls(
+            model,
+            predictor.tensors,
+            predictor.eval_transform,
+            target_layer,
+            toward,
+            predictor.batch_size,
+        )
+
+    def explain(self, crops: Sequence[Image.Image]) -> list[np.ndarray]:
+        """One map per crop, on the crop's pixels (height, width), values in [0, 1]."""
+        maps: list[np.ndarray] = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = list(crops[start : start + self.batch_size])
+            inputs = class_activation_maps(
+                self.model, self.transform(batch), self.target_layer, self.toward
+            )
+            maps += [
+                on_crop(heat, crop.size, self.face_crop)
+                for heat, crop in zip(inputs, batch, strict=True)
+            ]
+        return maps
+
+
+__all__ = [
+    "CropExplainer",
+    "ExplainUnavailable",
+    "class_activation_maps",
+    "explain_available",
+    "male_log_odds",
+    "on_crop",
+    "overlay",
+    "target_layer_of",
+]
