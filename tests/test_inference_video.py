@@ -270,3 +270,7 @@ def test_bad_video_settings_are_refused_by_name(key, value, message):
     settings = {"sample_fps": 5, "max_gap_s": 1.0, "min_iou": 0.3, "annotate_video": False}
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         VideoSettings.from_config(settings | {key: value})
+
+
+def test_video_settings_left_out_take_their_defaults():
+    assert VideoSettings.from_config({"min_iou": 0.5}) == VideoSettings(min_iou=0.5)

@@ -19,6 +19,7 @@ row with the reason; the tracks found before a decoding error are kept.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -73,7 +74,9 @@ class VideoSettings:
 
     @classmethod
     def from_config(cls, video: Mapping[str, Any]) -> VideoSettings:
-        """Checked values; DataError naming the key and what is allowed otherwise."""
+        """Checked values (a key left out: its default); DataError naming the key and what is
+        allowed otherwise."""
+        video = dataclasses.asdict(cls()) | dict(video)
 
         def number(key: str, low: float, high: float = math.inf, low_open: bool = True) -> float:
             value = video.get(key)
