@@ -13,6 +13,13 @@ from PIL import Image
 
 from celeba_gender.data.images import ImageDecodeError, decode_image
 
+# File name endings a folder lists as videos (predict samples their frames: inference/video.py).
+# Any file named so is a video, listed or given by name; other files are photos.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+     ".flv", ".wmv", ".ogv", ".3gp", ".y4m"}
+)  # fmt: skip
+
 
 class PhotoError(Exception):
     """One photo cannot be used; the message names the file and says why."""
@@ -34,9 +41,14 @@ def is_photo_name(path: Path) -> bool:
     return path.suffix.lower() in photo_suffixes()
 
 
+def is_video_name(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
 def expand_inputs(inputs: str | Path | list) -> list[Path]:
-    """Files, folders (their files of any format PIL opens, sorted, not recursive; entries
-    named like photos that are not files, such as dangling links, too) and globs,
+    """Files, folders (their files of any format PIL opens and their videos, sorted, not
+    recursive; entries named like photos or videos that are not files, such as dangling links,
+    too) and globs,
     in the order given; a path that matches nothing, or a file given by name whatever it holds,
     is kept so that its row can say what it is."""
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
@@ -46,7 +58,11 @@ def expand_inputs(inputs: str | Path | list) -> list[Path]:
         if path.is_dir():
             # Every entry named like a photo but a folder: a dangling or looping link, a FIFO
             # or an unreadable file is listed too, and its row says what it is.
-            found += sorted(p for p in path.iterdir() if is_photo_name(p) and not p.is_dir())
+            found += sorted(
+                p
+                for p in path.iterdir()
+                if (is_photo_name(p) or is_video_name(p)) and not p.is_dir()
+            )
         elif path.is_file() or not glob.has_magic(spec):
             found.append(path)
         else:

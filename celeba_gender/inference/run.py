@@ -15,6 +15,7 @@ two photos on one name, never outside annotated/.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -41,8 +42,9 @@ from PIL import Image, ImageDraw
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.faces import DetectorUnavailable, Face, FaceAligner
-from celeba_gender.inference.photos import PhotoError, expand_inputs, load_photo
+from celeba_gender.inference.photos import PhotoError, expand_inputs, is_video_name, load_photo
 from celeba_gender.inference.predictor import GenderPredictor
+from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -123,6 +125,14 @@ def _find_faces(
         log.warning("%s: %s", path, error)
         row = {"photo": str(path), "status": "error", "error": f"{path}: {_reason(error)}"}
         return PhotoResult(path, None, [row]), []
+    return detect_faces(photo, path, aligner)
+
+
+def detect_faces(
+    photo: Image.Image, path: Path, aligner: FaceAligner | None
+) -> tuple[PhotoResult, list[Image.Image]]:
+    """A decoded photo (or a video's frame) with one row per face found, and the faces'
+    aligned crops; a failing detector becomes its error row."""
     width, height = photo.size
     if aligner is None:  # already an aligned crop: the whole photo is the face
         faces = [Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((5, 2)), photo)]
@@ -251,6 +261,8 @@ def annotate(photo: Image.Image, rows: Iterable[Mapping[str, Any]]) -> Image.Ima
         colour = (40, 120, 255) if row["label"] == "male" else (255, 60, 140)
         draw.rectangle((row["x1"], row["y1"], row["x2"], row["y2"]), outline=colour, width=line)
         text = f"{row['label']} {row['p_male']:.2f}"
+        if row.get("track") is not None:  # a video's face: its track number, as in tracks.csv
+            text = f"#{row['track']} {text}"
         size = max(12, round((row["x2"] - row["x1"]) / 6))
         draw.text((row["x1"], max(0, row["y1"] - size - 2)), text, fill=colour, font_size=size)
     return canvas
@@ -340,10 +352,44 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[os.write(descriptor, view) :]
 
 
-def _csv_text(rows: Iterable[Mapping[str, Any]]) -> bytes:
+def _csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> bytes:
     text = io.StringIO()
-    csv.DictWriter(text, COLUMNS, extrasaction="ignore").writerows(rows)
+    csv.DictWriter(text, columns, extrasaction="ignore").writerows(rows)
     return text.getvalue().encode()
+
+
+class _TrackFiles:
+    """tracks.csv and tracks.json, one row per video track, written as each video is done
+    (the JSON completed when the run ends or stops), as predictions.csv/.json are."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self._stack = contextlib.ExitStack()
+        self._separator = b"\n  "
+
+    def __enter__(self) -> _TrackFiles:
+        with self._stack as stack:
+            table = stack.enter_context(open(self.output_dir / "tracks.csv", "wb", buffering=0))
+            self._records = stack.enter_context(atomic_output(self.output_dir / "tracks.json"))
+            self._table = table.fileno()
+            _write_all(self._table, ",".join(TRACK_COLUMNS).encode() + b"\r\n")
+            self._records.write(b"[")
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        csv_bytes = _csv_text(rows, TRACK_COLUMNS)
+        json_bytes = b""
+        for row in rows:
+            record = {column: row.get(column) for column in TRACK_COLUMNS}
+            json_bytes += self._separator + json.dumps(record).encode()
+            self._separator = b",\n  "
+        _write_all(self._table, csv_bytes)
+        self._records.write(json_bytes)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._stack:
+            self._records.write(b"\n]\n")
 
 
 def _printable(value: Any) -> Any:
@@ -438,19 +484,26 @@ def predict(cfg: DictConfig) -> Counter[str]:
         explainer = CropExplainer.from_predictor(
             predictor, cfg.explain_target_layer, cfg.explain_toward
         )
-    paths = expand_inputs(
+    inputs = expand_inputs(
         OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     )
-    if not paths:
-        raise DataError(f"input={cfg.input} matches no photo (no file of a format PIL opens).")
-    names = output_names(paths)
+    if not inputs:
+        raise DataError(
+            f"input={cfg.input} matches no photo or video (no file of a format PIL opens, "
+            "nor a video file)."
+        )
+    names = output_names(inputs)
+    videos = [path for path in inputs if is_video_name(path)]
+    paths = [path for path in inputs if not is_video_name(path)]  # the photos
+    video_settings = VideoSettings.from_config(cfg.get("video", {}))
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.annotate:
+    if cfg.annotate or videos and video_settings.annotate_video:
         (output_dir / "annotated").mkdir(exist_ok=True)
     if explainer is not None:
         (output_dir / "explained").mkdir(exist_ok=True)
-    for output in ("predictions.csv", "gallery.png"):  # a link left there: replaced, not
-        if (output_dir / output).is_symlink():  # written through
+    # A link left there: replaced, not written through.
+    for output in ("predictions.csv", "gallery.png", "tracks.csv"):
+        if (output_dir / output).is_symlink():
             (output_dir / output).unlink()
     shown: list[tuple[str, Image.Image | None, list[dict[str, Any]]]] = []  # the gallery's
     counts: Counter[str] = Counter()
@@ -460,6 +513,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
         stop,
         open(output_dir / "predictions.csv", "wb", buffering=0) as table,
         atomic_output(output_dir / "predictions.json") as records,
+        _TrackFiles(output_dir) if videos else contextlib.nullcontext() as tracks,
     ):
         _write_all(table.fileno(), ",".join(COLUMNS).encode() + b"\r\n")
         records.write(b"[")
@@ -512,6 +566,22 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 if stop.signum is not None:
                     raise PredictionInterrupted(stop.signum)
                 stop.armed = True
+            for path in videos:
+                annotated = None
+                if video_settings.annotate_video:
+                    name = video_name(names[path])
+                    annotated = (output_dir / "annotated" / name, f"annotated/{name}")
+                rows = predict_video(
+                    path, predictor, aligner, video_settings, cfg.threshold, annotated
+                )
+                rows = [{k: _printable(v) for k, v in row.items()} for row in rows]
+                stop.armed = False  # a stop waits until both files have the video's rows
+                tracks.write(rows)
+                done += 1
+                counts.update(f"video_{row['status']}" for row in rows)
+                if stop.signum is not None:
+                    raise PredictionInterrupted(stop.signum)
+                stop.armed = True
         except PredictionInterrupted as interrupted:
             stop.signum = interrupted.signum
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
@@ -525,12 +595,14 @@ def predict(cfg: DictConfig) -> Counter[str]:
         stopped = PredictionInterrupted(stop.signum, done, output_dir)
         log.warning("%s", stopped)
         raise stopped
-    if cfg.gallery:
+    if cfg.gallery and paths:
         if len(paths) > len(shown):
             log.info("gallery.png shows the first %d of %d photos", len(shown), len(paths))
         figure = gallery(shown, cfg.gallery_columns)
         figure.savefig(output_dir / "gallery.png", dpi=GALLERY_DPI)
     log.info("%d photos: %s -> %s", len(paths), dict(counts), output_dir / "predictions.csv")
+    if videos:
+        log.info("%d videos -> %s", len(videos), output_dir / "tracks.csv")
     return counts
 
 

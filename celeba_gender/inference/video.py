@@ -1,0 +1,373 @@
+"""Videos in predict: frames sampled at ``video.sample_fps``, faces linked into tracks, one row
+per track (tracks.csv / tracks.json), and optionally an annotated copy of the sampled frames.
+
+Frames are decoded with PyAV (any container and codec its FFmpeg reads) one at a time and
+let go once their faces are classified: at most ``batch_size`` sampled frames are held, so a
+video of any length runs in bounded memory. Each sampled frame goes through the photos' own
+code (``run.detect_faces``: MTCNN, CelebA alignment; ``run._classify``: the model's P(male),
+a batch of frames' faces at once).
+
+Tracks: a face is linked to the open track whose last box overlaps it most (IoU, one face per
+track, Hungarian matching with scipy) when the overlap is at least ``video.min_iou``; a track
+unseen for more than ``video.max_gap_s`` ends. There is no re-identification: a person who
+leaves and comes back is a new track.
+
+A video that cannot be opened or decoded (corrupt, truncated, empty, no video stream) gets a
+row with the reason; the tracks found before a decoding error are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from celeba_gender.data import DataError
+from celeba_gender.data.cache import atomic_output
+from celeba_gender.inference.faces import FaceAligner
+from celeba_gender.inference.photos import VIDEO_SUFFIXES, is_video_name  # noqa: F401
+from celeba_gender.inference.predictor import GenderPredictor
+
+log = logging.getLogger(__name__)
+
+TRACK_COLUMNS = (
+    "video",
+    "track",  # 1, 2, ... in order of first appearance; empty on a video's no_face/error row
+    "status",  # ok, no_face or error
+    "first_s",  # the video's own timestamps, in seconds
+    "last_s",
+    "frames",  # sampled frames in which the track's face was found
+    "p_male_mean",
+    "p_male_std",  # spread over those frames (population standard deviation)
+    "label",  # of the mean P(male)
+    "error",
+    "annotated",  # the video's annotated copy, relative to the output folder
+)
+
+
+def video_name(name: str) -> str:
+    """The annotated copy's file name, from the video's name by ``run.output_names`` (which
+    adds '.png' to a name it cannot save a picture under): 'clip.mp4' -> 'clip_mp4.mp4'."""
+    stem = name.removesuffix(".png")
+    head, dot, tail = stem.rpartition(".")
+    return f"{head}_{tail}.mp4" if dot else f"{stem}.mp4"
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """predict's ``video:`` block (conf/predict.yaml)."""
+
+    sample_fps: float | None = 5.0  # None: every frame
+    max_gap_s: float = 1.0
+    min_iou: float = 0.3
+    annotate_video: bool = False
+
+    @classmethod
+    def from_config(cls, video: Mapping[str, Any]) -> VideoSettings:
+        """Checked values (a key left out: its default); DataError naming the key and what is
+        allowed otherwise."""
+        video = dataclasses.asdict(cls()) | dict(video)
+
+        def number(key: str, low: float, high: float = math.inf, low_open: bool = True) -> float:
+            value = video.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and (value > low if low_open else value >= low)
+            if not ok or value > high:
+                bound = f"> {low}" if low_open else f">= {low}"
+                upper = f" and <= {high}" if math.isfinite(high) else ""
+                raise DataError(f"video.{key}={value!r}: it must be a number {bound}{upper}")
+            return float(value)
+
+        sample_fps = None if video.get("sample_fps") is None else number("sample_fps", 0)
+        annotate_video = video.get("annotate_video")
+        if not isinstance(annotate_video, bool):
+            raise DataError(f"video.annotate_video={annotate_video!r}: it must be true or false")
+        return cls(
+            sample_fps=sample_fps,
+            max_gap_s=number("max_gap_s", 0, low_open=False),
+            min_iou=number("min_iou", 0, 1),
+            annotate_video=annotate_video,
+        )
+
+
+def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of every (x1, y1, x2, y2) box of ``boxes`` with every one of
+    ``others``: an array of shape (len(boxes), len(others))."""
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)[:, None, :]
+    others = np.asarray(others, dtype=float).reshape(-1, 4)[None, :, :]
+    width = np.minimum(boxes[..., 2], others[..., 2]) - np.maximum(boxes[..., 0], others[..., 0])
+    height = np.minimum(boxes[..., 3], others[..., 3]) - np.maximum(boxes[..., 1], others[..., 1])
+    intersection = np.clip(width, 0, None) * np.clip(height, 0, None)
+
+    def area(b: np.ndarray) -> np.ndarray:
+        return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+
+    union = area(boxes) + area(others) - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
+@dataclass
+class Track:
+    """One face followed across sampled frames; P(male)'s mean and spread kept as running
+    sums (Welford), so a track of any length takes constant memory."""
+
+    number: int
+    first_s: float
+    box: tuple[float, float, float, float]
+    last_s: float = 0.0
+    frames: int = 0
+    mean: float = 0.0
+    squares: float = field(default=0.0, repr=False)  # sum of squared deviations from the mean
+
+    def add(self, time_s: float, box: tuple[float, float, float, float], p_male: float) -> None:
+        self.box, self.last_s = box, time_s
+        self.frames += 1
+        delta = p_male - self.mean
+        self.mean += delta / self.frames
+        self.squares += delta * (p_male - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.squares / self.frames) if self.frames else 0.0
+
+
+class IouTracker:
+    """Links each sampled frame's faces to the open tracks by box overlap (see the module)."""
+
+    def __init__(self, min_iou: float = 0.3, max_gap_s: float = 1.0) -> None:
+        self.min_iou, self.max_gap_s = min_iou, max_gap_s
+        self.open: list[Track] = []
+        self.closed: list[Track] = []
+        self.count = 0
+
+    def update(
+        self, time_s: float, boxes: list[tuple[float, float, float, float]], p_male: list[float]
+    ) -> list[int]:
+        """Add one sampled frame's faces; the track number of each face, in order."""
+        for track in [t for t in self.open if time_s - t.last_s > self.max_gap_s]:
+            self.open.remove(track)
+            self.closed.append(track)
+        numbers: list[int | None] = [None] * len(boxes)
+        if boxes and self.open:
+            overlap = box_iou(np.array(boxes), np.array([t.box for t in self.open]))
+            for face, index in zip(*linear_sum_assignment(-overlap), strict=True):
+                if overlap[face, index] >= self.min_iou:
+                    self.open[index].add(time_s, boxes[face], p_male[face])
+                    numbers[face] = self.open[index].number
+        for face, number in enumerate(numbers):
+            if number is None:
+                self.count += 1
+                track = Track(self.count, time_s, boxes[face])
+                track.add(time_s, boxes[face], p_male[face])
+                self.open.append(track)
+                numbers[face] = track.number
+        return [int(n) for n in numbers]
+
+    def tracks(self) -> list[Track]:
+        """Every track so far, in order of first appearance."""
+        return sorted(self.closed + self.open, key=lambda t: t.number)
+
+
+def sampled_frames(
+    path: Path, sample_fps: float | None
+) -> Iterator[tuple[float, Image.Image, float]]:
+    """(time in seconds, RGB frame, the stream's frame rate) of the first video stream, at most
+    ``sample_fps`` frames a second (None: all), decoded one at a time. Raises
+    av.error.FFmpegError (or OSError) when the file cannot be opened or decoded; ValueError
+    when it has no video stream."""
+    try:
+        import av
+    except ImportError:  # the video's row says what to install
+        raise RuntimeError(
+            "reading videos needs PyAV: `pip install 'celeba-gender[video]'` (or make setup)"
+        ) from None
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # decode with every core; frames still come in order
+        next_time = -math.inf
+        for index, frame in enumerate(container.decode(stream)):
+            rate = stream.average_rate or stream.guessed_rate or 25
+            time_s = frame.time if frame.time is not None else index / float(rate)
+            if sample_fps is not None:
+                if time_s < next_time - 1e-6:
+                    continue
+                # The next sample is due on the sample_fps grid after this frame.
+                next_time = (math.floor(time_s * sample_fps + 1e-6) + 1) / sample_fps
+            yield float(time_s), frame_image(frame), float(rate)
+
+
+def frame_image(frame: Any) -> Image.Image:
+    """A decoded PyAV frame as an RGB picture."""
+    return frame.to_image()
+
+
+class AnnotatedVideo:
+    """The sampled frames with their faces drawn, written as an MP4 (H.264 where this FFmpeg
+    has it, else MPEG-4 Part 2) at the sampling rate. Written beside its name and renamed
+    onto it when complete (``close``), so a stopped run leaves no half video."""
+
+    def __init__(self, target: Path, fps: float | None) -> None:
+        self.target, self.fps = target, fps  # None: the source's frame rate
+        self._stack = contextlib.ExitStack()
+        self._container: Any = None
+        self._stream: Any = None
+        self._last_pts = -1
+
+    def write(self, picture: Image.Image, time_s: float, source_fps: float = 25.0) -> None:
+        import av
+
+        if self._container is None:
+            self.fps = self.fps or source_fps
+            handle = self._stack.enter_context(atomic_output(self.target))
+            self._container = av.open(handle, "w", format="mp4")
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            rate = Fraction(self.fps).limit_denominator(1000)
+            self._stream = self._container.add_stream(codec, rate=rate)
+            # yuv420p needs even sides.
+            self._stream.width = picture.width - picture.width % 2
+            self._stream.height = picture.height - picture.height % 2
+            self._stream.pix_fmt = "yuv420p"
+        picture = picture.crop((0, 0, self._stream.width, self._stream.height))
+        frame = av.VideoFrame.from_image(picture)
+        # One frame per sampling step, from the frame's own time: skipped samples stay gaps.
+        self._last_pts = max(self._last_pts + 1, round(time_s * self.fps))
+        frame.pts = self._last_pts
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> bool:
+        """Finish the file; False when no frame was written (then there is no file)."""
+        with self._stack:
+            if self._container is None:
+                return False
+            self._container.mux(self._stream.encode(None))  # flush the encoder
+            self._container.close()
+        return True
+
+    def discard(self) -> None:
+        """Drop the unfinished file (a failure or a stop while writing)."""
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+        self._stack.__exit__(RuntimeError, RuntimeError("discarded"), None)
+
+
+def predict_video(
+    path: Path,
+    predictor: GenderPredictor,
+    aligner: FaceAligner | None,
+    settings: VideoSettings,
+    threshold: float = 0.5,
+    annotated: tuple[Path, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per track of ``path`` (or one row saying why there is none). ``annotated``:
+    (file to write, its name for the rows) when an annotated copy is wanted."""
+    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces, label_of
+
+    tracker = IouTracker(settings.min_iou, settings.max_gap_s)
+    writer = None if annotated is None else AnnotatedVideo(annotated[0], settings.sample_fps)
+    notes: list[str] = []  # what went wrong, for the video's rows
+    sampled = failed = 0
+    first_failure = ""
+    last_time = 0.0
+
+    def consume(batch: list, source_fps: float) -> None:
+        nonlocal failed, first_failure, writer
+        results = _classify([found for _, found in batch], predictor, threshold)
+        for (time_s, _), result in zip(batch, results, strict=True):
+            faces = [row for row in result.rows if row["status"] == "ok"]
+            errors = [row for row in result.rows if row["status"] == "error"]
+            if errors and not failed:
+                first_failure = f"at {time_s:.2f} s: {errors[0]['error']}"
+            failed += bool(errors)
+            boxes = [(row["x1"], row["y1"], row["x2"], row["y2"]) for row in faces]
+            numbers = tracker.update(time_s, boxes, [row["p_male"] for row in faces])
+            if writer is None:
+                continue
+            try:
+                for row, number in zip(faces, numbers, strict=True):
+                    row["track"] = number
+                writer.write(annotate(result.photo, faces), time_s, source_fps)
+            except Exception as error:  # noqa: BLE001 - the rows matter more than the video
+                writer.discard()
+                writer = None
+                notes.append(f"annotated video not written ({_reason(error)})")
+
+    stopped = None
+    frames = sampled_frames(path, settings.sample_fps)
+    batch: list = []
+    try:
+        while True:
+            try:
+                time_s, frame, source_fps = next(frames)
+            except StopIteration:
+                break
+            except Exception as error:  # noqa: BLE001 - a bad video is its row, not the job's end
+                stopped = (
+                    f"{path}: decoding stopped after {last_time:.2f} s ({_reason(error)})"
+                    if sampled
+                    else f"{path}: not a readable video ({_reason(error)})"
+                )
+                log.warning("%s", stopped)
+                break
+            sampled += 1
+            last_time = time_s
+            batch.append((time_s, detect_faces(frame, path, aligner)))
+            if len(batch) >= predictor.batch_size:
+                consume(batch, source_fps)
+                batch = []
+        if batch:  # the frames decoded before the end, or before a decoding error
+            consume(batch, source_fps)
+    except BaseException:  # a stop signal: no half-written annotated video is left
+        if writer is not None:
+            writer.discard()
+        raise
+    finally:
+        frames.close()  # the container, at once
+    name = None
+    if writer is not None:
+        try:
+            name = annotated[1] if writer.close() else None
+        except Exception as error:  # noqa: BLE001 - the rows matter more than the video
+            writer.discard()
+            notes.append(f"annotated video not written ({_reason(error)})")
+    if sampled == 0:
+        reason = stopped or f"{path}: the video has no frame to decode (an empty video?)"
+        return [{"video": str(path), "status": "error", "error": reason}]
+    if failed:
+        notes.insert(0, f"{failed} of {sampled} sampled frames failed, the first {first_failure}")
+    if stopped:
+        notes.append(stopped)
+    common = {"video": str(path), "error": "; ".join(notes) or None, "annotated": name}
+    rows = [
+        common
+        | {
+            "track": track.number,
+            "status": "ok",
+            "first_s": round(track.first_s, 3),
+            "last_s": round(track.last_s, 3),
+            "frames": track.frames,
+            "p_male_mean": track.mean,
+            "p_male_std": track.std,
+            "label": label_of(track.mean, threshold),
+        }
+        for track in tracker.tracks()
+    ]
+    if stopped:  # the tracks up to the error, and a row that says where decoding stopped
+        rows.append(common | {"status": "error", "error": stopped})
+    if not rows:
+        reason = "; ".join([f"no face found in {sampled} sampled frames", *notes])
+        rows = [common | {"status": "no_face", "error": reason}]
+    return rows
