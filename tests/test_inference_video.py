@@ -274,3 +274,24 @@ def test_bad_video_settings_are_refused_by_name(key, value, message):
 
 def test_video_settings_left_out_take_their_defaults():
     assert VideoSettings.from_config({"min_iou": 0.5}) == VideoSettings(min_iou=0.5)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_phone_videos_display_rotation_is_applied(portraits, tmp_path, rotation):
+    """A phone stores its video sideways with a display rotation: the frames are looked at as
+    a player shows them, upright, not as stored (MTCNN would see sideways faces)."""
+    upright = frame_with(portraits["female"], 40)
+    stored = upright.rotate(-rotation, expand=True)  # what the display rotation undoes
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height = stored.size
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_image(stored)))
+        container.mux(stream.encode(None))
+    frames = [frame for _, frame, _ in video_module.sampled_frames(path, None)]
+    assert len(frames) == 3 and frames[0].size == upright.size
+    difference = np.abs(np.asarray(frames[0], float) - np.asarray(upright, float))
+    assert difference.mean() < 5

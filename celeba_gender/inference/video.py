@@ -209,9 +209,26 @@ def sampled_frames(
             yield float(time_s), frame_image(frame), float(rate)
 
 
+# A display rotation (degrees counter-clockwise, as PyAV reads it) and the transpose doing it.
+_ROTATIONS = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    -180: Image.Transpose.ROTATE_180,
+    -90: Image.Transpose.ROTATE_270,
+    270: Image.Transpose.ROTATE_270,
+}
+
+
 def frame_image(frame: Any) -> Image.Image:
-    """A decoded PyAV frame as an RGB picture."""
-    return frame.to_image()
+    """A decoded PyAV frame as an RGB picture, turned as a player shows it: a phone's video
+    is stored sideways with a display rotation, and MTCNN and the model expect upright faces."""
+    picture = frame.to_image()
+    rotation = round(getattr(frame, "rotation", 0) or 0)
+    if rotation in _ROTATIONS:
+        picture = picture.transpose(_ROTATIONS[rotation])
+    elif rotation % 360:  # not a quarter turn: rare, and rotated faces are still found
+        picture = picture.rotate(rotation, expand=True)
+    return picture
 
 
 class AnnotatedVideo:
