@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import weakref
 from pathlib import Path
 
@@ -295,3 +297,43 @@ def test_a_phone_videos_display_rotation_is_applied(portraits, tmp_path, rotatio
     assert len(frames) == 3 and frames[0].size == upright.size
     difference = np.abs(np.asarray(frames[0], float) - np.asarray(upright, float))
     assert difference.mean() < 5
+
+
+def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portraits, tmp_path):
+    """Ctrl-C (a real SIGINT) while a video is being read: tracks.csv/.json get its tracks up
+    to there, and a row saying where it stopped."""
+    path = tmp_path / "long.mp4"
+    write_video(path, (frame_with(portraits["male"], 40) for _ in range(6 * FPS)))
+    real_frame_image = video_module.frame_image
+    decoded = 0
+
+    def frame_image_then_stop(frame) -> Image.Image:
+        nonlocal decoded
+        decoded += 1
+        if decoded == 3 * FPS:  # 3 s in
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_frame_image(frame)
+
+    output = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={known_checkpoint}",
+                f"input={path}",
+                f"paths.output_dir={output}",
+                "batch_size=4",
+                "detect=false",
+                "video.sample_fps=null",
+            ],
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(video_module, "frame_image", frame_image_then_stop)
+        with pytest.raises(predict_run.PredictionInterrupted):
+            predict_run.predict(cfg)
+    tracks = pd.read_csv(output / "tracks.csv")
+    assert list(tracks["status"]) == ["ok", "error"]
+    assert 2 * FPS <= tracks["frames"].iloc[0] < 3 * FPS
+    assert tracks["track"].iloc[0] == 1 and tracks["label"].iloc[0] in ("female", "male")
+    assert "stopped" in tracks["error"].iloc[1]
+    assert len(json.loads((output / "tracks.json").read_text())) == 2

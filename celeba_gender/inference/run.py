@@ -588,6 +588,10 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 stop.armed = True
         except PredictionInterrupted as interrupted:
             stop.signum = interrupted.signum
+            # A video stopped midway: the tracks it had so far, cut where it stopped.
+            rows = getattr(interrupted, "track_rows", None)
+            if tracks is not None and rows:
+                tracks.write([{k: _printable(v) for k, v in row.items()} for row in rows])
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
             failure = error
         finally:

@@ -13,7 +13,9 @@ unseen for more than ``video.max_gap_s`` ends. There is no re-identification: a 
 leaves and comes back is a new track.
 
 A video that cannot be opened or decoded (corrupt, truncated, empty, no video stream) gets a
-row with the reason; the tracks found before a decoding error are kept.
+row with the reason; the tracks found before a decoding error are kept, and so are those found
+before a stop (Ctrl-C, SIGTERM): the interruption carries their rows (``track_rows``) for the
+caller to write.
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ def predict_video(
 ) -> list[dict[str, Any]]:
     """One row per track of ``path`` (or one row saying why there is none). ``annotated``:
     (file to write, its name for the rows) when an annotated copy is wanted."""
-    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces, label_of
+    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces
 
     tracker = IouTracker(settings.min_iou, settings.max_gap_s)
     writer = None if annotated is None else AnnotatedVideo(annotated[0], settings.sample_fps)
@@ -299,9 +301,10 @@ def predict_video(
     sampled = failed = 0
     first_failure = ""
     last_time = 0.0
+    tracked_until = 0.0  # the time of the last frame whose faces joined the tracks
 
     def consume(batch: list, source_fps: float) -> None:
-        nonlocal failed, first_failure, writer
+        nonlocal failed, first_failure, writer, tracked_until
         results = _classify([found for _, found in batch], predictor, threshold)
         for (time_s, _), result in zip(batch, results, strict=True):
             faces = [row for row in result.rows if row["status"] == "ok"]
@@ -311,6 +314,7 @@ def predict_video(
             failed += bool(errors)
             boxes = [(row["x1"], row["y1"], row["x2"], row["y2"]) for row in faces]
             numbers = tracker.update(time_s, boxes, [row["p_male"] for row in faces])
+            tracked_until = time_s
             if writer is None:
                 continue
             try:
@@ -347,9 +351,16 @@ def predict_video(
                 batch = []
         if batch:  # the frames decoded before the end, or before a decoding error
             consume(batch, source_fps)
-    except BaseException:  # a stop signal: no half-written annotated video is left
+    except BaseException as error:  # a stop signal: no half-written annotated video is left
         if writer is not None:
             writer.discard()
+        if isinstance(error, KeyboardInterrupt) and tracker.count:
+            stop = f"{path}: the run was stopped; frames after {tracked_until:.2f} s not looked at"
+            common = {"video": str(path), "error": stop, "annotated": None}
+            error.track_rows = [  # type: ignore[attr-defined]
+                *_track_rows(tracker, common, threshold),
+                common | {"status": "error"},
+            ]
         raise
     finally:
         frames.close()  # the container, at once
@@ -368,7 +379,22 @@ def predict_video(
     if stopped:
         notes.append(stopped)
     common = {"video": str(path), "error": "; ".join(notes) or None, "annotated": name}
-    rows = [
+    rows = _track_rows(tracker, common, threshold)
+    if stopped:  # the tracks up to the error, and a row that says where decoding stopped
+        rows.append(common | {"status": "error", "error": stopped})
+    if not rows:
+        reason = "; ".join([f"no face found in {sampled} sampled frames", *notes])
+        rows = [common | {"status": "no_face", "error": reason}]
+    return rows
+
+
+def _track_rows(
+    tracker: IouTracker, common: dict[str, Any], threshold: float
+) -> list[dict[str, Any]]:
+    """One row per track so far, in order of first appearance, each with ``common``'s values."""
+    from celeba_gender.inference.run import label_of
+
+    return [
         common
         | {
             "track": track.number,
@@ -382,9 +408,3 @@ def predict_video(
         }
         for track in tracker.tracks()
     ]
-    if stopped:  # the tracks up to the error, and a row that says where decoding stopped
-        rows.append(common | {"status": "error", "error": stopped})
-    if not rows:
-        reason = "; ".join([f"no face found in {sampled} sampled frames", *notes])
-        rows = [common | {"status": "no_face", "error": reason}]
-    return rows
