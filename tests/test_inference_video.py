@@ -337,3 +337,15 @@ def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portrait
     assert tracks["track"].iloc[0] == 1 and tracks["label"].iloc[0] in ("female", "male")
     assert "stopped" in tracks["error"].iloc[1]
     assert len(json.loads((output / "tracks.json").read_text())) == 2
+
+
+def test_two_faces_that_cross_keep_their_tracks():
+    """Two people walking past each other, listed left to right as a detector does: each keeps
+    its track (by its speed), instead of taking the other's once they have crossed."""
+    tracker = IouTracker(min_iou=0.3, max_gap_s=1.0)
+    for step in range(11):
+        woman, man = 20 * step, 200 - 20 * step  # they meet at step 5
+        faces = sorted([((woman, 50, woman + 60, 110), 0.1), ((man, 50, man + 60, 110), 0.9)])
+        numbers = tracker.update(step * 0.2, [box for box, _ in faces], [p for _, p in faces])
+        assert {p: n for (_, p), n in zip(faces, numbers, strict=True)} == {0.1: 1, 0.9: 2}
+    assert [(t.frames, t.mean) for t in tracker.tracks()] == [(11, 0.1), (11, 0.9)]

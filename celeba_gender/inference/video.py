@@ -7,8 +7,9 @@ video of any length runs in bounded memory. Each sampled frame goes through the 
 code (``run.detect_faces``: MTCNN, CelebA alignment; ``run._classify``: the model's P(male),
 a batch of frames' faces at once).
 
-Tracks: a face is linked to the open track whose last box overlaps it most (IoU, one face per
-track, Hungarian matching with scipy) when the overlap is at least ``video.min_iou``; a track
+Tracks: a face is linked to the open track whose box, moved on at the track's last speed,
+overlaps it most (IoU, one face per track, Hungarian matching with scipy; the speed keeps two
+people who cross from swapping tracks) when the overlap is at least ``video.min_iou``; a track
 unseen for more than ``video.max_gap_s`` ends. There is no re-identification: a person who
 leaves and comes back is a new track.
 
@@ -130,13 +131,20 @@ class Track:
     frames: int = 0
     mean: float = 0.0
     squares: float = field(default=0.0, repr=False)  # sum of squared deviations from the mean
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4), repr=False)  # per second
 
     def add(self, time_s: float, box: tuple[float, float, float, float], p_male: float) -> None:
+        if self.frames and time_s > self.last_s:
+            self.velocity = (np.asarray(box) - np.asarray(self.box)) / (time_s - self.last_s)
         self.box, self.last_s = box, time_s
         self.frames += 1
         delta = p_male - self.mean
         self.mean += delta / self.frames
         self.squares += delta * (p_male - self.mean)
+
+    def expected_box(self, time_s: float) -> np.ndarray:
+        """Where the face should be at ``time_s`` if it keeps moving as it last did."""
+        return np.asarray(self.box, dtype=float) + self.velocity * (time_s - self.last_s)
 
     @property
     def std(self) -> float:
@@ -161,7 +169,8 @@ class IouTracker:
             self.closed.append(track)
         numbers: list[int | None] = [None] * len(boxes)
         if boxes and self.open:
-            overlap = box_iou(np.array(boxes), np.array([t.box for t in self.open]))
+            expected = np.array([t.expected_box(time_s) for t in self.open])
+            overlap = box_iou(np.array(boxes), expected)
             for face, index in zip(*linear_sum_assignment(-overlap), strict=True):
                 if overlap[face, index] >= self.min_iou:
                     self.open[index].add(time_s, boxes[face], p_male[face])
