@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SAMPLE, run_script
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data.transforms import per_sample_transform
 from celeba_gender.inference import GenderPredictor
+from celeba_gender.inference import run as predict_run
 from celeba_gender.inference.explain import (
     CropExplainer,
     ExplainUnavailable,
@@ -169,15 +171,15 @@ def test_predict_explain_writes_each_faces_heat_map(smoke_run, run_env, tmp_path
     table = pd.read_csv(output / "predictions.csv")
     assert (table["status"] == "ok").all(), table.to_string()
     assert set(table["explained"]) == {
-        "explained/astronaut.face0.png",
-        "explained/crop.face0.png",
+        "explained/astronaut_jpg.face0.png",
+        "explained/crop_png.face0.png",
     }
     for row in table.itertuples():
         picture = np.asarray(Image.open(output / row.explained).convert("RGB"), dtype=float)
         assert picture.shape == (218, 178, 3)  # the aligned crop's frame
     # The crop's picture is the crop under a heat map: coloured, but the same face.
     crop = np.asarray(Image.open(PORTRAITS[0]).convert("RGB"), dtype=float)
-    explained = np.asarray(Image.open(output / "explained/crop.face0.png"), dtype=float)
+    explained = np.asarray(Image.open(output / "explained/crop_png.face0.png"), dtype=float)
     assert 3 < np.abs(explained - crop).mean() < 80
 
 
@@ -188,3 +190,41 @@ def test_explain_refuses_a_model_without_gradients(smoke_run):
     with pytest.raises(ExplainUnavailable, match="ONNX model gives no gradients"):
         CropExplainer.from_predictor(onnx_like)
     assert CropExplainer.from_predictor(predictor).target_layer == "layer4"
+
+
+def _explained_pictures(checkpoint, photos, output, *overrides: str) -> dict[str, np.ndarray]:
+    """predict explain=true on aligned crops, in this process: {explained name: picture}."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"input={photos}",
+                f"paths.output_dir={output}",
+                "detect=false",
+                "gallery=false",
+                "explain=true",
+                *overrides,
+            ],
+        )
+    predict_run.predict(cfg)
+    table = pd.read_csv(output / "predictions.csv")
+    return {name: np.asarray(Image.open(output / name), dtype=float) for name in table["explained"]}
+
+
+def test_explained_pictures_keep_the_extension_and_explain_the_rows_label(smoke_run, tmp_path):
+    """a.jpg and a.png are two photos with two pictures; a map argues for the row's label,
+    whatever the threshold (a face labelled male by threshold=0 is explained as male)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(PORTRAITS[0]).save(photos / "a.jpg", quality=95)
+    Image.open(PORTRAITS[1]).save(photos / "a.png")
+    checkpoint = smoke_run / "checkpoints" / "best.ckpt"
+    male = _explained_pictures(checkpoint, photos, tmp_path / "male", "explain_toward=male")
+    all_male = _explained_pictures(checkpoint, photos, tmp_path / "t0", "threshold=0.0")
+    all_female = _explained_pictures(checkpoint, photos, tmp_path / "t1", "threshold=1.0")
+    names = {"explained/a_jpg.face0.png", "explained/a_png.face0.png"}
+    assert set(male) == set(all_male) == set(all_female) == names
+    for name in names:
+        np.testing.assert_array_equal(all_male[name], male[name])
+        assert np.abs(all_female[name] - male[name]).mean() > 1, name

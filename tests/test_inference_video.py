@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import weakref
 from pathlib import Path
 
@@ -274,3 +276,76 @@ def test_bad_video_settings_are_refused_by_name(key, value, message):
 
 def test_video_settings_left_out_take_their_defaults():
     assert VideoSettings.from_config({"min_iou": 0.5}) == VideoSettings(min_iou=0.5)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_phone_videos_display_rotation_is_applied(portraits, tmp_path, rotation):
+    """A phone stores its video sideways with a display rotation: the frames are looked at as
+    a player shows them, upright, not as stored (MTCNN would see sideways faces)."""
+    upright = frame_with(portraits["female"], 40)
+    stored = upright.rotate(-rotation, expand=True)  # what the display rotation undoes
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height = stored.size
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_image(stored)))
+        container.mux(stream.encode(None))
+    frames = [frame for _, frame, _ in video_module.sampled_frames(path, None)]
+    assert len(frames) == 3 and frames[0].size == upright.size
+    difference = np.abs(np.asarray(frames[0], float) - np.asarray(upright, float))
+    assert difference.mean() < 5
+
+
+def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portraits, tmp_path):
+    """Ctrl-C (a real SIGINT) while a video is being read: tracks.csv/.json get its tracks up
+    to there, and a row saying where it stopped."""
+    path = tmp_path / "long.mp4"
+    write_video(path, (frame_with(portraits["male"], 40) for _ in range(6 * FPS)))
+    real_frame_image = video_module.frame_image
+    decoded = 0
+
+    def frame_image_then_stop(frame) -> Image.Image:
+        nonlocal decoded
+        decoded += 1
+        if decoded == 3 * FPS:  # 3 s in
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_frame_image(frame)
+
+    output = tmp_path / "out"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={known_checkpoint}",
+                f"input={path}",
+                f"paths.output_dir={output}",
+                "batch_size=4",
+                "detect=false",
+                "video.sample_fps=null",
+            ],
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(video_module, "frame_image", frame_image_then_stop)
+        with pytest.raises(predict_run.PredictionInterrupted):
+            predict_run.predict(cfg)
+    tracks = pd.read_csv(output / "tracks.csv")
+    assert list(tracks["status"]) == ["ok", "error"]
+    assert 2 * FPS <= tracks["frames"].iloc[0] < 3 * FPS
+    assert tracks["track"].iloc[0] == 1 and tracks["label"].iloc[0] in ("female", "male")
+    assert "stopped" in tracks["error"].iloc[1]
+    assert len(json.loads((output / "tracks.json").read_text())) == 2
+
+
+def test_two_faces_that_cross_keep_their_tracks():
+    """Two people walking past each other, listed left to right as a detector does: each keeps
+    its track (by its speed), instead of taking the other's once they have crossed."""
+    tracker = IouTracker(min_iou=0.3, max_gap_s=1.0)
+    for step in range(11):
+        woman, man = 20 * step, 200 - 20 * step  # they meet at step 5
+        faces = sorted([((woman, 50, woman + 60, 110), 0.1), ((man, 50, man + 60, 110), 0.9)])
+        numbers = tracker.update(step * 0.2, [box for box, _ in faces], [p for _, p in faces])
+        assert {p: n for (_, p), n in zip(faces, numbers, strict=True)} == {0.1: 1, 0.9: 2}
+    assert [(t.frames, t.mean) for t in tracker.tracks()] == [(11, 0.1), (11, 0.9)]

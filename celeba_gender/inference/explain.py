@@ -23,7 +23,8 @@ male logit minus its female logit (log P(male)/P(female)), so maps of both heads
 thing; the male logit alone would also show evidence that raises both classes' logits.
 ``toward="predicted"`` explains the predicted class (the negative log-odds for a face labelled
 female), ``toward="male"`` always the evidence for male. A model with ``flip_tta`` is explained
-on the image as given (its mirror pass is not).
+on the image as given (its mirror pass is not). predict passes each face's own label (its
+threshold, its flip_tta average), so a map never argues for the class the row does not say.
 """
 
 from __future__ import annotations
@@ -128,10 +129,12 @@ def class_activation_maps(
     images: torch.Tensor,
     target_layer: str | None = None,
     toward: Toward = "predicted",
+    male: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """Grad-CAM of each normalised image ``(N, 3, H, W)``: float32 ``(N, H, W)`` in [0, 1],
     each map divided by its own maximum (all zero where no part of the layer speaks for the
-    class). ``toward``: "predicted" or "male" (see the module's docstring)."""
+    class). ``toward``: "predicted" or "male" (see the module's docstring). ``male``: with
+    "predicted", whether each image is labelled male (default: this pass's P(male) > 0.5)."""
     if toward not in TOWARD:
         raise DataError(f"explain toward={toward!r}: choose one of {', '.join(TOWARD)}")
     layer_name = target_layer_of(model, target_layer)
@@ -141,7 +144,8 @@ def class_activation_maps(
         log_odds = male_log_odds(model, batch)
         if toward == "male":
             return log_odds
-        return log_odds * torch.where(log_odds.detach() > 0, 1.0, -1.0)  # P(male) > 0.5
+        labelled_male = log_odds.detach() > 0 if male is None else torch.tensor(list(male))
+        return log_odds * torch.where(labelled_male.to(log_odds.device), 1.0, -1.0)
 
     was_training = model.training
     model.eval()
@@ -239,13 +243,17 @@ class CropExplainer:
             predictor.batch_size,
         )
 
-    def explain(self, crops: Sequence[Image.Image]) -> list[np.ndarray]:
-        """One map per crop, on the crop's pixels (height, width), values in [0, 1]."""
+    def explain(
+        self, crops: Sequence[Image.Image], male: Sequence[bool] | None = None
+    ) -> list[np.ndarray]:
+        """One map per crop, on the crop's pixels (height, width), values in [0, 1]. ``male``:
+        each crop's label, explained when toward="predicted" (default: P(male) > 0.5)."""
         maps: list[np.ndarray] = []
         for start in range(0, len(crops), self.batch_size):
             batch = list(crops[start : start + self.batch_size])
+            labels = None if male is None else male[start : start + self.batch_size]
             inputs = class_activation_maps(
-                self.model, self.transform(batch), self.target_layer, self.toward
+                self.model, self.transform(batch), self.target_layer, self.toward, labels
             )
             maps += [
                 on_crop(heat, crop.size, self.face_crop)

@@ -440,9 +440,10 @@ def _save_annotated(result: PhotoResult, target: Path) -> str | None:
 def _save_explained(
     result: PhotoResult, explainer: Any, folder: Path, name: str, alpha: float, colormap: str
 ) -> None:
-    """Write each classified face's crop with its heat map as ``explained/<stem>.face<N>.png``
-    (named after the photo's annotated copy) and name it in the face's row; a face whose map
-    cannot be made gets the reason in its row instead."""
+    """Write each classified face's crop with its heat map as
+    ``explained/<name>_<ext>.face<N>.png`` (from the photo's annotated copy's name, its
+    extension kept: a.jpg and a.png are two photos) and name it in the face's row; a face whose
+    map cannot be made gets the reason in its row instead. The map explains the row's label."""
     from celeba_gender.inference.explain import overlay
 
     face_rows = [row for row in result.rows if row.get("face") is not None]  # one per crop
@@ -454,14 +455,17 @@ def _save_explained(
     if not faces:
         return
     try:
-        maps = explainer.explain([crop for _, crop in faces])
+        maps = explainer.explain(
+            [crop for _, crop in faces], [row["label"] == "male" for row, _ in faces]
+        )
     except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
         log.warning("%s: no heat maps: %s", result.path, error)
         for row, _ in faces:
             problem = f"heat map not made ({_reason(error)})"
             row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
         return
-    stem = Path(name).stem
+    head, dot, extension = name.rpartition(".")  # a name of output_names has an extension
+    stem = f"{head}_{extension}" if dot else name
     for (row, crop), heat_map in zip(faces, maps, strict=True):
         target = folder / f"{stem}.face{row['face']}.png"
         with atomic_output(target) as file:
@@ -584,6 +588,10 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 stop.armed = True
         except PredictionInterrupted as interrupted:
             stop.signum = interrupted.signum
+            # A video stopped midway: the tracks it had so far, cut where it stopped.
+            rows = getattr(interrupted, "track_rows", None)
+            if tracks is not None and rows:
+                tracks.write([{k: _printable(v) for k, v in row.items()} for row in rows])
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
             failure = error
         finally:

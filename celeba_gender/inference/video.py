@@ -7,13 +7,16 @@ video of any length runs in bounded memory. Each sampled frame goes through the 
 code (``run.detect_faces``: MTCNN, CelebA alignment; ``run._classify``: the model's P(male),
 a batch of frames' faces at once).
 
-Tracks: a face is linked to the open track whose last box overlaps it most (IoU, one face per
-track, Hungarian matching with scipy) when the overlap is at least ``video.min_iou``; a track
+Tracks: a face is linked to the open track whose box, moved on at the track's last speed,
+overlaps it most (IoU, one face per track, Hungarian matching with scipy; the speed keeps two
+people who cross from swapping tracks) when the overlap is at least ``video.min_iou``; a track
 unseen for more than ``video.max_gap_s`` ends. There is no re-identification: a person who
 leaves and comes back is a new track.
 
 A video that cannot be opened or decoded (corrupt, truncated, empty, no video stream) gets a
-row with the reason; the tracks found before a decoding error are kept.
+row with the reason; the tracks found before a decoding error are kept, and so are those found
+before a stop (Ctrl-C, SIGTERM): the interruption carries their rows (``track_rows``) for the
+caller to write.
 """
 
 from __future__ import annotations
@@ -128,13 +131,20 @@ class Track:
     frames: int = 0
     mean: float = 0.0
     squares: float = field(default=0.0, repr=False)  # sum of squared deviations from the mean
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4), repr=False)  # per second
 
     def add(self, time_s: float, box: tuple[float, float, float, float], p_male: float) -> None:
+        if self.frames and time_s > self.last_s:
+            self.velocity = (np.asarray(box) - np.asarray(self.box)) / (time_s - self.last_s)
         self.box, self.last_s = box, time_s
         self.frames += 1
         delta = p_male - self.mean
         self.mean += delta / self.frames
         self.squares += delta * (p_male - self.mean)
+
+    def expected_box(self, time_s: float) -> np.ndarray:
+        """Where the face should be at ``time_s`` if it keeps moving as it last did."""
+        return np.asarray(self.box, dtype=float) + self.velocity * (time_s - self.last_s)
 
     @property
     def std(self) -> float:
@@ -159,7 +169,8 @@ class IouTracker:
             self.closed.append(track)
         numbers: list[int | None] = [None] * len(boxes)
         if boxes and self.open:
-            overlap = box_iou(np.array(boxes), np.array([t.box for t in self.open]))
+            expected = np.array([t.expected_box(time_s) for t in self.open])
+            overlap = box_iou(np.array(boxes), expected)
             for face, index in zip(*linear_sum_assignment(-overlap), strict=True):
                 if overlap[face, index] >= self.min_iou:
                     self.open[index].add(time_s, boxes[face], p_male[face])
@@ -209,9 +220,26 @@ def sampled_frames(
             yield float(time_s), frame_image(frame), float(rate)
 
 
+# A display rotation (degrees counter-clockwise, as PyAV reads it) and the transpose doing it.
+_ROTATIONS = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    -180: Image.Transpose.ROTATE_180,
+    -90: Image.Transpose.ROTATE_270,
+    270: Image.Transpose.ROTATE_270,
+}
+
+
 def frame_image(frame: Any) -> Image.Image:
-    """A decoded PyAV frame as an RGB picture."""
-    return frame.to_image()
+    """A decoded PyAV frame as an RGB picture, turned as a player shows it: a phone's video
+    is stored sideways with a display rotation, and MTCNN and the model expect upright faces."""
+    picture = frame.to_image()
+    rotation = round(getattr(frame, "rotation", 0) or 0)
+    if rotation in _ROTATIONS:
+        picture = picture.transpose(_ROTATIONS[rotation])
+    elif rotation % 360:  # not a quarter turn: rare, and rotated faces are still found
+        picture = picture.rotate(rotation, expand=True)
+    return picture
 
 
 class AnnotatedVideo:
@@ -274,7 +302,7 @@ def predict_video(
 ) -> list[dict[str, Any]]:
     """One row per track of ``path`` (or one row saying why there is none). ``annotated``:
     (file to write, its name for the rows) when an annotated copy is wanted."""
-    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces, label_of
+    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces
 
     tracker = IouTracker(settings.min_iou, settings.max_gap_s)
     writer = None if annotated is None else AnnotatedVideo(annotated[0], settings.sample_fps)
@@ -282,9 +310,10 @@ def predict_video(
     sampled = failed = 0
     first_failure = ""
     last_time = 0.0
+    tracked_until = 0.0  # the time of the last frame whose faces joined the tracks
 
     def consume(batch: list, source_fps: float) -> None:
-        nonlocal failed, first_failure, writer
+        nonlocal failed, first_failure, writer, tracked_until
         results = _classify([found for _, found in batch], predictor, threshold)
         for (time_s, _), result in zip(batch, results, strict=True):
             faces = [row for row in result.rows if row["status"] == "ok"]
@@ -294,6 +323,7 @@ def predict_video(
             failed += bool(errors)
             boxes = [(row["x1"], row["y1"], row["x2"], row["y2"]) for row in faces]
             numbers = tracker.update(time_s, boxes, [row["p_male"] for row in faces])
+            tracked_until = time_s
             if writer is None:
                 continue
             try:
@@ -330,9 +360,16 @@ def predict_video(
                 batch = []
         if batch:  # the frames decoded before the end, or before a decoding error
             consume(batch, source_fps)
-    except BaseException:  # a stop signal: no half-written annotated video is left
+    except BaseException as error:  # a stop signal: no half-written annotated video is left
         if writer is not None:
             writer.discard()
+        if isinstance(error, KeyboardInterrupt) and tracker.count:
+            stop = f"{path}: the run was stopped; frames after {tracked_until:.2f} s not looked at"
+            common = {"video": str(path), "error": stop, "annotated": None}
+            error.track_rows = [  # type: ignore[attr-defined]
+                *_track_rows(tracker, common, threshold),
+                common | {"status": "error"},
+            ]
         raise
     finally:
         frames.close()  # the container, at once
@@ -351,7 +388,22 @@ def predict_video(
     if stopped:
         notes.append(stopped)
     common = {"video": str(path), "error": "; ".join(notes) or None, "annotated": name}
-    rows = [
+    rows = _track_rows(tracker, common, threshold)
+    if stopped:  # the tracks up to the error, and a row that says where decoding stopped
+        rows.append(common | {"status": "error", "error": stopped})
+    if not rows:
+        reason = "; ".join([f"no face found in {sampled} sampled frames", *notes])
+        rows = [common | {"status": "no_face", "error": reason}]
+    return rows
+
+
+def _track_rows(
+    tracker: IouTracker, common: dict[str, Any], threshold: float
+) -> list[dict[str, Any]]:
+    """One row per track so far, in order of first appearance, each with ``common``'s values."""
+    from celeba_gender.inference.run import label_of
+
+    return [
         common
         | {
             "track": track.number,
@@ -365,9 +417,3 @@ def predict_video(
         }
         for track in tracker.tracks()
     ]
-    if stopped:  # the tracks up to the error, and a row that says where decoding stopped
-        rows.append(common | {"status": "error", "error": stopped})
-    if not rows:
-        reason = "; ".join([f"no face found in {sampled} sampled frames", *notes])
-        rows = [common | {"status": "no_face", "error": reason}]
-    return rows
