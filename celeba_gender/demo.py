@@ -26,8 +26,10 @@ internet (the page's fonts and scripts come with the gradio package).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
 from collections import OrderedDict
@@ -41,7 +43,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from celeba_gender.config import CONFIG_DIR  # noqa: E402  (registers the configs' resolvers)
@@ -49,6 +51,7 @@ from celeba_gender.data import DataError  # noqa: E402
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
 from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
 from celeba_gender.inference.run import annotate, predict_photos  # noqa: E402
+from celeba_gender.models.checkpoints import CheckpointError  # noqa: E402
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder
@@ -145,11 +148,21 @@ class Demo:
         # page's two columns (or two visitors) would otherwise run through it at once.
         self._lock = threading.RLock()
         self.aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
-        self.predictor(self.default_model)  # a bad model file stops the command, not the page
+        self.default_model = self._first_loadable()
 
-    @property
-    def default_model(self) -> str:
-        return next(iter(self.models))
+    def _first_loadable(self) -> str:
+        """The first model that loads: a sweep's unreadable checkpoint (a failed job's) stays a
+        choice that says what is wrong when picked; when none loads, the first one's error
+        stops the command."""
+        problems: list[CheckpointError] = []
+        for name in self.models:
+            try:
+                self.model(name)
+                return name
+            except CheckpointError as problem:
+                log.warning("%s is not the default model: %s", name, problem)
+                problems.append(problem)
+        raise problems[0]
 
     def predictor(self, name: str) -> GenderPredictor:
         """The named model, loaded on first use; the ``models_in_memory`` most recent are kept."""
@@ -307,10 +320,12 @@ def build_app(demo: Demo) -> Any:
         with gr.Row():
             photo = _photo_input()
             with gr.Column():
-                model_a = gr.Dropdown(names, value=names[0], label="Model", visible=several)
+                model_a = gr.Dropdown(
+                    names, value=demo.default_model, label="Model", visible=several
+                )
                 model_b = gr.Dropdown(
                     [NO_MODEL, *names],
-                    value=names[1] if several else NO_MODEL,
+                    value=next((n for n in names if n != demo.default_model), NO_MODEL),
                     label="Compare with",
                     visible=several,
                 )
@@ -362,8 +377,42 @@ def build_app(demo: Demo) -> Any:
     return app
 
 
+def check_listening(host: str, port: Any) -> None:
+    """That the page can listen at host:port, said in one line before any model is loaded
+    (Gradio's own error blames the port for an unknown host, and names its own settings)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise DataError(f"port={port!r}: a whole number from 1 to 65535 (default 7860)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise DataError(
+            f"host={host}: not a name or address this machine can resolve ({error}); use "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every network)"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise DataError(
+                    f"port={port}: another program listens there on {host}; pass another "
+                    f"port (e.g. port={port + 1 if port < 65535 else 7860})"
+                ) from None
+            raise DataError(
+                f"host={host} port={port}: cannot listen there ({error.strerror}); host must "
+                "be an address of this machine (127.0.0.1, or 0.0.0.0 for every network)"
+            ) from None
+
+
 def run_demo(cfg: DictConfig, block: bool = True) -> Any:
     """Serve the page at http://host:port/ (blocks until Ctrl-C unless ``block`` is false)."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise DataError(
+            "ckpt_path is missing: python -m celeba_gender.demo ckpt_path=PATH (a .ckpt, an "
+            ".onnx export, a run folder or a sweep folder)"
+        )
+    check_listening(cfg.host, cfg.port)
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -288,6 +288,59 @@ HALVES_DIFFER_JS = """image => {
 }"""
 
 
+@pytest.mark.parametrize("case", ["port in use", "unknown host", "no ckpt_path"])
+def test_demo_says_in_one_line_what_is_wrong_with_host_port_or_ckpt_path(
+    case, smoke_run, run_env, tmp_path
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        overrides, expected = {
+            "port in use": (
+                [f"port={port}"],
+                f"error: port={port}: another program listens there on 127.0.0.1; pass another "
+                f"port (e.g. port={port + 1})",
+            ),
+            "unknown host": (
+                ["host=256.0.0.1", f"port={_free_port()}"],
+                "error: host=256.0.0.1: not a name or address this machine can resolve",
+            ),
+            "no ckpt_path": ([], "error: ckpt_path is missing: python -m celeba_gender.demo"),
+        }[case]
+        if case != "no ckpt_path":
+            overrides.append(f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}")
+        process = _demo(*overrides, f"hydra.run.dir={tmp_path / 'log'}", env=run_env)
+        output = process.communicate(timeout=STARTUP_S)[0]
+    assert process.returncode == 2 and "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "rror" in line]
+    assert line.startswith(expected), line
+
+
+def test_a_sweep_whose_first_checkpoint_is_unreadable_still_gets_a_page(sweep, photos, tmp_path):
+    """A failed job's truncated best.ckpt first in the sweep: the page opens on the next model,
+    and picking the broken one says what is wrong with it."""
+    broken = tmp_path / "sweep"
+    broken.mkdir()
+    for job in sweep.iterdir():
+        (broken / job.name).symlink_to(job)
+    failed = broken / "00_vgg11_scratch_bce_seed0"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (failed / "metrics.json").write_text('{"status": "failed"}\n')
+    (failed / "checkpoints").mkdir()
+    good = sweep / "0_resnet18_scratch_bce_seed0" / "checkpoints" / "best.ckpt"
+    (failed / "checkpoints" / "best.ckpt").write_bytes(good.read_bytes()[:4000])
+    demo = Demo(_demo_config(f"ckpt_path={broken}", "explain=false"))
+    assert list(demo.models)[0] == failed.name
+    assert demo.default_model == "0_resnet18_scratch_bce_seed0"
+    assert demo.answer(str(photos["astronaut.jpg"])).faces[0]["status"] == "ok"
+    answer = demo.answer(str(photos["astronaut.jpg"]), failed.name)
+    assert answer.annotated is None and not answer.crops
+    assert answer.message.startswith(f"model {failed.name}: {failed}/checkpoints/best.ckpt is")
+    assert "truncated or corrupt" in answer.message
+
+
 @pytest.mark.browser
 def test_demo_page_answers_a_real_portrait_in_chromium(
     server, photos, expected, chromium, tmp_path
