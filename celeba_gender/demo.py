@@ -2,9 +2,13 @@
 (Gradio) that labels the faces of an uploaded photo or a webcam snapshot.
 
 The page shows the photo with each face boxed and labelled with P(male), a table of the faces
-and their aligned crops. PATH is a checkpoint, an ONNX export, one run's folder or a sweep
-folder: with several models a picker offers every job's ``checkpoints/best.ckpt``, and a second
-picker shows another model's answer on the same photo beside the first.
+and their aligned crops, each beside its heat map (Grad-CAM, ``inference/explain.py``, with
+predict's ``explain_*`` settings; ``explain=false`` leaves them out). An ONNX model (no
+gradients) or a missing captum: the crops alone, and one line on the page saying why.
+
+PATH is a checkpoint, an ONNX export, one run's folder or a sweep folder: with several models
+a picker offers every job's ``checkpoints/best.ckpt``, and a second picker shows another
+model's answer on the same photo beside the first.
 
 Photos go through predict's own pipeline (``inference.run.predict_photos``: predict's decode,
 MTCNN, alignment, the run's evaluation transform) with predict's settings (conf/demo.yaml takes
@@ -22,9 +26,12 @@ internet (the page's fonts and scripts come with the gradio package).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +43,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import hydra  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from celeba_gender.config import CONFIG_DIR  # noqa: E402  (registers the configs' resolvers)
@@ -44,6 +51,7 @@ from celeba_gender.data import DataError  # noqa: E402
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
 from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
 from celeba_gender.inference.run import annotate, predict_photos  # noqa: E402
+from celeba_gender.models.checkpoints import CheckpointError  # noqa: E402
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder
@@ -80,6 +88,46 @@ class Answer:
     table: pd.DataFrame  # TABLE_COLUMNS, one row per face (or one saying why there is none)
     crops: list[tuple[Image.Image, str]] = field(default_factory=list)  # (crop, caption)
     message: str = ""
+    model: LoadedModel | None = None  # the model that answered (Demo.explained uses it)
+    faces: list[dict] = field(default_factory=list)  # the rows of the crops, in their order
+
+
+@dataclass
+class LoadedModel:
+    """A model of the page with what explains it: a CropExplainer, or why there is none."""
+
+    predictor: GenderPredictor
+    explainer: Any = None  # inference.explain.CropExplainer
+    no_maps: str = ""  # why there are no heat maps ("" when explain=false or there is one)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_explain_settings(cfg: DictConfig) -> None:
+    """The page's heat-map settings, checked when the command starts (not on the first photo)."""
+    from matplotlib import colormaps
+
+    from celeba_gender.inference.explain import TOWARD
+
+    if cfg.explain_toward not in TOWARD:
+        raise DataError(f"explain_toward={cfg.explain_toward!r}: choose one of {', '.join(TOWARD)}")
+    if not isinstance(cfg.explain_alpha, int | float) or not 0 <= cfg.explain_alpha <= 1:
+        raise DataError(f"explain_alpha={cfg.explain_alpha!r}: a number from 0 to 1")
+    if cfg.explain_colormap not in colormaps:
+        raise DataError(
+            f"explain_colormap={cfg.explain_colormap!r} is not a matplotlib colormap "
+            "(e.g. jet, viridis, inferno)"
+        )
+
+
+def beside(crop: Image.Image, explained: Image.Image, gap: int = 4) -> Image.Image:
+    """The crop and its heat-map picture side by side, ``gap`` white pixels between them."""
+    pair = Image.new("RGB", (crop.width + gap + explained.width, crop.height), "white")
+    pair.paste(crop.convert("RGB"), (0, 0))
+    pair.paste(explained, (crop.width + gap, 0))
+    return pair
 
 
 def empty_table() -> pd.DataFrame:
@@ -92,41 +140,83 @@ class Demo:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.models = find_models(cfg.ckpt_path)
-        self._loaded: OrderedDict[str, GenderPredictor] = OrderedDict()
+        self.explain = bool(cfg.get("explain"))
+        if self.explain:
+            check_explain_settings(cfg)
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        # One request at a time on the models: Grad-CAM hooks a layer of the model, and the
+        # page's two columns (or two visitors) would otherwise run through it at once.
+        self._lock = threading.RLock()
         self.aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
-        self.predictor(self.default_model)  # a bad model file stops the command, not the page
+        self.default_model = self._first_loadable()
 
-    @property
-    def default_model(self) -> str:
-        return next(iter(self.models))
+    def _first_loadable(self) -> str:
+        """The first model that loads: a sweep's unreadable checkpoint (a failed job's) stays a
+        choice that says what is wrong when picked; when none loads, the first one's error
+        stops the command."""
+        problems: list[CheckpointError] = []
+        for name in self.models:
+            try:
+                self.model(name)
+                return name
+            except CheckpointError as problem:
+                log.warning("%s is not the default model: %s", name, problem)
+                problems.append(problem)
+        raise problems[0]
 
     def predictor(self, name: str) -> GenderPredictor:
         """The named model, loaded on first use; the ``models_in_memory`` most recent are kept."""
+        return self.model(name).predictor
+
+    def model(self, name: str) -> LoadedModel:
+        """The named model and its explainer, loaded on first use (see ``predictor``)."""
         if name not in self.models:
             raise DataError(f"model {name!r} is not one of {', '.join(self.models)}")
-        if name not in self._loaded:
-            self._loaded[name] = GenderPredictor.load(
-                self.models[name], self.cfg.device, self.cfg.batch_size
+        with self._lock:
+            if name not in self._loaded:
+                predictor = GenderPredictor.load(
+                    self.models[name], self.cfg.device, self.cfg.batch_size
+                )
+                self._loaded[name] = self._with_explainer(predictor)
+                while len(self._loaded) > max(1, self.cfg.models_in_memory):
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(name)
+            return self._loaded[name]
+
+    def _with_explainer(self, predictor: GenderPredictor) -> LoadedModel:
+        if not self.explain:
+            return LoadedModel(predictor)
+        from celeba_gender.inference.explain import CropExplainer, ExplainUnavailable
+
+        try:
+            explainer = CropExplainer.from_predictor(
+                predictor, self.cfg.explain_target_layer, self.cfg.explain_toward
             )
-            while len(self._loaded) > max(1, self.cfg.models_in_memory):
-                self._loaded.popitem(last=False)
-        self._loaded.move_to_end(name)
-        return self._loaded[name]
+        except ExplainUnavailable as reason:  # ONNX, no captum, no such layer: crops alone
+            return LoadedModel(predictor, no_maps=f"No heat maps: {reason}")
+        return LoadedModel(predictor, explainer)
 
     def answer(self, photo: str | None, model: str | None = None) -> Answer:
         """Label the faces of the photo file (an upload) with the named model (default: the
-        first). Whatever goes wrong is the answer's message, never an exception."""
+        first), crops captioned but without heat maps (``explained`` adds them: the API
+        endpoint returns no maps, so it does not wait for them). Whatever goes wrong is the
+        answer's message, never an exception."""
         if not photo:
             return Answer(None, empty_table(), message=EMPTY_MESSAGE)
         path = Path(photo)
         model = model or self.default_model
         try:
-            predictor = self.predictor(model)
-            result = next(
-                predict_photos(
-                    [path], predictor, self.aligner, self.cfg.threshold, self.cfg.max_pixels
+            with self._lock:
+                loaded = self.model(model)
+                result = next(
+                    predict_photos(
+                        [path],
+                        loaded.predictor,
+                        self.aligner,
+                        self.cfg.threshold,
+                        self.cfg.max_pixels,
+                    )
                 )
-            )
         except Exception as error:  # noqa: BLE001 - a bad model of a sweep: its message
             log.exception("%s: %s", path, error)
             message = f"model {model}: {error}"
@@ -138,11 +228,9 @@ class Demo:
         ]
         table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
         faces = [row for row in result.rows if row["status"] == "ok"]
-        # HEAT MAPS (issue 14, part 1): overlay each crop's class-activation map here, once
-        # inference/explain.py exists (e.g. overlay(crop, class_activation_maps(...)[i])).
-        crops = [
-            (crop, f"face {row['face']}: {row['label']} {row['p_male']:.2f}")
-            for crop, row in zip(result.crops, faces, strict=False)
+        crops = [  # result.crops: one per face number (all ok, or the photo's error rows)
+            (result.crops[row["face"]], f"face {row['face']}: {row['label']} {row['p_male']:.2f}")
+            for row in faces
         ]
         if faces:
             message = f"{model}: " + ", ".join(
@@ -151,7 +239,31 @@ class Demo:
         else:
             message = self._readable(result.rows[0].get("error") or "no face found", path)
         annotated = annotate(result.photo, result.rows) if result.photo is not None else None
-        return Answer(annotated, table, crops, message)
+        return Answer(annotated, table, crops, message, loaded, faces)
+
+    def explained(self, answer: Answer) -> tuple[list[tuple[Image.Image, str]], str]:
+        """The page's gallery and message for an answer: each face's crop beside its heat map,
+        captioned, or the crops alone with one line saying why there are no maps."""
+        loaded = answer.model
+        if not answer.crops or loaded is None or not self.explain:
+            return answer.crops, answer.message
+        from celeba_gender.inference.explain import overlay
+
+        if loaded.explainer is None:
+            return answer.crops, f"{answer.message}\n\n{_one_line(loaded.no_maps)}"
+        try:
+            with self._lock:
+                maps = loaded.explainer.explain([crop for crop, _ in answer.crops])
+        except Exception as error:  # noqa: BLE001 - the label matters more than the picture
+            log.exception("no heat maps: %s", error)
+            return answer.crops, f"{answer.message}\n\n{_one_line(f'No heat maps: {error}')}"
+        toward = self.cfg.explain_toward
+        pictures = []
+        for (crop, caption), heat_map, row in zip(answer.crops, maps, answer.faces, strict=True):
+            explained = overlay(crop, heat_map, self.cfg.explain_alpha, self.cfg.explain_colormap)
+            evidence = row["label"] if toward == "predicted" else toward
+            pictures.append((beside(crop, explained), f"{caption}; heat map: why {evidence}"))
+        return pictures, answer.message
 
     @staticmethod
     def _readable(message: str, upload: Path) -> str:
@@ -190,13 +302,15 @@ def build_app(demo: Demo) -> Any:
         return answer.annotated, answer.table, answer
 
     def details(answer: Answer) -> tuple[str, list]:
-        return answer.message, answer.crops
+        crops, message = demo.explained(answer)  # after the API's outputs are on the page
+        return message, crops
 
     def compare(photo: str | None, model: str | None) -> tuple[Any, pd.DataFrame, list, str]:
         if not photo or not model or model == NO_MODEL:
             return None, empty_table(), [], ""
         answer = demo.answer(photo, model)
-        return answer.annotated, answer.table, answer.crops, answer.message
+        crops, message = demo.explained(answer)
+        return answer.annotated, answer.table, crops, message
 
     with gr.Blocks(title="celeba-gender demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -206,10 +320,12 @@ def build_app(demo: Demo) -> Any:
         with gr.Row():
             photo = _photo_input()
             with gr.Column():
-                model_a = gr.Dropdown(names, value=names[0], label="Model", visible=several)
+                model_a = gr.Dropdown(
+                    names, value=demo.default_model, label="Model", visible=several
+                )
                 model_b = gr.Dropdown(
                     [NO_MODEL, *names],
-                    value=names[1] if several else NO_MODEL,
+                    value=next((n for n in names if n != demo.default_model), NO_MODEL),
                     label="Compare with",
                     visible=several,
                 )
@@ -222,7 +338,7 @@ def build_app(demo: Demo) -> Any:
                 table_a = gr.Dataframe(
                     headers=list(TABLE_COLUMNS), label="Faces", interactive=False, elem_id="table"
                 )
-                # The aligned crops the model sees (heat maps go on them: see Demo.answer).
+                # The aligned crops the model sees, each beside its heat map (Demo.explained).
                 crops_a = gr.Gallery(
                     label="Aligned crops",
                     columns=4,
@@ -261,8 +377,42 @@ def build_app(demo: Demo) -> Any:
     return app
 
 
+def check_listening(host: str, port: Any) -> None:
+    """That the page can listen at host:port, said in one line before any model is loaded
+    (Gradio's own error blames the port for an unknown host, and names its own settings)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise DataError(f"port={port!r}: a whole number from 1 to 65535 (default 7860)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise DataError(
+            f"host={host}: not a name or address this machine can resolve ({error}); use "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every network)"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise DataError(
+                    f"port={port}: another program listens there on {host}; pass another "
+                    f"port (e.g. port={port + 1 if port < 65535 else 7860})"
+                ) from None
+            raise DataError(
+                f"host={host} port={port}: cannot listen there ({error.strerror}); host must "
+                "be an address of this machine (127.0.0.1, or 0.0.0.0 for every network)"
+            ) from None
+
+
 def run_demo(cfg: DictConfig, block: bool = True) -> Any:
     """Serve the page at http://host:port/ (blocks until Ctrl-C unless ``block`` is false)."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise DataError(
+            "ckpt_path is missing: python -m celeba_gender.demo ckpt_path=PATH (a .ckpt, an "
+            ".onnx export, a run folder or a sweep folder)"
+        )
+    check_listening(cfg.host, cfg.port)
     try:
         import gradio  # noqa: F401
     except ImportError:

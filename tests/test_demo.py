@@ -3,7 +3,9 @@ gradio_client, bad uploads, and the page driven in a real headless chromium."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,8 +17,12 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from conftest import REPO
+from hydra import compose, initialize_config_dir
 from PIL import Image
+from test_checkpoints import _onnx_model
 
+from celeba_gender.data import DataError
+from celeba_gender.demo import Demo
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.framing import smooth_background
 from celeba_gender.inference.run import label_of, predict_photos
@@ -114,6 +120,86 @@ def expected(smoke_run, photos) -> dict:
     return result.rows[0]
 
 
+def _demo_config(*overrides: str):
+    """conf/demo.yaml as the command composes it."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("demo", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def smoke_demo(smoke_run) -> Demo:
+    """The page's work, in this process, on the smoke run's checkpoint, default settings."""
+    return Demo(_demo_config(f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}"))
+
+
+def _pixels(picture: Image.Image) -> np.ndarray:
+    return np.asarray(picture.convert("RGB"), dtype=float)
+
+
+def test_demo_shows_each_crop_beside_its_heat_map_with_predicts_settings(smoke_demo, photos):
+    answer = smoke_demo.answer(str(photos["astronaut.jpg"]))
+    ((crop, plain_caption),) = answer.crops  # what the API's step gives: the crop alone
+    assert crop.size == (178, 218)
+    ((picture, caption),), message = smoke_demo.explained(answer)
+    assert message == answer.message and "No heat maps" not in message
+    label = answer.faces[0]["label"]
+    assert caption == f"{plain_caption}; heat map: why {label}"  # explain_toward=predicted
+    # The crop, 4 white pixels, the crop with its map over it (jet, alpha 0.45).
+    assert picture.size == (2 * 178 + 4, 218)
+    left, gap, right = (
+        picture.crop(box) for box in ((0, 0, 178, 218), (178, 0, 182, 218), (182, 0, 360, 218))
+    )
+    assert np.array_equal(_pixels(left), _pixels(crop))
+    assert (_pixels(gap) == 255).all()
+    assert np.abs(_pixels(right) - _pixels(crop)).mean() > 5
+    # The settings are predict's config values: no opacity, the crop itself; toward male.
+    smoke_demo.cfg.explain_alpha, smoke_demo.cfg.explain_toward = 0.0, "male"
+    try:
+        ((picture, caption),), _ = smoke_demo.explained(answer)
+    finally:
+        smoke_demo.cfg.explain_alpha, smoke_demo.cfg.explain_toward = 0.45, "predicted"
+    assert np.abs(_pixels(picture.crop((182, 0, 360, 218))) - _pixels(crop)).max() <= 1
+    assert caption.endswith("heat map: why male")
+
+
+def test_demo_without_gradients_or_captum_shows_the_crops_and_says_why(
+    smoke_run, photos, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    transform = GenderPredictor.load(smoke_run / "checkpoints" / "best.ckpt").eval_transform
+    onnx_model = _onnx_model(tmp_path / "model.onnx", json.dumps(transform), 1)
+    demo = Demo(_demo_config(f"ckpt_path={onnx_model}"))
+    answer = demo.answer(str(photos["astronaut.jpg"]))
+    crops, message = demo.explained(answer)
+    assert [picture.size for picture, _ in crops] == [(178, 218)]  # the crop alone
+    first, why = message.split("\n\n")
+    assert first == answer.message and first.startswith("model.onnx: face 0")
+    assert why.startswith("No heat maps: ") and "ONNX model gives no gradients" in why
+    # No captum here: the checkpoint's crops alone, and the line saying how to install it.
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    demo = Demo(_demo_config(f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}"))
+    crops, message = demo.explained(demo.answer(str(photos["astronaut.jpg"])))
+    assert [picture.size for picture, _ in crops] == [(178, 218)]
+    assert message.splitlines()[-1] == (
+        "No heat maps: Heat maps need captum: pip install -e '.[explain]' (the dev extra has it)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("explain_colormap=rainbowish", "explain_colormap='rainbowish' is not a matplotlib"),
+        ("explain_toward=female", "explain_toward='female': choose one of predicted, male"),
+        ("explain_alpha=1.5", "explain_alpha=1.5: a number from 0 to 1"),
+    ],
+)
+def test_demo_refuses_bad_heat_map_settings_when_it_starts(smoke_run, override, named):
+    checkpoint = smoke_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(DataError, match="^" + re.escape(named)):
+        Demo(_demo_config(f"ckpt_path={checkpoint}", override))
+
+
 def _rows(table: dict) -> list[dict]:
     return [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
 
@@ -184,6 +270,77 @@ def test_demo_refuses_a_folder_without_models_in_one_line(sweep, run_env, tmp_pa
     assert str(empty) in line and "checkpoints/best.ckpt" in line
 
 
+# In the page: the mean absolute difference between the left half of a gallery picture (the
+# crop) and its right half (the crop with its heat map), read back through a canvas.
+HALVES_DIFFER_JS = """image => {
+    const canvas = document.createElement("canvas");
+    const [width, height] = [image.naturalWidth, image.naturalHeight];
+    Object.assign(canvas, {width, height});
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const half = Math.floor((width - 4) / 2);
+    const left = context.getImageData(0, 0, half, height).data;
+    const right = context.getImageData(width - half, 0, half, height).data;
+    let total = 0;
+    for (let i = 0; i < left.length; i += 4)
+        for (let c = 0; c < 3; c++) total += Math.abs(left[i + c] - right[i + c]);
+    return {width, difference: total / (3 * half * height)};
+}"""
+
+
+@pytest.mark.parametrize("case", ["port in use", "unknown host", "no ckpt_path"])
+def test_demo_says_in_one_line_what_is_wrong_with_host_port_or_ckpt_path(
+    case, smoke_run, run_env, tmp_path
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        overrides, expected = {
+            "port in use": (
+                [f"port={port}"],
+                f"error: port={port}: another program listens there on 127.0.0.1; pass another "
+                f"port (e.g. port={port + 1})",
+            ),
+            "unknown host": (
+                ["host=256.0.0.1", f"port={_free_port()}"],
+                "error: host=256.0.0.1: not a name or address this machine can resolve",
+            ),
+            "no ckpt_path": ([], "error: ckpt_path is missing: python -m celeba_gender.demo"),
+        }[case]
+        if case != "no ckpt_path":
+            overrides.append(f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}")
+        process = _demo(*overrides, f"hydra.run.dir={tmp_path / 'log'}", env=run_env)
+        output = process.communicate(timeout=STARTUP_S)[0]
+    assert process.returncode == 2 and "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "rror" in line]
+    assert line.startswith(expected), line
+
+
+def test_a_sweep_whose_first_checkpoint_is_unreadable_still_gets_a_page(sweep, photos, tmp_path):
+    """A failed job's truncated best.ckpt first in the sweep: the page opens on the next model,
+    and picking the broken one says what is wrong with it."""
+    broken = tmp_path / "sweep"
+    broken.mkdir()
+    for job in sweep.iterdir():
+        (broken / job.name).symlink_to(job)
+    failed = broken / "00_vgg11_scratch_bce_seed0"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (failed / "metrics.json").write_text('{"status": "failed"}\n')
+    (failed / "checkpoints").mkdir()
+    good = sweep / "0_resnet18_scratch_bce_seed0" / "checkpoints" / "best.ckpt"
+    (failed / "checkpoints" / "best.ckpt").write_bytes(good.read_bytes()[:4000])
+    demo = Demo(_demo_config(f"ckpt_path={broken}", "explain=false"))
+    assert list(demo.models)[0] == failed.name
+    assert demo.default_model == "0_resnet18_scratch_bce_seed0"
+    assert demo.answer(str(photos["astronaut.jpg"])).faces[0]["status"] == "ok"
+    answer = demo.answer(str(photos["astronaut.jpg"]), failed.name)
+    assert answer.annotated is None and not answer.crops
+    assert answer.message.startswith(f"model {failed.name}: {failed}/checkpoints/best.ckpt is")
+    assert "truncated or corrupt" in answer.message
+
+
 @pytest.mark.browser
 def test_demo_page_answers_a_real_portrait_in_chromium(
     server, photos, expected, chromium, tmp_path
@@ -213,7 +370,14 @@ def test_demo_page_answers_a_real_portrait_in_chromium(
             annotated = page.locator("#annotated img")
             sync_api.expect(annotated).to_be_visible()
             assert annotated.evaluate("image => image.naturalWidth") == 512
-            sync_api.expect(page.locator("#crops img").first).to_be_visible()
+            # The crops gallery: the crop beside its heat map (predict's settings), captioned.
+            sync_api.expect(page.locator("#crops")).to_contain_text("heat map: why", timeout=60_000)
+            crop = page.locator("#crops img").first
+            sync_api.expect(crop).to_be_visible()
+            crop.evaluate("image => image.decode()")
+            halves = crop.evaluate(HALVES_DIFFER_JS)
+            assert halves["width"] == 2 * 178 + 4, halves
+            assert halves["difference"] > 5, halves  # the right half is coloured by the map
             # The picker's second model answers beside the first.
             sync_api.expect(page.locator("#message_b")).to_contain_text(
                 "1_resnet18_scratch_bce_seed1", timeout=60_000
