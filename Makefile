@@ -49,7 +49,7 @@ tensorboard:  ## TensorBoard over every run in outputs/
 test:  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast:  ## the tests without the slow ones
 	$(PYTHON) -m pytest -m 'not slow'
