@@ -214,11 +214,12 @@ def heat_map_grid(rows: dict[str, dict[str, object]], title: str) -> Figure:
                 axes.imshow(overlay(face, cell.heat))
             axes.set_title(f"{name}\nn={cell.count}", fontsize=7)
         axes_row[0].set_ylabel(label, fontsize=7)
-    figure.colorbar(
+    bar = figure.colorbar(
         ScalarMappable(Normalize(0, 1), cmap="jet"),
         ax=axes_grid.ravel().tolist(),
-        shrink=0.35,
-        label="mean map (1: every image's peak)",
+        shrink=min(0.9, 0.35 + 0.15 * len(rows)),
     )
+    bar.set_label("mean map (1: each image's peak)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=8)
     return figure
