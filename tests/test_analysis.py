@@ -19,6 +19,7 @@ import pytest
 import torch
 import torchvision
 from conftest import REPO, SAMPLE, delete_big_files, run_script
+from PIL import Image
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
@@ -577,3 +578,130 @@ def test_a_tie_on_validation_names_one_winner_in_every_sentence(sweep, tmp_path)
     assert "**Best treatment: scratch_ce**" in lines[3]
     assert analysis.best["model"] == "googlenet"
     assert set(analysis.paired["a"]) == {"googlenet/scratch_ce [smoke]"}
+
+
+# ----------------------------------------------------------------------------- heat maps
+def _cell_counts(predictions: pd.DataFrame, per_cell: int) -> dict[str, int]:
+    """How many images each gender x right/wrong cell averages, from the CSV alone."""
+    right = (predictions["p_male"] > 0.5) == (predictions["label"] == 1)
+    return {
+        f"{gender} {outcome}": min(per_cell, int(((predictions["label"] == label) & ok).sum()))
+        for gender, label in (("female", 0), ("male", 1))
+        for outcome, ok in (("correct", right), ("wrong", ~right))
+    }
+
+
+def test_the_heat_map_grid_averages_each_configurations_cells(sweep, report):
+    """One row per configuration (its lowest-seed job), one column per gender x right/wrong
+    cell, with n as test_predictions.csv gives it; the maps vary over the face; the mean face
+    of a cell that uses all its images is their mean; the grid is in TensorBoard and
+    report.md says how to read it."""
+    from celeba_gender.analysis.heat_maps import evaluated_checkpoint, mean_maps
+    from celeba_gender.analysis.report import heat_map_figure
+
+    assert (report / "figures" / "heat_maps.png").stat().st_size > 20_000
+    (events,) = (report / "tensorboard").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert "report/heat_maps" in accumulator.Tags()["images"]
+    markdown = (report / "report.md").read_text()
+    assert "![heat_maps](figures/heat_maps.png)" in markdown and "mean Grad-CAM" in markdown
+
+    per_cell = 4  # small enough that some cells are cut to it, others are not
+    settings = load_settings(**{"bootstrap.resamples": 20, "heat_maps.images_per_cell": per_cell})
+    analysis = analyze_sweep(sweep, settings)
+    figure = heat_map_figure(analysis)
+    rows = {}
+    for axes in figure.axes[:-1]:  # the last is the colour bar
+        if axes.get_ylabel():
+            rows[axes.get_ylabel().split("\n")[1]] = []
+        rows[list(rows)[-1]].append(axes.get_title())
+    metrics = _metrics(sweep)
+    ok = {j for j, r in metrics.items() if r["status"] == "ok"}
+    configurations = {(metrics[j]["model"], metrics[j]["treatment"]) for j in ok}
+    lowest_seed = {
+        c: min((j for j in ok if (metrics[j]["model"], metrics[j]["treatment"]) == c),
+               key=lambda j: metrics[j]["seed"])
+        for c in configurations
+    }  # fmt: skip
+    assert set(rows) == set(lowest_seed.values()) and len(rows) == 5
+    for job, titles in rows.items():
+        counts = _cell_counts(pd.read_csv(sweep / job / "test_predictions.csv"), per_cell)
+        assert titles == [f"{cell}\nn={n}" for cell, n in counts.items()]
+
+    job = lowest_seed[("resnet18", "scratch_bce")]
+    predictions = pd.read_csv(sweep / job / "test_predictions.csv")
+    counts = _cell_counts(predictions, 10_000)
+    cells = mean_maps(evaluated_checkpoint(sweep / job), SAMPLE / "img_align_celeba",
+                      predictions, 10_000, 0)  # fmt: skip
+    assert {name: cell.count for name, cell in cells.items()} == counts
+    right = (predictions["p_male"] > 0.5) == (predictions["label"] == 1)
+    for (name, cell), (label, ok) in zip(
+        cells.items(), [(0, right), (0, ~right), (1, right), (1, ~right)], strict=True
+    ):
+        if not cell.count:
+            assert cell.heat is None
+            continue
+        assert cell.heat.shape == (218, 178), name
+        files = predictions.loc[(predictions["label"] == label) & ok, "file_name"]
+        faces = [np.asarray(Image.open(SAMPLE / "img_align_celeba" / f).convert("RGB")) / 255
+                 for f in files]  # fmt: skip
+        assert np.abs(cell.face - np.mean(faces, axis=0)).max() < 1e-5, name
+
+
+def test_mean_heat_maps_vary_over_the_face(run_env, tmp_path):
+    """At the smoke sweep's 32 px the last layer is 1x1, so a map is flat inside the face box;
+    at 96 px (3x3) the mean maps must vary over the face, and differ between cells."""
+    from celeba_gender.analysis.heat_maps import evaluated_checkpoint, mean_maps
+
+    folder = tmp_path / "run"
+    result = run_script(
+        "train.py", "experiment=smoke", "model=resnet18", "data.image_size=96",
+        "trainer.limit_test_batches=1.0", f"hydra.run.dir={folder}", env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = pd.read_csv(folder / "test_predictions.csv")
+    cells = mean_maps(evaluated_checkpoint(folder), SAMPLE / "img_align_celeba", predictions, 8, 0)
+    faces = [cell.heat[40:198, 10:168] for cell in cells.values() if cell.count]  # inside the box
+    assert len(faces) >= 2
+    for face in faces:
+        assert face.max() - face.min() > 0.1
+    assert np.abs(faces[0] - faces[1]).max() > 0.01
+
+
+@pytest.mark.parametrize("remove", ["checkpoints", "evaluated_checkpoint", "captum", "enabled"])
+def test_the_heat_map_grid_is_skipped_with_the_reason(sweep, tmp_path, remove):
+    """Checkpoints gone, a run tested on its last epoch's weights (no best checkpoint kept), no
+    captum, or turned off: the report is written without the grid and says why."""
+    job = "2_resnet18_scratch_bce_seed0"
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep / job, copy / job)
+    if remove == "checkpoints":
+        shutil.rmtree(copy / job / "checkpoints")
+    if remove == "evaluated_checkpoint":
+        record = json.loads((copy / job / "metrics.json").read_text())
+        (copy / job / "metrics.json").write_text(
+            json.dumps({**record, "evaluated_checkpoint": "last epoch"})
+        )
+    # No captum: the import fails as it does where the package is not installed.
+    hide = "import sys; sys.modules['captum'] = None; " if remove == "captum" else ""
+    switch = "--set=heat_maps.enabled=" + ("false" if remove == "enabled" else "true")
+    command = (
+        f"{hide}from celeba_gender.analysis.__main__ import main; "
+        f"sys.exit(main([{str(copy)!r}, '--no-notebook', '--resamples', '20', {switch!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; {command}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    markdown = (copy / "report" / "report.md").read_text()
+    assert not (copy / "report" / "figures" / "heat_maps.png").exists()
+    assert (copy / "report" / "figures" / "accuracy_heatmap.png").is_file()
+    expected = {
+        "checkpoints": f"{job}: no heat maps ({job}: its evaluated checkpoint best.ckpt is gone",
+        "evaluated_checkpoint": f"{job} was tested on its last epoch's weights",
+        "captum": "no heat-map grid: it needs captum (pip install -e '.[explain]')",
+        "enabled": "no heat-map grid: heat_maps.enabled=false",
+    }[remove]
+    assert expected in markdown

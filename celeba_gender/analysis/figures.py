@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from celeba_gender.analysis.conclusions import chosen
 from celeba_gender.analysis.statistics import correct
+from celeba_gender.inference.explain import overlay
 
 
 def _figure(rows: int = 1, columns: int = 1, **options):
@@ -191,4 +194,32 @@ def reliability_diagram(tables: dict[str, pd.DataFrame]) -> Figure:
     if len(tables) <= 12:
         axes.legend(fontsize=6)
     figure.tight_layout()
+    return figure
+
+
+def heat_map_grid(rows: dict[str, dict[str, object]], title: str) -> Figure:
+    """Rows: configurations; columns: their cells (``heat_maps.CELLS``), each the cell's mean
+    Grad-CAM map over its mean image, with the number of images averaged (blank at n=0).
+    ``rows`` maps a row's label to {cell title: ``heat_maps.MeanMap``}."""
+    columns = max((len(cells) for cells in rows.values()), default=1)
+    # Constrained layout: room for the colour bar beside the grid and the long row labels.
+    figure = Figure(figsize=(1.7 * columns + 1.8, 2.2 * len(rows) + 0.6), layout="constrained")
+    axes_grid = figure.subplots(len(rows), columns, squeeze=False)
+    for axes_row, (label, cells) in zip(axes_grid, rows.items(), strict=True):
+        for axes, (name, cell) in zip(axes_row, cells.items(), strict=False):
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if cell.count:
+                face = Image.fromarray((cell.face * 255).round().astype(np.uint8))
+                axes.imshow(overlay(face, cell.heat))
+            axes.set_title(f"{name}\nn={cell.count}", fontsize=7)
+        axes_row[0].set_ylabel(label, fontsize=7)
+    bar = figure.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"),
+        ax=axes_grid.ravel().tolist(),
+        shrink=min(0.9, 0.35 + 0.15 * len(rows)),
+    )
+    bar.set_label("mean map (1: each image's peak)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    figure.suptitle(title, fontsize=8)
     return figure

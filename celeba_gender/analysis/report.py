@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from celeba_gender.analysis import conclusions, figures
+from celeba_gender.analysis import conclusions, figures, heat_maps
 from celeba_gender.analysis.calibration import (
     expected_calibration_error,
     reliability_table,
@@ -43,12 +44,21 @@ from celeba_gender.analysis.statistics import (
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data import DataError
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, source_image_dir
+from celeba_gender.inference.explain import explain_available
 from celeba_gender.training.resume import saved_config
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_study.csv"
 # What the report folder holds for the notebook (and any reader) besides report.md.
 SETTINGS_FILE, CONCLUSIONS_FILE = "analysis.yaml", "conclusions.md"
+# How to read a figure that its title cannot say, under it in report.md.
+FIGURE_CAPTIONS = {
+    "heat_maps": "Heat maps: one row per configuration (its lowest-seed run), one column per "
+    "gender x right/wrong cell of its test images (n: images averaged, at most "
+    "`heat_maps.images_per_cell`); each cell is the mean Grad-CAM map toward the predicted "
+    "class drawn over the mean of those images, so warm colour where the model looked on most "
+    "of them (hair, jaw, eyes, or background outside the face).",
+}
 
 
 def load_settings(**overrides) -> DictConfig:
@@ -375,7 +385,54 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
     )
     # One line per run (the report's reliability.csv has every run's points).
     result["reliability"] = figures.reliability_diagram(analysis.reliability)
+    heat_maps = heat_map_figure(analysis)
+    if heat_maps is not None:
+        result["heat_maps"] = heat_maps
     return result
+
+
+def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
+    """The mean heat maps of every configuration (rows, validation-best first) by gender and
+    right or wrong, or None with the reason in the notes. A configuration that cannot be
+    explained (checkpoint gone, images unreadable) loses its row, and the notes say why."""
+    settings = analysis.settings.get("heat_maps") or {}
+    if not settings.get("enabled", True):
+        analysis.notes.append("no heat-map grid: heat_maps.enabled=false")
+        return None
+    if not explain_available():
+        analysis.notes.append(
+            "no heat-map grid: it needs captum (pip install -e '.[explain]'); the rest of the "
+            "report does not"
+        )
+        return None
+    rows = {}
+    for _, configuration in conclusions.ranked(analysis.configurations).iterrows():
+        run = analysis.run_of(configuration)
+        if run["job"] not in analysis.reliability:
+            continue  # its predictions are gone (see the notes)
+        try:
+            data_root = analysis.data_root(run)
+            if not data_root:
+                raise DataError("no data_root recorded; pass --data-root")
+            source = _source_settings(run)
+            cells = heat_maps.mean_maps(
+                heat_maps.evaluated_checkpoint(run["run_dir"]),
+                source_image_dir(data_root, source["source"], source["class_names"]),
+                analysis.predictions(run["job"]),
+                settings.get("images_per_cell", 16),
+                settings.get("seed", 0),
+                settings.get("device", "cpu"),
+            )
+        except DataError as error:  # CheckpointError, ExplainUnavailable (ONNX), a bad copy
+            analysis.notes.append(f"{run['job']}: no heat maps ({error})")
+            continue
+        rows[f"{conclusions.configuration_name(configuration)}\n{run['job']}"] = cells
+    if not rows:
+        analysis.notes.append("no heat-map grid: no configuration could be explained (above)")
+        return None
+    return figures.heat_map_grid(
+        rows, "mean Grad-CAM toward the predicted class (lowest-seed run of each configuration)"
+    )
 
 
 def confusion_matrix(predictions: pd.DataFrame) -> np.ndarray:
@@ -493,7 +550,11 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
         best_job = analysis.run_of(analysis.best)["job"]
         cells = analysis.fairness[analysis.fairness["job"] == best_job].drop(columns="job")
         sections += [f"### Subgroups of the best configuration ({best_job})", _fmt(cells)]
-    sections += ["## Figures", *(f"![{Path(f).stem}]({f})" for f in figure_files)]
+    sections += ["## Figures"]
+    for figure_file in figure_files:
+        sections.append(f"![{Path(figure_file).stem}]({figure_file})")
+        if Path(figure_file).stem in FIGURE_CAPTIONS:
+            sections.append(FIGURE_CAPTIONS[Path(figure_file).stem])
     if analysis.notes:
         sections += ["## Notes", *(f"- {note}" for note in analysis.notes)]
     return "\n\n".join(sections) + "\n"
