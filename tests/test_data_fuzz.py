@@ -275,7 +275,10 @@ def _run_example(seed: int, base: Path, names: list[str], labels: dict, work: Pa
         # Every attribute, not only the label: no value may be read as another one.
         read = {column: row[column] for column in labels[row["file_name"]]}
         assert read == labels[row["file_name"]], (context, row["file_name"])
-    assert len(module.cache) == len(images), context
+    # One cache row per scanned entry; every usable image's row holds its pixels.
+    assert len(module.cache) == len(module.index.cache_files), context
+    pixels = module.cache.gather(images["cache_row"].to_numpy())
+    assert pixels.reshape(len(images), -1).max(axis=1).min() > 0, context
     shutil.rmtree(work / f"cache{seed}", ignore_errors=True)
 
 
