@@ -110,12 +110,14 @@ def test_scale_benchmark_on_small_synthetic_copies(subset_root, tmp_path):
         (root / relative).symlink_to(subset_root / relative)  # the full 202,599-row files
     work, output = tmp_path / "work", tmp_path / "scale.json"
     result = _script(
-        "scale.py", "--images", "60,120", "--train-steps", "2", "--eval-batches", "1",
+        # One size: each size is five fresh processes (the suite's time); the ratios between
+        # sizes are arithmetic on these rows.
+        "scale.py", "--images", "120", "--train-steps", "2", "--eval-batches", "1",
         "--root", str(root), "--workdir", str(work), "--json", str(output),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(output.read_text())
-    assert [row["images"] for row in rows] == [60, 120]
+    assert [row["images"] for row in rows] == [120]
     for row in rows:
         for key in SCALE_FIGURES:
             assert 0 < row[key] < 10_000, (key, row[key])
