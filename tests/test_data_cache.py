@@ -5,6 +5,7 @@ and ``python -m celeba_gender.data cache --list | --clear``. Real CelebA files t
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -188,17 +190,27 @@ def test_a_file_size_limit_is_a_clear_error_and_leaves_no_partial_file(subset_ro
     assert not [p.name for p in images.iterdir() if p.suffix in (".partial", ".u8", ".json")]
 
 
-def test_a_too_small_filesystem_is_refused_before_writing(subset_root, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
+@contextlib.contextmanager
+def small_filesystem(folder: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` mounted at ``folder`` (root only: skips elsewhere, saying why)."""
+    folder.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
         capture_output=True,
         text=True,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 2 MB tmpfs here (needs root): {mounted.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a {megabytes} MB tmpfs here (needs root): {mounted.stderr.strip()}"
+        )
     try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_too_small_filesystem_is_refused_before_writing(subset_root, tmp_path):
+    with small_filesystem(tmp_path / "small", 2) as small:
         root = tmp_path / "celeba"
         names = _copy(subset_root, root, count=30)
         free = shutil.disk_usage(small).free
@@ -218,8 +230,6 @@ def test_a_too_small_filesystem_is_refused_before_writing(subset_root, tmp_path)
         assert "data.cache_dir" in message and str(small / "cache" / "images") in message
         written = [p.name for p in (small / "cache" / "images").iterdir()]
         assert not [name for name in written if not name.endswith(".lock")], written
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_without_file_locks_it_warns_once_and_goes_on(subset_root, tmp_path, monkeypatch):
@@ -459,16 +469,7 @@ CelebADataModule({root!r}, split="all", cache_dir={cache!r}, num_workers=0).prep
 def test_a_killed_build_leaves_room_for_the_next_one(subset_root, tmp_path):
     """The killed build's partial file holds its whole reservation; the rerun replaces it, so
     its space is free for the rerun (a disk that fits one cache, not two)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 6 MB tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "small", 6) as small:
         root = tmp_path / "celeba"
         names = _copy(subset_root, root, count=40)  # a 4.7 MB cache
         cache = str(small / "cache")
@@ -486,5 +487,3 @@ def test_a_killed_build_leaves_room_for_the_next_one(subset_root, tmp_path):
         built = list((small / "cache" / "images").glob("*.u8"))
         assert [p.stat().st_size for p in built] == [len(names) * 3 * 218 * 178]
         assert not list((small / "cache" / "images").glob("*.partial"))
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
