@@ -124,6 +124,11 @@ def _image_facts(scan: pd.DataFrame, frame: pd.DataFrame) -> dict:
     }
 
 
+def _fingerprints(frame: pd.DataFrame) -> pd.Series:
+    """name:size:sha1 of each image: what identifies its content, wherever the copy lives."""
+    return frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["sha1"]
+
+
 def build_index(
     root: str | Path,
     cache_dir: str | Path | None = None,
@@ -172,7 +177,7 @@ def build_index(
             values, facts = read_name_value_table(path, column, allowed)
             annotation_warnings += _annotation_warnings(facts)
             frame[column] = frame["file_name"].map(values).fillna(MISSING).astype("int64")
-    frame["fingerprint"] = frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["sha1"]
+    frame["fingerprint"] = _fingerprints(frame)
     frame = frame.sort_values("file_name", ignore_index=True)
 
     if frame.empty:
@@ -275,7 +280,7 @@ def _build_source_index(
         file_name=frame["listed_as"],  # predictions name files as the source lists them
         identity=_identity_codes(frame["identity"], files["identity"]),
         partition=MISSING,
-        fingerprint=frame["file"] + ":" + frame["size"].astype(str) + ":" + frame["sha1"],
+        fingerprint=_fingerprints(frame),
     ).drop(columns="listed_as")
     frame = frame.sort_values("file_name", ignore_index=True)
     if frame.empty:
