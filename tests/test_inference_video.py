@@ -197,6 +197,23 @@ def test_a_video_gets_one_row_per_track_with_its_times_and_label(
     assert np.abs(first - plain).mean() < 20  # on that frame
 
 
+def _every_frame_config(checkpoint: Path, video: Path, output: Path):
+    """predict's config for one video: every frame, 4 at a time, the whole frame as the face
+    (detect=false: fast, one face per frame)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"input={video}",
+                f"paths.output_dir={output}",
+                "batch_size=4",
+                "detect=false",
+                "video.sample_fps=null",
+            ],
+        )
+
+
 def test_frames_are_streamed_not_kept(known_checkpoint, portraits, tmp_path, monkeypatch):
     """A 20 s video sampled at every frame: at most one batch of frames is held at once."""
     path = tmp_path / "long.mp4"
@@ -214,18 +231,7 @@ def test_frames_are_streamed_not_kept(known_checkpoint, portraits, tmp_path, mon
 
     monkeypatch.setattr(video_module, "frame_image", frame_image_counted)
     output = tmp_path / "out"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt_path={known_checkpoint}",
-                f"input={path}",
-                f"paths.output_dir={output}",
-                "batch_size=4",
-                "detect=false",  # the whole frame as the face: fast, one face per frame
-                "video.sample_fps=null",
-            ],
-        )
+    cfg = _every_frame_config(known_checkpoint, path, output)
     predict_run.predict(cfg)
     assert len(decoded) == 20 * FPS
     assert peak <= 4 + 1
@@ -315,18 +321,7 @@ def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portrait
         return real_frame_image(frame)
 
     output = tmp_path / "out"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt_path={known_checkpoint}",
-                f"input={path}",
-                f"paths.output_dir={output}",
-                "batch_size=4",
-                "detect=false",
-                "video.sample_fps=null",
-            ],
-        )
+    cfg = _every_frame_config(known_checkpoint, path, output)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(video_module, "frame_image", frame_image_then_stop)
         with pytest.raises(predict_run.PredictionInterrupted):
