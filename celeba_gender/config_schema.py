@@ -201,6 +201,8 @@ class DataSchema:
     num_workers: int = setting(ge=0)
     pin_memory: bool = setting()
     scan_workers: Optional[int] = setting(ge=1)  # noqa: UP045
+    # Checked in full by the data module (celeba_gender/data/datamodule.py).
+    progressive_resizing: Optional[dict[str, Any]] = setting()  # noqa: UP045
 
 
 @dataclass
@@ -310,6 +312,9 @@ class TrainSchema:
     monitor: str = setting(choices=MONITORS)
     monitor_mode: str = setting(choices=("min", "max"))
     mixup_alpha: float = setting(ge=0)
+    label_smoothing: float = setting(
+        check=lambda v: 0 <= v < 1, allowed="a number in [0, 1) (0: off)"
+    )
     attribute_targets: list[str] = setting()
     attribute_loss_weight: float = setting(ge=0)
     resume: bool = setting()

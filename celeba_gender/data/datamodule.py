@@ -32,7 +32,12 @@ from celeba_gender.data.sampling import (
 )
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, OTHER_SOURCES
 from celeba_gender.data.splits import PARTS, assign_split
-from celeba_gender.data.transforms import BatchTransform, crop_box, per_sample_transform
+from celeba_gender.data.transforms import (
+    BatchTransform,
+    crop_box,
+    per_sample_transform,
+    progressive_image_size,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +82,7 @@ class CelebADataModule(L.LightningDataModule):
         pin_memory: bool = True,
         scan_workers: int | None = None,
         summary_path: str | Path | None = None,
+        progressive_resizing: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if loader not in LOADERS:
@@ -106,6 +112,7 @@ class CelebADataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.scan_workers = scan_workers
         self.summary_path = Path(summary_path) if summary_path else None
+        self.progressive_resizing = _progressive_settings(progressive_resizing, image_size, loader)
 
         self.batch_transform = BatchTransform(
             image_size, self.face_crop, self.augmentations, self.mean, self.std
@@ -305,11 +312,25 @@ class CelebADataModule(L.LightningDataModule):
         if self.loader != "cached":
             return batch
         images, labels, rows = batch
-        return self.transform_batch(images, train), labels, rows
+        return self.transform_batch(images, train, self.training_image_size()), labels, rows
 
-    def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def training_image_size(self) -> int:
+        """The side of this epoch's training batches: ``image_size``, or less early in training
+        under ``progressive_resizing``."""
+        if not self.progressive_resizing or self.trainer is None:
+            return self.image_size
+        return progressive_image_size(
+            self.trainer.current_epoch,
+            int(self.trainer.max_epochs or 1),
+            self.image_size,
+            **self.progressive_resizing,
+        )
+
+    def transform_batch(
+        self, images: torch.Tensor, train: bool, size: int | None = None
+    ) -> torch.Tensor:
         self.batch_transform.to(images.device)
-        return self.batch_transform(images, train)
+        return self.batch_transform(images, train, size)
 
     # ----------------------------------------------------------------- facts
     def eval_transform_settings(self) -> dict[str, Any]:
@@ -414,6 +435,7 @@ class CelebADataModule(L.LightningDataModule):
             "image_size": self.image_size,
             "face_crop": self.face_crop,
             "augmentations": self.augmentations,
+            "progressive_resizing": self.progressive_resizing,
         }
 
     def _identity_disjointness(self, shared: Mapping[str, int]) -> tuple[bool | None, str | None]:
@@ -447,3 +469,35 @@ class CelebADataModule(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(self.summary(), indent=2, default=str).encode())
         return path
+
+
+def _progressive_settings(
+    settings: Mapping[str, Any] | None, image_size: int, loader: str
+) -> dict[str, Any] | None:
+    """data.progressive_resizing checked: {start_size, ramp: [from, to], multiple} or None."""
+    if not settings:
+        return None
+    allowed = {"start_size", "ramp", "multiple"}
+    values = {"ramp": (0.25, 0.75), "multiple": 16, **dict(settings)}
+    unknown = set(values) - allowed
+    ramp = values["ramp"]
+    problem = None
+    if unknown:
+        problem = f"unknown keys {sorted(unknown)}"
+    elif (
+        not isinstance(values.get("start_size"), int) or not 8 <= values["start_size"] <= image_size
+    ):
+        problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
+    elif len(ramp) != 2 or not 0 <= ramp[0] <= ramp[1] <= 1:
+        problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
+    elif not isinstance(values["multiple"], int) or values["multiple"] < 1:
+        problem = "multiple must be an integer >= 1"
+    elif loader != "cached":
+        problem = "it needs data.loader=cached (whole batches are resized on the device)"
+    if problem:
+        raise DataError(
+            f"data.progressive_resizing={dict(settings)}: {problem}. Example: "
+            "{start_size: 64, ramp: [0.25, 0.75], multiple: 16}, or null (off)."
+        )
+    values["ramp"] = tuple(float(f) for f in ramp)
+    return values

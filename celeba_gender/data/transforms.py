@@ -310,23 +310,27 @@ class BatchTransform(nn.Module):
 
     def sample_maps(self, n: int) -> torch.Tensor:
         """Output-to-crop maps of the geometric augmentations, composed in list order."""
-        maps = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        maps = _identity_maps(n)
         for sampler in self.geometric:
             maps = maps @ sampler(n)
         return maps
 
-    def warp(self, images: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Crop, resize and apply ``maps`` (B, 3, 3) in one bilinear resampling.
+    def warp(
+        self, images: torch.Tensor, maps: torch.Tensor, size: int | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """Crop, resize to ``size`` (default ``image_size``) and apply ``maps`` (B, 3, 3) in one
+        bilinear resampling.
 
         Returns the batch and the factor that brings it to [0, 1]: scaling is left to the
         normalisation, so it costs no extra pass over the batch.
         """
+        size = size or self.image_size
         batch = images.float()
         top, left, box_height, box_width = crop_box(self.face_crop, *batch.shape[-2:])
         # Shrinking more than 2x with bilinear taps aliases: box-filter by the integer factor
         # first. A sum of strided slices is several times faster than avg_pool2d on a CPU. It
         # drops the last rows/columns that do not fill a window; the frame accounts for that.
-        factor = max(min(box_height, box_width) // self.image_size, 1)
+        factor = max(min(box_height, box_width) // size, 1)
         if factor >= 2:
             rows, columns = batch.shape[-2] // factor, batch.shape[-1] // factor
             batch = sum(
@@ -347,7 +351,7 @@ class BatchTransform(nn.Module):
         )
         theta = (to_frame @ maps)[:, :2, :].to(batch.device, torch.float32)
         # Outside the photo, repeat its edge (as the evaluation resize does at the crop's edge).
-        grid = _affine_grid(theta, self.image_size)
+        grid = _affine_grid(theta, size)
         warped = F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
         return warped, 1.0 / (255 * factor * factor)
 
@@ -362,15 +366,43 @@ class BatchTransform(nn.Module):
         return resized, 1.0 / 255
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        if train and self.geometric:
-            batch, scale = self.warp(images, self.sample_maps(len(images)))
+    def forward(self, images: torch.Tensor, train: bool, size: int | None = None) -> torch.Tensor:
+        """``size``: the side of a training batch (progressive resizing); evaluation batches
+        are always ``image_size``."""
+        if train and (self.geometric or (size and size != self.image_size)):
+            maps = self.sample_maps(len(images)) if self.geometric else _identity_maps(len(images))
+            batch, scale = self.warp(images, maps, size)
         else:
             batch, scale = self.resize(images)
         if train and self.photometric is not None:
             batch, scale = self.photometric(batch.mul_(scale)), 1.0
         # (x * scale - mean) / std, in place (an out-of-place addcmul is several times slower).
         return batch.mul_(scale / self.std).add_(-self.mean / self.std)
+
+
+def _identity_maps(n: int) -> torch.Tensor:
+    return torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+
+
+def progressive_image_size(
+    epoch: int,
+    max_epochs: int,
+    final_size: int,
+    start_size: int,
+    ramp: Sequence[float] = (0.25, 0.75),
+    multiple: int = 16,
+) -> int:
+    """Training side at ``epoch`` (0-based) under progressive resizing, as FFCV's ResNet recipes
+    do it: ``start_size`` until ``ramp[0]`` of the epochs, then growing linearly to reach
+    ``final_size`` at ``ramp[1]``, rounded down to a ``multiple`` (each side is a new shape
+    for the kernels, so few of them), never below ``start_size``."""
+    first, last = (round(fraction * max_epochs) for fraction in ramp)
+    if epoch >= last:
+        return final_size
+    if epoch < first:
+        return start_size
+    exact = start_size + (final_size - start_size) * (epoch - first) / max(last - first, 1)
+    return min(max(int(exact) // multiple * multiple, start_size), final_size)
 
 
 @functools.lru_cache(maxsize=8)

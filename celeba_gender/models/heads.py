@@ -33,17 +33,22 @@ class LossHead(nn.Module):
 
 
 class BCEHead(LossHead):
-    """One logit; BCEWithLogitsLoss, optionally with a positive-class weight."""
+    """One logit; BCEWithLogitsLoss, optionally with a positive-class weight and label
+    smoothing (training targets eps/2 and 1 - eps/2, as CrossEntropyLoss smooths two classes)."""
 
     num_outputs = 1
 
-    def __init__(self, pos_weight: float | None = None) -> None:
+    def __init__(self, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         weight = torch.tensor([float(pos_weight)]) if pos_weight is not None else None
         self.criterion = nn.BCEWithLogitsLoss(pos_weight=weight)
+        self.label_smoothing = float(label_smoothing)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.criterion(logits.squeeze(1), labels.to(logits.dtype))
+        targets = labels.to(logits.dtype)
+        if self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / 2
+        return self.criterion(logits.squeeze(1), targets)
 
     def male_probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.squeeze(1).float())
@@ -64,14 +69,17 @@ class BCEHead(LossHead):
 
 
 class CEHead(LossHead):
-    """Two logits (female, male); CrossEntropyLoss, optionally with class weights."""
+    """Two logits (female, male); CrossEntropyLoss, optionally with class weights and label
+    smoothing."""
 
     num_outputs = 2
 
-    def __init__(self, class_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, class_weights: Sequence[float] | None = None, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         weight = torch.tensor([float(w) for w in class_weights]) if class_weights else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits, labels.long())
@@ -94,10 +102,15 @@ class CEHead(LossHead):
 HEADS = {"bce": BCEHead, "ce": CEHead}
 
 
-def create_head(name: str, class_weights: dict | None = None) -> LossHead:
-    """``name`` 'bce' or 'ce'; ``class_weights`` from the data module (balance=loss_weights)."""
+def create_head(
+    name: str, class_weights: dict | None = None, label_smoothing: float = 0.0
+) -> LossHead:
+    """``name`` 'bce' or 'ce'; ``class_weights`` from the data module (balance=loss_weights);
+    ``label_smoothing`` applies to the training loss only (evaluation losses are plain)."""
     if name not in HEADS:
         raise ValueError(f"Unknown loss head {name!r}; choose one of {', '.join(HEADS)}.")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
     if name == "bce":
-        return BCEHead(pos_weight=(class_weights or {}).get("pos_weight"))
-    return CEHead(class_weights=(class_weights or {}).get("class_weights"))
+        return BCEHead((class_weights or {}).get("pos_weight"), label_smoothing)
+    return CEHead((class_weights or {}).get("class_weights"), label_smoothing)

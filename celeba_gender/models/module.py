@@ -77,6 +77,7 @@ class GenderClassifier(L.LightningModule):
         attribute_targets: Sequence[str] = (),
         attribute_loss_weight: float = 1.0,
         cam_target_layer: str | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         """Built from conf/config.yaml's ``module`` node (``_target_``): the backbone's settings
         come from conf/model/, the loss from conf/treatment/, ``optimizer`` (a partial taking
@@ -87,7 +88,7 @@ class GenderClassifier(L.LightningModule):
         # ``eval_transform`` (crop, size, normalisation) lets eval and predict see images as
         # training did.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.head = create_head(loss, class_weights)
+        self.head = create_head(loss, class_weights, label_smoothing)
         # Multi-task: the classifier also predicts these CelebA attributes in training, one
         # extra logit each after the loss head's; evaluation and inference read only P(male).
         self.attribute_targets = list(attribute_targets)

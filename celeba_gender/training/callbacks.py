@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 from celeba_gender.training.outputs import log_confusion_matrix
 
@@ -76,3 +79,32 @@ class ValidationConfusionMatrix(L.Callback):
         step = max(trainer.global_step - 1, 0)
         for logger in trainer.loggers:
             log_confusion_matrix(logger, pl_module.last_val_confusion, "val/confusion_matrix", step)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """An exponential moving average of the weights (and BatchNorm statistics), updated after
+    every optimizer step with ``decay``: validation, best.ckpt's ``state_dict`` (so eval.py and
+    predict.py) and the run's test all see the averaged weights.
+
+    Lightning's callback does all of it but the test: when the trainer then loads best.ckpt, it
+    puts back the raw weights saved beside the average (they are for resuming a fit), so the
+    test saw weights no validation had chosen. Here that reload happens only when fitting.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A weights-only checkpoint skips callbacks' on_save_checkpoint: it would hold the
+        # raw weights, and the test would evaluate those.
+        if stage == TrainerFn.FITTING and any(
+            getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks
+        ):
+            raise ValueError(
+                "callbacks.ema needs callbacks.model_checkpoint.save_weights_only=false (a "
+                "weights-only checkpoint would hold the raw weights, not their average)."
+            )
+        super().setup(trainer, pl_module, stage)
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

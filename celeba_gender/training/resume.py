@@ -41,13 +41,17 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 SAVED_CONFIG_DIR = ".hydra"  # where Hydra itself would keep a run's config
 RESOLVED_CONFIG = "resolved_config.yaml"  # the values the run used, interpolations resolved
-# Data settings added after runs were made, at the values every earlier run had in effect (it
+# Settings added after runs were made, at the values every earlier run had in effect (it
 # read a CelebA copy): a run saved without them is read as having them, so it resumes and
 # matches a new run of its command while they stay at these values.
-ADDED_DATA_SETTINGS = {
-    "source": "auto",
-    "class_names": list(DEFAULT_CLASS_NAMES),
-    "csv_columns": dict(DEFAULT_CSV_COLUMNS),
+ADDED_SETTINGS = {
+    "data.source": "auto",
+    "data.class_names": list(DEFAULT_CLASS_NAMES),
+    "data.csv_columns": dict(DEFAULT_CSV_COLUMNS),
+    "data.progressive_resizing": None,
+    "label_smoothing": 0.0,
+    "module.label_smoothing": 0.0,
+    "callbacks.ema": None,
 }
 
 
@@ -396,11 +400,15 @@ def saved_config(output_dir: Path) -> dict | None:
 
 
 def _with_added_settings(config: dict) -> dict:
-    """``config`` with each of ``ADDED_DATA_SETTINGS`` it lacks (a run from before them)."""
-    data = config.get("data")
-    if isinstance(data, dict):
-        for key, value in ADDED_DATA_SETTINGS.items():
-            data.setdefault(key, copy.deepcopy(value))
+    """``config`` with each of ``ADDED_SETTINGS`` it lacks (a run from before them), where the
+    node holding it exists."""
+    for dotted, value in ADDED_SETTINGS.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(key, copy.deepcopy(value))
     return config
 
 

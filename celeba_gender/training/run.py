@@ -206,7 +206,9 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
 
     has_val = len(datamodule.datasets["val"]) > 0
     loggers = _loggers(cfg, start.resume_step)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [  # a callback set to null (callbacks.ema: null) is off
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
+    ]
     if not loggers:  # logger=none: nothing to show a learning rate in (Lightning would refuse)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoint = next(

@@ -1,0 +1,302 @@
+"""Time to accuracy (DAWNBench-style): validation accuracy against wall-clock minutes of training.
+
+Each recipe is ``experiment=cpu_quick`` plus a few overrides (``RECIPES`` below). ``run`` trains
+it for every seed with train.py, one run folder each (``--out/<recipe>/seed<S>``; a finished
+run is skipped, an interrupted one resumed), on the identity split of ``--root``. ``report``
+reads every run's TensorBoard events (``val/acc`` after each epoch, with its wall-clock time)
+and writes a JSON and a plot: mean validation accuracy over the seeds against mean minutes
+since training started (the first event: fit start, after the data is scanned and cached),
+min-max band, one line per recipe.
+
+Recipes are chosen on **validation** accuracy only: the mean over seeds of each run's best
+validation accuracy (the checkpoint the run then tests). The test part is read once, for the
+recipe named by ``--test`` (the chosen one): its runs' metrics.json test metrics. A recipe's
+validation figures never come from the test part and the report holds no test figure of the
+others.
+
+Usage:
+
+    python benchmarks/time_to_accuracy.py run --recipe r96 --seeds 0,1,2 [--root DIR]
+    python benchmarks/time_to_accuracy.py report [--test r96] [--json OUT] [--plot OUT.png]
+    python benchmarks/time_to_accuracy.py list       # the recipes and their overrides
+
+``--extra`` adds overrides to every run (tests use it to shrink runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "celeba-subset"
+DEFAULT_OUT = REPO / "outputs" / "time_to_accuracy"
+DEFAULT_JSON = REPO / "docs" / "figures" / "time_to_accuracy_cpu_2core.json"
+BASE = ["experiment=cpu_quick"]
+FACE_CROP = "data.face_crop={top:30,left:0,height:178,width:178}"
+FLIP_CROP = (
+    "data.augmentations=[{name:horizontal_flip,p:0.5},"
+    "{name:random_resized_crop,scale:[0.5,1.0],ratio:[0.8,1.25]}]"
+)
+# name -> (what it is, overrides of experiment=cpu_quick). Epochs are set so that a run fits
+# 10 minutes on the idle 2-core box (its per-epoch time measured first).
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "cpu_quick_48": (
+        "the recipe before this search: 48 px, whole frame, flip+crop+jitter, 28 epochs",
+        [],
+    ),
+    "r96": (
+        "96 px face crop, flip+crop (no colour jitter: kornia's costs ~0.15 s a batch), "
+        "positive-class loss weights, 16 epochs",
+        [
+            "data.image_size=96",
+            FACE_CROP,
+            FLIP_CROP,
+            "data.balance=loss_weights",
+            "trainer.max_epochs=22",
+        ],
+    ),
+    "prog64_96": (
+        "as r96, progressive resizing 64 -> 96 px over the middle half of 20 epochs",
+        ["data.image_size=96", FACE_CROP, FLIP_CROP, "data.balance=loss_weights",
+         "data.progressive_resizing={start_size:64,ramp:[0.25,0.75],multiple:16}",
+         "trainer.max_epochs=20"],
+    ),
+}
+
+
+def run_recipe(
+    recipe: str, seeds: Sequence[int], root: Path, out: Path, extra: Sequence[str] = ()
+) -> list[Path]:
+    """Train ``recipe`` once per seed (train.py in a fresh process each); returns run folders."""
+    folders = []
+    for seed in seeds:
+        folder = out / recipe / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, str(REPO / "train.py"), *BASE, *RECIPES[recipe][1],
+            f"seed={seed}", f"data.root={root}", f"hydra.run.dir={folder}",
+            "resume=true", "logger=tensorboard", *extra,
+        ]  # fmt: skip
+        load_before = os.getloadavg()[0]
+        started = time.time()
+        with open(folder / "benchmark.log", "a") as log:
+            done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        facts = {
+            "command": command[1:],
+            "returncode": done.returncode,
+            "load_1min_before": load_before,
+            "load_1min_after": os.getloadavg()[0],
+            "process_seconds": time.time() - started,
+        }
+        (folder / "benchmark.json").write_text(json.dumps(facts, indent=1))
+        if done.returncode != 0:
+            raise SystemExit(f"{recipe} seed {seed} failed: see {folder / 'benchmark.log'}")
+        print(f"{recipe} seed {seed}: done in {facts['process_seconds']:.0f} s", flush=True)
+        folders.append(folder)
+    return folders
+
+
+def validation_curve(folder: Path) -> list[dict[str, float]]:
+    """(epoch, minutes since fit start, val/acc) of a run, from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    files = sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
+    curve: dict[int, dict[str, float]] = {}
+    start = None
+    for file in files:
+        first = next(iter(EventFileLoader(str(file)).Load()), None)
+        if first is not None and start is None:
+            start = first.wall_time  # the fit's first event (files are in time order)
+        events = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        events.Reload()
+        if "val/acc" not in events.Tags()["scalars"]:
+            continue
+        epochs = {e.step: e.value for e in events.Scalars("epoch")}
+        for event in events.Scalars("val/acc"):
+            epoch = int(epochs.get(event.step, len(curve)))
+            curve[epoch] = {
+                "epoch": epoch + 1,  # epochs completed
+                "minutes": (event.wall_time - start) / 60,
+                "val_acc": event.value,
+            }
+    return [curve[k] for k in sorted(curve)]
+
+
+def summarise_run(folder: Path) -> dict[str, Any]:
+    """Validation facts of one finished run (no test figure)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if metrics.get("status") != "ok":
+        raise SystemExit(f"{folder}: not finished (status {metrics.get('status')}); run it again")
+    bench = folder / "benchmark.json"
+    curve = validation_curve(folder)
+    return {
+        "folder": str(folder),
+        "seed": metrics["seed"],
+        "epochs": metrics["epochs_trained"],
+        "best_val_acc": metrics["best_val"],
+        "final_val_acc": curve[-1]["val_acc"] if curve else None,
+        "fit_seconds": metrics["fit_seconds"],
+        "train_seconds": metrics["train_seconds"],
+        "train_images_per_second": metrics["train_images_per_second"],
+        "load": json.loads(bench.read_text()) if bench.is_file() else None,
+        "curve": curve,
+    }
+
+
+def _mean_spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def report(out: Path, test_recipe: str | None = None) -> dict[str, Any]:
+    """Every recipe with finished runs under ``out``: validation summary, curves; the test
+    metrics of ``test_recipe`` only."""
+    recipes: dict[str, Any] = {}
+    for recipe_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        runs = [
+            summarise_run(f)
+            for f in sorted(recipe_dir.glob("seed*"))
+            if (f / "metrics.json").is_file()
+        ]
+        runs = [r for r in runs]
+        if not runs:
+            continue
+        description, overrides = RECIPES.get(recipe_dir.name, ("(not in RECIPES)", []))
+        recipes[recipe_dir.name] = {
+            "description": description,
+            "overrides": overrides,
+            "seeds": [r["seed"] for r in runs],
+            "best_val_acc": _mean_spread([r["best_val_acc"] for r in runs]),
+            "fit_minutes": _mean_spread([r["fit_seconds"] / 60 for r in runs]),
+            "runs": runs,
+        }
+    if not recipes:
+        raise SystemExit(f"no finished runs under {out}: run some first ({__file__} run ...)")
+    # The choice: highest mean best-validation accuracy over at least 3 seeds.
+    eligible = {k: v for k, v in recipes.items() if len(v["seeds"]) >= 3}
+    chosen = max(eligible, key=lambda k: eligible[k]["best_val_acc"]["mean"]) if eligible else None
+    result: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "selection": "highest mean (over >= 3 seeds) of each run's best validation accuracy",
+        "chosen_by_validation": chosen,
+        "recipes": recipes,
+    }
+    if test_recipe is not None:
+        if test_recipe not in recipes:
+            raise SystemExit(f"--test {test_recipe}: no finished runs of it under {out}")
+        tested = [
+            json.loads((Path(r["folder"]) / "metrics.json").read_text())
+            for r in recipes[test_recipe]["runs"]
+        ]
+        result["test"] = {
+            "recipe": test_recipe,
+            "seeds": [m["seed"] for m in tested],
+            **{
+                name: _mean_spread([m[f"test/{name}"] for m in tested])
+                for name in ("acc", "precision", "recall", "f1", "auroc")
+            },
+            "per_seed_acc": [m["test/acc"] for m in tested],
+            "test_images": tested[0]["test_images"],
+        }
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Mean validation accuracy vs mean minutes, one line per recipe, min-max band."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    for name, recipe in result["recipes"].items():
+        curves = [r["curve"] for r in recipe["runs"]]
+        length = min(len(c) for c in curves)
+        minutes = [statistics.fmean(c[i]["minutes"] for c in curves) for i in range(length)]
+        accs = [[c[i]["val_acc"] for c in curves] for i in range(length)]
+        mean = [statistics.fmean(a) for a in accs]
+        label = f"{name} ({len(curves)} seeds)"
+        (line,) = axes.plot(minutes, mean, marker=".", label=label)
+        axes.fill_between(
+            minutes, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
+            color=line.get_color(), linewidth=0,
+        )  # fmt: skip
+    axes.axvline(10, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("minutes of training (2-core CPU, incl. per-epoch validation)")
+    axes.set_ylabel("validation accuracy (identity split)")
+    axes.set_ylim(0.80, 1.0)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["run", "report", "list"])
+    parser.add_argument("--recipe", choices=sorted(RECIPES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    parser.add_argument("--test", help="the chosen recipe: also report its test metrics")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--plot", type=Path, help="default: --json with .png")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        for name, (description, overrides) in RECIPES.items():
+            print(f"{name}: {description}\n    {' '.join(BASE + overrides)}")
+        return
+    if args.action == "run":
+        if args.recipe is None:
+            parser.error("run needs --recipe")
+        if not args.root.is_dir():
+            raise SystemExit(f"--root {args.root}: no such folder (a CelebA copy)")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        run_recipe(args.recipe, seeds, args.root, args.out, args.extra)
+        return
+    result = report(args.out, args.test)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    picture = plot(result, args.plot or args.json.with_suffix(".png"))
+    for name, recipe in result["recipes"].items():
+        val, minutes = recipe["best_val_acc"], recipe["fit_minutes"]
+        print(
+            f"{name:16s} seeds {recipe['seeds']}: best val {val['mean']:.4f} "
+            f"(sd {val['std']:.4f}, {val['min']:.4f}-{val['max']:.4f}), "
+            f"fit {minutes['mean']:.1f} min"
+        )
+    print(f"chosen by validation: {result['chosen_by_validation']}")
+    if "test" in result:
+        test = result["test"]
+        print(
+            f"test ({test['recipe']}, {test['test_images']} images): acc "
+            f"{test['acc']['mean']:.4f} (sd {test['acc']['std']:.4f}; {test['per_seed_acc']})"
+        )
+    print(f"wrote {args.json} and {picture}")
+
+
+if __name__ == "__main__":
+    main()

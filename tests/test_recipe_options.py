@@ -1,0 +1,220 @@
+"""Recipe options for fast CPU training (issue 15): label smoothing, progressive resizing, an
+EMA of the weights that the test really evaluates, and old runs resuming with them at their
+defaults. Real trainings at smoke size on the embedded sample."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from conftest import delete_big_files, run_script
+from omegaconf import OmegaConf
+
+from celeba_gender.data import CelebADataModule
+from celeba_gender.data.errors import DataError
+from celeba_gender.data.transforms import progressive_image_size
+from celeba_gender.models import GenderClassifier
+from celeba_gender.models.heads import create_head
+
+EMA = "callbacks.ema={_target_:celeba_gender.training.callbacks.EMAWeights,decay:0.5}"
+
+
+# ----------------------------------------------------------------------------- label smoothing
+
+
+def test_bce_label_smoothing_trains_towards_eps_over_2_and_evaluates_plainly():
+    logits = torch.tensor([[2.0], [-1.0], [0.3]])
+    labels = torch.tensor([1, 0, 1])
+    eps = 0.2
+    smoothed = create_head("bce", label_smoothing=eps)
+    targets = torch.tensor([1 - eps / 2, eps / 2, 1 - eps / 2])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), targets)
+    assert torch.allclose(smoothed.loss(logits, labels), expected)
+    plain = create_head("bce")
+    assert not torch.allclose(plain.loss(logits, labels), expected)
+    # Validation and test losses stay the plain loss: comparable across recipes.
+    assert torch.allclose(
+        smoothed.image_losses(logits, labels)[0], plain.image_losses(logits, labels)[0]
+    )
+
+
+def test_ce_label_smoothing_is_cross_entropys_own():
+    logits = torch.tensor([[0.5, -0.5], [1.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    head = create_head("ce", label_smoothing=0.1)
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert torch.allclose(head.loss(logits, labels), expected)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        create_head("ce", label_smoothing=1.0)
+
+
+def test_label_smoothing_reaches_the_model_from_the_config(run_env, tmp_path):
+    folder = tmp_path / "run"
+    result = run_script(
+        "train.py", "experiment=smoke", "label_smoothing=0.1", f"hydra.run.dir={folder}",
+        env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["label_smoothing"] == 0.1
+    bad = run_script("train.py", "experiment=smoke", "label_smoothing=1.5", env=run_env)
+    assert bad.returncode != 0 and "label_smoothing=1.5" in bad.stderr
+    delete_big_files(folder)
+
+
+# ----------------------------------------------------------------------------- progressive resizing
+
+
+def test_progressive_size_schedule_ramps_between_the_fractions_in_multiples():
+    sizes = [
+        progressive_image_size(e, 20, 96, 64, ramp=(0.25, 0.75), multiple=16) for e in range(20)
+    ]
+    assert sizes[:5] == [64] * 5  # until epoch 5 = 0.25 x 20
+    assert sizes[15:] == [96] * 5  # from epoch 15 = 0.75 x 20 on
+    assert sizes == sorted(sizes) and set(sizes) <= {64, 80, 96}
+    assert 80 in sizes
+    # A final size off the multiple is still reached exactly.
+    assert progressive_image_size(9, 10, 100, 48, ramp=(0.0, 0.9)) == 100
+
+
+class _RecordingClassifier(GenderClassifier):
+    """Records the side of every batch the network sees, by stage."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.seen["train"].append((self.current_epoch, batch[0].shape[-1]))
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.seen["val"].append((self.current_epoch, batch[0].shape[-1]))
+        return super().validation_step(batch, batch_idx)
+
+
+def test_progressive_resizing_grows_training_batches_and_evaluates_at_full_size(
+    sample_root, cache_dir
+):
+    datamodule = CelebADataModule(
+        sample_root,
+        image_size=64,
+        face_crop={"top": 30, "left": 0, "height": 178, "width": 178},
+        augmentations=[{"name": "horizontal_flip", "p": 0.5}],
+        batch_size=16,
+        num_workers=0,
+        cache_dir=cache_dir,
+        progressive_resizing={"start_size": 32, "ramp": [0.25, 0.75], "multiple": 16},
+    )
+    model = _RecordingClassifier(
+        backbone="resnet18",
+        loss="bce",
+        pretrained=False,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+    )
+    trainer = L.Trainer(
+        max_epochs=4, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    by_epoch = {epoch: size for epoch, size in model.seen["train"]}
+    assert by_epoch == {0: 32, 1: 32, 2: 48, 3: 64}
+    assert {size for _, size in model.seen["val"]} == {64}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"start_size": 200}, "start_size must be an integer from 8 to data.image_size (64)"),
+        ({"start_size": 32, "ramp": [0.8, 0.2]}, "ramp must be 2 fractions"),
+        ({"start_size": 32, "speed": 2}, "unknown keys ['speed']"),
+    ],
+)
+def test_bad_progressive_resizing_settings_are_named(sample_root, settings, message):
+    with pytest.raises(DataError, match=r"data\.progressive_resizing=.*" + re.escape(message)):
+        CelebADataModule(sample_root, image_size=64, progressive_resizing=settings)
+
+
+def test_progressive_resizing_needs_the_cached_loader(sample_root):
+    with pytest.raises(DataError, match="loader=cached"):
+        CelebADataModule(
+            sample_root, image_size=64, loader="per_sample", progressive_resizing={"start_size": 32}
+        )
+
+
+# ----------------------------------------------------------------------------- EMA of the weights
+
+
+def test_ema_weights_are_what_validation_best_ckpt_and_the_test_evaluate(run_env, tmp_path):
+    folder = tmp_path / "run"
+    run = (
+        "experiment=smoke",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_test_batches=1.0",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        EMA,
+        f"hydra.run.dir={folder}",
+    )
+    result = run_script("train.py", *run, env=run_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = folder / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if "weight" in k)
+    # The run's own test and eval.py on best.ckpt (which reads state_dict: the average) agree
+    # prediction by prediction: the test saw the averaged weights. Lightning's callback alone
+    # tested the raw ones.
+    evaluated = tmp_path / "eval"
+    again = run_script(
+        "eval.py", f"ckpt_path={best}",
+        f"hydra.run.dir={evaluated}", env=run_env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = pd.read_csv(folder / "test_predictions.csv")
+    tested = pd.read_csv(evaluated / "test_predictions.csv")  # eval.py: every image
+    both = trained.merge(tested, on="file_name", suffixes=("_run", "_eval"))
+    assert len(both) == len(trained) > 20
+    assert both["p_male_run"].to_numpy() == pytest.approx(both["p_male_eval"].to_numpy(), abs=1e-5)
+    delete_big_files(folder)
+
+
+# ----------------------------------------------------------------------------- resuming old runs
+
+
+def test_a_run_from_before_these_settings_resumes_at_their_defaults(run_env, tmp_path):
+    run = (
+        "experiment=smoke",
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.save_last=true",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        "checkpoint_every_n_steps=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    killed = run_script("train.py", *run, "fault.kill_at_step=3", env=run_env)
+    assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
+        config = OmegaConf.load(saved)
+        config.module.pop("label_smoothing")  # (first: it may refer to the top-level key)
+        config.pop("label_smoothing")
+        config.callbacks.pop("ema")
+        config.data.pop("progressive_resizing")
+        OmegaConf.save(config, saved)
+    changed = run_script("train.py", *run, "resume=true", "label_smoothing=0.1", env=run_env)
+    assert changed.returncode == 2 and "label_smoothing: 0.0 -> 0.1" in changed.stderr
+    resumed = run_script("train.py", *run, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_ema_with_weights_only_checkpoints_is_refused_in_plain_words(run_env, tmp_path):
+    result = run_script(
+        "train.py", "experiment=smoke", EMA, f"hydra.run.dir={tmp_path}", env=run_env
+    )
+    assert result.returncode != 0
+    assert "callbacks.ema needs callbacks.model_checkpoint.save_weights_only=false" in result.stderr
