@@ -69,9 +69,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     ),
     "prog64_96": (
         "as r96, progressive resizing 64 -> 96 px over the middle half of 20 epochs",
-        ["data.image_size=96", FACE_CROP, FLIP_CROP, "data.balance=loss_weights",
-         "data.progressive_resizing={start_size:64,ramp:[0.25,0.75],multiple:16}",
-         "trainer.max_epochs=20"],
+        [
+            "data.image_size=96",
+            FACE_CROP,
+            FLIP_CROP,
+            "data.balance=loss_weights",
+            "data.progressive_resizing={start_size:64,ramp:[0.25,0.75],multiple:16}",
+            "trainer.max_epochs=20",
+        ],
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,51 @@ def test_scale_benchmark_on_small_synthetic_copies(subset_root, tmp_path):
     generated = sorted(p.name for p in (work / "source" / "img_align_celeba").iterdir())
     assert generated == [f"{i:06d}.jpg" for i in range(1, 121)]
     assert sorted(p.name for p in work.iterdir()) == ["source"]
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
+    sample_root, run_env, tmp_path
+):
+    runs, output = tmp_path / "runs", tmp_path / "tta.json"
+    tiny = ["--extra", "trainer.max_epochs=2", "data.image_size=32",
+            "+trainer.limit_train_batches=3"]  # fmt: skip
+
+    def bench(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), *arguments],
+            capture_output=True, text=True, timeout=600, cwd=REPO,
+            env={**os.environ, **run_env},
+        )  # fmt: skip
+
+    for recipe, seeds in (("r96", "0,1,2"), ("cpu_quick_48", "0")):
+        ran = bench("run", "--recipe", recipe, "--seeds", seeds, "--root", str(sample_root),
+                    "--out", str(runs), *tiny)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:] + ran.stdout[-3000:]
+    reported = bench("report", "--out", str(runs), "--test", "r96", "--json", str(output))
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    result = json.loads(output.read_text())
+    recipes = result["recipes"]
+    assert recipes["r96"]["seeds"] == [0, 1, 2] and recipes["cpu_quick_48"]["seeds"] == [0]
+    # One seed is not enough to be chosen: the choice is the recipe with 3 seeds.
+    assert result["chosen_by_validation"] == "r96"
+    for recipe in recipes.values():
+        for run in recipe["runs"]:
+            metrics = json.loads((Path(run["folder"]) / "metrics.json").read_text())
+            assert run["best_val_acc"] == metrics["best_val"]
+            curve = run["curve"]
+            assert [point["epoch"] for point in curve] == [1, 2]
+            assert 0 < curve[0]["minutes"] < curve[1]["minutes"]
+            assert max(point["val_acc"] for point in curve) == pytest.approx(metrics["best_val"])
+    # Test figures: only the chosen recipe's, and they are its runs' own.
+    assert "test/acc" not in json.dumps(recipes) and result["test"]["recipe"] == "r96"
+    tested = [
+        json.loads((Path(run["folder"]) / "metrics.json").read_text())["test/acc"]
+        for run in recipes["r96"]["runs"]
+    ]
+    assert result["test"]["per_seed_acc"] == tested
+    assert result["test"]["acc"]["mean"] == pytest.approx(sum(tested) / 3)
+    assert output.with_suffix(".png").stat().st_size > 10_000
+    assert "chosen by validation: r96" in reported.stdout
+    unknown = bench("report", "--out", str(runs), "--test", "prog64_96", "--json", str(output))
+    assert unknown.returncode != 0 and "no finished runs of it" in unknown.stderr
