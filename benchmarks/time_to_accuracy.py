@@ -64,7 +64,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             FACE_CROP,
             FLIP_CROP,
             "data.balance=loss_weights",
-            "trainer.max_epochs=22",
+            "trainer.max_epochs=16",
         ],
     ),
     "prog64_96": (
