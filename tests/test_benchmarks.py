@@ -156,7 +156,7 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
         ran = bench("run", "--recipe", recipe, "--seeds", seeds, "--root", str(sample_root),
                     "--out", str(runs), *tiny)  # fmt: skip
         assert ran.returncode == 0, ran.stderr[-3000:] + ran.stdout[-3000:]
-    reported = bench("report", "--out", str(runs), "--test", "r96", "--json", str(output))
+    reported = bench("report", "--out", str(runs), "--test", "r96", "--flip", "--json", str(output))
     assert reported.returncode == 0, reported.stderr[-3000:]
     result = json.loads(output.read_text())
     recipes = result["recipes"]
@@ -171,6 +171,9 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
             assert [point["epoch"] for point in curve] == [1, 2]
             assert 0 < curve[0]["minutes"] < curve[1]["minutes"]
             assert max(point["val_acc"] for point in curve) == pytest.approx(metrics["best_val"])
+            # best.ckpt evaluated again gives its validation accuracy; flip TTA is a number.
+            assert run["val_acc_evaluated"] == pytest.approx(metrics["best_val"])
+            assert 0 < run["val_acc_flip_tta"] <= 1
     # Test figures: only the chosen recipe's, and they are its runs' own.
     assert "test/acc" not in json.dumps(recipes) and result["test"]["recipe"] == "r96"
     tested = [
@@ -181,5 +184,5 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert result["test"]["acc"]["mean"] == pytest.approx(sum(tested) / 3)
     assert output.with_suffix(".png").stat().st_size > 10_000
     assert "chosen by validation: r96" in reported.stdout
-    unknown = bench("report", "--out", str(runs), "--test", "prog64_96", "--json", str(output))
+    unknown = bench("report", "--out", str(runs), "--test", "prog64_112", "--json", str(output))
     assert unknown.returncode != 0 and "no finished runs of it" in unknown.stderr
