@@ -23,6 +23,7 @@ from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, va
 from celeba_gender.data import CelebADataModule, DataError, build_index
 from celeba_gender.data.annotations import AnnotationWarning, read_name_value_file
 from celeba_gender.data.index import MISSING
+from celeba_gender.training.resume import ADDED_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 240  # per copy: a real split and a smoke training in seconds
@@ -491,7 +492,9 @@ def test_the_analysis_of_a_run_on_a_csv_says_what_is_true(sources, run_env, tmp_
     assert (sweep / "report" / "figures" / "worst_images.png").is_file()
 
 
-def test_a_run_from_before_the_source_settings_resumes_at_their_defaults(run_env, tmp_path):
+def test_a_run_from_before_the_added_settings_resumes_at_their_defaults(run_env, tmp_path):
+    """Every key of ADDED_SETTINGS (the data sources, the recipe options of issue 15) removed
+    from a saved run's config, as a run made before them saved it: it resumes."""
     run = (
         "experiment=smoke",
         "trainer.max_epochs=2",
@@ -504,11 +507,15 @@ def test_a_run_from_before_the_source_settings_resumes_at_their_defaults(run_env
     assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
         config = OmegaConf.load(saved)
-        for key in ("source", "class_names", "csv_columns"):
-            config.data.pop(key)
+        # Deeper keys first: module.label_smoothing refers to the top-level one.
+        for dotted in sorted(ADDED_SETTINGS, key=lambda k: -k.count(".")):
+            *parents, key = dotted.split(".")
+            (OmegaConf.select(config, ".".join(parents)) if parents else config).pop(key)
         OmegaConf.save(config, saved)
     changed = run_script("train.py", *run, "resume=true", "data.source=celeba", env=run_env)
     assert changed.returncode == 2 and "data.source: 'auto' -> 'celeba'" in changed.stderr
+    smoothed = run_script("train.py", *run, "resume=true", "label_smoothing=0.1", env=run_env)
+    assert smoothed.returncode == 2 and "label_smoothing: 0.0 -> 0.1" in smoothed.stderr
     resumed = run_script("train.py", *run, "resume=true", env=run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"

@@ -1,10 +1,9 @@
 """Recipe options for fast CPU training (issue 15): label smoothing, progressive resizing, an
-EMA of the weights that the test really evaluates, and old runs resuming with them at their
-defaults. Real trainings at smoke size on the embedded sample."""
+EMA of the weights that the test really evaluates. Real trainings at smoke size on the embedded
+sample. (Old runs resuming with these options at their defaults: test_data_sources.py.)"""
 
 from __future__ import annotations
 
-import json
 import re
 
 import lightning as L
@@ -12,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import delete_big_files, run_script
-from omegaconf import OmegaConf
 
 from celeba_gender.data import CelebADataModule
 from celeba_gender.data.errors import DataError
@@ -182,34 +180,6 @@ def test_ema_weights_are_what_validation_best_ckpt_and_the_test_evaluate(run_env
     assert len(both) == len(trained) > 20
     assert both["p_male_run"].to_numpy() == pytest.approx(both["p_male_eval"].to_numpy(), abs=1e-5)
     delete_big_files(folder)
-
-
-# ----------------------------------------------------------------------------- resuming old runs
-
-
-def test_a_run_from_before_these_settings_resumes_at_their_defaults(run_env, tmp_path):
-    run = (
-        "experiment=smoke",
-        "trainer.max_epochs=2",
-        "callbacks.model_checkpoint.save_last=true",
-        "callbacks.model_checkpoint.save_weights_only=false",
-        "checkpoint_every_n_steps=1",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    killed = run_script("train.py", *run, "fault.kill_at_step=3", env=run_env)
-    assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
-        config = OmegaConf.load(saved)
-        config.module.pop("label_smoothing")  # (first: it may refer to the top-level key)
-        config.pop("label_smoothing")
-        config.callbacks.pop("ema")
-        config.data.pop("progressive_resizing")
-        OmegaConf.save(config, saved)
-    changed = run_script("train.py", *run, "resume=true", "label_smoothing=0.1", env=run_env)
-    assert changed.returncode == 2 and "label_smoothing: 0.0 -> 0.1" in changed.stderr
-    resumed = run_script("train.py", *run, "resume=true", env=run_env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"
 
 
 def test_ema_with_weights_only_checkpoints_is_refused_in_plain_words(run_env, tmp_path):
