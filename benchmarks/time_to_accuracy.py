@@ -89,6 +89,19 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
             "trainer.max_epochs=23",
         ],
     ),
+    "r96_22_ls_ema": (
+        "as r96_22, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
+        "about the last 2 epochs), both evaluated as trained",
+        [
+            "data.image_size=96",
+            FACE_CROP,
+            FLIP_CROP,
+            "data.balance=loss_weights",
+            "trainer.max_epochs=22",
+            "label_smoothing=0.1",
+            "callbacks.ema={_target_:celeba_gender.training.callbacks.EMAWeights,decay:0.99}",
+        ],
+    ),
 }
 
 
