@@ -43,66 +43,72 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "celeba-subset"
 DEFAULT_OUT = REPO / "outputs" / "time_to_accuracy"
 DEFAULT_JSON = REPO / "docs" / "figures" / "time_to_accuracy_cpu_2core.json"
-BASE = ["experiment=cpu_quick"]
-FACE_CROP = "data.face_crop={top:30,left:0,height:178,width:178}"
+BASE = ["experiment=cpu_quick"]  # the optimizer, schedule, batch size and trainer
+JITTER = "{name:color_jitter,brightness:0.3,contrast:0.3,saturation:0.3}"
 FLIP_CROP = (
-    "data.augmentations=[{name:horizontal_flip,p:0.5},"
-    "{name:random_resized_crop,scale:[0.5,1.0],ratio:[0.8,1.25]}]"
+    "[{name:horizontal_flip,p:0.5},{name:random_resized_crop,scale:[0.5,1.0],ratio:[0.8,1.25]}"
 )
-# name -> (what it is, overrides of experiment=cpu_quick). Epochs are set so that a run fits
-# 10 minutes on the idle 2-core box (its per-epoch time measured first).
-RECIPES: dict[str, tuple[str, list[str]]] = {
+# What the recipes vary, at the values of the 48-px recipe before this search; every run sets
+# all of them, so a recipe means the same whatever experiment=cpu_quick holds now.
+BEFORE = {
+    "data.image_size": "48",
+    "data.face_crop": "null",
+    "data.augmentations": f"{FLIP_CROP},{JITTER}]",
+    "data.balance": "none",
+    "data.progressive_resizing": "null",
+    "label_smoothing": "0.0",
+    "callbacks.ema": "null",
+    "trainer.max_epochs": "28",
+}
+R96 = {
+    "data.image_size": "96",
+    "data.face_crop": "{top:30,left:0,height:178,width:178}",
+    "data.augmentations": f"{FLIP_CROP}]",
+    "data.balance": "loss_weights",
+    "trainer.max_epochs": "16",
+}
+# name -> (what it is, its values of BEFORE's keys). Epochs are set so that a run fits 10
+# minutes on the idle 2-core box.
+RECIPES: dict[str, tuple[str, dict[str, str]]] = {
     "cpu_quick_48": (
         "the recipe before this search: 48 px, whole frame, flip+crop+jitter, 28 epochs",
-        [],
+        {},
     ),
     "r96": (
         "96 px face crop, flip+crop (no colour jitter: kornia's costs ~0.15 s a batch), "
         "positive-class loss weights, 16 epochs",
-        [
-            "data.image_size=96",
-            FACE_CROP,
-            FLIP_CROP,
-            "data.balance=loss_weights",
-            "trainer.max_epochs=16",
-        ],
+        R96,
     ),
     "r96_22": (
         "as r96, 22 epochs (r96's 16 took ~7 minutes on the idle box: this uses the budget)",
-        [
-            "data.image_size=96",
-            FACE_CROP,
-            FLIP_CROP,
-            "data.balance=loss_weights",
-            "trainer.max_epochs=22",
-        ],
+        {**R96, "trainer.max_epochs": "22"},
     ),
     "prog64_112": (
         "as r96, 112 px at the end: progressive resizing from 64 px over the middle half of "
         "23 epochs (FFCV-style)",
-        [
-            "data.image_size=112",
-            FACE_CROP,
-            FLIP_CROP,
-            "data.balance=loss_weights",
-            "data.progressive_resizing={start_size:64,ramp:[0.25,0.75],multiple:16}",
-            "trainer.max_epochs=23",
-        ],
+        {
+            **R96,
+            "data.image_size": "112",
+            "data.progressive_resizing": "{start_size:64,ramp:[0.25,0.75],multiple:16}",
+            "trainer.max_epochs": "23",
+        },
     ),
     "r96_22_ls_ema": (
         "as r96_22, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
         "about the last 2 epochs), both evaluated as trained",
-        [
-            "data.image_size=96",
-            FACE_CROP,
-            FLIP_CROP,
-            "data.balance=loss_weights",
-            "trainer.max_epochs=22",
-            "label_smoothing=0.1",
-            "callbacks.ema={_target_:celeba_gender.training.callbacks.EMAWeights,decay:0.99}",
-        ],
+        {
+            **R96,
+            "trainer.max_epochs": "22",
+            "label_smoothing": "0.1",
+            "callbacks.ema": "{_target_:celeba_gender.training.callbacks.EMAWeights,decay:0.99}",
+        },
     ),
 }
+
+
+def recipe_overrides(recipe: str) -> list[str]:
+    """train.py's overrides of ``recipe``: BASE, then every key of BEFORE at its value."""
+    return [*BASE, *(f"{k}={v}" for k, v in {**BEFORE, **RECIPES[recipe][1]}.items())]
 
 
 def run_recipe(
@@ -114,7 +120,7 @@ def run_recipe(
         folder = out / recipe / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, str(REPO / "train.py"), *BASE, *RECIPES[recipe][1],
+            sys.executable, str(REPO / "train.py"), *recipe_overrides(recipe),
             f"seed={seed}", f"data.root={root}", f"hydra.run.dir={folder}",
             "resume=true", "logger=tensorboard", *extra,
         ]  # fmt: skip
@@ -241,7 +247,8 @@ def report(out: Path, test_recipe: str | None = None, flip: bool = False) -> dic
                 plain, flipped = validation_accuracy_with_flip(Path(run["folder"]))
                 run["val_acc_evaluated"], run["val_acc_flip_tta"] = plain, flipped
             flip_summary = {"val_acc_flip_tta": _mean_spread([r["val_acc_flip_tta"] for r in runs])}
-        description, overrides = RECIPES.get(recipe_dir.name, ("(not in RECIPES)", []))
+        description = RECIPES.get(recipe_dir.name, ("(not in RECIPES)",))[0]
+        overrides = recipe_overrides(recipe_dir.name) if recipe_dir.name in RECIPES else []
         recipes[recipe_dir.name] = {
             "description": description,
             "overrides": overrides,
@@ -333,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="default: --json with .png")
     args = parser.parse_args(argv)
     if args.action == "list":
-        for name, (description, overrides) in RECIPES.items():
-            print(f"{name}: {description}\n    {' '.join(BASE + overrides)}")
+        for name, (description, _) in RECIPES.items():
+            print(f"{name}: {description}\n    {' '.join(recipe_overrides(name))}")
         return
     if args.action == "run":
         if args.recipe is None:
