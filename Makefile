@@ -11,65 +11,80 @@ TEST_WORKERS ?= auto
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(PYTHON):
-	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
+# Made by the install: targets that need the venv depend on it, so a fresh clone's first
+# `make train` or `make test` sets itself up, and later ones start at once (again only when
+# pyproject.toml changes).
+INSTALLED := $(VENV)/.installed
+# `make train`'s recipe (conf/experiment/); EXPERIMENT= for the plain defaults.
+EXPERIMENT ?= first_run
 
-setup: $(PYTHON)  ## create .venv and install the package with its dev tools (and chromium, as root)
+define install
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
 	@# Debian's chromium for the demo's browser test (no browser download by playwright).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "no chromium: tests/test_demo.py's browser test will skip (fail under CI=true)"
+	@touch $(INSTALLED)
+endef
 
-train:  ## train one model (ARGS='model=vgg19 treatment=scratch_ce ...')
-	$(PYTHON) train.py $(ARGS)
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
 
-smoke:  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)
+$(INSTALLED): pyproject.toml | $(PYTHON)
+	$(install)
+
+setup: $(PYTHON)  ## create .venv and (re)install the package with its dev tools (and chromium, as root)
+	$(install)
+
+train: $(INSTALLED)  ## set up if needed, then a first run on the embedded sample, ~2 min (EXPERIMENT=cpu_quick, ARGS='model=vgg19 ...')
+	$(PYTHON) train.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(ARGS)
+
+smoke: $(INSTALLED)  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=smoke $(ARGS)
 
-sweep:  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
+sweep: $(INSTALLED)  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=study $(ARGS)
 
-predict:  ## label photos (ARGS='ckpt_path=.../best.ckpt input=photos/')
+predict: $(INSTALLED)  ## label photos (ARGS='ckpt_path=.../best.ckpt input=photos/')
 	$(PYTHON) predict.py $(ARGS)
 
-bench-latency:  ## ms/image of every backbone (batch 1 and 32) and of face detection
+bench-latency: $(INSTALLED)  ## ms/image of every backbone (batch 1 and 32) and of face detection
 	$(PYTHON) benchmarks/latency.py
 
-analyze:  ## report of a sweep: tables, conclusions, figures, notebook (SWEEP=outputs/multiruns/<time>; default newest)
+analyze: $(INSTALLED)  ## report of a sweep: tables, conclusions, figures, notebook (SWEEP=outputs/multiruns/<time>; default newest)
 	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/))))
 
-status:  ## where a sweep stands: done / interrupted / failed / not started (SWEEP=...; default newest)
+status: $(INSTALLED)  ## where a sweep stands: done / interrupted / failed / not started (SWEEP=...; default newest)
 	$(PYTHON) -m celeba_gender.analysis $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multiruns/*/)))) --status
 
-tensorboard:  ## TensorBoard over every run in outputs/
-	$(VENV)/bin/tensorboard --logdir outputs
+tensorboard: $(INSTALLED)  ## TensorBoard over every run in outputs/ (curves, hparams table, confusion matrices)
+	$(VENV)/bin/tensorboard --logdir $(if $(CELEBA_GENDER_ROOT),$(CELEBA_GENDER_ROOT)/)outputs
 
-test:  ## lint, then the whole test suite (what CI runs)
+test: $(INSTALLED)  ## set up if needed, then lint and the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
-test-fast:  ## the tests without the slow ones
+test-fast: $(INSTALLED)  ## the tests without the slow ones
 	$(PYTHON) -m pytest -m 'not slow'
 
-lint:  ## ruff lint and format check
+lint: $(INSTALLED)  ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-format:  ## ruff format and autofix
+format: $(INSTALLED)  ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-data-check:  ## print the data report of DATA (default: CELEBA_ROOT or the shared subset)
+data-check: $(INSTALLED)  ## print the data report of DATA (default: CELEBA_ROOT or the shared subset)
 	$(PYTHON) -m celeba_gender.data $(DATA)
 
-bench-data:  ## images/second: per-sample PIL loader vs cached batched pipeline
+bench-data: $(INSTALLED)  ## images/second: per-sample PIL loader vs cached batched pipeline
 	$(PYTHON) benchmarks/data_loading.py --root $(DATA)
 
-bench-lightning:  ## training img/s: Lightning vs a plain PyTorch loop
+bench-lightning: $(INSTALLED)  ## training img/s: Lightning vs a plain PyTorch loop
 	$(PYTHON) benchmarks/lightning_overhead.py --root $(DATA)
 
-bench-scale:  ## scan, cache, memory and training cost at 4k-50k images, extrapolated to 202,599 (ARGS='--json out.json')
+bench-scale: $(INSTALLED)  ## scan, cache, memory and training cost at 4k-50k images, extrapolated to 202,599 (ARGS='--json out.json')
 	$(PYTHON) benchmarks/scale.py --root $(DATA) $(ARGS)
 
 clean:  ## remove caches and run outputs (not the venv, not ~/.cache/celeba_gender)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
+from celeba_gender.progress import progress
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -195,7 +196,7 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
                     "_order": (STATUS_RANK["missing"], 0.0),
                 }
             )
-        for folder in present:
+        for folder in progress(present, desc=f"Reading {sweep_dir.name}", unit="job"):
             record = _read_metrics(folder)
             facts = _from_config(folder)
             fact_names.update(facts)

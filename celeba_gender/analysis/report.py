@@ -10,7 +10,7 @@ notebook cannot disagree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,6 +45,7 @@ from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data import DataError
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, source_image_dir
 from celeba_gender.inference.explain import explain_available
+from celeba_gender.progress import progress, progress_enabled
 from celeba_gender.training.resume import saved_config
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ def analyze_sweep(
     ]
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
-    for _, run in runs[runs["status"] == "ok"].iterrows():
+    ok = runs[runs["status"] == "ok"]
+    for _, run in progress(ok.iterrows(), total=len(ok), desc="Bootstrap per run", unit="run"):
         try:
             extra, run_cells = _analyze_run(run, settings, notes)
         except DataError as error:  # e.g. predictions deleted: the run keeps its metrics row
@@ -266,7 +268,8 @@ def _compare_best(analysis: SweepAnalysis) -> pd.DataFrame:
     best_runs = analysis.runs_of(table.iloc[0]).set_index("seed")
     boot = analysis.settings.bootstrap
     rows = []
-    for rank, other in table.iloc[1:].iterrows():
+    others = table.iloc[1:]
+    for rank, other in progress(others.iterrows(), total=len(others), desc="Paired tests"):
         other_runs = analysis.runs_of(other).set_index("seed")
         for seed in sorted(set(best_runs.index) & set(other_runs.index)):
             run_a, run_b = best_runs.loc[seed], other_runs.loc[seed]
@@ -344,32 +347,41 @@ def _conclusions(analysis: SweepAnalysis) -> list[str]:
 # ----------------------------------------------------------------------------- figures
 def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
     """Every figure of the report by file stem (what the notebook shows, too)."""
-    result: dict[str, object] = {}
+    return dict(progress(_figures(analysis), desc="Figures", unit="figure"))
+
+
+def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
+    """The report's figures, each as soon as it is drawn (the heat maps take longest)."""
     if analysis.ok_runs.empty:
-        return result
+        return
     configurations = analysis.configurations
-    result["accuracy_heatmap"] = figures.metric_heatmap(configurations, "acc")
-    result["f1_heatmap"] = figures.metric_heatmap(configurations, "f1")
-    result["accuracy_f1_bars"] = figures.grouped_bars(configurations, analysis.runs)
-    result["accuracy_vs_parameters"] = figures.accuracy_versus(
-        configurations, "params_mean", "inference parameters"
+    yield "accuracy_heatmap", figures.metric_heatmap(configurations, "acc")
+    yield "f1_heatmap", figures.metric_heatmap(configurations, "f1")
+    yield "accuracy_f1_bars", figures.grouped_bars(configurations, analysis.runs)
+    yield (
+        "accuracy_vs_parameters",
+        figures.accuracy_versus(configurations, "params_mean", "inference parameters"),
     )
-    result["accuracy_vs_training_time"] = figures.accuracy_versus(
-        configurations, "train_seconds_mean", "training seconds"
+    yield (
+        "accuracy_vs_training_time",
+        figures.accuracy_versus(configurations, "train_seconds_mean", "training seconds"),
     )
     analyzed = analysis.ok_runs[analysis.ok_runs["job"].isin(analysis.reliability)]
-    result["confusion_matrices"] = figures.confusion_matrices(
-        {job: confusion_matrix(analysis.predictions(job)) for job in analyzed["job"]}
+    yield (
+        "confusion_matrices",
+        figures.confusion_matrices(
+            {job: confusion_matrix(analysis.predictions(job)) for job in analyzed["job"]}
+        ),
     )
     best_run = analysis.run_of(analysis.best)
     if best_run["job"] not in analysis.reliability:
-        return result  # its predictions are gone (see the notes)
+        return  # its predictions are gone (see the notes)
     data_root = analysis.data_root(best_run)
     if data_root:
         try:
             source = _source_settings(best_run)
             image_dir = source_image_dir(data_root, source["source"], source["class_names"])
-            result["worst_images"] = figures.worst_images(
+            worst = figures.worst_images(
                 analysis.predictions(best_run["job"]),
                 image_dir,
                 analysis.settings.worst_images,
@@ -377,18 +389,22 @@ def report_figures(analysis: SweepAnalysis) -> dict[str, object]:
             )
         except DataError as error:
             analysis.notes.append(f"no worst-images grid ({error})")
-    result["learning_curves"] = figures.learning_curves(
-        {
-            job: Path(d)
-            for job, d in zip(analysis.ok_runs["job"], analysis.ok_runs["run_dir"], strict=True)
-        }
+        else:
+            yield "worst_images", worst
+    yield (
+        "learning_curves",
+        figures.learning_curves(
+            {
+                job: Path(d)
+                for job, d in zip(analysis.ok_runs["job"], analysis.ok_runs["run_dir"], strict=True)
+            }
+        ),
     )
     # One line per run (the report's reliability.csv has every run's points).
-    result["reliability"] = figures.reliability_diagram(analysis.reliability)
+    yield "reliability", figures.reliability_diagram(analysis.reliability)
     heat_maps = heat_map_figure(analysis)
     if heat_maps is not None:
-        result["heat_maps"] = heat_maps
-    return result
+        yield "heat_maps", heat_maps
 
 
 def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
@@ -620,6 +636,6 @@ def execute_notebook(report_dir: Path, settings: DictConfig) -> Path:
         parameters={"report_dir": str(Path(report_dir).resolve())},
         kernel_name="python3",
         cwd=str(Path(settings.notebook).parent),
-        progress_bar=False,
+        progress_bar=progress_enabled(),  # papermill's own bar (tqdm) over the cells
     )
     return output

@@ -41,6 +41,7 @@ from PIL import Image
 
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.images import ImageDecodeError, decode_image
+from celeba_gender.progress import progress
 
 CACHE_ENV = "CELEBA_GENDER_CACHE"
 # Raise when ``images.decode_image`` gives other pixels for some file (2: every mode read with
@@ -470,7 +471,7 @@ class ImageTensorCache:
                 writer.write(row, decode_rgb(files[row], height, width))
 
         try:
-            parallel(fill, range(len(files)), workers)
+            parallel(fill, range(len(files)), workers, desc="Decoding images")
         except ImageDecodeError as error:
             writer.discard()
             raise changed_since_scan(Path(files[0]).parent, error) from None
@@ -480,10 +481,19 @@ class ImageTensorCache:
         writer.publish(self.path, tensor_cache_meta(self, used_by, time.perf_counter() - start))
 
 
-def parallel(work: Callable[[int], Any], items: Sequence | range, workers: int | None) -> list:
-    """``work`` over ``items`` in threads (PIL decoding and hashlib release the GIL)."""
+def parallel(
+    work: Callable[[int], Any],
+    items: Sequence | range,
+    workers: int | None,
+    desc: str | None = None,
+) -> list:
+    """``work`` over ``items`` in threads (PIL decoding and hashlib release the GIL); with
+    ``desc``, a progress bar of that name (on a terminal)."""
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(work, items))
+        results = pool.map(work, items)
+        if desc is not None:
+            results = progress(results, total=len(items), desc=desc, unit="img")
+        return list(results)
 
 
 # ----------------------------------------------------------------------------- listing, clearing

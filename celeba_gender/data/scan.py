@@ -261,7 +261,10 @@ def scan_image_folder(
     if len(unsampled):
         names, sizes = current["file"].to_numpy(), current["size"].to_numpy()
         current.loc[unsampled, "sample"] = parallel(
-            lambda i: content_sample(image_dir / names[i], int(sizes[i])), unsampled, workers
+            lambda i: content_sample(image_dir / names[i], int(sizes[i])),
+            unsampled,
+            workers,
+            desc="Sampling files",
         )
     reused, stale = _split_reused(current, cached)
 
@@ -277,7 +280,10 @@ def scan_image_folder(
                 )
             elif stale:
                 checked_rows = parallel(
-                    lambda name: _check(image_dir / name, None, name)[0], stale, workers
+                    lambda name: _check(image_dir / name, None, name)[0],
+                    stale,
+                    workers,
+                    desc="Checking images",
                 )
             # Only files whose content was checked: a vanished or unreadable file's row (size
             # -1) must be checked again next time.
@@ -340,7 +346,12 @@ def _check_and_fill(
     records: list[dict] = []
     checked_first = len(stale) * 3 * height * width <= HELD_PIXEL_BYTES
     if checked_first:
-        checks = parallel(lambda name: _check(image_dir / name, tensor_size, name), stale, workers)
+        checks = parallel(
+            lambda name: _check(image_dir / name, tensor_size, name),
+            stale,
+            workers,
+            desc="Checking images",
+        )
         for record, pixels in checks:
             records.append(record)
             if pixels is not None:
@@ -369,7 +380,8 @@ def _check_and_fill(
             return record
 
         try:
-            records += [r for r in parallel(work, names, workers) if r is not None]
+            checked = parallel(work, names, workers, desc="Checking and decoding images")
+            records += [r for r in checked if r is not None]
         except ImageDecodeError as error:
             writer.discard()
             raise changed_since_scan(image_dir, error) from None

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ from celeba_gender.inference.predictor import (
     load_model,
 )
 from celeba_gender.models.checkpoints import ONNX_SUFFIX
+from celeba_gender.progress import progress
 
 
 class OutputRefused(DataError):
@@ -65,10 +67,17 @@ def export_onnx(
     """Write ``output``: input ``images`` (N, 3, S, S) normalised, output ``p_male`` (N,).
     Refuses to overwrite the checkpoint, or an existing file unless ``force``; the file appears
     complete or not at all (written beside it, then renamed over it)."""
+    output = check_output(checkpoint, output, force)
+    # Load, trace and translate, write: torch's own step messages (verbose) replaced by one bar.
+    with progress(total=3, desc=f"Exporting {output.name}", unit="step") as bar:
+        return _export(checkpoint, output, opset, force, bar)
+
+
+def _export(checkpoint: str | Path, output: Path, opset: int, force: bool, bar: Any) -> Path:
     import onnx
 
-    output = check_output(checkpoint, output, force)
     model = load_model(checkpoint).eval()
+    bar.update()
     settings = eval_transform_of(model, checkpoint)
     size = settings["image_size"]
     example = torch.zeros(2, 3, size, size)
@@ -91,7 +100,9 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
             external_data=False,
+            verbose=False,
         )
+        bar.update()
         exported = onnx.load(temporary)
         for key, value in (
             (EVAL_TRANSFORM_KEY, json.dumps(settings)),
@@ -104,6 +115,7 @@ def export_onnx(
         os.chmod(temporary, 0o666 & ~umask)
         check_output(checkpoint, output, force)  # nothing appeared there meanwhile
         os.replace(temporary, output)  # a symlink at ``output`` is replaced, not its target
+        bar.update()
     except OSError as error:  # the disk filled up, the folder went away
         raise OutputRefused(f"cannot write {output}: {error.strerror or error}") from None
     finally:

@@ -45,6 +45,7 @@ from celeba_gender.inference.faces import DetectorUnavailable, Face, FaceAligner
 from celeba_gender.inference.photos import PhotoError, expand_inputs, is_video_name, load_photo
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
+from celeba_gender.progress import progress
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -525,7 +526,8 @@ def predict(cfg: DictConfig) -> Counter[str]:
         failure: BaseException | None = None
         stop.armed = True
         try:
-            for result in predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels):
+            results = predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels)
+            for result in progress(results, total=len(paths), desc="Photos", unit="photo"):
                 name = names[result.path]
                 result.rows = [{k: _printable(v) for k, v in row.items()} for row in result.rows]
                 if cfg.annotate and result.photo is not None:
@@ -570,7 +572,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 if stop.signum is not None:
                     raise PredictionInterrupted(stop.signum)
                 stop.armed = True
-            for path in videos:
+            for path in progress(videos, desc="Videos", unit="video"):
                 annotated = None
                 if video_settings.annotate_video:
                     name = video_name(names[path])

@@ -40,6 +40,7 @@ from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.faces import FaceAligner
 from celeba_gender.inference.photos import VIDEO_SUFFIXES, is_video_name  # noqa: F401
 from celeba_gender.inference.predictor import GenderPredictor
+from celeba_gender.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,7 @@ def predict_video(
 
     stopped = None
     frames = sampled_frames(path, settings.sample_fps)
+    bar = progress(desc=path.name, unit="frame")  # the length is known only once decoded
     batch: list = []
     try:
         while True:
@@ -353,6 +355,7 @@ def predict_video(
                 log.warning("%s", stopped)
                 break
             sampled += 1
+            bar.update()
             last_time = time_s
             batch.append((time_s, detect_faces(frame, path, aligner)))
             if len(batch) >= predictor.batch_size:
@@ -373,6 +376,7 @@ def predict_video(
         raise
     finally:
         frames.close()  # the container, at once
+        bar.close()
     name = None
     if writer is not None:
         try:

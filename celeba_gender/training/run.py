@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from celeba_gender.config import PROJECT_ROOT
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
@@ -65,13 +67,36 @@ log = logging.getLogger(__name__)
 
 
 class _DropAdvertisements(logging.Filter):
-    """Lightning advertises its cloud logger on every run; our entry points leave it out."""
+    """Lightning advertises its cloud services (litlogger, litmodels: "💡 Tip: ...") on every
+    run; our entry points leave that out."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg).lower()
+        text = str(record.msg).lower()
+        return not any(word in text for word in ("litlogger", "litmodels"))
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
+_LIGHTNING_MESSAGES = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+
+def quiet_third_party_output() -> None:
+    """Leave out what third-party code prints on every run and a user can do nothing about:
+    each filter names one message, so anything else (ours, or new) is still shown."""
+    if not any(isinstance(f, _DropAdvertisements) for f in _LIGHTNING_MESSAGES.filters):
+        _LIGHTNING_MESSAGES.addFilter(_DropAdvertisements())
+    # torch deprecates a class Lightning's own code still uses, once per fit/test/predict.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
+    # Our resume checkpoint (last.ckpt) is a second ModelCheckpoint; the best one is the first,
+    # which is the one Lightning takes.
+    warnings.filterwarnings(
+        "ignore", message=r'`\.test\(ckpt_path="best"\)` is called with Trainer'
+    )
+
+
+quiet_third_party_output()  # on import: every entry point that trains or tests imports this
 USER_ERRORS = (DataError, PretrainedWeightsUnavailable)
 TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss")
 
@@ -290,11 +315,73 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
                 },
             )
             logger.save()
+    if trainer.is_global_zero and not _in_multirun():
+        say(where_results_are(record, cfg))
     if stops.requested is not None:
         stop = stops.interruption()
         stop.finished = True  # metrics.json says ok: nothing is left to resume
         raise stop
     return record
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the current folder when it is inside it: shorter to read and type."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def where_results_are(record: dict[str, Any], cfg: DictConfig) -> str:
+    """What a finished single run prints last: its result files, its checkpoint, how to see
+    it in TensorBoard and a next command to try."""
+    output_dir = Path(record["output_dir"])
+    checkpoint = record["evaluated_checkpoint"]
+    if not Path(checkpoint).is_file():  # "last epoch": no best.ckpt (no validation part)
+        last = Path(cfg.paths.checkpoint_dir) / LAST_CHECKPOINT
+        checkpoint = str(last) if last.is_file() else None
+    accuracy = record["test/acc"]
+    in_clone = PROJECT_ROOT is not None and Path.cwd().resolve() == PROJECT_ROOT.resolve()
+    # `make tensorboard` shows outputs/ of the clone; a run written elsewhere is shown alone.
+    in_outputs = output_dir.resolve().is_relative_to(Path(cfg.paths.log_dir).resolve())
+    tensorboard = (
+        "make tensorboard"
+        if in_clone and in_outputs
+        else f"tensorboard --logdir {_shown(output_dir)}"
+    )
+    python = _shown(sys.executable)
+    predict, train = (
+        (f"{python} predict.py", f"{python} train.py")
+        if in_clone
+        else ("celeba-gender-predict", "celeba-gender-train")
+    )
+    lines = [
+        "",
+        f"Done: test accuracy {accuracy:.3f} on {record['test_images']} images "
+        f"({record['model']}, {record['treatment']}, {record['epochs_trained']} epochs, "
+        f"{record['wall_seconds']:.0f} s)."
+        if accuracy is not None
+        else "Done.",
+        f"  run folder:  {_shown(output_dir)}/",
+        f"  results:     {_shown(output_dir / METRICS_FILE)} (all metrics), "
+        f"{PREDICTIONS_FILE} (one row per test image)",
+    ]
+    if checkpoint:
+        lines.append(f"  checkpoint:  {_shown(checkpoint)}")
+    lines += [
+        f"  curves, hparams, confusion matrix: {tensorboard}, then open http://localhost:6006",
+        "Next:",
+    ]
+    if checkpoint:
+        lines.append(
+            f"  label your photos:  {predict} ckpt_path={_shown(checkpoint)} input=photos/"
+        )
+    lines.append(
+        f"  the 2-core recipe on a CelebA copy:  CELEBA_ROOT=/path/to/celeba {train} "
+        "experiment=cpu_quick"
+    )
+    return "\n".join(lines)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
