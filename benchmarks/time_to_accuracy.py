@@ -67,6 +67,12 @@ R96 = {
     "data.balance": "loss_weights",
     "trainer.max_epochs": "16",
 }
+PROG64_112 = {
+    **R96,
+    "data.image_size": "112",
+    "data.progressive_resizing": "{start_size:64,ramp:[0.25,0.75],multiple:16}",
+    "trainer.max_epochs": "23",
+}
 # name -> (what it is, its values of BEFORE's keys). Epochs are set so that a run fits 10
 # minutes on the idle 2-core box.
 RECIPES: dict[str, tuple[str, dict[str, str]]] = {
@@ -86,19 +92,13 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
     "prog64_112": (
         "as r96, 112 px at the end: progressive resizing from 64 px over the middle half of "
         "23 epochs (FFCV-style)",
-        {
-            **R96,
-            "data.image_size": "112",
-            "data.progressive_resizing": "{start_size:64,ramp:[0.25,0.75],multiple:16}",
-            "trainer.max_epochs": "23",
-        },
+        PROG64_112,
     ),
-    "r96_22_ls_ema": (
-        "as r96_22, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
-        "about the last 2 epochs), both evaluated as trained",
+    "prog64_112_ls_ema": (
+        "as prog64_112, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
+        "about the last 2 epochs), the averaged weights validated and tested",
         {
-            **R96,
-            "trainer.max_epochs": "22",
+            **PROG64_112,
             "label_smoothing": "0.1",
             "callbacks.ema": "{_target_:celeba_gender.training.callbacks.EMAWeights,decay:0.99}",
         },

@@ -214,7 +214,7 @@ def test_experiment_configs_compose_for_every_model(experiment, model):
         cfg = compose("config", overrides=[f"experiment={experiment}", f"model={model}"])
     expected_size = {
         "smoke": cfg.model.min_image_size,
-        "cpu_quick": 48,
+        "cpu_quick": 112,
         "study": cfg.model.image_size,
     }
     assert cfg.data.image_size == expected_size[experiment]
