@@ -38,7 +38,7 @@ setup: $(PYTHON)  ## create .venv and (re)install the package with its dev tools
 	$(install)
 
 train: $(INSTALLED)  ## set up if needed, then a first run on the embedded sample, ~2 min (EXPERIMENT=cpu_quick, ARGS='model=vgg19 ...')
-	$(PYTHON) train.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(ARGS)
+	$(PYTHON) train.py $(if $(and $(EXPERIMENT),$(if $(findstring experiment=,$(ARGS)),,1)),experiment=$(EXPERIMENT)) $(ARGS)
 
 smoke: $(INSTALLED)  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=smoke $(ARGS)

@@ -458,6 +458,26 @@ def _check_together(cfg: DictConfig, present: dict) -> None:
                 "an integer >= 1, or -1 with trainer.max_steps or trainer.max_time set (-1 "
                 "alone trains forever)",
             )
+    # Progressive resizing ramps over trainer.max_epochs: it needs a number of epochs.
+    progressive = OmegaConf.select(cfg, "data.progressive_resizing", default=None)
+    if progressive and _lookup(present, "trainer.max_epochs") == -1:
+        raise ConfigError(
+            _source(cfg, "data.progressive_resizing"),
+            OmegaConf.to_container(progressive),
+            "null with trainer.max_epochs=-1 (the ramp is a fraction of the epochs: set "
+            "trainer.max_epochs)",
+        )
+    # The EMA's weights reach best.ckpt through the callbacks' checkpoint hook, which a
+    # weights-only checkpoint skips: the test would see the raw weights.
+    if OmegaConf.select(cfg, "callbacks.ema", default=None) and OmegaConf.select(
+        cfg, "callbacks.model_checkpoint.save_weights_only", default=False
+    ):
+        raise ConfigError(
+            _source(cfg, "callbacks.model_checkpoint.save_weights_only"),
+            True,
+            "false with callbacks.ema set (a weights-only checkpoint would hold the raw "
+            "weights, not their average)",
+        )
     monitor, mode = _lookup(present, "monitor"), _lookup(present, "monitor_mode")
     if monitor is not None and mode is not None:
         best = "min" if monitor == "val/loss" else "max"

@@ -10,8 +10,10 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from conftest import delete_big_files, run_script
+from conftest import REPO, delete_big_files, run_script
+from hydra import compose, initialize_config_dir
 
+from celeba_gender.config_schema import ConfigError, TrainSchema, validate
 from celeba_gender.data import CelebADataModule
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.transforms import progressive_image_size
@@ -131,6 +133,8 @@ def test_progressive_resizing_grows_training_batches_and_evaluates_at_full_size(
         ({"start_size": 200}, "start_size must be an integer from 8 to data.image_size (64)"),
         ({"start_size": 32, "ramp": [0.8, 0.2]}, "ramp must be 2 fractions"),
         ({"start_size": 32, "speed": 2}, "unknown keys ['speed']"),
+        ({"start_size": 32, "ramp": None}, "ramp must be 2 fractions"),
+        ({"start_size": 32, "ramp": 0.5}, "ramp must be 2 fractions"),
     ],
 )
 def test_bad_progressive_resizing_settings_are_named(sample_root, settings, message):
@@ -182,9 +186,26 @@ def test_ema_weights_are_what_validation_best_ckpt_and_the_test_evaluate(run_env
     delete_big_files(folder)
 
 
-def test_ema_with_weights_only_checkpoints_is_refused_in_plain_words(run_env, tmp_path):
-    result = run_script(
-        "train.py", "experiment=smoke", EMA, f"hydra.run.dir={tmp_path}", env=run_env
+def test_ema_with_weights_only_checkpoints_is_refused_before_the_run(run_env, tmp_path):
+    folder = tmp_path / "run"
+    result = run_script("train.py", "experiment=smoke", EMA, f"hydra.run.dir={folder}", env=run_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "callbacks.model_checkpoint.save_weights_only=true is not allowed: expected false with "
+        "callbacks.ema set" in result.stderr
     )
-    assert result.returncode != 0
-    assert "callbacks.ema needs callbacks.model_checkpoint.save_weights_only=false" in result.stderr
+    assert not (folder / "metrics.json").exists()  # refused before anything was written
+
+
+def test_progressive_resizing_without_a_number_of_epochs_is_refused():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "data.progressive_resizing={start_size:64}",
+                "trainer.max_epochs=-1",
+                "+trainer.max_steps=100",
+            ],
+        )
+    with pytest.raises(ConfigError, match=r"^data.progressive_resizing=.*set trainer.max_epochs"):
+        validate(cfg, TrainSchema)

@@ -319,9 +319,14 @@ class CelebADataModule(L.LightningDataModule):
         under ``progressive_resizing``."""
         if not self.progressive_resizing or self.trainer is None:
             return self.image_size
+        if not self.trainer.max_epochs or self.trainer.max_epochs < 1:
+            raise DataError(
+                "data.progressive_resizing ramps over trainer.max_epochs: set it (>= 1) or "
+                "progressive_resizing=null."
+            )
         return progressive_image_size(
             self.trainer.current_epoch,
-            int(self.trainer.max_epochs or 1),
+            int(self.trainer.max_epochs),
             self.image_size,
             **self.progressive_resizing,
         )
@@ -488,7 +493,12 @@ def _progressive_settings(
         not isinstance(values.get("start_size"), int) or not 8 <= values["start_size"] <= image_size
     ):
         problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
-    elif len(ramp) != 2 or not 0 <= ramp[0] <= ramp[1] <= 1:
+    elif (
+        not isinstance(ramp, Sequence)
+        or len(ramp) != 2
+        or not all(isinstance(f, (int, float)) for f in ramp)
+        or not 0 <= ramp[0] <= ramp[1] <= 1
+    ):
         problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
     elif not isinstance(values["multiple"], int) or values["multiple"] < 1:
         problem = "multiple must be an integer >= 1"

@@ -93,7 +93,7 @@ class EMAWeights(EMAWeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # A weights-only checkpoint skips callbacks' on_save_checkpoint: it would hold the
-        # raw weights, and the test would evaluate those.
+        # raw weights, and the test would evaluate those. (train.py's schema says so first.)
         if stage == TrainerFn.FITTING and any(
             getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks
         ):

@@ -316,7 +316,10 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
             )
             logger.save()
     if trainer.is_global_zero and not _in_multirun():
-        say(where_results_are(record, cfg))
+        try:  # a summary that cannot be made must not turn a finished run into a failed one
+            say(where_results_are(record, cfg))
+        except Exception:  # noqa: BLE001
+            log.warning("Could not print where the results are:", exc_info=True)
     if stops.requested is not None:
         stop = stops.interruption()
         stop.finished = True  # metrics.json says ok: nothing is left to resume
