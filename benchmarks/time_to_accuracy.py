@@ -8,11 +8,11 @@ and writes a JSON and a plot: mean validation accuracy over the seeds against me
 since training started (the first event: fit start, after the data is scanned and cached),
 min-max band, one line per recipe.
 
-Recipes are chosen on **validation** accuracy only: the mean over seeds of each run's best
-validation accuracy (the checkpoint the run then tests). The test part is read once, for the
-recipe named by ``--test`` (the chosen one): its runs' metrics.json test metrics. A recipe's
-validation figures never come from the test part and the report holds no test figure of the
-others.
+Recipes are chosen on **validation** accuracy only: the mean over at least 3 seeds of each
+run's best validation accuracy (the checkpoint the run then tests), among recipes whose mean
+fit time is within ``--budget-minutes`` (10). Every run tests its best checkpoint as train.py
+does, but the report reads test metrics only with ``--test``, and only for the recipe chosen
+on validation (any other is refused): the JSON holds no test figure of the others.
 
 Usage:
 
@@ -228,7 +228,9 @@ def _mean_spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def report(out: Path, test_recipe: str | None = None, flip: bool = False) -> dict[str, Any]:
+def report(
+    out: Path, test_recipe: str | None = None, flip: bool = False, budget_minutes: float = 10.0
+) -> dict[str, Any]:
     """Every recipe with finished runs under ``out``: validation summary, curves; the test
     metrics of ``test_recipe`` only; with ``flip``, each best.ckpt's validation accuracy with
     test-time flip averaging too."""
@@ -260,8 +262,13 @@ def report(out: Path, test_recipe: str | None = None, flip: bool = False) -> dic
         }
     if not recipes:
         raise SystemExit(f"no finished runs under {out}: run some first ({__file__} run ...)")
-    # The choice: highest mean best-validation accuracy over at least 3 seeds.
-    eligible = {k: v for k, v in recipes.items() if len(v["seeds"]) >= 3}
+    # The choice: highest mean best-validation accuracy over at least 3 seeds, among recipes
+    # whose runs fit the budget (mean fit minutes).
+    eligible = {
+        k: v
+        for k, v in recipes.items()
+        if len(v["seeds"]) >= 3 and v["fit_minutes"]["mean"] <= budget_minutes
+    }
     chosen = max(eligible, key=lambda k: eligible[k]["best_val_acc"]["mean"]) if eligible else None
     result: dict[str, Any] = {
         "machine": {
@@ -271,13 +278,19 @@ def report(out: Path, test_recipe: str | None = None, flip: bool = False) -> dic
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
-        "selection": "highest mean (over >= 3 seeds) of each run's best validation accuracy",
+        "selection": "highest mean (over >= 3 seeds) of each run's best validation accuracy, "
+        f"among recipes whose mean fit time is <= {budget_minutes} minutes",
         "chosen_by_validation": chosen,
         "recipes": recipes,
     }
     if test_recipe is not None:
         if test_recipe not in recipes:
             raise SystemExit(f"--test {test_recipe}: no finished runs of it under {out}")
+        if test_recipe != chosen:
+            raise SystemExit(
+                f"--test {test_recipe}: the test part is read for the recipe chosen on "
+                f"validation only, which is {chosen}"
+            )
         tested = [
             json.loads((Path(r["folder"]) / "metrics.json").read_text())
             for r in recipes[test_recipe]["runs"]
@@ -336,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--flip", action="store_true", help="also each best.ckpt's val accuracy with flip TTA"
     )
+    parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--plot", type=Path, help="default: --json with .png")
     args = parser.parse_args(argv)
@@ -351,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         run_recipe(args.recipe, seeds, args.root, args.out, args.extra)
         return
-    result = report(args.out, args.test, args.flip)
+    result = report(args.out, args.test, args.flip, args.budget_minutes)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     picture = plot(result, args.plot or args.json.with_suffix(".png"))

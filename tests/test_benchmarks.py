@@ -186,3 +186,8 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert "chosen by validation: r96" in reported.stdout
     unknown = bench("report", "--out", str(runs), "--test", "prog64_112", "--json", str(output))
     assert unknown.returncode != 0 and "no finished runs of it" in unknown.stderr
+    other = bench("report", "--out", str(runs), "--test", "cpu_quick_48", "--json", str(output))
+    assert other.returncode != 0 and "chosen on validation only, which is r96" in other.stderr
+    # A budget the runs do not fit: nothing is chosen, so nothing may be tested.
+    over = bench("report", "--out", str(runs), "--budget-minutes", "0.001", "--json", str(output))
+    assert over.returncode == 0 and "chosen by validation: None" in over.stdout
