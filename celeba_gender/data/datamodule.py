@@ -312,7 +312,8 @@ class CelebADataModule(L.LightningDataModule):
         if self.loader != "cached":
             return batch
         images, labels, rows = batch
-        return self.transform_batch(images, train, self.training_image_size()), labels, rows
+        size = self.training_image_size() if train else None
+        return self.transform_batch(images, train, size), labels, rows
 
     def training_image_size(self) -> int:
         """The side of this epoch's training batches: ``image_size``, or less early in training
