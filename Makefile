@@ -6,7 +6,7 @@ DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale clean
+.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale bench-tta clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,10 @@ bench-lightning: $(INSTALLED)  ## training img/s: Lightning vs a plain PyTorch l
 
 bench-scale: $(INSTALLED)  ## scan, cache, memory and training cost at 4k-50k images, extrapolated to 202,599 (ARGS='--json out.json')
 	$(PYTHON) benchmarks/scale.py --root $(DATA) $(ARGS)
+
+bench-tta: $(INSTALLED)  ## time to accuracy of a cpu_quick candidate, 3 seeds, then the report (RECIPE=prog64_112; ~9 min a seed)
+	$(PYTHON) benchmarks/time_to_accuracy.py run --recipe $(or $(RECIPE),prog64_112) --seeds 0,1,2 --root $(DATA)
+	$(PYTHON) benchmarks/time_to_accuracy.py report
 
 clean:  ## remove caches and run outputs (not the venv, not ~/.cache/celeba_gender)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache
