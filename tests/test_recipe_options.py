@@ -125,6 +125,12 @@ def test_progressive_resizing_grows_training_batches_and_evaluates_at_full_size(
     by_epoch = {epoch: size for epoch, size in model.seen["train"]}
     assert by_epoch == {0: 32, 1: 32, 2: 48, 3: 64}
     assert {size for _, size in model.seen["val"]} == {64}
+    # Validation alone (a trainer with no epochs to ramp over) evaluates at full size too.
+    validating = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=1
+    )
+    validating.validate(model, datamodule=datamodule, verbose=False)
+    assert model.seen["val"][-1][1] == 64
 
 
 @pytest.mark.parametrize(
