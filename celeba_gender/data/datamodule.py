@@ -33,6 +33,7 @@ from celeba_gender.data.sampling import (
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, OTHER_SOURCES
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import (
+    PROGRESSIVE_DEFAULTS,
     BatchTransform,
     crop_box,
     per_sample_transform,
@@ -484,7 +485,7 @@ def _progressive_settings(
     if not settings:
         return None
     allowed = {"start_size", "ramp", "multiple"}
-    values = {"ramp": (0.25, 0.75), "multiple": 16, **dict(settings)}
+    values = {**PROGRESSIVE_DEFAULTS, **dict(settings)}
     unknown = set(values) - allowed
     ramp = values["ramp"]
     problem = None

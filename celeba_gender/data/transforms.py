@@ -384,13 +384,17 @@ def _identity_maps(n: int) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
 
 
+# data.progressive_resizing's optional keys (the data module fills them in from here).
+PROGRESSIVE_DEFAULTS: dict[str, Any] = {"ramp": (0.25, 0.75), "multiple": 16}
+
+
 def progressive_image_size(
     epoch: int,
     max_epochs: int,
     final_size: int,
     start_size: int,
-    ramp: Sequence[float] = (0.25, 0.75),
-    multiple: int = 16,
+    ramp: Sequence[float] = PROGRESSIVE_DEFAULTS["ramp"],
+    multiple: int = PROGRESSIVE_DEFAULTS["multiple"],
 ) -> int:
     """Training side at ``epoch`` (0-based) under progressive resizing, as FFCV's ResNet recipes
     do it: ``start_size`` until ``ramp[0]`` of the epochs, then growing linearly to reach
