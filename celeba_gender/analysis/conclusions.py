@@ -80,12 +80,14 @@ def configuration_name(row: pd.Series) -> str:
     )
 
 
+# Sentences give accuracies to 0.1 point: the narrowest interval a CelebA test part gives (the
+# full 19,962-image one: about +-0.4 points) does not support a second decimal.
 def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
+    return f"{100 * value:.1f}%"
 
 
 def _points(value: float) -> str:
-    return f"{100 * value:+.2f} points"
+    return f"{100 * value:+.1f} points"
 
 
 def _spread(row: pd.Series) -> str:
@@ -98,69 +100,219 @@ def _val_and_test(val: float, test: float) -> str:
     return f"validation {_pct(val)}, test {_pct(test)}"
 
 
-def best_choices(configurations: pd.DataFrame) -> list[str]:
+def _interval(row: pd.Series) -> str:
+    """' (95% interval 88.6-93.8%, seed 0)' from the configuration's lowest-seed run."""
+    low, high = row.get("acc_ci_low"), row.get("acc_ci_high")
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    level = row.get("ci_level")
+    level = f"{100 * level:g}% " if pd.notna(level) else ""
+    seed = row.get("ci_seed")
+    seed = f", seed {int(seed)}" if pd.notna(seed) else ""
+    return f" ({level}interval {100 * low:.1f}-{100 * high:.1f}%{seed})"
+
+
+def best_group(table: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
+    """The configurations the test set cannot separate from the validation-best one (first in
+    ``table``, already ``ranked``): the best itself and every other that it does not beat
+    significantly (after Holm's correction, ``paired``'s ``significant``) on every shared seed.
+    One with no shared seed was never tested against it, so it is not separated either."""
+    names = [configuration_name(row) for _, row in table.iterrows()]
+    group = names[:1]
+    for name in names[1:]:
+        tests = paired[paired["b"] == name] if not paired.empty else paired
+        beaten = not tests.empty and bool(
+            (tests["significant"].astype(bool) & (tests["accuracy_difference"] > 0)).all()
+        )
+        if not beaten:
+            group.append(name)
+    return group
+
+
+def _group_members(table: pd.DataFrame, group: list[str], column: str) -> list[str]:
+    """The distinct ``column`` values (backbones, families) of the group, best first."""
+    members = table[table.apply(configuration_name, axis=1).isin(group)]
+    return list(dict.fromkeys(members[column]))
+
+
+def best_choices(
+    configurations: pd.DataFrame,
+    paired: pd.DataFrame | None = None,
+    level: float = 0.05,
+    runs: pd.DataFrame | None = None,
+) -> list[str]:
     """Best configuration, backbone, family and treatment, each chosen by validation accuracy
-    and reported with its test accuracy."""
+    and reported with its test accuracy and interval. A best is named only where the test set
+    separates it (``paired``: the validation-best against each other, Holm-corrected; the
+    treatments: Wilcoxon over backbones); otherwise the sentence says so and names the group
+    that cannot be separated. ``runs`` (every job) lets a sentence say which treatments it
+    does not cover, and why."""
     table = chosen(configurations)
     if table.empty:
         return ["No run finished: nothing to conclude."]
+    paired = paired if paired is not None else pd.DataFrame()
     best = table.iloc[0]
-    lines = [
-        f"**Best configuration (chosen by validation accuracy): {configuration_name(best)}**, "
-        f"validation accuracy {_pct(best['val_acc_mean'])}{_tied_with(table)}; test accuracy "
-        f"{_pct(best['acc_mean'])} ({_spread(best)}), F1 {best['f1_mean']:.4f}."
-    ]
-    by_model = table.drop_duplicates("model")  # each backbone's validation-best treatment
-    first = by_model.iloc[0]
-    lines.append(
-        f"**Best backbone: {first['model']}** (with {first['treatment']}: "
-        f"{_val_and_test(first['val_acc_mean'], first['acc_mean'])}"
-        + (
-            f"; runner-up {by_model.iloc[1]['model']} with {by_model.iloc[1]['treatment']}: "
-            f"{_val_and_test(by_model.iloc[1]['val_acc_mean'], by_model.iloc[1]['acc_mean'])})."
-            if len(by_model) > 1
-            else ")."
-        )
+    name = configuration_name(best)
+    not_covered = _not_covered(runs, table) if runs is not None else ""
+    scope = f"over the {len(table)} configurations that finished" + (
+        f"; {not_covered}" if not_covered else ""
     )
+    group = best_group(table, paired) if len(table) > 1 else [name]
+    first = (
+        f"{name}, validation accuracy {_pct(best['val_acc_mean'])}{_tied_with(table)}; test "
+        f"accuracy {_pct(best['acc_mean'])}{_interval(best)} ({_spread(best)}), F1 "
+        f"{best['f1_mean']:.3f}"
+    )
+    if len(table) == 1:
+        lines = [f"**Only one configuration finished: {first}**; nothing to compare it with."]
+    elif len(group) == 1:
+        lines = [
+            f"**Best configuration (chosen by validation accuracy, {scope}): {first}**. The test "
+            f"set separates it from every other (Holm-corrected paired tests at {level:g})."
+        ]
+    else:
+        others = "; ".join(
+            f"{configuration_name(row)} (test {_pct(row['acc_mean'])}{_interval(row)})"
+            for _, row in table.iterrows()
+            if configuration_name(row) in group[1:]
+        )
+        lines = [
+            f"**No single best configuration** ({scope}): {first} is first by validation "
+            f"accuracy, but after Holm's correction at {level:g} the test set does not separate "
+            f"it from {len(group) - 1} other{'s' if len(group) > 2 else ''}: {others}. These "
+            f"{len(group)} configurations are the best group; naming one of them would claim more "
+            "than the data shows."
+        ]
+    by_model = table.drop_duplicates("model")  # each backbone's validation-best treatment
+    top = by_model.iloc[0]
+    backbones = _group_members(table, group, "model")
+    runner_up = (
+        f"; runner-up {by_model.iloc[1]['model']} with {by_model.iloc[1]['treatment']}: "
+        f"{_val_and_test(by_model.iloc[1]['val_acc_mean'], by_model.iloc[1]['acc_mean'])}"
+        if len(by_model) > 1
+        else ""
+    )
+    if len(backbones) <= 1 and len(by_model) > 1:
+        lines.append(
+            f"**Best backbone: {top['model']}** (with {top['treatment']}: "
+            f"{_val_and_test(top['val_acc_mean'], top['acc_mean'])}{runner_up})."
+        )
+    elif len(by_model) > 1:
+        lines.append(
+            f"**Best backbone: not separable** — the best group holds {len(backbones)} backbones "
+            f"({', '.join(backbones)}); first by validation {top['model']} with "
+            f"{top['treatment']}: {_val_and_test(top['val_acc_mean'], top['acc_mean'])}"
+            f"{runner_up}."
+        )
     by_family = _ranked_groups(
         table.rename(columns={"acc_mean": "test"}), "family", ["val_acc_mean", "test"]
     ).rename(columns={"val_acc_mean": "val"})
     family_text = "; ".join(
-        f"{name} {_val_and_test(row['val'], row['test'])} (mean over {int(row['size'])} "
+        f"{family} {_val_and_test(row['val'], row['test'])} (mean over {int(row['size'])} "
         "configurations)"
-        for name, row in by_family.iterrows()
+        for family, row in by_family.iterrows()
     )
-    lines.append(f"**Best family: {by_family.index[0]}** — {family_text}.")
-    complete = _by_model(table, "treatment")  # backbones that ran every treatment
-    if complete is not None and not complete.empty:
-        rows, scope = (
-            table[table["model"].isin(complete.index)],
-            (f"over the {len(complete)} backbones that ran every treatment"),
+    families = _group_members(table, group, "family")
+    if len(by_family) > 1:
+        verdict = (
+            f"**Best family: {by_family.index[0]}**"
+            if len(families) <= 1
+            else f"**Best family: not separable** (the best group spans {', '.join(families)})"
         )
-    else:
-        rows, scope = table, "(no backbone ran every treatment: different sets of backbones)"
-    means = _ranked_groups(rows, "treatment", ["val_acc_mean", "acc_mean"])
-    lines.append(
-        f"**Best treatment: {means.index[0]}** — mean accuracy {scope}: "
-        + "; ".join(
-            f"{name} {_val_and_test(row['val_acc_mean'], row['acc_mean'])}"
-            for name, row in means.iterrows()
-        )
-        + "."
-    )
+        lines.append(f"{verdict} — {family_text}.")
+    lines.append(_best_treatment(table, runs, level))
     return lines
 
 
-def _by_model(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
-    """Mean test accuracy per model x ``column`` value, models with every value only."""
-    if table.empty:
-        return None
-    wide = table.pivot_table(index="model", columns=column, values="acc_mean")
-    return wide.dropna()
+def _not_covered(runs: pd.DataFrame, table: pd.DataFrame) -> str:
+    """'pretrained_bce: no finished run (2 failed)' for each configuration of the runs that is
+    not in ``table``, grouped by treatment."""
+    finished = set(zip(table["model"], table["treatment"], strict=True))
+    missing: dict[str, list[tuple[object, pd.Series]]] = {}
+    for (model, treatment), jobs in runs.groupby(["model", "treatment"], dropna=False):
+        if (model, treatment) not in finished and not (jobs["status"] == "ok").any():
+            missing.setdefault(str(treatment), []).append((model, jobs["status"]))
+    parts = []
+    for treatment, entries in missing.items():
+        statuses = pd.concat([s for _, s in entries]).value_counts()
+        counts = ", ".join(f"{n} {s}" for s, n in statuses.items())
+        models = ", ".join(str(m) for m, _ in entries)
+        parts.append(f"not covered: {treatment} with {models} ({counts})")
+    return "; ".join(parts)
+
+
+def _treatment_status(runs: pd.DataFrame | None, treatment: str) -> str:
+    """Why a treatment has no finished configuration: not in the sweep, or its jobs' states."""
+    if runs is None:
+        return f"no {treatment} run finished"
+    jobs = runs[runs["treatment"] == treatment]
+    if jobs.empty:
+        return f"the sweep has no {treatment} job"
+    counts = ", ".join(f"{n} {s}" for s, n in jobs["status"].value_counts().items())
+    return f"no {treatment} run finished ({counts})"
+
+
+def _best_treatment(table: pd.DataFrame, runs: pd.DataFrame | None, level: float) -> str:
+    """The treatment first by mean validation accuracy over the backbones that finished every
+    treatment compared, named best only when a Wilcoxon signed-rank test over those backbones
+    (test accuracy, Holm over the other treatments) separates it from each other."""
+    treatments = list(dict.fromkeys(table["treatment"]))
+    absent = []
+    if runs is not None:
+        absent = [
+            _treatment_status(runs, t)
+            for t in dict.fromkeys(runs["treatment"].dropna())
+            if t not in treatments
+        ]
+    absent_text = f"; {'; '.join(absent)}" if absent else ""
+    if len(treatments) < 2:
+        return (
+            f"Best treatment: not answerable — only {', '.join(treatments)} finished{absent_text}."
+        )
+    wide = table.pivot_table(index="model", columns="treatment", values="acc_mean").dropna()
+    if wide.empty:
+        return (
+            f"Best treatment: not answerable — no backbone finished every one of "
+            f"{', '.join(treatments)}{absent_text}."
+        )
+    rows = table[table["model"].isin(wide.index)]
+    means = _ranked_groups(rows, "treatment", ["val_acc_mean", "acc_mean"])
+    first = means.index[0]
+    scope = f"over the {len(wide)} backbones that finished {', '.join(means.index)}{absent_text}"
+    p_values = {t: wilcoxon_paired(wide[first] - wide[t]) for t in means.index[1:]}
+    tested = {t: p for t, p in p_values.items() if p is not None}
+    adjusted = dict(zip(tested, holm(list(tested.values())), strict=True))
+    better = {
+        t: adjusted.get(t, 1.0) < level and (wide[first] - wide[t]).mean() > 0
+        for t in means.index[1:]
+    }
+    test_text = "; ".join(
+        f"{first} vs {t}: Wilcoxon p = {p_values[t]:.3g}, Holm p = {adjusted[t]:.3g}"
+        if t in adjusted
+        else f"{first} vs {t}: too few backbones ({len(wide)}) for a paired test"
+        for t in means.index[1:]
+    )
+    verdict = (
+        f"**Best treatment: {first}**"
+        if all(better.values())
+        else f"**Best treatment: not separable** ({first} is first by validation, but the test "
+        f"set does not separate it from {', '.join(t for t, b in better.items() if not b)})"
+    )
+    return (
+        f"{verdict} — mean accuracy {scope}: "
+        + "; ".join(
+            f"{t} {_val_and_test(row['val_acc_mean'], row['acc_mean'])}"
+            for t, row in means.iterrows()
+        )
+        + f" ({test_text})."
+    )
 
 
 def treatment_effects(
-    configurations: pd.DataFrame, questions: list[tuple[str, str, str]], level: float
+    configurations: pd.DataFrame,
+    questions: list[tuple[str, str, str]],
+    level: float,
+    runs: pd.DataFrame | None = None,
 ) -> list[str]:
     """For each (better, worse, question): per backbone, test accuracy under ``better`` minus
     under ``worse`` (each the backbone's validation-chosen configuration of that treatment),
@@ -170,7 +322,8 @@ def treatment_effects(
     answers: list[str | pd.Series] = []
     for better, worse, question in questions:
         if better not in wide or worse not in wide:
-            answers.append(f"{question} Not answerable: the sweep lacks {better} or {worse} runs.")
+            why = "; ".join(_treatment_status(runs, t) for t in (better, worse) if t not in wide)
+            answers.append(f"{question} Not answerable: {why}.")
         elif (wide[better] - wide[worse]).dropna().empty:
             answers.append(
                 f"{question} Not answerable: no backbone finished both {better} and {worse}."

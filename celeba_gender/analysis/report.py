@@ -30,6 +30,7 @@ from celeba_gender.analysis.calibration import (
 )
 from celeba_gender.analysis.collect import METRICS, collect_runs, read_predictions
 from celeba_gender.analysis.fairness import attributes_of, fairness_summary, subgroup_table
+from celeba_gender.analysis.scope import Scope, sweep_scope
 from celeba_gender.analysis.statistics import (
     CONFIGURATION,
     IDENTITIES,
@@ -90,6 +91,7 @@ class SweepAnalysis:
     reliability: dict[str, pd.DataFrame]  # per run: reliability diagram points
     paired: pd.DataFrame  # the validation-best configuration against each other, by seed
     conclusions: list[str]
+    scope: Scope | None = None  # what the report rests on: header, failed jobs, banner
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
 
     @property
@@ -158,13 +160,16 @@ def _identities(settings: DictConfig, run: pd.Series) -> pd.Series | None:
         return None
 
 
-def _validation_accuracy(run: pd.Series) -> float:
-    """Accuracy of the evaluated checkpoint on the whole validation part (val_predictions.csv),
-    or else the run's best monitored val/acc: what chooses configurations."""
+def _validation_accuracy(run: pd.Series) -> tuple[float, float]:
+    """(accuracy, images) of the evaluated checkpoint on the validation images its
+    val_predictions.csv holds (the whole part unless trainer.limit_predict_batches capped it),
+    or else the run's best monitored val/acc (images unknown): what chooses configurations."""
     try:
-        return float(correct(read_predictions(run["run_dir"], "val")).mean())
+        hits = correct(read_predictions(run["run_dir"], "val"))
+        return float(hits.mean()), float(len(hits))
     except DataError:
-        return float(run["best_val"]) if run["monitor"] == "val/acc" else float("nan")
+        best = float(run["best_val"]) if run["monitor"] == "val/acc" else float("nan")
+        return best, float("nan")
 
 
 def analyze_sweep(
@@ -177,10 +182,14 @@ def analyze_sweep(
         sweep_dirs = [sweep_dirs]
     sweep_dirs = list(dict.fromkeys(Path(d).expanduser().resolve() for d in sweep_dirs))
     runs = collect_runs(sweep_dirs)
-    runs["val_acc"] = [
-        _validation_accuracy(run) if run["status"] == "ok" else float("nan")
+    validation = [
+        _validation_accuracy(run) if run["status"] == "ok" else (float("nan"), float("nan"))
         for _, run in runs.iterrows()
     ]
+    runs["val_acc"] = [accuracy for accuracy, _ in validation]
+    runs["val_images"] = pd.array([images for _, images in validation], dtype="Float64").astype(
+        "Int64"
+    )
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     ok = runs[runs["status"] == "ok"]
@@ -197,7 +206,7 @@ def analyze_sweep(
             fairness_rows.append({"job": run["job"], **fairness_summary(run_cells)})
     if per_run:
         runs = runs.merge(pd.DataFrame(per_run), on="job", how="left")
-    configurations = seed_summary(runs)
+    configurations = _with_intervals(seed_summary(runs), runs, settings.bootstrap.confidence)
     reference = reference_results().rename(columns={"acc": "study_acc (theirs)"})
     if not configurations.empty:
         configurations = configurations.merge(
@@ -218,8 +227,26 @@ def analyze_sweep(
         notes=notes,
     )
     analysis.paired = _compare_best(analysis)
+    analysis.scope = sweep_scope(
+        runs, settings.finding.max_interval_width, settings.bootstrap.confidence
+    )
     analysis.conclusions = _conclusions(analysis)
     return analysis
+
+
+def _with_intervals(
+    configurations: pd.DataFrame, runs: pd.DataFrame, confidence: float
+) -> pd.DataFrame:
+    """Each configuration with the test-accuracy interval of its lowest-seed successful run
+    (``acc_ci_low``, ``acc_ci_high``, ``ci_seed``, ``ci_level``): what a "best" is named with."""
+    if configurations.empty or "acc_ci_low" not in runs:
+        return configurations
+    ok = runs[(runs["status"] == "ok") & runs["acc_ci_low"].notna()].sort_values("seed")
+    lowest = ok.drop_duplicates(list(CONFIGURATION))[
+        [*CONFIGURATION, "acc_ci_low", "acc_ci_high", "seed"]
+    ].rename(columns={"seed": "ci_seed"})
+    merged = configurations.merge(lowest, on=list(CONFIGURATION), how="left")
+    return merged.assign(ci_level=confidence)
 
 
 def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
@@ -314,17 +341,17 @@ def _conclusions(analysis: SweepAnalysis) -> list[str]:
     configurations, level = analysis.configurations, analysis.settings.significance_level
     if configurations.empty or conclusions.ranked(configurations).empty:
         return ["No run finished: nothing to conclude."]
-    lines = conclusions.best_choices(configurations)
+    lines = conclusions.best_choices(configurations, analysis.paired, level, analysis.runs)
     table = conclusions.ranked(configurations)
     if len(table) >= 2:
-        lines.append(
-            conclusions.paired_verdict(table.iloc[0], table.iloc[1], analysis.paired, level)
+        lines.insert(
+            1, conclusions.paired_verdict(table.iloc[0], table.iloc[1], analysis.paired, level)
         )
     questions = [
         ("pretrained_bce", "scratch_bce", "Does pretraining help?"),
         ("scratch_bce", "scratch_ce", "BCE or CE from scratch?"),
     ]
-    lines += conclusions.treatment_effects(configurations, questions, level)
+    lines += conclusions.treatment_effects(configurations, questions, level, analysis.runs)
     lines.append(conclusions.depth_trend(configurations))
     lines.append(conclusions.cost_tradeoff(configurations, analysis.settings.cost_tolerance))
     best_run = analysis.run_of(analysis.best)
@@ -460,58 +487,210 @@ def confusion_matrix(predictions: pd.DataFrame) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- writing
 def _fmt(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4f") if not frame.empty else "(none)"
+    """A Markdown table of already formatted cells (tabulate would re-parse "0.0" as 0)."""
+    if frame.empty:
+        return "(none)"
+    return (
+        frame.astype(str)
+        .replace({"nan": "—", "<NA>": "—", "None": "—"})
+        .to_markdown(index=False, disable_numparse=True)
+    )
+
+
+def _decimals(width: float) -> int:
+    """Decimals of a percentage that an interval ``width`` (a fraction) supports: one below
+    a 1-point-wide interval's resolution, none for intervals over 20 points."""
+    if pd.isna(width) or width <= 0:
+        return 1
+    return 0 if width > 0.2 else 1 if width > 0.01 else 2
+
+
+def _percent(value: object, decimals: int = 1) -> str:
+    return "—" if value is None or pd.isna(value) else f"{100 * float(value):.{decimals}f}"
+
+
+def _with_interval(value: object, low: object, high: object) -> str:
+    """'91.3 [88.6, 93.8]' in percent, rounded to what the interval supports."""
+    if value is None or pd.isna(value):
+        return "—"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return _percent(value)
+    places = _decimals(float(high) - float(low))
+    return f"{_percent(value, places)} [{_percent(low, places)}, {_percent(high, places)}]"
+
+
+def _spread(mean: object, std: object, seeds: int) -> str:
+    """'91.3 ± 0.4' over several seeds, '91.3' for one (no spread to show)."""
+    if mean is None or pd.isna(mean):
+        return "—"
+    if seeds > 1 and std is not None and pd.notna(std):
+        return f"{_percent(mean)} ± {_percent(std)}"
+    return _percent(mean)
+
+
+def _millions(value: object) -> str:
+    return "—" if value is None or pd.isna(value) else f"{float(value) / 1e6:.1f}"
+
+
+def _minutes(value: object) -> str:
+    return "—" if value is None or pd.isna(value) else f"{float(value) / 60:.1f}"
+
+
+def configuration_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    """The configurations, best validation first, narrow enough to read: percentages rounded
+    to what their intervals support, parameters in millions (configurations.csv has all)."""
+    table = conclusions.ranked(analysis.configurations)
+    rows = []
+    for rank, row in table.iterrows():
+        seeds = int(row["ok"])
+        interval = (
+            _with_interval(row["acc_mean"], row.get("acc_ci_low"), row.get("acc_ci_high"))
+            if seeds == 1
+            else _spread(row["acc_mean"], row.get("acc_std"), seeds)
+        )
+        rows.append(
+            {
+                "#": rank + 1,
+                "configuration": conclusions.configuration_name(row),
+                "seeds ok/all": f"{seeds}/{int(row['runs'])}",
+                "val acc %": _spread(row.get("val_acc_mean"), row.get("val_acc_std"), seeds),
+                "test acc %": interval,
+                "F1 %": _spread(row.get("f1_mean"), row.get("f1_std"), seeds),
+                "AUROC %": _percent(row.get("auroc_mean")),
+                "params M": _millions(row.get("params_mean")),
+                "train min": _minutes(row.get("train_seconds_mean")),
+                "theirs %": _percent(row.get("study_acc (theirs)")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    """Every job, failed and missing ones included, narrow (runs.csv has every column)."""
+    rows = []
+    for _, run in analysis.runs.iterrows():
+        ok = run["status"] == "ok"
+        rows.append(
+            {
+                "job": run["job"],
+                "status": run["status"],
+                "val acc %": _percent(run.get("val_acc")) if ok else "",
+                "test acc % [interval]": _with_interval(
+                    run.get("acc"), run.get("acc_ci_low"), run.get("acc_ci_high")
+                )
+                if ok
+                else "",
+                "F1 %": _percent(run.get("f1")) if ok else "",
+                "test / val images": f"{run.get('test_images')} / {run.get('val_images')}"
+                if ok
+                else "",
+                "train min": _minutes(run.get("train_seconds")) if ok else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def interval_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    """Each finished run's metrics with their bootstrap intervals, one cell per metric."""
+    ok = analysis.ok_runs
+    rows = []
+    for _, run in ok.iterrows():
+        row = {"job": run["job"], "resampled": run.get("resampled", "")}
+        for metric in METRICS:
+            row[f"{metric} %"] = _with_interval(
+                run.get(metric), run.get(f"{metric}_ci_low"), run.get(f"{metric}_ci_high")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    paired = analysis.paired
+    if paired.empty:
+        return paired
+    return pd.DataFrame(
+        {
+            "against": paired["b"],
+            "seed": paired["seed"],
+            "images": paired["images"],
+            "only best right": paired["a_only_correct"],
+            "only other right": paired["b_only_correct"],
+            "difference, points": [
+                _with_interval(d, low, high)
+                for d, low, high in zip(
+                    paired["accuracy_difference"],
+                    paired["difference_low"],
+                    paired["difference_high"],
+                    strict=True,
+                )
+            ],
+            "p": paired["p_value"].map(lambda p: f"{p:.2g}"),
+            "Holm p": paired["p_holm"].map(lambda p: f"{p:.2g}"),
+            "significant": paired["significant"].map({True: "yes", False: "no"}),
+        }
+    )
+
+
+def calibration_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    ok = analysis.ok_runs
+    if ok.empty or "ece" not in ok:
+        return pd.DataFrame()
+    rows = []
+    for _, run in ok.iterrows():
+        rows.append(
+            {
+                "job": run["job"],
+                "ECE": "—" if pd.isna(run.get("ece")) else f"{run['ece']:.3f}",
+                "val-F1 threshold": "—"
+                if pd.isna(run.get("val_f1_threshold"))
+                else f"{run['val_f1_threshold']:.2f}",
+                "acc % at 0.5": _percent(run.get("acc_at_0.5")),
+                "acc % at threshold": _percent(run.get("acc_at_val_threshold")),
+                "F1 % at 0.5": _percent(run.get("f1_at_0.5")),
+                "F1 % at threshold": _percent(run.get("f1_at_val_threshold")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fairness_table(analysis: SweepAnalysis) -> pd.DataFrame:
+    summary = analysis.fairness_runs
+    if summary.empty:
+        return summary
+    frame = summary.copy()
+    for column in list(frame.columns):
+        if column.endswith(("accuracy", "gap")) and pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = frame[column].map(_percent)
+            frame = frame.rename(columns={column: f"{column} %"})
+    return frame
+
+
+def subgroup_cells_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """One run's subgroup x gender cells: accuracy in percent with its interval."""
+    return pd.DataFrame(
+        {
+            "attribute": cells["attribute"],
+            "value": cells["value"],
+            "gender": cells["gender"],
+            "images": cells["images"],
+            "accuracy % [interval]": [
+                _with_interval(a, low, high)
+                for a, low, high in zip(
+                    cells["accuracy"], cells["ci_low"], cells["ci_high"], strict=True
+                )
+            ],
+            "small": cells["small"].map({True: "yes", False: ""}),
+        }
+    )
 
 
 def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
     runs = analysis.runs
-    run_columns = [
-        "job",
-        "status",
-        "model",
-        "treatment",
-        "seed",
-        "val_acc",
-        *METRICS,
-        "params",
-        "train_seconds",
-        "error",
-    ]
-    config_columns = [
-        c
-        for c in (
-            "experiment",
-            "model",
-            "family",
-            "treatment",
-            "runs",
-            "ok",
-            "failed",
-            "missing",
-            *(f"{m}_{s}" for m in ("val_acc", *METRICS) for s in ("mean", "std")),
-            "study_acc (theirs)",
-            "params_mean",
-            "train_seconds_mean",
-        )
-        if c in analysis.configurations
-    ]
-    ci_columns = [
-        "job",
-        "resampled",
-        *(f"{m}_ci_{e}" for m in METRICS for e in ("low", "high")),
-    ]
-    calibration_columns = [
-        "job",
-        "ece",
-        "val_f1_threshold",
-        "acc_at_0.5",
-        "acc_at_val_threshold",
-        "f1_at_0.5",
-        "f1_at_val_threshold",
-    ]
+    scope = analysis.scope or sweep_scope(
+        runs, analysis.settings.finding.max_interval_width, analysis.settings.bootstrap.confidence
+    )
     boot = analysis.settings.bootstrap
     level = f"{100 * boot.confidence:g}"
-    status_counts = runs["status"].value_counts().to_dict()
     units = set(runs.get("resampled", pd.Series(dtype=object)).dropna())
     resampled = (
         "test celebrities (cluster bootstrap: every image of a drawn celebrity), as the data's "
@@ -521,51 +700,61 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
         if units and IDENTITIES not in units
         else "test celebrities where the identity file names them all, else images: see `resampled`"
     )
-    inference = {"params": "inference params", "params_mean": "inference params (mean)"}
-    sections = [
-        f"# Sweep report: {analysis.sweep_dir.name}",
-        f"Sweep folder: {', '.join(f'`{d}`' for d in analysis.sweep_dirs)}. Jobs: {len(runs)} "
-        f"({', '.join(f'{n} {s}' for s, n in status_counts.items())}).",
+    sections = [f"# Sweep report: {analysis.sweep_dir.name}"]
+    if scope.banner:
+        sections.append(f"> {scope.banner}")
+    sections += [
+        "## What this rests on",
+        f"Sweep folder: {', '.join(f'`{d}`' for d in analysis.sweep_dirs)}.",
+        "\n".join(scope.header),
+    ]
+    if not scope.not_finished.empty:
+        sections += ["### Jobs that did not finish", _fmt(scope.not_finished)]
+    sections += [
         "## Conclusions",
         *(f"- {line}" for line in analysis.conclusions),
         "## How configurations are chosen and tested",
         "Configurations are ranked by validation accuracy (`val_acc`: the evaluated checkpoint "
-        "on the whole validation part, mean over seeds) and reported with their test metrics; "
-        "the test set never chooses. The validation-best configuration is compared with every "
-        "other on the same test images, seed by seed (paired.csv); the p-values of that family "
-        "are Holm-adjusted, as are the Wilcoxon tests of the treatment questions. Bootstraps "
-        f"resample {resampled}, and where they resample celebrities McNemar's test is the "
-        "clustered one (Durkalski). Parameters are those used at inference (GoogLeNet's and "
-        "Inception-v3's training-only auxiliary heads excluded).",
-        "## Configurations (mean and standard deviation over seeds), best validation first",
-        "`study_acc (theirs)` is the reference study's accuracy on a random image split that "
-        "shares celebrities between train and test; ours are on the split named in each run.",
-        _fmt(
-            conclusions.ranked(analysis.configurations)[config_columns].rename(columns=inference)
-            if not conclusions.ranked(analysis.configurations).empty
-            else pd.DataFrame()
-        ),
+        "on the validation images its `val_predictions.csv` holds, counted in the runs table; "
+        "mean over seeds) and reported with their test metrics; the test set never chooses. "
+        "The validation-best configuration is compared with every other on the same test "
+        "images, seed by seed (paired.csv); the p-values of that family are Holm-adjusted, as "
+        "are the Wilcoxon tests of the treatment questions. A best is named only where those "
+        "tests separate it; otherwise the conclusions name the group that cannot be separated. "
+        f"Bootstraps resample {resampled}, and where they resample celebrities McNemar's test "
+        "is the clustered one (Durkalski). Parameters are those used at inference (GoogLeNet's "
+        "and Inception-v3's training-only auxiliary heads excluded).",
+        "## Configurations, best validation first",
+        f"Percent. One seed: test accuracy with its {level}% interval; several: mean ± standard "
+        "deviation over seeds. `theirs`: the reference study's accuracy on a random image split "
+        "that shares celebrities between train and test, not comparable with an "
+        "identity-disjoint split. Every column: configurations.csv.",
+        _fmt(configuration_table(analysis)),
         "## Runs (every job, failed and missing ones included)",
-        _fmt(runs[[c for c in run_columns if c in runs]].rename(columns=inference)),
+        "Percent; reasons for jobs that did not finish are above. Every column: runs.csv.",
+        _fmt(run_table(analysis)),
         f"## {level}% bootstrap intervals per run (percentile, {boot.resamples} resamples of "
         f"{resampled})",
-        _fmt(runs.loc[runs["status"] == "ok", [c for c in ci_columns if c in runs]]),
+        _fmt(interval_table(analysis)),
         f"## The validation-best configuration against each other ({level}% intervals of the "
         "accuracy difference; Holm-adjusted p-values)",
-        _fmt(analysis.paired),
+        _fmt(paired_table(analysis)),
         "## Calibration and threshold",
-        "ECE of P(male); test accuracy and F1 at 0.5 and at the threshold that maximises "
-        "validation F1.",
-        _fmt(runs.loc[runs["status"] == "ok", [c for c in calibration_columns if c in runs]]),
+        "ECE of P(male); test accuracy and F1 (percent) at 0.5 and at the threshold that "
+        "maximises validation F1.",
+        _fmt(calibration_table(analysis)),
         "## Fairness: worst subgroup and largest gap per run",
         f"Cells under {analysis.settings.fairness.min_group_size} images are flagged `small` in "
         "fairness.csv; `worst_group` ignores them, `worst_group_all` does not.",
-        _fmt(analysis.fairness_runs),
+        _fmt(fairness_table(analysis)),
     ]
     if analysis.best is not None and not analysis.fairness.empty:
         best_job = analysis.run_of(analysis.best)["job"]
         cells = analysis.fairness[analysis.fairness["job"] == best_job].drop(columns="job")
-        sections += [f"### Subgroups of the best configuration ({best_job})", _fmt(cells)]
+        sections += [
+            f"### Subgroups of the best configuration ({best_job})",
+            _fmt(subgroup_cells_table(cells)) if not cells.empty else "(none)",
+        ]
     sections += ["## Figures"]
     for figure_file in figure_files:
         sections.append(f"![{Path(figure_file).stem}]({figure_file})")
