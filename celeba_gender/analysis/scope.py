@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from celeba_gender.config import CONFIG_DIR
 from celeba_gender.training.resume import saved_config
 
 # Lightning's caps on the batches of each loop: any value but the whole loop subsamples it.
@@ -59,6 +60,25 @@ def run_caps(run_dir: str | Path) -> dict[str, object]:
     config = saved_config(Path(run_dir)) or {}
     trainer = config.get("trainer") or {}
     return {name: trainer[name] for name in LIMITS if _is_cap(name, trainer.get(name))}
+
+
+def experiment_notes(runs: pd.DataFrame) -> dict[str, str]:
+    """Each experiment's ``experiment_note`` (conf/experiment/*.yaml), from its runs' configs."""
+    notes: dict[str, str] = {}
+    for row in runs.itertuples():
+        note = (saved_config(Path(row.run_dir)) or {}).get("experiment_note")
+        if note and str(row.experiment) not in notes:
+            notes[str(row.experiment)] = str(note).strip()
+    return notes
+
+
+def _absent(runs: pd.DataFrame, column: str, group: str) -> str:
+    """'; not in this sweep: pretrained_bce' for the options of config group ``group``
+    (conf/<group>/*.yaml) that no job of the sweep used."""
+    known = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+    used = set(runs[column].dropna().astype(str))
+    absent = [name for name in known if name not in used]
+    return f"; not in this sweep: {', '.join(absent)}" if absent and used <= set(known) else ""
 
 
 def data_summary(run_dir: str | Path) -> dict:
@@ -145,6 +165,9 @@ def sweep_scope(runs: pd.DataFrame, max_interval_width: float, confidence: float
         f"- Experiment: {_values(runs['experiment'])}; {runs['model'].nunique()} backbones x "
         f"{runs['treatment'].nunique()} treatments = {len(runs)} jobs "
         f"({', '.join(f'{n} {s}' for s, n in runs['status'].value_counts().items())}).",
+        *(f"- Note ({name}): {note}" for name, note in experiment_notes(runs).items()),
+        f"- Backbones: {_values(runs['model'])}{_absent(runs, 'model', 'model')}.",
+        f"- Treatments: {_values(runs['treatment'])}{_absent(runs, 'treatment', 'treatment')}.",
         f"- Data: {', '.join(sorted(roots)) or 'unknown (no data_summary.json)'}.",
         *_parts(summaries),
         f"- Image size: {_sizes(runs)}; epochs: {_values(runs['max_epochs'])} "
