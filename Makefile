@@ -6,7 +6,7 @@ DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale bench-tta clean
+.PHONY: help setup train smoke study-cpu sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale bench-tta clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ train: $(INSTALLED)  ## set up if needed, then a first run on the embedded sampl
 
 smoke: $(INSTALLED)  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=smoke $(ARGS)
+
+study-cpu: $(INSTALLED)  ## the 20-job study sized for 2 CPU cores, resumable (DATA=...; then make analyze SWEEP=outputs/multiruns/cpu_study)
+	CELEBA_ROOT=$(DATA) $(PYTHON) train.py -m 'model=glob(*)' 'treatment=scratch_bce,scratch_ce' experiment=cpu_study hydra/launcher=local hydra.sweep.dir=$(if $(CELEBA_GENDER_ROOT),$(CELEBA_GENDER_ROOT)/)outputs/multiruns/cpu_study resume=true $(ARGS)
 
 sweep: $(INSTALLED)  ## the study: 10 models x 3 treatments on GPU (CELEBA_ROOT=...; ARGS='trainer=ddp seed=0,1,2')
 	$(PYTHON) train.py -m 'model=glob(*)' 'treatment=glob(*)' experiment=study $(ARGS)
