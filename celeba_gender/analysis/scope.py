@@ -81,6 +81,24 @@ def _absent(runs: pd.DataFrame, column: str, group: str) -> str:
     return f"; not in this sweep: {', '.join(absent)}" if absent and used <= set(known) else ""
 
 
+def _wall_time(runs: pd.DataFrame) -> str:
+    """The jobs' own wall time summed, and the sweep's span: from the first job's saved config
+    to the last metrics.json (a resumed sweep's pauses included)."""
+    seconds = pd.to_numeric(runs.get("wall_seconds"), errors="coerce").sum()
+    starts, ends = [], []
+    for run_dir in runs["run_dir"]:
+        config, metrics = Path(run_dir) / ".hydra" / "config.yaml", Path(run_dir) / "metrics.json"
+        if config.is_file():
+            starts.append(config.stat().st_mtime)
+        if metrics.is_file():
+            ends.append(metrics.stat().st_mtime)
+    text = f"- Compute: {seconds / 60:.1f} min of job wall time (metrics.json `wall_seconds`)"
+    if starts and ends and max(ends) > min(starts):
+        span = (max(ends) - min(starts)) / 60
+        text += f"; {span:.1f} min from the first job's start to the last one's end"
+    return text + "."
+
+
 def data_summary(run_dir: str | Path) -> dict:
     """The run's data_summary.json ({} when absent or unreadable)."""
     try:
@@ -174,6 +192,7 @@ def sweep_scope(runs: pd.DataFrame, max_interval_width: float, confidence: float
         f"(trained: {_values(ok['epochs_trained']) if 'epochs_trained' in ok else '?'}); "
         f"seeds: {_values(runs['seed'])}; batch size: {_values(runs['batch_size'])}.",
     ]
+    header.append(_wall_time(runs))
     evaluated = ok["test_images"].dropna() if "test_images" in ok else pd.Series(dtype=float)
     if not evaluated.empty:
         header.append(
