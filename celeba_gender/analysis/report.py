@@ -531,24 +531,24 @@ def markdown_report(analysis: SweepAnalysis, figure_files: list[str]) -> str:
         "deviation over seeds. `theirs`: the reference study's accuracy on a random image split "
         "that shares celebrities between train and test, not comparable with an "
         "identity-disjoint split. Every column: configurations.csv.",
-        tables.markdown(tables.configuration_table(analysis)),
+        tables.markdown(tables.configuration_table(analysis.configurations)),
         "## Runs (every job, failed and missing ones included)",
         "Percent; reasons for jobs that did not finish are above. Every column: runs.csv.",
-        tables.markdown(tables.run_table(analysis)),
+        tables.markdown(tables.run_table(analysis.runs)),
         f"## {level}% bootstrap intervals per run (percentile, {boot.resamples} resamples of "
         f"{resampled})",
-        tables.markdown(tables.interval_table(analysis)),
+        tables.markdown(tables.interval_table(analysis.ok_runs)),
         f"## The validation-best configuration against each other ({level}% intervals of the "
         "accuracy difference; Holm-adjusted p-values)",
-        tables.markdown(tables.paired_table(analysis)),
+        tables.markdown(tables.paired_table(analysis.paired)),
         "## Calibration and threshold",
         "ECE of P(male); test accuracy and F1 (percent) at 0.5 and at the threshold that "
         "maximises validation F1.",
-        tables.markdown(tables.calibration_table(analysis)),
+        tables.markdown(tables.calibration_table(analysis.ok_runs)),
         "## Fairness: worst subgroup and largest gap per run",
         f"Cells under {analysis.settings.fairness.min_group_size} images are flagged `small` in "
         "fairness.csv; `worst_group` ignores them, `worst_group_all` does not.",
-        tables.markdown(tables.fairness_table(analysis)),
+        tables.markdown(tables.fairness_table(analysis.fairness_runs)),
     ]
     if analysis.best is not None and not analysis.fairness.empty:
         best_job = analysis.run_of(analysis.best)["job"]

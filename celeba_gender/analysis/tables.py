@@ -3,15 +3,10 @@ support and parameters in millions (the CSVs beside report.md keep every column 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from celeba_gender.analysis import conclusions
 from celeba_gender.analysis.collect import METRICS
-
-if TYPE_CHECKING:
-    from celeba_gender.analysis.report import SweepAnalysis
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -64,10 +59,10 @@ def _minutes(value: object) -> str:
     return "—" if value is None or pd.isna(value) else f"{float(value) / 60:.1f}"
 
 
-def configuration_table(analysis: SweepAnalysis) -> pd.DataFrame:
+def configuration_table(configurations: pd.DataFrame) -> pd.DataFrame:
     """The configurations, best validation first, narrow enough to read: percentages rounded
     to what their intervals support, parameters in millions (configurations.csv has all)."""
-    table = conclusions.ranked(analysis.configurations)
+    table = conclusions.ranked(configurations)
     rows = []
     for rank, row in table.iterrows():
         seeds = int(row["ok"])
@@ -93,10 +88,10 @@ def configuration_table(analysis: SweepAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_table(analysis: SweepAnalysis) -> pd.DataFrame:
+def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Every job, failed and missing ones included, narrow (runs.csv has every column)."""
     rows = []
-    for _, run in analysis.runs.iterrows():
+    for _, run in runs.iterrows():
         ok = run["status"] == "ok"
         rows.append(
             {
@@ -118,9 +113,8 @@ def run_table(analysis: SweepAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def interval_table(analysis: SweepAnalysis) -> pd.DataFrame:
+def interval_table(ok: pd.DataFrame) -> pd.DataFrame:
     """Each finished run's metrics with their bootstrap intervals, one cell per metric."""
-    ok = analysis.ok_runs
     rows = []
     for _, run in ok.iterrows():
         row = {"job": run["job"], "resampled": run.get("resampled", "")}
@@ -132,8 +126,8 @@ def interval_table(analysis: SweepAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_table(analysis: SweepAnalysis) -> pd.DataFrame:
-    paired = analysis.paired
+def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
+    """The validation-best configuration's paired tests, one row per other and seed."""
     if paired.empty:
         return paired
     return pd.DataFrame(
@@ -159,8 +153,8 @@ def paired_table(analysis: SweepAnalysis) -> pd.DataFrame:
     )
 
 
-def calibration_table(analysis: SweepAnalysis) -> pd.DataFrame:
-    ok = analysis.ok_runs
+def calibration_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """ECE and the validation-tuned threshold's effect, per finished run."""
     if ok.empty or "ece" not in ok:
         return pd.DataFrame()
     rows = []
@@ -181,8 +175,8 @@ def calibration_table(analysis: SweepAnalysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fairness_table(analysis: SweepAnalysis) -> pd.DataFrame:
-    summary = analysis.fairness_runs
+def fairness_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Worst subgroup and largest gap per run, in percent."""
     if summary.empty:
         return summary
     frame = summary.copy()
