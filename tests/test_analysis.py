@@ -47,6 +47,7 @@ from celeba_gender.analysis.statistics import (
     seed_summary,
     weighted_metrics,
 )
+from celeba_gender.analysis.tables import interval_cell
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.models import pretrained_weights_file
 
@@ -371,8 +372,10 @@ def test_the_notebook_shows_the_reports_numbers_whatever_the_settings(sweep, tmp
         assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx(expected["acc"])
         lines = (report / "report.md").read_text().splitlines()
         interval_line = [x for x in lines if x.startswith(f"| {job}") and "identities" in x]
-        assert f"{row['acc_ci_low']:.4f}" in interval_line[0]
-        assert f"{row['acc_ci_high']:.4f}" in interval_line[0]
+        # Rounded to what the interval supports: 53 [33, 70] at these widths.
+        cell = interval_cell(row["acc"], row["acc_ci_low"], row["acc_ci_high"])
+        assert f"| {cell} |" in interval_line[0]
+        assert cell.count("[") == 1 and str(round(100 * row["acc_ci_high"])) in cell
         shown.append(row["acc_ci_high"] - row["acc_ci_low"])
     assert shown[1] < shown[0]
     # The parameters the report counts are those used at inference, and it says so.

@@ -32,7 +32,7 @@ def _percent(value: object, decimals: int = 1) -> str:
     return "—" if value is None or pd.isna(value) else f"{100 * float(value):.{decimals}f}"
 
 
-def _with_interval(value: object, low: object, high: object) -> str:
+def interval_cell(value: object, low: object, high: object) -> str:
     """'91.3 [88.6, 93.8]' in percent, rounded to what the interval supports."""
     if value is None or pd.isna(value):
         return "—"
@@ -67,7 +67,7 @@ def configuration_table(configurations: pd.DataFrame) -> pd.DataFrame:
     for rank, row in table.iterrows():
         seeds = int(row["ok"])
         interval = (
-            _with_interval(row["acc_mean"], row.get("acc_ci_low"), row.get("acc_ci_high"))
+            interval_cell(row["acc_mean"], row.get("acc_ci_low"), row.get("acc_ci_high"))
             if seeds == 1
             else _spread(row["acc_mean"], row.get("acc_std"), seeds)
         )
@@ -98,7 +98,7 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
                 "job": run["job"],
                 "status": run["status"],
                 "val acc %": _percent(run.get("val_acc")) if ok else "",
-                "test acc % [interval]": _with_interval(
+                "test acc % [interval]": interval_cell(
                     run.get("acc"), run.get("acc_ci_low"), run.get("acc_ci_high")
                 )
                 if ok
@@ -119,7 +119,7 @@ def interval_table(ok: pd.DataFrame) -> pd.DataFrame:
     for _, run in ok.iterrows():
         row = {"job": run["job"], "resampled": run.get("resampled", "")}
         for metric in METRICS:
-            row[f"{metric} %"] = _with_interval(
+            row[f"{metric} %"] = interval_cell(
                 run.get(metric), run.get(f"{metric}_ci_low"), run.get(f"{metric}_ci_high")
             )
         rows.append(row)
@@ -138,7 +138,7 @@ def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
             "only best right": paired["a_only_correct"],
             "only other right": paired["b_only_correct"],
             "difference, points": [
-                _with_interval(d, low, high)
+                interval_cell(d, low, high)
                 for d, low, high in zip(
                     paired["accuracy_difference"],
                     paired["difference_low"],
@@ -196,7 +196,7 @@ def subgroup_cells_table(cells: pd.DataFrame) -> pd.DataFrame:
             "gender": cells["gender"],
             "images": cells["images"],
             "accuracy % [interval]": [
-                _with_interval(a, low, high)
+                interval_cell(a, low, high)
                 for a, low, high in zip(
                     cells["accuracy"], cells["ci_low"], cells["ci_high"], strict=True
                 )
