@@ -20,7 +20,9 @@ import time
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from conftest import file_stamps
 from omegaconf import OmegaConf
 
 from celeba_gender import config
@@ -149,17 +151,39 @@ def installed(wheel, tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_installed_commands_run_outside_the_clone(installed, run_env, tmp_path):
-    """A smoke sweep (through the wheel's Hydra launcher), eval, predict (face detection with
-    the packaged alignment settings) and the analysis with its notebook, from a folder outside
-    the clone: everything lands in that folder's outputs/."""
-    python, scripts, site_packages = installed
-    work = tmp_path / "elsewhere"
-    work.mkdir()
+def _outside_environment(run_env: dict) -> dict:
+    """This environment with the session's caches, and nothing that would lead a command to the
+    clone or elsewhere: no PYTHONPATH, CELEBA_ROOT or CELEBA_GENDER_ROOT."""
     environment = {**os.environ, **run_env}
     for name in ("PYTHONPATH", "CELEBA_ROOT", config.ROOT_ENV):
         environment.pop(name, None)
+    return environment
+
+
+@pytest.fixture(scope="module")
+def installed_sweep(installed, run_env, tmp_path_factory):
+    """A smoke sweep trained with the installed command from a folder outside the clone (through
+    the wheel's Hydra launcher), and its analysis with the packaged notebook: (that folder,
+    the sweep). The folder is removed at the end (checkpoints)."""
+    python, scripts, _ = installed
+    work = tmp_path_factory.mktemp("elsewhere")
+    environment = _outside_environment(run_env)
+    _run([scripts / "celeba-gender-train", "-m", "hydra/launcher=local", "experiment=smoke"],
+         cwd=work, env=environment)  # fmt: skip
+    (sweep,) = (work / "outputs" / "multiruns").iterdir()
+    _run([python, "-m", "celeba_gender.analysis", str(sweep)], cwd=work, env=environment)
+    yield work, sweep
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_installed_commands_run_outside_the_clone(installed, installed_sweep, run_env):
+    """A smoke sweep, eval, predict (face detection with the packaged alignment settings) and
+    the analysis with its notebook, from a folder outside the clone: everything lands in that
+    folder's outputs/."""
+    python, scripts, site_packages = installed
+    work, sweep = installed_sweep
+    environment = _outside_environment(run_env)
 
     def run(*command):
         return _run([*command], cwd=work, env=environment)
@@ -179,8 +203,7 @@ def test_installed_commands_run_outside_the_clone(installed, run_env, tmp_path):
     ]
     assert where[4] == "None"  # no clone
 
-    run(scripts / "celeba-gender-train", "-m", "hydra/launcher=local", "experiment=smoke")
-    (job,) = (work / "outputs" / "multiruns").glob("*/0_resnet18_scratch_bce_seed42")
+    (job,) = sweep.glob("0_resnet18_scratch_bce_seed42")
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["status"] == "ok"
     assert metrics["data_root"] == str(installed_package / "assets" / "celeba_sample")
@@ -196,8 +219,102 @@ def test_installed_commands_run_outside_the_clone(installed, run_env, tmp_path):
     (predictions,) = (work / "outputs" / "predictions").glob("*/predictions.csv")
     assert predictions.read_text().count(",ok,") == 2  # a face found in each
 
-    run(python, "-m", "celeba_gender.analysis", str(job.parent))
-    assert (job.parent / "report" / "report.md").is_file()
-    assert (job.parent / "report" / "analysis.ipynb").is_file()  # the packaged notebook ran
+    assert (sweep / "report" / "report.md").is_file()  # the analysis, run by installed_sweep
+    assert (sweep / "report" / "analysis.ipynb").is_file()  # the packaged notebook ran
     assert not list(installed_package.rglob("outputs"))
-    shutil.rmtree(work)  # the checkpoint
+
+
+def _execute_notebook(python: Path, notebook: Path, *options: str, cwd: Path, env: dict):
+    """`jupyter nbconvert --to notebook --execute NOTEBOOK` with no parameters, as nbconvert
+    (the app `jupyter nbconvert` starts) of ``python``: the kernel it starts is that python
+    (the `python3` kernel of ipykernel), so it imports what ``python`` imports. Jupyter's and
+    IPython's own folders are the test's, so no kernel of this machine's user stands in."""
+    home = cwd.parent / "jupyter-home"
+    env = {**env, "JUPYTER_DATA_DIR": str(home / "data"), "IPYTHONDIR": str(home / "ipython")}
+    return subprocess.run(
+        [python, "-m", "nbconvert", "--to", "notebook", "--execute", *options, str(notebook)],
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
+def _outputs(notebook: Path) -> tuple[str, list[dict]]:
+    """The text an executed notebook shows (streams, results, displays), and all its outputs."""
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    outputs = [output for cell in cells for output in cell["outputs"]]
+    text = "".join(
+        "".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+        for output in outputs
+    )
+    return text, outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["installed", "clone"])
+def test_the_notebook_shows_the_newest_report_with_no_arguments(
+    where, installed, installed_sweep, run_env, tmp_path
+):
+    """The installed notebook (or the clone's), executed headless with no parameters from a
+    folder outside the clone, shows the most recently written report under
+    $CELEBA_GENDER_ROOT/outputs/multiruns/, passing over a sweep without one; it writes
+    nothing beside itself (site-packages, the clone's notebooks/)."""
+    python, _, site_packages = installed
+    _, sweep = installed_sweep
+    root = tmp_path / "root"
+    multiruns = root / "outputs" / "multiruns"
+    shown = multiruns / sweep.name / "report"
+    shutil.copytree(sweep / "report", shown)
+    # An older report under a name that sorts last, and a newer sweep not analysed yet.
+    older = multiruns / "study" / "report"
+    shutil.copytree(sweep / "report", older)
+    day_before = (shown / "runs.csv").stat().st_mtime - 24 * 3600
+    os.utime(older / "runs.csv", (day_before, day_before))
+    (multiruns / "9999-12-31_23-59-59" / "0_resnet18_scratch_bce_seed42").mkdir(parents=True)
+    if where == "installed":
+        notebooks, environment = site_packages / "celeba_gender" / "notebooks", {}
+    else:  # this python, importing the clone as the tests do (their PYTHONPATH kept)
+        python, notebooks = Path(sys.executable), REPO / "notebooks"
+        environment = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
+    environment = {**_outside_environment(run_env), **environment, config.ROOT_ENV: str(root)}
+    before = file_stamps(notebooks)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    result = _execute_notebook(
+        python, notebooks / "analysis.ipynb", "--output-dir", str(elsewhere), cwd=elsewhere,
+        env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    text, outputs = _outputs(elsewhere / "analysis.ipynb")
+    assert [output for output in outputs if output["output_type"] == "error"] == []
+    assert f"report: {shown}\n" in text
+    jobs = len(pd.read_csv(shown / "runs.csv"))
+    assert f"{sweep}: {jobs} jobs" in text  # that sweep's report (its analysis.yaml, runs.csv)
+    assert "resnet18" in text  # its tables
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(images) == len(list((shown / "figures").glob("*.png"))) > 0
+    assert file_stamps(notebooks) == before
+
+
+def test_the_notebook_names_the_folder_it_looked_in_when_there_is_no_report(
+    installed, run_env, tmp_path
+):
+    """Installed, the notebook copied into a folder whose outputs/multiruns/ holds only a sweep
+    not analysed yet, executed there with no parameters and no CELEBA_GENDER_ROOT: it ends
+    with one line naming that folder and the command to run, no traceback of its own."""
+    python, _, site_packages = installed
+    work = (tmp_path / "elsewhere").resolve()
+    multiruns = work / "outputs" / "multiruns"
+    (multiruns / "2025-01-01_00-00-00" / "0_resnet18_scratch_bce_seed42").mkdir(parents=True)
+    shutil.copy(site_packages / "celeba_gender" / "notebooks" / "analysis.ipynb", work)
+
+    result = _execute_notebook(
+        python, work / "analysis.ipynb", cwd=work, env=_outside_environment(run_env)
+    )
+    assert result.returncode != 0
+    # nbconvert's report of the failing cell ends with what the cell showed: the one line.
+    shown = result.stderr.rstrip().rsplit("-" * 18, 1)[1].strip()
+    assert shown == (
+        f"No sweep under {multiruns} has a report (report/runs.csv): run "
+        "`python -m celeba_gender.analysis SWEEP` on one, or set CELEBA_GENDER_ROOT to the "
+        "folder that holds outputs/."
+    ), result.stderr[-4000:]
