@@ -617,8 +617,8 @@ def execute_notebook(report_dir: Path, settings: DictConfig) -> Path:
         import papermill
     except ImportError:
         raise DataError(
-            "Executing the notebook needs papermill and ipykernel: pip install -e '.[dev]' "
-            "(or pass --no-notebook)."
+            "Executing the notebook needs papermill and ipykernel: pip install "
+            "'celeba-gender[notebook]' (a clone: pip install -e '.[dev]'), or pass --no-notebook."
         ) from None
     output = Path(report_dir) / "analysis.ipynb"
     papermill.execute_notebook(
