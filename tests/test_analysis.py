@@ -466,6 +466,8 @@ def test_the_command_writes_figures_report_and_the_executed_notebook(sweep, repo
     text = json.dumps([cell.get("outputs", []) for cell in notebook.cells])
     first_conclusion = (report / "conclusions.md").read_text().splitlines()[0]
     assert first_conclusion[2:60] in text and "image/png" in text
+    # The report's header and banner too: what the numbers rest on.
+    assert "Experiment: smoke; 2 backbones" in text and "not a finding" in text
     assert str(sweep) in text  # it ran on this sweep, not on a default one
 
 
