@@ -796,3 +796,42 @@ def test_the_heat_map_grid_is_skipped_with_the_reason(sweep, tmp_path, remove):
     }[remove]
     for sentence in expected:
         assert sentence in markdown
+
+
+# ----------------------------------------------------------------------------- figures
+def test_the_model_by_treatment_grid_marks_failed_and_not_run_cells(sweep, tmp_path):
+    """A configuration whose jobs all failed is a cell saying so (its treatment column shown
+    though nothing of it ran), one the sweep did not run says that, and a cell that lost
+    jobs says how many of them finished."""
+    from celeba_gender.analysis.figures import metric_heatmap
+
+    kept = [
+        ("googlenet", "pretrained_bce"),
+        ("googlenet", "scratch_ce"),
+        ("resnet18", "scratch_bce"),
+    ]
+    jobs = [job for job, r in _metrics(sweep).items() if (r["model"], r["treatment"]) in kept]
+    copy = _copy_jobs(sweep, tmp_path, [*jobs, MISSING_JOB])
+    analysis = analyze_sweep(copy, load_settings(**{"bootstrap.resamples": 20}))
+    axes = metric_heatmap(analysis.configurations, "acc").axes[0]
+    models = [t.get_text() for t in axes.get_yticklabels()]
+    treatments = [t.get_text() for t in axes.get_xticklabels()]
+    assert sorted(models) == ["googlenet", "resnet18"]
+    assert treatments == ["pretrained_bce", "scratch_bce", "scratch_ce"]
+    cells = {}
+    for text in axes.texts:
+        j, i = (round(v) for v in text.get_position())
+        cells[(models[i], treatments[j])] = text.get_text()
+    assert len(cells) == 6
+    assert cells[("googlenet", "pretrained_bce")] == "failed"
+    for configuration in [("googlenet", "scratch_bce"), ("resnet18", "pretrained_bce"),
+                          ("resnet18", "scratch_ce")]:  # fmt: skip
+        assert cells[configuration] == "not run"
+    table = analysis.configurations.set_index(["model", "treatment"])
+    assert (
+        cells[("googlenet", "scratch_ce")]
+        == f"{table.loc[('googlenet', 'scratch_ce'), 'acc_mean']:.3f}"
+    )
+    assert cells[("resnet18", "scratch_bce")] == (
+        f"{table.loc[('resnet18', 'scratch_bce'), 'acc_mean']:.3f}\n2 of 3 jobs ok"
+    )

@@ -1,5 +1,9 @@
 """The report's pictures. Each function returns a matplotlib Figure (built without pyplot); the
-report saves them as PNG and logs them to TensorBoard, and the notebook shows them."""
+report saves them as PNG and logs them to TensorBoard, and the notebook shows them.
+
+Conventions shared by the figures: a treatment keeps its colour and marker everywhere
+(``treatment_styles``); numbers drawn on a coloured cell are white on dark and black on light
+(``text_colour``); configurations are listed best validation accuracy first."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -18,28 +23,133 @@ from celeba_gender.analysis.conclusions import chosen
 from celeba_gender.analysis.statistics import correct
 from celeba_gender.inference.explain import overlay
 
+# The study's treatments first, so each keeps its colour and marker from sweep to sweep.
+KNOWN_TREATMENTS = ("pretrained_bce", "scratch_bce", "scratch_ce")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall"}
+
 
 def _figure(rows: int = 1, columns: int = 1, **options):
     """A figure without pyplot: no backend or global state, nothing to close."""
-    figure = Figure(figsize=options.pop("figsize"))
+    figure = Figure(figsize=options.pop("figsize"), layout=options.pop("layout", None))
     return figure, figure.subplots(rows, columns, **options)
 
 
+def treatment_styles(treatments) -> dict[str, dict[str, str]]:
+    """Colour and marker of each treatment: the study's three first, then others by name."""
+    order = list(dict.fromkeys([*KNOWN_TREATMENTS, *sorted(map(str, set(treatments)))]))
+    return {
+        t: {"color": f"C{k % 10}", "marker": MARKERS[k % len(MARKERS)]}
+        for k, t in enumerate(order)
+        if t in set(treatments)
+    }
+
+
+def _relative_luminance(colour) -> float:
+    """WCAG 2 relative luminance of a colour (0: black, 1: white)."""
+    channels = np.asarray(to_rgba(colour)[:3])
+    linear = np.where(channels <= 0.03928, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def text_colour(background) -> str:
+    """White or black, whichever contrasts more with ``background`` (WCAG contrast ratio;
+    either way at least 4.5:1, the threshold for small text)."""
+    luminance = _relative_luminance(background)
+    return "white" if 1.05 / (luminance + 0.05) > (luminance + 0.05) / 0.05 else "black"
+
+
+def _model_order(table: pd.DataFrame) -> list[str]:
+    """Models by family, then depth, then name (vgg11 before vgg13 before vgg16)."""
+    models = table.drop_duplicates("model").assign(
+        _family=lambda t: t["family"].astype(str) if "family" in t else "",
+        _depth=lambda t: pd.to_numeric(t["depth"], errors="coerce") if "depth" in t else 0,
+    )
+    models = models.sort_values(["_family", "_depth", "model"], na_position="last")
+    return [str(m) for m in models["model"]]
+
+
+def _treatment_order(treatments) -> list[str]:
+    return list(treatment_styles(treatments))
+
+
 def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
-    """Mean test ``metric`` of every model x treatment (blank: no successful run; where several
-    experiments ran one, the validation-best)."""
-    table = chosen(configurations)
-    wide = table.pivot_table(index="model", columns="treatment", values=f"{metric}_mean")
-    figure, axes = _figure(figsize=(1.8 + 1.6 * max(len(wide.columns), 1), 0.9 + 0.45 * len(wide)))
-    image = axes.imshow(wide.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    for (i, j), value in np.ndenumerate(wide.to_numpy(dtype=float)):
-        if not math.isnan(value):
-            axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-    axes.set_xticks(range(len(wide.columns)), wide.columns)
-    axes.set_yticks(range(len(wide.index)), wide.index)
-    axes.set_title(f"test {metric} (mean over seeds)")
-    figure.colorbar(image, ax=axes)
-    figure.tight_layout()
+    """Mean test ``metric`` of every model x treatment (where several experiments ran one, the
+    validation-best). A cell without a successful run says why: "failed" (every job of it
+    failed), "not finished" (missing or interrupted jobs only) or "not run" (not in the sweep);
+    a cell where some jobs did not succeed says how many did."""
+    name = METRIC_NAMES.get(metric, metric)
+    known = configurations.dropna(subset=["model", "treatment"]) if len(configurations) else None
+    if known is None or known.empty:
+        figure, axes = _figure(figsize=(4, 2))
+        axes.axis("off")
+        axes.text(0.5, 0.5, "no configuration in the sweep", ha="center", va="center")
+        return figure
+    models, treatments = _model_order(known), _treatment_order(known["treatment"])
+    jobs = known.groupby(["model", "treatment"])[["runs", "ok", "failed"]].sum()
+    best = chosen(known).set_index(["model", "treatment"])
+    values = np.full((len(models), len(treatments)), np.nan)
+    for i, model in enumerate(models):
+        for j, treatment in enumerate(treatments):
+            if (model, treatment) in best.index:
+                values[i, j] = best.loc[(model, treatment), f"{metric}_mean"]
+    figure, axes = _figure(
+        figsize=(max(3.2 + 1.5 * len(treatments), 5.0), 1.4 + 0.5 * len(models)),
+        layout="constrained",
+    )
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if high - low < 0.01:  # one value, or all alike: a range the colour bar can show
+        low, high = low - 0.005, high + 0.005
+    image = axes.imshow(
+        np.ma.masked_invalid(values), cmap="viridis", norm=Normalize(low, high), aspect="auto"
+    )
+    for i, model in enumerate(models):
+        for j, treatment in enumerate(treatments):
+            if np.isfinite(values[i, j]):
+                text = f"{values[i, j]:.3f}"
+                if (model, treatment) in jobs.index:
+                    count = jobs.loc[(model, treatment)]
+                    if count["ok"] < count["runs"]:
+                        text += f"\n{int(count['ok'])} of {int(count['runs'])} jobs ok"
+                colour = text_colour(image.to_rgba(values[i, j]))
+                axes.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+                continue
+            if (model, treatment) not in jobs.index:
+                word = "not run"
+            elif jobs.loc[(model, treatment), "failed"] > 0:
+                word = "failed"
+            else:
+                word = "not finished"
+            axes.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5),
+                    1,
+                    1,
+                    facecolor="0.88",
+                    edgecolor="0.6",
+                    hatch="///" if word == "failed" else "",
+                    linewidth=0,
+                )
+            )
+            axes.text(
+                j,
+                i,
+                word,
+                ha="center",
+                va="center",
+                color="black",
+                fontsize=8,
+                bbox={"facecolor": "0.88", "edgecolor": "none", "pad": 1},
+            )
+    axes.set_xticks(range(len(treatments)), treatments)
+    axes.set_yticks(range(len(models)), models)
+    axes.set_xlabel("treatment")
+    axes.set_ylabel("backbone")
+    axes.tick_params(length=0)
+    axes.set_title(f"test {name} (mean over seeds)", fontsize=10)
+    bar = figure.colorbar(image, ax=axes)
+    bar.set_label(f"test {name}")
     return figure
 
 
