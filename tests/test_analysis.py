@@ -436,7 +436,7 @@ def test_the_command_writes_figures_report_and_the_executed_notebook(sweep, repo
     figures = {p.stem for p in (report / "figures").glob("*.png")}
     assert figures >= {
         "accuracy_heatmap",
-        "accuracy_f1_bars",
+        "accuracy_f1_intervals",
         "accuracy_vs_parameters",
         "accuracy_vs_training_time",
         "confusion_matrices",
@@ -799,6 +799,45 @@ def test_the_heat_map_grid_is_skipped_with_the_reason(sweep, tmp_path, remove):
 
 
 # ----------------------------------------------------------------------------- figures
+@pytest.fixture(scope="module")
+def drawn(sweep):
+    """The report's figures of the sweep (the heat-map grid aside: its tests are above), with
+    the bootstrap settings of the ``report`` fixture, so its tables are the figures' numbers."""
+    settings = load_settings(**{"bootstrap.resamples": 300, "heat_maps.enabled": False})
+    analysis = analyze_sweep(sweep, settings)
+    return analysis, report_figures(analysis)
+
+
+def test_the_accuracy_figure_shows_each_run_with_its_bootstrap_interval(sweep, report, drawn):
+    """Points, not bars cut at an arbitrary floor: each run at its test accuracy (F1) with the
+    interval of runs.csv, the mean of its seeds marked, best validation accuracy at the top."""
+    _, figures = drawn
+    figure = figures["accuracy_f1_intervals"]
+    runs = pd.read_csv(report / "runs.csv")
+    ok = runs[runs["status"] == "ok"]
+    configurations = pd.read_csv(report / "configurations.csv")
+    for axes, metric in zip(figure.axes, ("acc", "f1"), strict=True):
+        assert not axes.containers  # no bars
+        intervals = [line.get_xdata() for line in axes.lines if line.get_gid() == "interval"]
+        points = [line.get_xdata()[0] for line in axes.lines if line.get_gid() == "run"]
+        means = [line.get_xdata()[0] for line in axes.lines if line.get_gid() == "mean"]
+        expected = np.round(ok[[f"{metric}_ci_low", f"{metric}_ci_high"]].to_numpy(), 9)
+        assert sorted(map(tuple, np.round(intervals, 9))) == sorted(map(tuple, expected))
+        assert sorted(points) == pytest.approx(sorted(ok[metric]), abs=1e-9)
+        several = configurations[configurations["ok"] > 1]
+        assert sorted(means) == pytest.approx(sorted(several[f"{metric}_mean"]), abs=1e-9)
+        assert axes.get_xlabel() == f"test {'accuracy' if metric == 'acc' else 'F1'}"
+    shown = [t.get_text().split(". ", 1)[1] for t in figure.axes[0].get_yticklabels()]
+    val = _validation_accuracies(sweep)
+    ok_records = [r for r in _metrics(sweep).values() if r["status"] == "ok"]
+    params = {(r["model"], r["treatment"]): r["params"] for r in ok_records}
+    # Ties on validation accuracy: fewer parameters first, then the name (as the report ranks).
+    order = sorted(val, key=lambda c: (-round(val[c], 9), params[c], c))
+    assert [tuple(name.split(" / ")) for name in shown] == order
+    assert "mean over seeds" in figure._suptitle.get_text()
+    assert "95% cluster bootstrap over test celebrities" in figure._suptitle.get_text()
+
+
 def test_the_model_by_treatment_grid_marks_failed_and_not_run_cells(sweep, tmp_path):
     """A configuration whose jobs all failed is a cell saying so (its treatment column shown
     though nothing of it ran), one the sweep did not run says that, and a cell that lost

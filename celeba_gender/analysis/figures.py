@@ -15,12 +15,13 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from celeba_gender.analysis.conclusions import chosen
-from celeba_gender.analysis.statistics import correct
+from celeba_gender.analysis.conclusions import chosen, configuration_name
+from celeba_gender.analysis.statistics import CONFIGURATION, IDENTITIES, correct
 from celeba_gender.inference.explain import overlay
 
 # The study's treatments first, so each keeps its colour and marker from sweep to sweep.
@@ -71,6 +72,30 @@ def _model_order(table: pd.DataFrame) -> list[str]:
 
 def _treatment_order(treatments) -> list[str]:
     return list(treatment_styles(treatments))
+
+
+def _runs_of(runs: pd.DataFrame, configuration: pd.Series) -> pd.DataFrame:
+    """The successful runs of a configuration (the report's ``runs_of``), lowest seed first."""
+    same = runs["status"] == "ok"
+    for key in CONFIGURATION:
+        if key in runs and key in configuration:
+            same &= (runs[key] == configuration[key]) | (
+                runs[key].isna() & pd.isna(configuration[key])
+            )
+    return runs[same].sort_values("seed")
+
+
+def _bootstrap_words(runs: pd.DataFrame, level: float | None) -> str:
+    """What the intervals are, as the runs table says they were computed."""
+    units = set(runs.get("resampled", pd.Series(dtype=object)).dropna())
+    kind = (
+        "cluster bootstrap over test celebrities"
+        if units == {IDENTITIES}
+        else "bootstrap over test images"
+        if units and IDENTITIES not in units
+        else "bootstrap (celebrities or images: see runs.csv)"
+    )
+    return f"{100 * level:g}% {kind}" if level else kind
 
 
 def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
@@ -153,54 +178,146 @@ def metric_heatmap(configurations: pd.DataFrame, metric: str = "acc") -> Figure:
     return figure
 
 
-def grouped_bars(configurations: pd.DataFrame, runs: pd.DataFrame) -> Figure:
-    """Accuracy and F1 per model, one bar per treatment. Error bars: standard deviation over
-    seeds, or the bootstrap interval where a configuration has one seed."""
+def metric_intervals(
+    configurations: pd.DataFrame, runs: pd.DataFrame, metrics: tuple[str, ...] = ("acc", "f1")
+) -> Figure:
+    """Test accuracy and F1 of every configuration, best validation accuracy at the top: each
+    successful run as a point with its bootstrap interval (the runs table's ``*_ci_low`` and
+    ``*_ci_high``), and where a configuration has several seeds, a bar at their mean. Colour
+    and marker: the treatment."""
     table = chosen(configurations)
-    figure, all_axes = _figure(1, 2, figsize=(12, 4), sharey=True)
-    models = sorted(table["model"].unique())
-    treatments = sorted(table["treatment"].unique())
-    width = 0.8 / max(len(treatments), 1)
-    for axes, metric in zip(all_axes, ("acc", "f1"), strict=True):
-        for k, treatment in enumerate(treatments):
-            rows = table[table["treatment"] == treatment].set_index("model").reindex(models)
-            errors = _error_bars(rows, runs, metric)
-            axes.bar(
-                np.arange(len(models)) + (k - (len(treatments) - 1) / 2) * width,
-                rows[f"{metric}_mean"],
-                width,
-                yerr=errors,
-                capsize=2,
-                label=treatment,
-            )
-        axes.set_xticks(range(len(models)), models, rotation=45, ha="right")
-        axes.set_title(f"test {metric}")
-    low = float(np.nanmin(table[["acc_mean", "f1_mean"]].to_numpy())) if len(table) else 0.0
-    all_axes[0].set_ylim(max(0.0, low - 0.1), 1.0)
-    all_axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
-def _error_bars(rows: pd.DataFrame, runs: pd.DataFrame, metric: str) -> np.ndarray:
-    """Asymmetric error bars (2 x models) around the mean."""
-    errors = np.zeros((2, len(rows)))
-    for i, (model, row) in enumerate(rows.iterrows()):
-        if pd.isna(row.get(f"{metric}_mean")):
-            continue
-        if row["ok"] > 1 and pd.notna(row.get(f"{metric}_std")):
-            errors[:, i] = row[f"{metric}_std"]
-            continue
-        run = runs[
-            (runs["model"] == model)
-            & (runs["treatment"] == row["treatment"])
-            & (runs["experiment"] == row["experiment"])
-            & (runs["status"] == "ok")
+    rows = max(len(table), 1)
+    figure, all_axes = _figure(
+        1,
+        len(metrics),
+        figsize=(5 + 3.2 * len(metrics), 1.9 + 0.38 * rows),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    all_axes = all_axes[0]
+    styles = treatment_styles(table["treatment"]) if len(table) else {}
+    several_experiments = len(table) and table["experiment"].nunique(dropna=False) > 1
+    several_seeds = False
+    shown = runs.iloc[0:0]
+    for position, (_, row) in enumerate(table.iterrows()):
+        seeds = _runs_of(runs, row)
+        shown = pd.concat([shown, seeds])
+        several_seeds |= len(seeds) > 1
+        offsets = np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+        style = styles[row["treatment"]]
+        for axes, metric in zip(all_axes, metrics, strict=True):
+            if position % 2 == 0:
+                axes.axhspan(position - 0.5, position + 0.5, color="0.94", zorder=0, linewidth=0)
+            for offset, (_, run) in zip(offsets, seeds.iterrows(), strict=False):
+                y = position + offset
+                low, high = run.get(f"{metric}_ci_low"), run.get(f"{metric}_ci_high")
+                if pd.notna(low) and pd.notna(high):
+                    axes.plot(
+                        [low, high],
+                        [y, y],
+                        color=style["color"],
+                        linewidth=1.3,
+                        solid_capstyle="butt",
+                        zorder=2,
+                        gid="interval",
+                    )
+                axes.plot(
+                    [run[metric]],
+                    [y],
+                    linestyle="none",
+                    marker=style["marker"],
+                    markersize=5,
+                    color=style["color"],
+                    markerfacecolor="white" if len(seeds) > 1 else None,
+                    markeredgewidth=1.2,
+                    zorder=3,
+                    gid="run",
+                )
+            if len(seeds) > 1:
+                axes.plot(
+                    [row[f"{metric}_mean"]],
+                    [position],
+                    linestyle="none",
+                    marker="|",
+                    markersize=14,
+                    markeredgewidth=2.2,
+                    color="black",
+                    zorder=4,
+                    gid="mean",
+                )
+    names = [
+        f"{k + 1}. "
+        + (
+            configuration_name(row)
+            if several_experiments
+            else f"{row['model']} / {row['treatment']}"
+        )
+        for k, (_, row) in enumerate(table.iterrows())
+    ]
+    level = table["ci_level"].dropna() if "ci_level" in table else pd.Series(dtype=float)
+    words = _bootstrap_words(shown, float(level.iloc[0]) if len(level) else None)
+    for axes, metric in zip(all_axes, metrics, strict=True):
+        values = [
+            shown.get(c, pd.Series(dtype=float))
+            for c in (metric, f"{metric}_ci_low", f"{metric}_ci_high")
         ]
-        if len(run) and f"{metric}_ci_low" in run:
-            errors[0, i] = row[f"{metric}_mean"] - run[f"{metric}_ci_low"].iloc[0]
-            errors[1, i] = run[f"{metric}_ci_high"].iloc[0] - row[f"{metric}_mean"]
-    return np.clip(errors, 0, None)
+        values = pd.concat(values).astype(float).dropna()
+        if len(values):
+            low, high = float(values.min()), float(values.max())
+            pad = max(0.02, 0.06 * (high - low))
+            axes.set_xlim(max(-pad / 2, low - pad), min(1.0 + pad / 2, high + pad))
+        axes.set_xlabel(f"test {METRIC_NAMES.get(metric, metric)}")
+        axes.grid(axis="x", color="0.85", linewidth=0.6)
+        axes.set_axisbelow(True)
+    all_axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    all_axes[0].set_ylim(rows - 0.5, -0.5)  # best at the top
+    all_axes[0].tick_params(axis="y", length=0)
+    seeds_words = (
+        "open markers: each seed, black bar: mean over seeds"
+        if several_seeds
+        else "one seed per configuration"
+    )
+    figure.suptitle(
+        f"Test metrics by configuration, best validation accuracy first\n"
+        f"{seeds_words}; lines: each run's {words}",
+        fontsize=9,
+    )
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=s["marker"],
+            color=s["color"],
+            label=t,
+            markerfacecolor="white" if several_seeds else s["color"],
+            markeredgewidth=1.2,
+        )
+        for t, s in styles.items()
+    ]
+    if several_seeds:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="|",
+                markersize=12,
+                markeredgewidth=2.2,
+                color="black",
+                label="mean over seeds",
+            )
+        )
+    if handles:
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
+    return figure
 
 
 def accuracy_versus(configurations: pd.DataFrame, column: str, label: str) -> Figure:

@@ -384,7 +384,7 @@ def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
     configurations = analysis.configurations
     yield "accuracy_heatmap", figures.metric_heatmap(configurations, "acc")
     yield "f1_heatmap", figures.metric_heatmap(configurations, "f1")
-    yield "accuracy_f1_bars", figures.grouped_bars(configurations, analysis.runs)
+    yield "accuracy_f1_intervals", figures.metric_intervals(configurations, analysis.runs)
     yield (
         "accuracy_vs_parameters",
         figures.accuracy_versus(configurations, "params_mean", "inference parameters"),
