@@ -808,6 +808,27 @@ def drawn(sweep):
     return analysis, report_figures(analysis)
 
 
+def _contrast(a, b) -> float:
+    """WCAG 2 contrast ratio of two colours (1: none, 21: black on white)."""
+    from matplotlib.colors import to_rgb
+
+    def luminance(colour):
+        rgb = np.array(to_rgb(colour))
+        linear = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+        return linear @ [0.2126, 0.7152, 0.0722]
+
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _ok_runs_by_configuration(sweep: Path) -> dict[tuple[str, str], list[str]]:
+    jobs: dict[tuple[str, str], list[str]] = {}
+    for job, record in sorted(_metrics(sweep).items(), key=lambda item: item[1].get("seed")):
+        if record["status"] == "ok":
+            jobs.setdefault((record["model"], record["treatment"]), []).append(job)
+    return jobs
+
+
 def test_the_accuracy_figure_shows_each_run_with_its_bootstrap_interval(sweep, report, drawn):
     """Points, not bars cut at an arbitrary floor: each run at its test accuracy (F1) with the
     interval of runs.csv, the mean of its seeds marked, best validation accuracy at the top."""
@@ -836,6 +857,36 @@ def test_the_accuracy_figure_shows_each_run_with_its_bootstrap_interval(sweep, r
     assert [tuple(name.split(" / ")) for name in shown] == order
     assert "mean over seeds" in figure._suptitle.get_text()
     assert "95% cluster bootstrap over test celebrities" in figure._suptitle.get_text()
+
+
+def test_confusion_matrices_are_labelled_and_their_numbers_readable(sweep, drawn):
+    """Axis titles and class names; counts (summed over a configuration's seeds, as its
+    test_predictions.csv give them) and row percentages, white on dark and black on light."""
+    _, figures = drawn
+    figure = figures["confusion_matrices"]
+    jobs = _ok_runs_by_configuration(sweep)
+    panels = [axes for axes in figure.axes if axes.images]
+    assert len(panels) == len(jobs) == 5
+    for axes in panels:
+        assert (axes.get_xlabel(), axes.get_ylabel()) == ("predicted", "true")
+        for labels in (axes.get_xticklabels(), axes.get_yticklabels()):
+            assert [t.get_text() for t in labels] == ["female", "male"]
+        model, treatment = axes.get_title().split(" [")[0].split("/")
+        expected = np.zeros((2, 2), int)
+        for job in jobs[(model, treatment)]:
+            predictions = pd.read_csv(sweep / job / "test_predictions.csv")
+            for truth, male in ((0, False), (0, True), (1, False), (1, True)):
+                same = (predictions["label"] == truth) & ((predictions["p_male"] > 0.5) == male)
+                expected[truth, int(male)] += int(same.sum())
+        (image,) = axes.images
+        assert len(axes.texts) == 4
+        for text in axes.texts:
+            j, i = (round(v) for v in text.get_position())
+            count, percent = text.get_text().split("\n")
+            assert int(count) == expected[i, j]
+            assert percent == f"{100 * expected[i, j] / expected[i].sum():.0f}%"
+            cell = image.to_rgba(image.get_array()[i, j])
+            assert _contrast(text.get_color(), cell) >= 4.5, (text.get_text(), cell)
 
 
 def test_the_model_by_treatment_grid_marks_failed_and_not_run_cells(sweep, tmp_path):

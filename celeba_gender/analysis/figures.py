@@ -28,6 +28,7 @@ from celeba_gender.inference.explain import overlay
 KNOWN_TREATMENTS = ("pretrained_bce", "scratch_bce", "scratch_ce")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall"}
+CLASS_NAMES = ("female", "male")  # label 0, label 1 (male is the positive class)
 
 
 def _figure(rows: int = 1, columns: int = 1, **options):
@@ -337,23 +338,45 @@ def accuracy_versus(configurations: pd.DataFrame, column: str, label: str) -> Fi
     return figure
 
 
-def confusion_matrices(matrices: dict[str, np.ndarray]) -> Figure:
-    """One 2x2 matrix per run (rows true, columns predicted; female, male)."""
+def confusion_matrices(matrices: dict[str, np.ndarray], class_names=CLASS_NAMES) -> Figure:
+    """One 2x2 matrix per entry (rows: true class, columns: predicted; female, male), each cell
+    with its count and its share of the true class (row percentage), coloured by that share."""
     count = max(len(matrices), 1)
-    columns = min(count, 6)
+    columns = min(count, 5)
     rows = math.ceil(count / columns)
-    figure, axes_grid = _figure(rows, columns, figsize=(2.4 * columns, 2.4 * rows), squeeze=False)
+    figure, axes_grid = _figure(
+        rows,
+        columns,
+        figsize=(max(2.5 * columns + 1.0, 4.5), 2.6 * rows + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
     for axes in axes_grid.flat:
         axes.axis("off")
+    norm, cmap = Normalize(0, 1), "Blues"
     for axes, (name, matrix) in zip(axes_grid.flat, matrices.items(), strict=False):
         axes.axis("on")
-        axes.imshow(matrix, cmap="Blues")
+        matrix = np.asarray(matrix, dtype=float)
+        totals = matrix.sum(axis=1, keepdims=True)
+        shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+        image = axes.imshow(shares, cmap=cmap, norm=norm)
         for (i, j), value in np.ndenumerate(matrix):
-            axes.text(j, i, str(int(value)), ha="center", va="center", fontsize=8)
-        axes.set_xticks([0, 1], ["F", "M"])
-        axes.set_yticks([0, 1], ["F", "M"])
+            text = f"{int(value)}\n{100 * shares[i, j]:.0f}%" if totals[i, 0] else f"{int(value)}"
+            colour = text_colour(image.to_rgba(shares[i, j]))
+            axes.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
+        axes.set_xticks([0, 1], class_names, fontsize=8)
+        axes.set_yticks([0, 1], class_names, fontsize=8, rotation=90, va="center")
+        axes.set_xlabel("predicted", fontsize=8)
+        axes.set_ylabel("true", fontsize=8)
+        axes.tick_params(length=0)
         axes.set_title(name, fontsize=7)
-    figure.tight_layout()
+    if matrices:
+        bar = figure.colorbar(ScalarMappable(norm, cmap), ax=axes_grid, shrink=0.8)
+        bar.set_label("share of the true class", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    figure.suptitle(
+        "Test confusion matrices (male when P(male) > 0.5)\ncount and row percentage", fontsize=9
+    )
     return figure
 
 

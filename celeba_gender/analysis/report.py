@@ -393,13 +393,18 @@ def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
         "accuracy_vs_training_time",
         figures.accuracy_versus(configurations, "train_seconds_mean", "training seconds"),
     )
-    analyzed = analysis.ok_runs[analysis.ok_runs["job"].isin(analysis.reliability)]
-    yield (
-        "confusion_matrices",
-        figures.confusion_matrices(
-            {job: confusion_matrix(analysis.predictions(job)) for job in analyzed["job"]}
-        ),
-    )
+    # The configurations the figures show (one per model x treatment), validation-best first.
+    shown = [(c, analysis.runs_of(c)) for _, c in conclusions.chosen(configurations).iterrows()]
+    matrices = {}
+    for configuration, runs in shown:
+        analyzed = runs[runs["job"].isin(analysis.reliability)]  # predictions still readable
+        if analyzed.empty:
+            continue
+        seeds = ", ".join(str(int(s)) if pd.notna(s) else "?" for s in analyzed["seed"])
+        total = sum(confusion_matrix(analysis.predictions(job)) for job in analyzed["job"])
+        summed = f"seeds {seeds} summed" if len(analyzed) > 1 else f"seed {seeds}"
+        matrices[f"{conclusions.configuration_name(configuration)}\n{summed}"] = total
+    yield "confusion_matrices", figures.confusion_matrices(matrices)
     best_run = analysis.run_of(analysis.best)
     if best_run["job"] not in analysis.reliability:
         return  # its predictions are gone (see the notes)
