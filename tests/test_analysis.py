@@ -889,6 +889,31 @@ def test_confusion_matrices_are_labelled_and_their_numbers_readable(sweep, drawn
             assert _contrast(text.get_color(), cell) >= 4.5, (text.get_text(), cell)
 
 
+def test_learning_curves_are_one_line_per_configuration_over_its_seeds(sweep, drawn):
+    """One line per configuration at the mean of its seeds' logged values, visible for the
+    smoke sweep's one-epoch runs (a marker), with the seeds' range drawn at that epoch."""
+    from matplotlib.collections import LineCollection
+
+    _, figures = drawn
+    axes = figures["learning_curves"].axes[0]
+    assert axes.get_ylabel() == "validation accuracy"
+    jobs = _ok_runs_by_configuration(sweep)
+    lines = {line.get_label(): line for line in axes.lines}
+    assert set(lines) == {f"{m} / {t}" for m, t in jobs}
+    ranges = [c for c in axes.collections if isinstance(c, LineCollection)]
+    assert len(ranges) == sum(len(seeds) > 1 for seeds in jobs.values())
+    extents = {tuple(np.round(sorted(c.get_paths()[0].vertices[:, 1]), 9)) for c in ranges}
+    for (model, treatment), seeds in jobs.items():
+        line = lines[f"{model} / {treatment}"]
+        values = [read_scalars(sweep / job, ("val/acc",))["val/acc"] for job in seeds]
+        assert all(len(v) == 1 for v in values)  # one epoch
+        assert line.get_marker() not in (None, "None", "", " ")
+        assert np.round(line.get_xdata()).tolist() == [1]
+        assert line.get_ydata()[0] == pytest.approx(np.mean(values))
+        if len(seeds) > 1:
+            assert tuple(np.round([np.min(values), np.max(values)], 9)) in extents
+
+
 def test_the_model_by_treatment_grid_marks_failed_and_not_run_cells(sweep, tmp_path):
     """A configuration whose jobs all failed is a cell saying so (its treatment column shown
     though nothing of it ran), one the sweep did not run says that, and a cell that lost

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -27,6 +29,7 @@ from celeba_gender.inference.explain import overlay
 # The study's treatments first, so each keeps its colour and marker from sweep to sweep.
 KNOWN_TREATMENTS = ("pretrained_bce", "scratch_bce", "scratch_ce")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINE_STYLES = ("-", "--", ":", "-.")
 METRIC_NAMES = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall"}
 CLASS_NAMES = ("female", "male")  # label 0, label 1 (male is the positive class)
 
@@ -402,22 +405,120 @@ def worst_images(predictions: pd.DataFrame, image_dir: Path, count: int, title: 
 
 
 def learning_curves(
-    run_dirs: dict[str, Path], tags: tuple[str, ...] = ("val/acc", "train/loss_epoch")
+    runs: pd.DataFrame, tags: tuple[str, ...] = ("val/acc", "train/loss_epoch")
 ) -> Figure:
-    """Validation accuracy and training loss per epoch of each run, from its TensorBoard events."""
-    figure, all_axes = _figure(1, len(tags), figsize=(6 * len(tags), 4), squeeze=False)
-    for name, run_dir in run_dirs.items():
-        scalars = read_scalars(run_dir, tags)
-        for axes, tag in zip(all_axes[0], tags, strict=True):
-            if tag in scalars:
-                axes.plot(range(1, len(scalars[tag]) + 1), scalars[tag], label=name, marker=".")
-    for axes, tag in zip(all_axes[0], tags, strict=True):
+    """Per epoch, from the runs' TensorBoard events: one line per model x treatment (``runs``:
+    their successful runs, with ``run_dir``), the mean over its seeds, with a band from the
+    lowest to the highest seed. Colour: the backbone; line style and marker: the treatment."""
+    figure, all_axes = _figure(
+        1, len(tags), figsize=(5.2 * len(tags) + 2.2, 4.2), squeeze=False, layout="constrained"
+    )
+    all_axes = all_axes[0]
+    models = _model_order(runs) if len(runs) else []
+    colours = {m: _model_colour(k, len(models)) for k, m in enumerate(models)}
+    treatments = _treatment_order(runs["treatment"]) if len(runs) else []
+    styles = {
+        t: (LINE_STYLES[k % len(LINE_STYLES)], treatment_styles(treatments)[t]["marker"])
+        for k, t in enumerate(treatments)
+    }
+    # Each configuration's curves per tag: seeds x epochs (NaN past a seed's last epoch).
+    stacks: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for (model, treatment), group in runs.groupby(["model", "treatment"], sort=False):
+        series = [read_scalars(Path(d), tags) for d in group["run_dir"]]
+        for tag in tags:
+            curves = [s[tag] for s in series if s.get(tag)]
+            if curves:
+                stacked = np.full((len(curves), max(len(c) for c in curves)), np.nan)
+                for k, curve in enumerate(curves):
+                    stacked[k, : len(curve)] = curve
+                stacks.setdefault((model, treatment), {})[tag] = stacked
+    longest = max((s.shape[1] for c in stacks.values() for s in c.values()), default=0)
+    several_seeds = any(s.shape[0] > 1 for c in stacks.values() for s in c.values())
+    # One epoch: the configurations' points side by side, not on top of each other.
+    dodge = np.linspace(-0.3, 0.3, len(stacks)) if longest == 1 and len(stacks) > 1 else None
+    for k, ((model, treatment), by_tag) in enumerate(stacks.items()):
+        line_style, marker = styles[treatment]
+        colour = colours[model]
+        for axes, tag in zip(all_axes, tags, strict=True):
+            if tag not in by_tag:
+                continue
+            stacked = by_tag[tag]
+            x = np.arange(1, stacked.shape[1] + 1) + (dodge[k] if dodge is not None else 0)
+            axes.plot(
+                x,
+                np.nanmean(stacked, axis=0),
+                color=colour,
+                linestyle=line_style,
+                marker=marker if longest <= 20 else None,
+                markersize=5,
+                linewidth=1.5,
+                label=f"{model} / {treatment}",
+            )
+            if stacked.shape[0] > 1:
+                low, high = np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0)
+                if stacked.shape[1] > 1:
+                    axes.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+                else:
+                    axes.vlines(x, low, high, color=colour, alpha=0.5, linewidth=1.5)
+    drawn = set(stacks)
+    names = {
+        "val/acc": "validation accuracy",
+        "train/loss_epoch": "training loss (epoch mean)",
+        "val/loss": "validation loss",
+        "train/acc_epoch": "training accuracy",
+    }
+    for axes, tag in zip(all_axes, tags, strict=True):
         axes.set_xlabel("epoch")
-        axes.set_title(tag)
-    if len(run_dirs) <= 12:
-        all_axes[0][0].legend(fontsize=6)
-    figure.tight_layout()
+        axes.set_ylabel(names.get(tag, tag))
+        if longest <= 20:
+            axes.set_xticks(range(1, max(longest, 1) + 1))
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlim(0.5, max(longest, 1) + 0.5)
+        axes.grid(color="0.9", linewidth=0.6)
+        if not drawn:
+            axes.text(
+                0.5,
+                0.5,
+                "no TensorBoard scalars found",
+                ha="center",
+                va="center",
+                transform=axes.transAxes,
+            )
+    figure.suptitle(
+        (
+            "Learning curves: line = mean over seeds, band = lowest to highest seed"
+            if several_seeds
+            else "Learning curves (one seed per configuration)"
+        )
+        + ("; one epoch, configurations side by side" if dodge is not None else ""),
+        fontsize=9,
+    )
+    drawn_models = [m for m in models if any(m == d[0] for d in drawn)]
+    drawn_treatments = [t for t in treatments if any(t == d[1] for d in drawn)]
+    handles = [Line2D([], [], color=colours[m], linewidth=2.5, label=m) for m in drawn_models]
+    handles += [
+        Line2D(
+            [], [], color="0.3", linestyle=styles[t][0], marker=styles[t][1], markersize=5, label=t
+        )
+        for t in drawn_treatments
+    ]
+    if handles:
+        figure.legend(
+            handles=handles,
+            loc="outside right upper",
+            fontsize=8,
+            frameon=False,
+            title="backbone, treatment",
+            title_fontsize=8,
+        )
     return figure
+
+
+def _model_colour(index: int, count: int):
+    """Distinct colours for up to ten backbones (tab10), twenty beyond (tab20)."""
+    palette = colormaps["tab10" if count <= 10 else "tab20"]
+    return palette(index % palette.N)
 
 
 def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[float]]:

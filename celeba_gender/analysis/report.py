@@ -423,15 +423,7 @@ def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
             analysis.notes.append(f"no worst-images grid ({error})")
         else:
             yield "worst_images", worst
-    yield (
-        "learning_curves",
-        figures.learning_curves(
-            {
-                job: Path(d)
-                for job, d in zip(analysis.ok_runs["job"], analysis.ok_runs["run_dir"], strict=True)
-            }
-        ),
-    )
+    yield "learning_curves", figures.learning_curves(pd.concat([runs for _, runs in shown]))
     # One line per run (the report's reliability.csv has every run's points).
     yield "reliability", figures.reliability_diagram(analysis.reliability)
     heat_maps = heat_map_figure(analysis)
