@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision
 from conftest import REPO, SAMPLE, delete_big_files, run_script
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -380,7 +381,7 @@ def test_the_notebook_shows_the_reports_numbers_whatever_the_settings(sweep, tmp
     assert shown[1] < shown[0]
     # The parameters the report counts are those used at inference, and it says so.
     assert report_figures(analysis)["accuracy_vs_parameters"].axes[0].get_xlabel() == (
-        "inference parameters"
+        "inference parameters (millions)"
     )
     assert "fewest inference parameters" in (report / "report.md").read_text()
 
@@ -950,3 +951,37 @@ def test_the_model_by_treatment_grid_marks_failed_and_not_run_cells(sweep, tmp_p
     assert cells[("resnet18", "scratch_bce")] == (
         f"{table.loc[('resnet18', 'scratch_bce'), 'acc_mean']:.3f}\n2 of 3 jobs ok"
     )
+
+
+@pytest.mark.parametrize("name", ["accuracy_vs_parameters", "accuracy_vs_training_time"])
+def test_cost_figures_label_every_point_without_overlap(drawn, name):
+    """Each configuration's point labelled with its backbone, no two labels overlapping, all
+    inside the axes once drawn; parameters in millions."""
+    from matplotlib.text import Annotation, Text
+
+    analysis, figures = drawn
+    figure = figures[name]
+    axes = figure.axes[0]
+    FigureCanvasAgg(figure).draw()
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in axes.texts if isinstance(t, Annotation)]
+    configurations = analysis.configurations[analysis.configurations["ok"] > 0]
+    assert sorted(t.get_text() for t in labels) == sorted(configurations["model"])
+    column = {"accuracy_vs_parameters": "params_mean"}.get(name, "train_seconds_mean")
+    scale = 1e-6 if column == "params_mean" else 1.0
+    points = np.array(sorted(tuple(xy) for line in axes.lines for xy in line.get_xydata()))
+    expected = sorted(zip(configurations[column] * scale, configurations["acc_mean"], strict=True))
+    np.testing.assert_allclose(points, np.array(expected))
+    for label in labels:  # each label at a point of its own backbone
+        at = np.isclose(configurations[column] * scale, label.xy[0]) & np.isclose(
+            configurations["acc_mean"], label.xy[1]
+        )
+        assert label.get_text() in set(configurations.loc[at, "model"])
+    boxes = [Text.get_window_extent(label, renderer) for label in labels]
+    inside = axes.get_window_extent(renderer)
+    for k, box in enumerate(boxes):
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+        for other in boxes[k + 1 :]:
+            assert not box.overlaps(other), (box, other)
+    if name == "accuracy_vs_parameters":
+        assert axes.get_xlabel() == "inference parameters (millions)"

@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.transforms import Bbox
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -324,21 +326,128 @@ def metric_intervals(
     return figure
 
 
-def accuracy_versus(configurations: pd.DataFrame, column: str, label: str) -> Figure:
-    """Mean test accuracy against a cost (inference parameters, training seconds), per
-    treatment."""
+def accuracy_versus(
+    configurations: pd.DataFrame, column: str, label: str, scale: float = 1.0
+) -> Figure:
+    """Mean test accuracy against a cost (inference parameters, training seconds; ``scale``
+    times the column, log axis): colour and marker the treatment, each point labelled with its
+    backbone where the label overlaps no other label or point."""
     table = chosen(configurations)
-    figure, axes = _figure(figsize=(6, 4))
-    for treatment, group in table.groupby("treatment"):
-        axes.scatter(group[column], group["acc_mean"], label=treatment)
-        for _, row in group.iterrows():
-            axes.annotate(row["model"], (row[column], row["acc_mean"]), fontsize=7)
-    axes.set_xscale("log")
+    if len(table) and column in table:
+        table = table[table[column].notna() & table["acc_mean"].notna()]
+    else:
+        table = table.iloc[0:0].assign(**{column: []})
+    x, y = table[column].to_numpy(dtype=float) * scale, table["acc_mean"].to_numpy(dtype=float)
+    figure, axes = _figure(figsize=(7.5, 4.8))
+    styles = treatment_styles(table["treatment"]) if len(table) else {}
+    for treatment, style in styles.items():
+        group = table[table["treatment"] == treatment]
+        axes.plot(
+            group[column].to_numpy(dtype=float) * scale,
+            group["acc_mean"],
+            linestyle="none",
+            markersize=6,
+            label=treatment,
+            **style,
+        )
+    logarithmic = len(x) > 0 and bool((x > 0).all())
+    if logarithmic:
+        axes.set_xscale("log")
+        # Plain numbers (6, 10, 20), labelled minor ticks where the axis spans little.
+        axes.xaxis.set_major_formatter(LogFormatter())
+        axes.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes.set_xlabel(label)
     axes.set_ylabel("test accuracy (mean over seeds)")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
+    axes.grid(color="0.9", linewidth=0.6)
+    axes.set_axisbelow(True)
+    if styles:
+        axes.legend(
+            title="treatment",
+            fontsize=8,
+            title_fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
+    if len(table):  # room around the points for their labels, even around a single one
+        if logarithmic:
+            low, high = np.log10(x.min()), np.log10(x.max())
+            pad = 0.3 if high - low < 0.3 else 0.05 + 0.1 * (high - low)  # decades
+            axes.set_xlim(10 ** (low - pad), 10 ** (high + pad))
+        else:
+            pad = max(0.1 * (x.max() - x.min()), 0.1 * abs(x.max()), 1e-9)
+            axes.set_xlim(x.min() - pad, x.max() + pad)
+        pad = max(0.1 * (y.max() - y.min()), 0.02)
+        axes.set_ylim(y.min() - pad, y.max() + pad)
+    figure.tight_layout()  # once, and before the labels: they are placed where the axes are
+    points = list(zip(x, y, table["model"].astype(str), strict=True))
+    place_labels(axes, points)
     return figure
+
+
+# Where a label may go around its point: offsets (points) in rings of growing radius, the
+# closest first, each direction in a fixed order, so the placement is deterministic.
+_DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+_RADII = (5, 11, 18, 27, 38, 52, 70)
+
+
+def place_labels(axes, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
+    """Annotate each (x, y, text) next to its point where the label's box overlaps no other
+    label and no marker and stays inside the axes (with a thin leader line when it had to
+    move away), or else where it overlaps least. Call once the figure's layout is final."""
+    figure = axes.get_figure()
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    inside = axes.get_window_extent(renderer)
+    centres = axes.transData.transform([(x, y) for x, y, _ in points]) if points else []
+    half = 3.5 * figure.dpi / 72  # half a marker's width, pixels
+    taken = [Bbox.from_extents(cx - half, cy - half, cx + half, cy + half) for cx, cy in centres]
+    labels = []
+    for x, y, text in points:
+        probe = axes.annotate(text, (x, y), (0, 0), textcoords="offset points", fontsize=fontsize)
+        best, least = None, math.inf
+        for radius in _RADII:
+            for dx, dy in _DIRECTIONS:
+                _align(probe, dx, dy, radius)
+                box = probe.get_window_extent(renderer)
+                overlap = sum(_overlap(box, other) for other in taken)
+                overlap += box.width * box.height - _overlap(box, inside)
+                if overlap < least:
+                    best, least = (dx, dy, radius, box), overlap
+                if least <= 0:
+                    break
+            if least <= 0:
+                break
+        probe.remove()
+        dx, dy, radius, box = best
+        leader = {"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 1, "shrinkB": 3}
+        annotation = axes.annotate(
+            text,
+            (x, y),
+            (0, 0),
+            textcoords="offset points",
+            fontsize=fontsize,
+            arrowprops=leader if radius > _RADII[0] else None,
+        )
+        _align(annotation, dx, dy, radius)
+        taken.append(box)
+        labels.append(annotation)
+    return labels
+
+
+def _align(annotation, dx: int, dy: int, radius: float) -> None:
+    """Put the label ``radius`` points from its point, on the side (dx, dy) points to."""
+    annotation.set_position((dx * radius, dy * radius))
+    annotation.set_horizontalalignment({1: "left", -1: "right", 0: "center"}[dx])
+    annotation.set_verticalalignment({1: "bottom", -1: "top", 0: "center"}[dy])
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """Area two boxes share (pixels squared)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def confusion_matrices(matrices: dict[str, np.ndarray], class_names=CLASS_NAMES) -> Figure:

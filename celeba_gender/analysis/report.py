@@ -387,11 +387,13 @@ def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
     yield "accuracy_f1_intervals", figures.metric_intervals(configurations, analysis.runs)
     yield (
         "accuracy_vs_parameters",
-        figures.accuracy_versus(configurations, "params_mean", "inference parameters"),
+        figures.accuracy_versus(
+            configurations, "params_mean", "inference parameters (millions)", scale=1e-6
+        ),
     )
     yield (
         "accuracy_vs_training_time",
-        figures.accuracy_versus(configurations, "train_seconds_mean", "training seconds"),
+        figures.accuracy_versus(configurations, "train_seconds_mean", "training time (s)"),
     )
     # The configurations the figures show (one per model x treatment), validation-best first.
     shown = [(c, analysis.runs_of(c)) for _, c in conclusions.chosen(configurations).iterrows()]
