@@ -699,11 +699,22 @@ def test_the_heat_map_grid_averages_each_configurations_cells(sweep, report):
     settings = load_settings(**{"bootstrap.resamples": 20, "heat_maps.images_per_cell": per_cell})
     analysis = analyze_sweep(sweep, settings)
     figure = heat_map_figure(analysis)
-    rows = {}
+    rows, names = {}, []
     for axes in figure.axes[:-1]:  # the last is the colour bar
         if axes.get_ylabel():
+            names.append(axes.get_ylabel().split("\n")[0])
             rows[axes.get_ylabel().split("\n")[1]] = []
         rows[list(rows)[-1]].append(axes.get_title())
+        if axes.get_title().endswith("n=0"):  # an empty cell says so
+            assert [text.get_text() for text in axes.texts] == ["no images"]
+    # Rows by validation rank, the axes and the colour scale named.
+    order = [
+        f"{k + 1}. {model}/{treatment} [smoke]"
+        for k, (model, treatment) in enumerate(_validation_order(sweep))
+    ]
+    assert names == order
+    assert "true gender" in figure.get_supxlabel() and "rank" in figure.get_supylabel()
+    assert "Grad-CAM" in figure.axes[-1].get_ylabel()
     metrics = _metrics(sweep)
     ok = {j for j, r in metrics.items() if r["status"] == "ok"}
     configurations = {(metrics[j]["model"], metrics[j]["treatment"]) for j in ok}
@@ -830,6 +841,14 @@ def _ok_runs_by_configuration(sweep: Path) -> dict[tuple[str, str], list[str]]:
     return jobs
 
 
+def _validation_order(sweep: Path) -> list[tuple[str, str]]:
+    """Configurations by mean validation accuracy, ties to fewer parameters, then the name."""
+    val = _validation_accuracies(sweep)
+    ok_records = [r for r in _metrics(sweep).values() if r["status"] == "ok"]
+    params = {(r["model"], r["treatment"]): r["params"] for r in ok_records}
+    return sorted(val, key=lambda c: (-round(val[c], 9), params[c], c))
+
+
 def test_the_accuracy_figure_shows_each_run_with_its_bootstrap_interval(sweep, report, drawn):
     """Points, not bars cut at an arbitrary floor: each run at its test accuracy (F1) with the
     interval of runs.csv, the mean of its seeds marked, best validation accuracy at the top."""
@@ -850,14 +869,9 @@ def test_the_accuracy_figure_shows_each_run_with_its_bootstrap_interval(sweep, r
         assert sorted(means) == pytest.approx(sorted(several[f"{metric}_mean"]), abs=1e-9)
         assert axes.get_xlabel() == f"test {'accuracy' if metric == 'acc' else 'F1'}"
     shown = [t.get_text().split(". ", 1)[1] for t in figure.axes[0].get_yticklabels()]
-    val = _validation_accuracies(sweep)
-    ok_records = [r for r in _metrics(sweep).values() if r["status"] == "ok"]
-    params = {(r["model"], r["treatment"]): r["params"] for r in ok_records}
-    # Ties on validation accuracy: fewer parameters first, then the name (as the report ranks).
-    order = sorted(val, key=lambda c: (-round(val[c], 9), params[c], c))
-    assert [tuple(name.split(" / ")) for name in shown] == order
-    assert "mean over seeds" in figure._suptitle.get_text()
-    assert "95% cluster bootstrap over test celebrities" in figure._suptitle.get_text()
+    assert [tuple(name.split(" / ")) for name in shown] == _validation_order(sweep)
+    assert "mean over seeds" in figure.get_suptitle()
+    assert "95% cluster bootstrap over test celebrities" in figure.get_suptitle()
 
 
 def test_confusion_matrices_are_labelled_and_their_numbers_readable(sweep, drawn):

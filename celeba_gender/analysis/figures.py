@@ -672,14 +672,31 @@ def heat_map_grid(rows: dict[str, dict[str, object]], title: str) -> Figure:
             if cell.count:
                 face = Image.fromarray((cell.face * 255).round().astype(np.uint8))
                 axes.imshow(overlay(face, cell.heat))
+            else:
+                axes.text(
+                    0.5,
+                    0.5,
+                    "no images",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="0.4",
+                    transform=axes.transAxes,
+                )
             axes.set_title(f"{name}\nn={cell.count}", fontsize=7)
         axes_row[0].set_ylabel(label, fontsize=7)
     bar = figure.colorbar(
         ScalarMappable(Normalize(0, 1), cmap="jet"),
         ax=axes_grid.ravel().tolist(),
-        shrink=min(0.9, 0.35 + 0.15 * len(rows)),
+        shrink=min(0.8, 0.35 + 0.1 * len(rows)),
+        aspect=30,
     )
-    bar.set_label("mean map (1: each image's peak)", fontsize=7)
+    bar.set_label("mean Grad-CAM map (1: each image's peak)", fontsize=7)
     bar.ax.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=8)
+    figure.supxlabel(
+        "test images by true gender and whether the prediction was right (n: images averaged)",
+        fontsize=7,
+    )
+    figure.supylabel("configuration (validation rank) and the job drawn", fontsize=7)
     return figure

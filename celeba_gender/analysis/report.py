@@ -448,7 +448,8 @@ def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
         )
         return None
     rows = {}
-    for _, configuration in conclusions.ranked(analysis.configurations).iterrows():
+    ranked = conclusions.ranked(analysis.configurations)
+    for rank, configuration in ranked.iterrows():
         run = analysis.run_of(configuration)
         if run["job"] not in analysis.reliability:
             continue  # its predictions are gone (see the notes)
@@ -468,7 +469,8 @@ def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
         except DataError as error:  # CheckpointError, ExplainUnavailable (ONNX), a bad copy
             analysis.notes.append(f"{run['job']}: no heat maps ({error})")
             continue
-        rows[f"{conclusions.configuration_name(configuration)}\n{run['job']}"] = cells
+        name = conclusions.configuration_name(configuration)
+        rows[f"{rank + 1}. {name}\n{run['job']}"] = cells
     if not rows:
         analysis.notes.append("no heat-map grid: no configuration could be explained (above)")
         return None
