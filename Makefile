@@ -20,10 +20,10 @@ EXPERIMENT ?= first_run
 
 define install
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
-	@# Debian's chromium for the demo's browser test (no browser download by playwright).
+	@# Debian's chromium for the browser tests (no browser download by playwright).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		|| echo "no chromium: tests/test_demo.py's browser test will skip (fail under CI=true)"
+		|| echo "no chromium: the browser tests (-m browser) will skip (fail under CI=true)"
 	@touch $(INSTALLED)
 endef
 
