@@ -6,7 +6,7 @@ DATA ?= $(or $(CELEBA_ROOT),../shared/data/celeba-subset)
 TEST_WORKERS ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train smoke study-cpu sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale bench-tta clean
+.PHONY: help setup train smoke study-cpu sweep predict bench-latency analyze status tensorboard test test-fast lint format data-check bench-data bench-lightning bench-scale bench-tta readme-figures clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,10 +20,10 @@ EXPERIMENT ?= first_run
 
 define install
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
-	@# Debian's chromium for the demo's browser test (no browser download by playwright).
+	@# Debian's chromium for the browser tests (no browser download by playwright).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		|| echo "no chromium: tests/test_demo.py's browser test will skip (fail under CI=true)"
+		|| echo "no chromium: the browser tests (-m browser) will skip (fail under CI=true)"
 	@touch $(INSTALLED)
 endef
 
@@ -93,6 +93,10 @@ bench-scale: $(INSTALLED)  ## scan, cache, memory and training cost at 4k-50k im
 bench-tta: $(INSTALLED)  ## time to accuracy of a cpu_quick candidate, 3 seeds, then the report (RECIPE=prog64_112; ~9 min a seed)
 	$(PYTHON) benchmarks/time_to_accuracy.py run --recipe $(or $(RECIPE),prog64_112) --seeds 0,1,2 --root $(DATA)
 	$(PYTHON) benchmarks/time_to_accuracy.py report
+
+# The cpu_study sweep of `make study-cpu` unless SWEEP= names another.
+readme-figures: $(INSTALLED)  ## the README's demo.png and heat_maps.png from a sweep's validation-best run (SWEEP=...; ARGS='--heat-map-rows 4')
+	$(PYTHON) benchmarks/readme_figures.py --sweep $(or $(SWEEP),$(if $(CELEBA_GENDER_ROOT),$(CELEBA_GENDER_ROOT)/)outputs/multiruns/cpu_study) $(ARGS)
 
 clean:  ## remove caches and run outputs (not the venv, not ~/.cache/celeba_gender)
 	rm -rf outputs multirun lightning_logs .pytest_cache .ruff_cache

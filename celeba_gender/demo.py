@@ -344,6 +344,7 @@ def build_app(demo: Demo) -> Any:
                     columns=4,
                     height=300,
                     object_fit="contain",
+                    fit_columns=False,
                     elem_id="crops",
                 )
             with gr.Column(visible=several):
@@ -356,6 +357,7 @@ def build_app(demo: Demo) -> Any:
                     columns=4,
                     height=300,
                     object_fit="contain",
+                    fit_columns=False,
                     elem_id="crops_b",
                 )
                 message_b = gr.Markdown(elem_id="message_b")

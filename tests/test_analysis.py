@@ -748,6 +748,31 @@ def test_the_heat_map_grid_averages_each_configurations_cells(sweep, report):
         assert np.abs(cell.face - np.mean(faces, axis=0)).max() < 1e-5, name
 
 
+def test_the_heat_map_grid_can_keep_only_the_validation_best_configurations(sweep):
+    """heat_maps.max_configurations=2: the rows are the first two configurations by validation
+    (their lowest-seed jobs) of the five, and the title says so; 0 is refused."""
+    from celeba_gender.analysis.conclusions import configuration_name, ranked
+    from celeba_gender.analysis.report import heat_map_figure
+    from celeba_gender.data import DataError
+
+    settings = load_settings(
+        **{"bootstrap.resamples": 20, "heat_maps.images_per_cell": 2,
+           "heat_maps.max_configurations": 2}
+    )  # fmt: skip
+    analysis = analyze_sweep(sweep, settings)
+    figure = heat_map_figure(analysis)
+    labels = [axes.get_ylabel() for axes in figure.axes[:-1] if axes.get_ylabel()]
+    order = ranked(analysis.configurations)
+    assert len(order) == 5
+    assert labels == [
+        f"{configuration_name(c)}\n{analysis.run_of(c)['job']}" for _, c in order[:2].iterrows()
+    ]
+    assert figure.get_suptitle().endswith("configuration; the first 2 of 5 by validation)")
+    analysis.settings.heat_maps.max_configurations = 0
+    with pytest.raises(DataError, match="max_configurations=0: a whole number from 1, or null"):
+        heat_map_figure(analysis)
+
+
 def test_mean_heat_maps_vary_over_the_face(run_env, tmp_path):
     """At the smoke sweep's 32 px the last layer is 1x1, so a map is flat inside the face box;
     at 96 px (3x3) the mean maps must vary over the face, and differ between cells."""

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from conftest import delete_big_files, run_script
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,3 +196,90 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     # A budget the runs do not fit: nothing is chosen, so nothing may be tested.
     over = bench("report", "--out", str(runs), "--budget-minutes", "0.001", "--json", str(output))
     assert over.returncode == 0 and "chosen by validation: None" in over.stdout
+
+
+@pytest.fixture(scope="module")
+def readme_sweep(run_env, tmp_path_factory) -> Iterator[tuple[Path, str]]:
+    """A real sweep of two configurations at smoke size (ResNet-18 from scratch, BCE and CE);
+    the one with the lower test accuracy (on a tie: scratch_ce, last by name) is planted as the
+    validation-best: perfect validation predictions, the other's all wrong. (The folder, the
+    planted job.)"""
+    folder = tmp_path_factory.mktemp("readme_figures") / "sweep"
+    result = run_script(
+        "train.py", "-m", "model=resnet18", "treatment=scratch_bce,scratch_ce",
+        "experiment=smoke", f"hydra.sweep.dir={folder}", env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    test_acc = {
+        path.parent.name: json.loads(path.read_text())["test/acc"]
+        for path in folder.glob("*/metrics.json")
+    }
+    assert len(test_acc) == 2
+    planted = min(sorted(test_acc, reverse=True), key=test_acc.get)
+    for job in test_acc:
+        val = folder / job / "val_predictions.csv"
+        frame = pd.read_csv(val)
+        label = frame["label"].astype(float)  # the other's: all wrong, never exactly 0 or 1
+        frame.assign(p_male=label if job == planted else 0.75 - 0.5 * label).to_csv(
+            val, index=False
+        )
+    yield folder, planted
+    delete_big_files(folder)  # the checkpoints, once this file's tests are done
+
+
+def _grid_height(rows: int) -> int:
+    """Pixels of a heat-map grid of ``rows`` rows saved at the report's 120 dpi."""
+    from celeba_gender.analysis.figures import heat_map_grid
+    from celeba_gender.analysis.heat_maps import MeanMap
+
+    grid = heat_map_grid({f"row {i}": {"cell": MeanMap(0)} for i in range(rows)}, "")
+    return round(grid.get_size_inches()[1] * 120)
+
+
+@pytest.mark.slow
+def test_readme_figures_come_from_the_validation_best_run(readme_sweep, tmp_path):
+    """The planted run (validation-best, test-worst) is the one named, with its accuracies;
+    --heat-map-rows 1 of two configurations: a one-row grid, its row."""
+    sweep, planted = readme_sweep
+    result = _script(
+        "readme_figures.py", "--sweep", str(sweep), "--heat-map-rows", "1", "--no-demo",
+        "--resamples", "20", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "readme_figures.json").read_text())
+    metrics = json.loads((sweep / planted / "metrics.json").read_text())
+    assert record["job"] == planted and Path(record["run_dir"]) == (sweep / planted).resolve()
+    assert Path(record["checkpoint"]) == (sweep / planted / "checkpoints" / "best.ckpt").resolve()
+    assert (record["model"], record["treatment"]) == (metrics["model"], metrics["treatment"])
+    assert record["val_acc"] == 1.0 and record["test_acc"] == pytest.approx(metrics["test/acc"])
+    assert record["test_images"] == metrics["test_images"] and record["configurations"] == 2
+    assert f"run: {(sweep / planted).resolve()}" in result.stdout
+    # One row, the planted run's, of the two configurations.
+    assert [row["job"] for row in record["heat_map_rows"]] == [planted]
+    assert record["figures"] == ["heat_maps.png"]
+    height = Image.open(tmp_path / "heat_maps.png").height
+    assert height == _grid_height(1) != _grid_height(2)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_readme_demo_screenshot_answers_the_portrait(readme_sweep, chromium, tmp_path):
+    """--ckpt: the demo serving that run's checkpoint, screenshot once it answered."""
+    pytest.importorskip("playwright.sync_api", reason="playwright (dev extra)")
+    sweep, planted = readme_sweep
+    checkpoint = sweep / planted / "checkpoints" / "best.ckpt"
+    result = _script(
+        "readme_figures.py", "--ckpt", str(checkpoint), "--no-heat-maps", "--resamples", "20",
+        "--chromium", chromium, "--out", str(tmp_path),
+    )  # fmt: skip
+    # The script fails when the page asks for anything beyond 127.0.0.1.
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    record = json.loads((tmp_path / "readme_figures.json").read_text())
+    assert record["job"] == planted and record["figures"] == ["demo.png"]
+    # Served as its run folder: the page names the job and answers for the portrait's face.
+    assert re.fullmatch(
+        rf"{planted}: face 0 (fe)?male \(P\(male\) [01]\.\d\d\)", record["demo_answer"]
+    )
+    screenshot = Image.open(tmp_path / "demo.png")
+    assert screenshot.width == 1280 and screenshot.height >= 1400
+    assert (tmp_path / "demo.png").stat().st_size > 20_000

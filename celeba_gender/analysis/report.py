@@ -55,7 +55,8 @@ REFERENCE_FILE = "reference_study.csv"
 SETTINGS_FILE, CONCLUSIONS_FILE = "analysis.yaml", "conclusions.md"
 # How to read a figure that its title cannot say, under it in report.md.
 FIGURE_CAPTIONS = {
-    "heat_maps": "Heat maps: one row per configuration (its lowest-seed run), one column per "
+    "heat_maps": "Heat maps: one row per configuration (its lowest-seed run; validation-best "
+    "first, at most `heat_maps.max_configurations`), one column per "
     "gender x right/wrong cell of its test images (n: images averaged, at most "
     "`heat_maps.images_per_cell`); each cell is the mean Grad-CAM map toward the predicted "
     "class drawn over the mean of those images, so warm colour where the model looked on most "
@@ -434,9 +435,10 @@ def _figures(analysis: SweepAnalysis) -> Iterator[tuple[str, object]]:
 
 
 def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
-    """The mean heat maps of every configuration (rows, validation-best first) by gender and
-    right or wrong, or None with the reason in the notes. A configuration that cannot be
-    explained (checkpoint gone, images unreadable) loses its row, and the notes say why."""
+    """The mean heat maps of every configuration (rows, validation-best first; only the first
+    ``heat_maps.max_configurations`` when set) by gender and right or wrong, or None with the
+    reason in the notes. A configuration that cannot be explained (checkpoint gone, images
+    unreadable) loses its row, and the notes say why (the next one takes its place)."""
     settings = analysis.settings.get("heat_maps") or {}
     if not settings.get("enabled", True):
         analysis.notes.append("no heat-map grid: heat_maps.enabled=false")
@@ -447,9 +449,14 @@ def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
             "report does not"
         )
         return None
-    rows = {}
+    limit = settings.get("max_configurations")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise DataError(f"heat_maps.max_configurations={limit!r}: a whole number from 1, or null")
     ranked = conclusions.ranked(analysis.configurations)
+    rows = {}
     for rank, configuration in ranked.iterrows():
+        if limit is not None and len(rows) == limit:
+            break
         run = analysis.run_of(configuration)
         if run["job"] not in analysis.reliability:
             continue  # its predictions are gone (see the notes)
@@ -474,8 +481,14 @@ def heat_map_figure(analysis: SweepAnalysis) -> Figure | None:
     if not rows:
         analysis.notes.append("no heat-map grid: no configuration could be explained (above)")
         return None
+    shown = (
+        f"; the first {len(rows)} of {len(ranked)} by validation"
+        if limit and len(rows) < len(ranked)
+        else ""
+    )
     return figures.heat_map_grid(
-        rows, "mean Grad-CAM toward the predicted class (lowest-seed run of each configuration)"
+        rows,
+        f"mean Grad-CAM toward the predicted class (lowest-seed run of each configuration{shown})",
     )
 
 
