@@ -269,8 +269,8 @@ def sweep_scope(runs: pd.DataFrame, max_interval_width: float, confidence: float
             "**These numbers show the pipeline working, not a finding**: "
             + "; ".join(reasons)
             + f". A finding needs whole evaluation loops and intervals at most "
-            f"{100 * max_interval_width:g} points wide (`finding.max_interval_width`; at 90% "
-            "accuracy a 95% interval is about ±5 points with 140 independent test images, ±3 "
+            f"{100 * max_interval_width:g} points wide (`finding.max_interval_width`: a 95% "
+            "interval is about ±8 points with 140 independent test images at 50% accuracy, ±5 "
             "with 400). Names of a best below are the pipeline's output on this data, not "
             "evidence."
         )
