@@ -765,7 +765,8 @@ def test_the_heat_map_grid_can_keep_only_the_validation_best_configurations(swee
     order = ranked(analysis.configurations)
     assert len(order) == 5
     assert labels == [
-        f"{configuration_name(c)}\n{analysis.run_of(c)['job']}" for _, c in order[:2].iterrows()
+        f"{rank + 1}. {configuration_name(c)}\n{analysis.run_of(c)['job']}"
+        for rank, c in order[:2].iterrows()
     ]
     assert figure.get_suptitle().endswith("configuration; the first 2 of 5 by validation)")
     analysis.settings.heat_maps.max_configurations = 0

@@ -138,7 +138,7 @@ def test_the_analysis_of_several_sweep_folders_counts_each_job_once(continued_sw
         "--resamples", "50",
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "Jobs: 4 (4 ok)" in (tmp_path / "report" / "report.md").read_text()
+    assert "= 4 jobs (4 ok)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_the_local_launcher_survives_a_job_that_crashes_the_interpreter(run_env, tmp_path):
