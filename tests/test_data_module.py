@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,31 @@ def test_data_module_refuses_bad_settings(defective_copy, tmp_path):
         _module(defective_copy.root, tmp_path, balance="smote").setup()
     with pytest.raises(DataError, match="val part .* is empty"):
         _module(defective_copy.root, tmp_path, split="all").val_dataloader()
+
+
+def test_a_run_with_an_empty_test_part_is_refused_at_setup_not_after_training(
+    defective_copy, tmp_path
+):
+    module = _module(defective_copy.root, tmp_path, split_fractions=(0.9, 0.1, 0.0))
+    with pytest.raises(DataError, match=r"The test part of split=identity is empty .*test 0 "):
+        module.setup("fit")  # what a training run calls before its first epoch
+    assert len(module.datasets["train"]) > 0  # the split was made: only the check refused it
+    module.setup("validate")  # what does not need the test part still works
+
+
+def test_data_check_exits_non_zero_when_a_part_a_run_needs_is_empty(defective_copy):
+    partition = defective_copy.root / "Eval" / "list_eval_partition.txt"
+    names = [line.split()[0] for line in partition.read_text().splitlines()]
+    # An official partition file that puts nothing in test: a third validation, the rest train.
+    partition.write_text("".join(f"{name} {int(i % 3 == 0)}\n" for i, name in enumerate(names)))
+    result = _cli(str(defective_copy.root), "--split", "official")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"val +\d+ images", result.stdout)  # the report is printed first
+    assert re.search(r"test +0 images", result.stdout)
+    assert "The test part of split=official is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    evaluation = _cli(str(defective_copy.root), "--split", "all")  # eval needs test only
+    assert evaluation.returncode == 0, evaluation.stderr
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ from celeba_gender.data.cache import (
     human_bytes,
     remove_cache_entry,
 )
-from celeba_gender.data.datamodule import CelebADataModule
+from celeba_gender.data.datamodule import PARTS_NEEDED, CelebADataModule
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, SOURCES
 from celeba_gender.data.splits import SPLIT_METHODS
@@ -213,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary)
     # A file name that is not UTF-8 is shown escaped (\udcff), not a UnicodeEncodeError.
     print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    # split=all is for evaluating a trained model (eval.py); every other split, for training.
+    stage = "test" if args.split == "all" else "fit"
+    try:
+        module.check_parts(PARTS_NEEDED[stage])
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -43,6 +43,10 @@ from celeba_gender.data.transforms import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOADERS = ("cached", "per_sample")
+# The parts a Lightning stage reads: a training run fits, then tests the best weights, so an
+# empty test part must stop it before the first epoch. (No validation part is allowed: the
+# run then tests the last epoch's weights.)
+PARTS_NEEDED = {"fit": ("train", "test"), "test": ("test",), "validate": ("val",)}
 
 
 class CelebADataModule(L.LightningDataModule):
@@ -173,8 +177,11 @@ class CelebADataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- splitting
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+        if not self.datasets:
+            self._build_datasets()
+        self.check_parts(PARTS_NEEDED.get(stage or "", ()))
+
+    def _build_datasets(self) -> None:
         index = self._ensure_index()
         images = index.images
         part = assign_split(
@@ -222,7 +229,28 @@ class CelebADataModule(L.LightningDataModule):
                     [paths[r] for r in rows], labels[rows], rows, transform
                 )
         if self.summary_path is not None and self._is_global_zero():
-            self.write_summary(self.summary_path)
+            self.write_summary(self.summary_path)  # before the check: it shows which is empty
+
+    def empty_parts(self, needed: Sequence[str]) -> list[str]:
+        """The parts of ``needed`` that hold no image (train: after balancing)."""
+        if not self.datasets:
+            self._build_datasets()
+        return [name for name in needed if len(self.datasets[name]) == 0]
+
+    def check_parts(self, needed: Sequence[str]) -> None:
+        """Refuse, at setup, a split whose part a run needs is empty: found now, not after
+        every training epoch."""
+        empty = self.empty_parts(needed)
+        if not empty:
+            return
+        sizes = ", ".join(f"{name} {len(self.datasets[name])}" for name in PARTS)
+        fractions = f" {self.split_fractions}" if self.split == "identity" else ""
+        raise DataError(
+            f"The {' and '.join(empty)} part{'s' if len(empty) > 1 else ''} of "
+            f"split={self.split} {'are' if len(empty) > 1 else 'is'} empty for {self.root} "
+            f"({sizes} images); a run needs {' and '.join(needed)}. Choose another data.split "
+            f"or data.split_fractions{fractions}."
+        )
 
     def _is_celeba(self) -> bool:
         return self._ensure_index().layout.name not in OTHER_SOURCES
@@ -240,12 +268,8 @@ class CelebADataModule(L.LightningDataModule):
     def _loader(self, part: str, train: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
+        self.check_parts([part])
         dataset = self.datasets[part]
-        if len(dataset) == 0:
-            raise DataError(
-                f"The {part} part of split={self.split} is empty for {self.root}; "
-                "choose another data.split or data.split_fractions."
-            )
         common = {
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
