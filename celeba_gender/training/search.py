@@ -139,7 +139,7 @@ def study_plans(arguments: Sequence[str], config_loader: Any) -> list[StudyPlan]
     if searched:
         raise SearchError(
             f"{', '.join(searched)}: a searched range goes in the search space, e.g. "
-            "hydra.sweeper.params.optimizer.lr='tag(log,interval(1e-5,1e-2))' "
+            "'hydra.sweeper.params.optimizer.lr=\"tag(log,interval(1e-5,1e-2))\"' "
             "(comma lists on the command line make one study per value)."
         )
     varying = {o.get_key_element() for o in parsed if o.is_sweep_override()}
