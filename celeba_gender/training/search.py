@@ -164,22 +164,16 @@ class OptunaSearchSweeper(Sweeper):
         sampler: DictConfig | None = None,
         params: DictConfig | None = None,
     ) -> None:
-        if str(direction) not in DIRECTIONS:
-            raise SearchError(
-                f"hydra.sweeper.direction={direction}: expected max or min (monitor_mode)."
-            )
-        if int(n_trials) < 1 or int(n_jobs) < 1:
-            raise SearchError(
-                f"hydra.sweeper.n_trials={n_trials}, n_jobs={n_jobs}: both must be at least 1."
-            )
-        self.direction = DIRECTIONS[str(direction)]
-        self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
+        # Checked when the search starts (_check_settings), where a mistake can be one line.
+        self.direction = DIRECTIONS.get(str(direction), str(direction))
+        self.n_trials, self.n_jobs = n_trials, n_jobs
         self.storage = str(storage)
         self.sampler_config = sampler
         self.params = params
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.hydra_context: HydraContext | None = None
+        self._next_job = 0  # the run folder number of the next trial asked
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -203,6 +197,7 @@ class OptunaSearchSweeper(Sweeper):
         from optuna.storages.journal import JournalFileBackend
 
         assert self.config is not None and self.hydra_context is not None
+        self._check_settings()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         space, fixed = search_space(self.params)
         if not space:
@@ -232,9 +227,8 @@ class OptunaSearchSweeper(Sweeper):
             ),
             default=-1,
         )
-        returns: list[Sequence[JobReturn]] = []
         studies = []
-        for plan in plans:
+        for plan in plans:  # every study checked before the first trial
             study = optuna.create_study(
                 storage=storage,
                 study_name=plan.name,
@@ -242,10 +236,25 @@ class OptunaSearchSweeper(Sweeper):
                 load_if_exists=True,
             )
             self._check_same_search(study, plan, space, fixed, journal)
-            returns += self._run_study(study, plan, space, fixed)
             studies.append((plan, study))
+        returns: list[Sequence[JobReturn]] = []
+        for plan, study in studies:
+            returns += self._run_study(study, plan, space, fixed)
         self._report_best(studies, sweep_dir)
         return returns
+
+    def _check_settings(self) -> None:
+        if self.direction not in DIRECTIONS.values():
+            raise SearchError(
+                f"hydra.sweeper.direction={self.direction}: expected max or min (monitor_mode)."
+            )
+        given = f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs}"
+        try:
+            self.n_trials, self.n_jobs = int(self.n_trials), int(self.n_jobs)
+        except (TypeError, ValueError):
+            self.n_trials = self.n_jobs = 0
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise SearchError(f"{given}: each must be a whole number >= 1.")
 
     def _check_studies(self, plans: list[StudyPlan], space: dict, fixed: list[str]) -> None:
         """Compose each study's config with one value of each searched key and check it
