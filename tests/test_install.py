@@ -102,6 +102,7 @@ def test_the_wheel_carries_configs_notebook_sample_data_and_launchers(wheel):
         # every file of the package: modules, the sample data, the analysis' reference table
         *(p.relative_to(REPO).as_posix() for p in _shipped_files(REPO / "celeba_gender")),
         "hydra_plugins/celeba_gender_launchers/__init__.py",
+        "hydra_plugins/celeba_gender_search/__init__.py",
     }  # fmt: skip
     assert len([n for n in expected if n.startswith("celeba_gender/conf/")]) >= 30
     assert len([n for n in expected if "/assets/celeba_sample/img_align_celeba/" in n]) >= 100

@@ -74,7 +74,8 @@ def job_folders(sweep_dir: str | Path) -> list[Path]:
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     """The overrides of each job the sweep's command asked for, by job number, expanded as
-    Hydra's basic sweeper expands them (None when the folder has no readable multirun.yaml)."""
+    Hydra's basic sweeper expands them (None when the folder has no readable multirun.yaml, or
+    is a search's, whose folders are its list)."""
     record = sweep_dir / "multirun.yaml"
     if not record.is_file():
         return None
@@ -84,6 +85,9 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
+        sweeper = OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_", default="")
+        if not str(sweeper or "BasicSweeper").endswith("BasicSweeper"):
+            return None  # a search (hparams_search=) chooses its jobs as it goes
         overrides = list(OmegaConf.load(record).hydra.overrides.task)
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
