@@ -37,7 +37,7 @@ $(INSTALLED): pyproject.toml | $(PYTHON)
 setup: $(PYTHON)  ## create .venv and (re)install the package with its dev tools (and chromium, as root)
 	$(install)
 
-train: $(INSTALLED)  ## set up if needed, then a first run on the embedded sample, ~2 min (EXPERIMENT=cpu_quick, ARGS='model=vgg19 ...')
+train: $(INSTALLED)  ## set up if needed (once: ~2.5 min, ~7 GB), then a first run on the embedded sample, ~2 min on 2 free CPU cores (EXPERIMENT=cpu_quick, ARGS='model=vgg19 ...')
 	$(PYTHON) train.py $(if $(and $(EXPERIMENT),$(if $(findstring experiment=,$(ARGS)),,1)),experiment=$(EXPERIMENT)) $(ARGS)
 
 smoke: $(INSTALLED)  ## the 30-job sweep at smoke size (pretrained jobs need cached ImageNet weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -269,9 +270,11 @@ def test_unreadable_photos_raise_a_message_naming_the_file(tmp_path, content, me
     assert str(path) in str(error.value)
 
 
-def test_onnx_export_matches_pytorch_and_predict_runs_on_it(checkpoint, run_env, tmp_path):
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory) -> tuple[Path, str]:
+    """The checkpoint exported by the command: (the .onnx file, what it printed)."""
     pytest.importorskip("onnxruntime", reason="the predict extra installs onnxruntime")
-    onnx_path = tmp_path / "model.onnx"
+    onnx_path = tmp_path_factory.mktemp("export") / "model.onnx"
     result = subprocess.run(
         [sys.executable, "-m", "celeba_gender.inference.export", str(checkpoint), str(onnx_path)],
         capture_output=True,
@@ -280,13 +283,22 @@ def test_onnx_export_matches_pytorch_and_predict_runs_on_it(checkpoint, run_env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return onnx_path, result.stdout
+
+
+def test_onnx_export_matches_pytorch_and_predict_runs_on_it(
+    checkpoint, exported, run_env, tmp_path
+):
+    onnx_path, _ = exported
     crops = [Image.open(p).convert("RGB") for p in SAMPLE_IMAGES[:20]]
     torch_p = GenderPredictor.load(checkpoint).predict(crops)
     onnx_predictor = GenderPredictor.load(onnx_path, batch_size=7)  # uneven batches: dynamic axis
     onnx_p = onnx_predictor.predict(crops)
     assert onnx_p.shape == torch_p.shape == (20,)
     np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)
-    assert onnx_predictor.eval_transform == GenderPredictor.load(checkpoint).eval_transform
+    # The settings predict's transform is built from; not training's cache_size.
+    settings = GenderPredictor.load(checkpoint).eval_transform
+    assert onnx_predictor.eval_transform == {k: v for k, v in settings.items() if k != "cache_size"}
     output = tmp_path / "out"
     result = run_script(
         "predict.py",
@@ -299,6 +311,127 @@ def test_onnx_export_matches_pytorch_and_predict_runs_on_it(checkpoint, run_env,
     assert result.returncode == 0, result.stderr[-3000:]
     row = pd.read_csv(output / "predictions.csv").iloc[0]
     assert row["p_male"] == pytest.approx(float(torch_p[0]), abs=1e-4)
+
+
+def _apply_preprocessing(image: Image.Image, preprocessing: dict) -> np.ndarray:
+    """An export's metadata preprocessing, done with plain PIL and numpy: (3, H, W) float32."""
+    assert image.mode == preprocessing["input"]["mode"] == "RGB"
+    assert image.size == (preprocessing["input"]["width"], preprocessing["input"]["height"])
+    channels = [np.asarray(channel, dtype=np.float32) for channel in image.split()]
+    for step in preprocessing["steps"]:
+        if step["op"] == "crop":
+            top, left, height, width = (step[k] for k in ("top", "left", "height", "width"))
+            channels = [c[top : top + height, left : left + width] for c in channels]
+        elif step["op"] == "to_float":
+            assert step["dtype"] == "float32"
+            channels = [c / np.float32(step["divide_by"]) for c in channels]
+        elif step["op"] == "resize":
+            assert step["antialias"]  # PIL's resize is antialiased
+            size = (step["width"], step["height"])
+            filter_ = Image.Resampling[step["interpolation"].upper()]
+            channels = [
+                np.asarray(Image.fromarray(c, mode="F").resize(size, filter_)) for c in channels
+            ]
+        elif step["op"] == "normalize":
+            channels = [
+                (c - m) / s for c, m, s in zip(channels, step["mean"], step["std"], strict=True)
+            ]
+        else:
+            raise AssertionError(f"unknown step {step}")
+    assert preprocessing["layout"].startswith("NCHW float32")
+    return np.stack(channels).astype(np.float32)
+
+
+def test_export_says_what_it_made_and_its_metadata_preprocessing_reproduces_predict(
+    checkpoint, exported
+):
+    """The command prints the input and output (names, shapes, the batch axis), predict's
+    preprocessing and a parity check on real faces; the file's metadata holds them (no
+    cache_size: predict resizes once), and that preprocessing done with PIL and numpy, fed to
+    onnxruntime, gives predict's P(male)."""
+    import onnxruntime
+
+    from celeba_gender.inference.export import INPUTS_KEY, OUTPUTS_KEY, PARITY_KEY
+    from celeba_gender.inference.export import PREPROCESSING_KEY as PREPROCESSING
+
+    onnx_path, printed = exported
+    size = GenderPredictor.load(checkpoint).eval_transform["image_size"]
+    lines = printed.splitlines()
+    assert lines[0] == f"exported: {onnx_path}"
+    assert f"input: images float32 [batch, 3, {size}, {size}] (batch: any from 1 to 4096)" in lines
+    assert "output: p_male float32 [batch] (batch: any from 1 to 4096)" in lines
+    (parity_line,) = [line for line in lines if line.startswith("parity:")]
+    match = re.match(
+        r"parity: max \|P\(male\) difference\| (\S+) on 8 images of (.+?) \(", parity_line
+    )
+    assert match, parity_line
+    assert float(match[1]) < 1e-4 and Path(match[2]) == SAMPLE / "img_align_celeba"
+    assert any(line.startswith("  resize to") and "bilinear" in line for line in lines)
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    assert not [key for key, value in metadata.items() if "cache_size" in key + value]
+    inputs, outputs = json.loads(metadata[INPUTS_KEY]), json.loads(metadata[OUTPUTS_KEY])
+    assert [(v["name"], v["shape"]) for v in inputs] == [("images", ["batch", 3, size, size])]
+    assert [(v["name"], v["shape"]) for v in outputs] == [("p_male", ["batch"])]
+    assert inputs[0]["batch_axis"] == {"name": "batch", "index": 0, "min": 1, "max": 4096}
+    # ... as the graph itself says
+    assert [(v.name, v.shape) for v in session.get_inputs()] == [
+        (i["name"], i["shape"]) for i in inputs
+    ]
+    assert [(v.name, v.shape) for v in session.get_outputs()] == [("p_male", ["batch"])]
+    parity = json.loads(metadata[PARITY_KEY])
+    assert parity["images"] == 8 and parity["max_abs_diff_p_male"] == pytest.approx(
+        float(match[1]), rel=0.01
+    )
+    assert parity["tolerance"] == 1e-3
+
+    preprocessing = json.loads(metadata[PREPROCESSING])
+    assert [step["op"] for step in preprocessing["steps"]] == [
+        "crop",
+        "to_float",
+        "resize",
+        "normalize",
+    ]
+    resize = preprocessing["steps"][2]
+    assert (resize["height"], resize["width"], resize["interpolation"]) == (size, size, "bilinear")
+    crops = [Image.open(path).convert("RGB") for path in SAMPLE_IMAGES[20:30]]
+    batch = np.stack([_apply_preprocessing(crop, preprocessing) for crop in crops])
+    (by_hand,) = session.run(["p_male"], {"images": batch})
+    np.testing.assert_allclose(by_hand, GenderPredictor.load(checkpoint).predict(crops), atol=1e-4)
+
+
+def test_an_export_that_differs_from_its_checkpoint_is_refused_and_not_written(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """A translation that changes the model (here: the exporter handed a model whose P(male)
+    is halved) fails the parity check at the configured tolerance: one clear error, and no
+    file (nor a temporary one) left."""
+    pytest.importorskip("onnxruntime", reason="the predict extra installs onnxruntime")
+    import torch
+
+    from celeba_gender.inference.export import main
+
+    translate = torch.onnx.export
+
+    class Halved(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images) * 0.5
+
+    def mistranslate(model, *args, **kwargs):
+        return translate(Halved(model), *args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", mistranslate)
+    assert main([str(checkpoint), str(tmp_path / "model.onnx")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1, printed.err
+    assert re.search(r"differs from the checkpoint's by up to \S+ on 8 photos", printed.err)
+    assert "export.parity_tolerance=0.001" in printed.err and "nothing written" in printed.err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +30,7 @@ from celeba_gender import config
 
 REPO = Path(__file__).resolve().parents[1]
 # What the build reads: the metadata, and the folders the wheel is made of.
-BUILD_INPUTS = ["pyproject.toml", "README.md"]
+BUILD_INPUTS = ["pyproject.toml", "README.md", "LICENSE", ".gitignore"]
 BUILD_TREES = ["celeba_gender", "conf", "notebooks", "hydra_plugins"]
 
 
@@ -47,28 +48,64 @@ def _run(command: list, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
     return result
 
 
+@dataclass(frozen=True)
+class Build:
+    wheel: Path
+    log: str  # what the build printed (stdout and stderr, --verbose)
+    untracked: list[str]  # files the build left that git would offer to commit
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel `pip install .` would build, from a copy of the clone's sources."""
+def build(tmp_path_factory) -> Build:
+    """The wheel `pip install .` would build, from a copy of the clone's sources made a git
+    repository with everything staged, so that what the build leaves behind shows."""
     source = tmp_path_factory.mktemp("source")
     for name in BUILD_INPUTS:
         shutil.copy2(REPO / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in BUILD_TREES:
         shutil.copytree(REPO / name, source / name, ignore=ignore)
+    _run(["git", "init", "--quiet"], cwd=source)
+    _run(["git", "add", "--all"], cwd=source)
     dist = tmp_path_factory.mktemp("dist")
     built = _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "--verbose", "--wheel-dir", str(dist), str(source)],
         cwd=source,
     )  # fmt: skip
-    # A folder of files the packages list leaves out (a new config group): setuptools warns,
-    # and says it will stop shipping such files.
-    left_out = [line for line in built.stderr.splitlines() if "absent from the `packages`" in line]
-    assert left_out == [], "add to pyproject's packages:\n" + "\n".join(left_out)
+    untracked = _run(["git", "ls-files", "--others", "--exclude-standard"], cwd=source)
     shutil.rmtree(source)
     (wheel_file,) = dist.glob("celeba_gender-*.whl")
-    return wheel_file
+    return Build(wheel_file, built.stdout + built.stderr, untracked.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def wheel(build) -> Path:
+    # A folder of files the packages list leaves out (a new config group): setuptools warns,
+    # and says it will stop shipping such files.
+    left_out = [line for line in build.log.splitlines() if "absent from the `packages`" in line]
+    assert left_out == [], "add to pyproject's packages:\n" + "\n".join(left_out)
+    return build.wheel
+
+
+def test_the_build_declares_its_license_and_leaves_nothing_for_git(build):
+    """PEP 639 metadata (an SPDX expression and the LICENSE file, no deprecated license
+    table, which setuptools stops building after 2027-02-18), and no build leftovers (build/,
+    *.egg-info) outside .gitignore."""
+    lines = build.log.lower().splitlines()
+    assert [line for line in lines if "deprecat" in line and "license" in line] == []
+    with zipfile.ZipFile(build.wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+        (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        shipped = archive.read(license_file).decode()
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
+    assert not [h for h in headers if h.startswith("License:")]  # the deprecated field
+    assert shipped == (REPO / "LICENSE").read_text()
+    assert "MIT License" in shipped and "non-commercial research" in shipped
+    assert build.untracked == []
 
 
 def test_configs_notebook_and_outputs_resolve_in_the_clone(monkeypatch, tmp_path):
