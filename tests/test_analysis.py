@@ -29,6 +29,7 @@ from torchmetrics.functional.classification import binary_auroc
 from celeba_gender.analysis import (
     analyze_sweep,
     collect_runs,
+    conclusions,
     execute_notebook,
     load_settings,
     reference_results,
@@ -48,7 +49,7 @@ from celeba_gender.analysis.statistics import (
     seed_summary,
     weighted_metrics,
 )
-from celeba_gender.analysis.tables import interval_cell
+from celeba_gender.analysis.tables import interval_cell, run_table
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.models import pretrained_weights_file
 
@@ -1025,3 +1026,23 @@ def test_cost_figures_label_every_point_without_overlap(drawn, name):
             assert not box.overlaps(other), (box, other)
     if name == "accuracy_vs_parameters":
         assert axes.get_xlabel() == "inference parameters (millions)"
+
+
+def test_run_facts_survive_metric_names_and_a_missing_metric_is_no_seed(sweep, tmp_path):
+    jobs = [_job(sweep, ("resnet18", "scratch_bce"), seed) for seed in (0, 1)]
+    copy = _copy_jobs(sweep, tmp_path, jobs)
+    record = json.loads((copy / jobs[1] / "metrics.json").read_text())
+    record["test/acc"] = float("nan")  # a run whose accuracy could not be computed
+    (copy / jobs[1] / "metrics.json").write_text(json.dumps(record))
+    runs = collect_runs(copy).set_index("job")
+    assert set(runs["loss"]) == {"bce"}  # the loss function, not the test loss
+    assert runs.loc[jobs[0], "test_loss"] == pytest.approx(_metrics(sweep)[jobs[0]]["test/loss"])
+    assert runs.loc[jobs[1], "missing_metrics"] == "acc"
+    assert runs.loc[jobs[0], "missing_metrics"] == ""
+    configuration = seed_summary(runs.reset_index()).iloc[0]
+    assert (configuration["ok"], configuration["acc_seeds"], configuration["f1_seeds"]) == (2, 1, 2)
+    assert configuration["acc_mean"] == pytest.approx(runs.loc[jobs[0], "acc"])
+    spread = conclusions._spread(configuration)
+    assert "over 2 seeds" not in spread and "1 finished seed(s) without a test accuracy" in spread
+    table = run_table(runs.reset_index()).set_index("job")
+    assert table.loc[jobs[1], "status"] == "ok (no acc)"

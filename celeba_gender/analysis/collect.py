@@ -38,6 +38,7 @@ COLUMNS = (
     "status",
     *RUN_FACTS,
     *METRICS,
+    "test_loss",
     "test_images",
     "best_val",
     "monitor",
@@ -47,6 +48,7 @@ COLUMNS = (
     "train_images_per_second",
     "test_images_per_second",
     "wall_seconds",
+    "missing_metrics",
     "error",
     "data_root",
     "run_dir",
@@ -163,10 +165,24 @@ def _read_metrics(folder: Path) -> dict:
         record["numeric_precision"] = record.pop("precision", None)
     if record["numeric_precision"] is not None:  # 32 in older records, "32" now
         record["numeric_precision"] = str(record["numeric_precision"])
-    record = {k.removeprefix("test/"): v for k, v in record.items()}
+    # Test metrics lose their prefix (acc, f1, ...) except where the name is a run fact: the
+    # test loss must not overwrite the loss function (loss: bce).
+    record = {_metric_column(k, record): v for k, v in record.items()}
+    if record.get("status") == "ok":
+        # Flagged, and not counted as a seed of that metric (statistics.seed_summary).
+        record["missing_metrics"] = ",".join(
+            m
+            for m in METRICS
+            if not isinstance(record.get(m), (int, float)) or record[m] != record[m]
+        )
     if record.get("status") == "failed":
         record["error"] = f"{record.get('error_type', 'Error')}: {record.get('error', '')}"
     return record
+
+
+def _metric_column(key: str, record: dict) -> str:
+    name = key.removeprefix("test/")
+    return f"test_{name}" if name != key and name in record else name
 
 
 STATUS_RANK = {"ok": 0, "interrupted": 1, "failed": 2, "missing": 3}
@@ -229,6 +245,7 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     for column in ("seed", "depth", "image_size", "params", "test_images"):
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")
+    runs["missing_metrics"] = runs["missing_metrics"].astype(object).fillna("")
     return runs.reset_index(drop=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats
 
-from celeba_gender.analysis.statistics import IDENTITIES, holm, wilcoxon_paired
+from celeba_gender.analysis.statistics import IDENTITIES, holm, metric_seeds, wilcoxon_paired
 
 
 def ranked(configurations: pd.DataFrame) -> pd.DataFrame:
@@ -92,8 +92,11 @@ def _points(value: float) -> str:
 
 def _spread(row: pd.Series) -> str:
     std = row.get("acc_std")
-    seeds = int(row["ok"])
-    return f"± {100 * std:.2f} over {seeds} seeds" if seeds > 1 and pd.notna(std) else "1 seed"
+    seeds = metric_seeds(row, "acc")
+    text = f"± {100 * std:.2f} over {seeds} seeds" if seeds > 1 and pd.notna(std) else "1 seed"
+    if seeds < int(row["ok"]):
+        text += f"; {int(row['ok']) - seeds} finished seed(s) without a test accuracy, left out"
+    return text
 
 
 def _val_and_test(val: float, test: float) -> str:

@@ -286,8 +286,17 @@ def seed_summary(runs: pd.DataFrame, keys: tuple[str, ...] = CONFIGURATION) -> p
         means = by_config.mean().add_suffix("_mean")
         spread = [m for m in (*METRICS, "val_acc") if m in runs]
         stds = by_config[spread].std(ddof=1)
-        summary = summary.join(means).join(stds.add_suffix("_std"))
+        # A seed whose metric is NaN or missing is left out of that metric's mean, so it is
+        # not counted among that metric's seeds either.
+        seeds = by_config[spread].count().add_suffix("_seeds")
+        summary = summary.join(means).join(stds.add_suffix("_std")).join(seeds)
     return summary.reset_index()
+
+
+def metric_seeds(configuration: pd.Series, metric: str) -> int:
+    """How many of a configuration's successful seeds have a value of ``metric``."""
+    count = configuration.get(f"{metric}_seeds")
+    return int(configuration["ok"] if count is None or pd.isna(count) else count)
 
 
 def wilcoxon_paired(differences: pd.Series) -> float | None:

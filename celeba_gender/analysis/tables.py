@@ -7,6 +7,7 @@ import pandas as pd
 
 from celeba_gender.analysis import conclusions
 from celeba_gender.analysis.collect import METRICS
+from celeba_gender.analysis.statistics import metric_seeds
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -68,17 +69,19 @@ def configuration_table(configurations: pd.DataFrame) -> pd.DataFrame:
         seeds = int(row["ok"])
         interval = (
             interval_cell(row["acc_mean"], row.get("acc_ci_low"), row.get("acc_ci_high"))
-            if seeds == 1
-            else _spread(row["acc_mean"], row.get("acc_std"), seeds)
+            if metric_seeds(row, "acc") == 1
+            else _spread(row["acc_mean"], row.get("acc_std"), metric_seeds(row, "acc"))
         )
         rows.append(
             {
                 "#": rank + 1,
                 "configuration": conclusions.configuration_name(row),
                 "seeds ok/all": f"{seeds}/{int(row['runs'])}",
-                "val acc %": _spread(row.get("val_acc_mean"), row.get("val_acc_std"), seeds),
+                "val acc %": _spread(
+                    row.get("val_acc_mean"), row.get("val_acc_std"), metric_seeds(row, "val_acc")
+                ),
                 "test acc %": interval,
-                "F1 %": _spread(row.get("f1_mean"), row.get("f1_std"), seeds),
+                "F1 %": _spread(row.get("f1_mean"), row.get("f1_std"), metric_seeds(row, "f1")),
                 "AUROC %": _percent(row.get("auroc_mean")),
                 "params M": _millions(row.get("params_mean")),
                 "train min": _minutes(row.get("train_seconds_mean")),
@@ -96,7 +99,10 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "job": run["job"],
-                "status": run["status"],
+                # A finished run without a metric says which (left out of that mean).
+                "status": f"ok (no {run['missing_metrics']})"
+                if ok and run.get("missing_metrics")
+                else run["status"],
                 "val acc %": _percent(run.get("val_acc")) if ok else "",
                 "test acc % [interval]": interval_cell(
                     run.get("acc"), run.get("acc_ci_low"), run.get("acc_ci_high")
