@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,9 +191,25 @@ def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp
     assert "seed: 42 -> 7" in changed.stderr
     assert "Traceback" not in changed.stderr
     assert file_stamps(folder) == before
-    # What may change on resumption does not refuse (here: how often to checkpoint).
-    resumed = _train(folder, "resume=true", "checkpoint_every_n_steps=100", env=run_env)
+    # A damaged last.ckpt (a copy of the folder, truncated): one line naming it and the way out.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    last = damaged / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before_damaged = file_stamps(damaged)
+    refused = _train(damaged, "resume=true", env=run_env)
+    assert refused.returncode == 2
+    assert f"{last} is damaged" in refused.stderr and f"rm '{last}'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert file_stamps(damaged) == before_damaged  # no traceback written into metrics.json
+    # A moved folder resumes: keys made from paths.* (checkpoint dirpath, TensorBoard's
+    # save_dir, trainer.default_root_dir) are where things are, not what is computed; and what
+    # may change on resumption does not refuse (here: how often to checkpoint).
+    moved = tmp_path / "moved"
+    shutil.move(folder, moved)
+    resumed = _train(moved, "resume=true", "checkpoint_every_n_steps=100", env=run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
 
 
 def test_resume_without_a_checkpoint_starts_fresh_and_says_so(run_env, tmp_path):

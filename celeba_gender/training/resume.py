@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import random
+import re
 import signal
 import sys
 from collections.abc import Iterable, Sequence
@@ -352,7 +353,15 @@ def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunSt
             "or choose another hydra.run.dir."
         )
     _refuse_changed_config(cfg, output_dir)
-    return RunStart(checkpoint=last, resume_step=checkpoint_step(last))
+    try:
+        step = checkpoint_step(last)
+    except Exception as error:  # noqa: BLE001 - truncated, empty, not a checkpoint at all
+        raise ResumeRefused(
+            f"{last} is damaged and cannot be resumed from ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). To start this run "
+            f"over in the same folder, delete it (rm '{last}') and run the command again."
+        ) from None
+    return RunStart(checkpoint=last, resume_step=step)
 
 
 def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
@@ -360,7 +369,11 @@ def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
     if saved is None:
         log.warning("No saved config in %s: resuming without checking it.", output_dir)
         return
-    differences = config_differences(saved, resolved(cfg), cfg.get("resume_ignore", ()))
+    ignore = list(cfg.get("resume_ignore", ()))
+    # A key whose value is made from an ignored one (checkpoint dirpath: ${paths.output_dir}/...)
+    # is where things are too: a moved or copied run folder resumes.
+    ignore += derived_keys(OmegaConf.to_container(cfg, resolve=False), ignore)
+    differences = config_differences(saved, resolved(cfg), ignore)
     if differences:
         raise ResumeRefused(
             f"resume=true, but this command's config differs from the one {output_dir} was "
@@ -425,6 +438,25 @@ def config_differences(saved: dict, current: dict, ignore: Iterable[str] = ()) -
         if before != after:
             lines.append(f"{key}: {before!r} -> {after!r}")
     return lines
+
+
+def derived_keys(config: dict, ignore: Iterable[str]) -> list[str]:
+    """The dotted keys of an unresolved ``config`` whose value interpolates an ignored key
+    (``${paths.output_dir}``), directly or through other such keys."""
+    flat = {k: v for k, v in flatten_config(config).items() if isinstance(v, str) and "${" in v}
+    ignored = list(ignore)
+    derived: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for key, value in flat.items():
+            if key in derived:
+                continue
+            referenced = re.findall(r"\$\{([\w.]+)\}", value)
+            if any(is_ignored(name, ignored) or name in derived for name in referenced):
+                derived.append(key)
+                changed = True
+    return derived
 
 
 def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
