@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, delete_big_files, file_stamps, run_script
+from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
 
 from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
-from celeba_gender.training.resume import AtomicCheckpointIO, config_differences
+from celeba_gender.training.resume import AtomicCheckpointIO, OutOfSpace, config_differences
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
 # checkpoints every 4 steps (steps 4, 8 and 16 fall inside an epoch).
@@ -309,3 +309,32 @@ def test_loader_workers_ignore_stop_signals_so_the_main_process_can_save():
         _WorkerSignals(), num_workers=1, worker_init_fn=ignore_stop_signals, batch_size=None
     )
     assert all(all(ignored) for ignored in loader)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs; mounting needs root, as CI has)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        _unavailable(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_while_checkpointing_is_named_and_the_previous_checkpoint_kept(small_disk):
+    path = small_disk / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"weights": torch.arange(1000.0)}, path)  # fits
+    before = path.read_bytes()
+    with pytest.raises(OutOfSpace) as refused:
+        io.save_checkpoint({"weights": torch.zeros(2**19)}, path)  # 2 MiB does not
+    message = str(refused.value)
+    assert f"No space left in {small_disk} to write last.ckpt" in message
+    assert "needs about 2.10 MB" in message and "resume=true" in message, message
+    assert "previous last.ckpt is intact" in message
+    assert path.read_bytes() == before
+    assert [p.name for p in small_disk.iterdir()] == ["last.ckpt"]  # no temporary file left

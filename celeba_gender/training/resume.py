@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fnmatch
 import json
 import logging
 import random
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterable, Sequence
@@ -33,7 +35,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from celeba_gender.data.cache import atomic_output, atomic_write
+from celeba_gender.data.cache import atomic_output, atomic_write, human_bytes
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
 from celeba_gender.training.outputs import METRICS_FILE
 
@@ -171,8 +173,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # checkpoints, so any such file is stale.
         for stale in path.parent.glob(f".{path.name}.*"):
             stale.unlink(missing_ok=True)
-        with atomic_output(path) as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_output(path) as handle:
+                torch.save(checkpoint, handle)
+        except (OSError, RuntimeError) as error:
+            # torch.save on a full disk says "[enforce fail at inline_container.cc] unexpected
+            # pos": tell it apart by the space left, and say so.
+            needed = _checkpoint_bytes(checkpoint)
+            free = shutil.disk_usage(path.parent).free
+            if getattr(error, "errno", None) != errno.ENOSPC and free >= needed:
+                raise
+            kept = f"the previous {path.name} is intact; " if path.is_file() else ""
+            raise OutOfSpace(
+                f"No space left in {path.parent} to write {path.name}: it needs about "
+                f"{human_bytes(needed)}, {human_bytes(free)} is free. Free some space (or point "
+                f"paths.log_dir elsewhere); {kept}continue with the same command and "
+                "resume=true."
+            ) from None
+
+
+class OutOfSpace(OSError):
+    """A file the run must write does not fit on its disk."""
+
+
+def _checkpoint_bytes(node: Any) -> int:
+    """What a checkpoint's tensors take on disk (its other values are small)."""
+    if isinstance(node, torch.Tensor):
+        return node.numel() * node.element_size()
+    if isinstance(node, dict):
+        return sum(_checkpoint_bytes(value) for value in node.values())
+    if isinstance(node, (list, tuple)):
+        return sum(_checkpoint_bytes(value) for value in node)
+    return 0
 
 
 class ResumeState(L.Callback):

@@ -52,6 +52,7 @@ from celeba_gender.training.resume import (
     LAST_CHECKPOINT,
     AtomicCheckpointIO,
     LastCheckpoint,
+    OutOfSpace,
     ResumeRefused,
     ResumeState,
     StopSignals,
@@ -97,7 +98,7 @@ def quiet_third_party_output() -> None:
 
 
 quiet_third_party_output()  # on import: every entry point that trains or tests imports this
-USER_ERRORS = (DataError, PretrainedWeightsUnavailable)
+USER_ERRORS = (DataError, PretrainedWeightsUnavailable, OutOfSpace)
 TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss")
 
 
@@ -463,7 +464,10 @@ def _guarded(
                 context = describe(cfg)
             except Exception:  # noqa: BLE001 - a broken config must not hide the real error
                 context = {}
-            write_failure(output_dir, error, context)
+            try:
+                write_failure(output_dir, error, context)
+            except OSError as unwritten:  # a full disk: the error itself still gets shown
+                log.warning("Could not record the failure in %s: %s", output_dir, unwritten)
         if _in_multirun():
             log.exception(
                 "Job failed; recorded in %s. The sweep goes on.", output_dir / METRICS_FILE
