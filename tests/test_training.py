@@ -398,3 +398,21 @@ def test_run_outputs_follow_the_users_umask(umask, run_env, tmp_path):
         if stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~umask
     }
     assert wrong == {}
+
+
+def test_metrics_record_the_precision_that_ran(run_env, tmp_path):
+    folder = tmp_path / "run"
+    # On a CPU Lightning runs 16-bit mixed precision as bfloat16.
+    result = _run(
+        "train.py",
+        "experiment=smoke",
+        "trainer.precision=16-mixed",
+        "trainer.limit_test_batches=1",
+        "trainer.limit_predict_batches=1",
+        f"hydra.run.dir={folder}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["numeric_precision"] == "bf16-mixed"
+    assert "trainer.precision=16-mixed ran as bf16-mixed" in result.stdout + result.stderr

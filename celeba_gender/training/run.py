@@ -204,6 +204,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise
 
 
+def _precision_that_ran(cfg: DictConfig, trainer: L.Trainer) -> dict[str, str]:
+    """The run fact naming the numeric precision, as the trainer ran it."""
+    facts = cfg.get("run_facts") or {}
+    name = next((k for k, key in facts.items() if key == "trainer.precision"), None)
+    asked, ran = str(cfg.trainer.precision), str(trainer.precision)
+    # Only another number format counts ("32" runs as "32-true": the same).
+    if name is None or ran.split("-")[0] == asked.split("-")[0]:
+        return {}
+    log.warning("trainer.precision=%s ran as %s on this machine.", asked, ran)
+    return {name: ran}
+
+
 def _interrupted_record(cfg: DictConfig, stop: TrainingInterrupted, output_dir: Path) -> dict:
     return {
         "status": "interrupted",
@@ -282,6 +294,8 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     record = {
         "status": "ok",
         **describe(cfg),
+        # What ran, not what was asked: Lightning runs 16-mixed as bf16-mixed on a CPU.
+        **_precision_that_ran(cfg, trainer),
         **test_results,
         "epochs_trained": trainer.current_epoch,
         "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
