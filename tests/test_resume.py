@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import torch
 from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
 
 from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
+from celeba_gender.training.folder_lock import RunFolderInUse, _claim_without_flock
 from celeba_gender.training.resume import AtomicCheckpointIO, OutOfSpace, config_differences
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
@@ -338,3 +340,57 @@ def test_a_full_disk_while_checkpointing_is_named_and_the_previous_checkpoint_ke
     assert "previous last.ckpt is intact" in message
     assert path.read_bytes() == before
     assert [p.name for p in small_disk.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_two_processes_never_share_a_run_folder(run_env, tmp_path):
+    folder = tmp_path / "run"
+    long_run = ("trainer.max_epochs=40",)  # long enough to still run while the second starts
+    killed = _train(folder, *long_run, "fault.kill_at_step=5", env=run_env)
+    assert killed.returncode == -signal.SIGKILL
+    lock = folder / ".run.lock"
+    assert lock.read_text() != ""  # the dead process's record stays: its flock went with it
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *RUN, *long_run, f"hydra.run.dir={folder}"]
+        + ["resume=true"],
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while f'"pid": {first.pid}' not in lock.read_text() and time.monotonic() < deadline:
+            assert first.poll() is None, "the first process ended before taking the folder"
+            time.sleep(0.1)
+        second = _train(folder, *long_run, "resume=true", env=run_env)
+        assert first.poll() is None, "the first process must still hold the folder"
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{folder} is in use by pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves and records "interrupted"
+        first.wait(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "interrupted"
+    assert lock.read_text() == ""  # released: the next command takes it
+
+
+def test_without_file_locks_the_recorded_holder_decides(tmp_path):
+    """Where flock is not supported, a dead holder on this host is taken over; a live one, or
+    one on another host (not checkable from here), refuses."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    path = tmp_path / ".run.lock"
+    for holder, refused in (
+        ({"pid": int(dead), "host": socket.gethostname()}, None),
+        ({"pid": os.getppid(), "host": socket.gethostname()}, f"pid {os.getppid()} on "),
+        ({"pid": 1, "host": "another-node"}, f"If that job is gone, delete {path}"),
+    ):
+        path.write_text(json.dumps(holder))
+        with path.open("a+") as handle:
+            if refused is None:
+                _claim_without_flock(handle, path)
+            else:
+                with pytest.raises(RunFolderInUse, match=re.escape(refused)):
+                    _claim_without_flock(handle, path)

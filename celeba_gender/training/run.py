@@ -7,6 +7,7 @@ fails inside a sweep is recorded in its folder while the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -38,6 +39,7 @@ from celeba_gender.training.callbacks import (
 )
 from celeba_gender.training.ddp import global_rank, reset_distributed_state
 from celeba_gender.training.faults import KillAtStep
+from celeba_gender.training.folder_lock import hold_run_folder
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -181,10 +183,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = _output_dir(cfg)
     checkpoint_dir = Path(cfg.paths.checkpoint_dir)
     start = plan_start(cfg, output_dir, checkpoint_dir)
-    if start.finished is not None:
-        leave_folder_untouched(output_dir)
-        say(f"{output_dir}: finished earlier (status ok), skipped.")
-        return start.finished
+    if start.finished is None:
+        with _held(output_dir):
+            # Decided again under the lock: another process may have finished it meanwhile.
+            start = plan_start(cfg, output_dir, checkpoint_dir)
+            if start.finished is None:
+                return _train_held(cfg, start, started)
+    leave_folder_untouched(output_dir)
+    say(f"{output_dir}: finished earlier (status ok), skipped.")
+    return start.finished
+
+
+def _held(output_dir: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock, held by rank 0 (the other ranks of a DDP job are its helpers)."""
+    return hold_run_folder(output_dir) if global_rank() == 0 else contextlib.nullcontext()
+
+
+def _train_held(cfg: DictConfig, start: Any, started: float) -> dict[str, Any]:
+    output_dir = _output_dir(cfg)
     describe(cfg)  # a run_facts entry that does not resolve fails now, not after training
     # From here to the last result file a stop signal ends the job with status "interrupted"
     # and the checkpoint to resume from: at once outside training, after saving during it.
@@ -435,7 +451,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
-        _write_results(output_dir, record, model, datamodule)
+        with _held(output_dir):
+            _write_results(output_dir, record, model, datamodule)
     return record
 
 
