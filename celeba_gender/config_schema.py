@@ -17,6 +17,7 @@ optimizer's ``momentum``) is skipped.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
@@ -378,8 +379,75 @@ def validate(cfg: DictConfig, schema: type = TrainSchema) -> None:
             raise ConfigError(_source(cfg, key), given, _describe(kind, rule))
     _check_transform(cfg, present)
     _check_devices(cfg, present)
+    _check_added_keys(cfg)
     if schema is TrainSchema:
         _check_together(cfg, present)
+
+
+def _task_overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides: from a sweep job's composed config, else the run's."""
+    overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return [str(item) for item in overrides]
+
+
+def _check_added_keys(cfg: DictConfig) -> None:
+    """Refuse ``+key=value`` where nothing reads ``key`` (``+sed=1`` for ``seed=1``): allowed
+    are keys under a node built from its ``_target_`` (its constructor checks the argument),
+    under ``hydra``, and under the config's ``extensible`` nodes."""
+    extensible = [str(k) for k in (cfg.get("extensible") or [])]
+    for override in _task_overrides(cfg):
+        if not override.startswith("+") or "=" not in override:
+            continue
+        key = override.lstrip("+").split("=", 1)[0].strip()
+        if key.startswith("hydra.") or "@" in key or _is_config_group(key):
+            continue  # Hydra's own settings; a config group added (+experiment=x, +x@y=z)
+        parts = key.split(".")
+        prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(p in extensible for p in prefixes):
+            continue
+        if any(
+            isinstance(node := OmegaConf.select(cfg, p, default=None), DictConfig)
+            and "_target_" in node
+            for p in prefixes
+        ):
+            continue
+        others = [k for k in _all_keys(cfg) if k != key and not k.startswith(f"{key}.")]
+        close = difflib.get_close_matches(key, others, n=1)
+        hint = f"; {close[0]}, perhaps" if close else ""
+        value = OmegaConf.select(cfg, key, default=override.split("=", 1)[1])
+        raise ConfigError(
+            f"+{key}",
+            OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value,
+            "a key something reads (one in conf/, an argument of a _target_ node, or one under "
+            f"{', '.join(extensible)}){hint}",
+        )
+
+
+def _is_config_group(name: str) -> bool:
+    if not GlobalHydra.instance().is_initialized():
+        return False
+    loader = GlobalHydra.instance().config_loader()
+    return bool(loader.get_group_options(name.replace(".", "/")))
+
+
+def _all_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of ``cfg`` (without Hydra's node), for suggestions."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                keys.append(f"{prefix}{name}")
+                walk(value, f"{prefix}{name}.")
+
+    walk(container, "")
+    return keys
 
 
 def _check_devices(cfg: DictConfig, present: dict) -> None:

@@ -192,6 +192,44 @@ def test_keys_a_group_does_not_have_are_skipped_and_its_own_are_checked():
         validate(_compose("optimizer=sgd", "optimizer.momentum=1.5"))
 
 
+ADDED_KEYS_READ = [
+    "+trainer.gradient_clip_val=0",  # an argument of the Trainer (_target_)
+    "+callbacks.model_checkpoint.save_top_k=2",
+    "+logger.csv={_target_: lightning.pytorch.loggers.CSVLogger, save_dir: x}",
+    "+trainer.max_steps=4",
+    "+run_facts.dropout=model.kwargs.dropout",  # extensible nodes (conf/config.yaml)
+    "+model.kwargs.dropout=0.3",
+    "+hydra.job.env_set.X=1",
+]
+
+
+@pytest.mark.parametrize("override", ADDED_KEYS_READ)
+def test_a_key_added_where_something_reads_it_passes(override):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        validate(compose("config", overrides=[override], return_hydra_config=True))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+sed=1",
+            "+sed=1 is not allowed: expected a key something reads (one in conf/, an argument "
+            "of a _target_ node, or one under run_facts, model.kwargs, model.scratch_kwargs, "
+            "resume_ignore); seed, perhaps.",
+        ),
+        ("+model.dropout=0.3", "+model.dropout=0.3 is not allowed"),
+        ("++treatment.pretrain=true", "+treatment.pretrain=true is not allowed"),
+    ],
+)
+def test_a_key_added_that_nothing_reads_is_refused(override, message):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        config = compose("config", overrides=[override], return_hydra_config=True)
+    with pytest.raises(ConfigError) as raised:
+        validate(config)
+    assert str(raised.value).startswith(message)
+
+
 def test_the_eval_schema_checks_the_eval_config():
     with pytest.raises(ConfigError, match="data.batch_size=0"):
         validate(_compose("ckpt_path=x.ckpt", "data.batch_size=0", name="eval"), EvalSchema)
@@ -216,6 +254,7 @@ def test_a_required_value_not_given_is_one_line_not_a_traceback(run_env, tmp_pat
         ("trainer.precision=17", "trainer.precision=17"),
         ("resume=no", "resume='no'"),  # text, not false: it would resume
         ("seed=-1", "seed=-1"),  # named as set, not as data.balance_seed (${seed})
+        ("+sed=1", "+sed=1"),  # a key nothing reads
     ],
 )
 def test_train_py_refuses_a_bad_value_in_one_line_before_anything_runs(
