@@ -22,7 +22,13 @@ from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference import run as predict_run
 from celeba_gender.inference import video as video_module
 from celeba_gender.inference.framing import smooth_background
-from celeba_gender.inference.video import IouTracker, VideoSettings, box_iou
+from celeba_gender.inference.video import (
+    FaceTracker,
+    VideoSettings,
+    box_iou,
+    frame_signature,
+    is_cut,
+)
 from celeba_gender.models.checkpoints import load_classifier
 
 av = pytest.importorskip("av", reason="the video extra installs PyAV")
@@ -250,7 +256,7 @@ def test_sample_fps_picks_frames_on_its_grid(portraits, tmp_path):
 
 
 def test_tracker_links_by_overlap_and_ends_tracks_after_the_gap():
-    tracker = IouTracker(min_iou=0.3, max_gap_s=1.0)
+    tracker = FaceTracker(min_iou=0.3, max_gap_s=1.0)
     left, right = (0, 0, 50, 50), (200, 0, 250, 50)
     assert tracker.update(0.0, [left, right], [0.1, 0.9]) == [1, 2]
     # Listed in the other order, moved a little: each face keeps its track.
@@ -272,10 +278,13 @@ def test_tracker_links_by_overlap_and_ends_tracks_after_the_gap():
         ("min_iou", 1.5, "video.min_iou=1.5: it must be a number > 0 and <= 1"),
         ("max_gap_s", -1, "video.max_gap_s=-1: it must be a number >= 0"),
         ("annotate_video", "yes", "video.annotate_video='yes': it must be true or false"),
+        ("min_similarity", 2, "video.min_similarity=2: it must be a number >= -1 and <= 1"),
+        ("cut_threshold", 0, "video.cut_threshold=0: it must be a number > 0 and <= 1"),
     ],
 )
 def test_bad_video_settings_are_refused_by_name(key, value, message):
     settings = {"sample_fps": 5, "max_gap_s": 1.0, "min_iou": 0.3, "annotate_video": False}
+    settings |= {"min_similarity": 0.7, "cut_threshold": 0.2}
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         VideoSettings.from_config(settings | {key: value})
 
@@ -337,10 +346,74 @@ def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portrait
 def test_two_faces_that_cross_keep_their_tracks():
     """Two people walking past each other, listed left to right as a detector does: each keeps
     its track (by its speed), instead of taking the other's once they have crossed."""
-    tracker = IouTracker(min_iou=0.3, max_gap_s=1.0)
+    tracker = FaceTracker(min_iou=0.3, max_gap_s=1.0)
     for step in range(11):
         woman, man = 20 * step, 200 - 20 * step  # they meet at step 5
         faces = sorted([((woman, 50, woman + 60, 110), 0.1), ((man, 50, man + 60, 110), 0.9)])
         numbers = tracker.update(step * 0.2, [box for box, _ in faces], [p for _, p in faces])
         assert {p: n for (_, p), n in zip(faces, numbers, strict=True)} == {0.1: 1, 0.9: 2}
     assert [(t.frames, t.mean) for t in tracker.tracks()] == [(11, 0.1), (11, 0.9)]
+
+
+def _held_out_portraits(subset_root: Path, count: int) -> list[Image.Image]:
+    """``count`` aligned CelebA test-part portraits of different celebrities, women and men in
+    turn, scaled to the test videos' height."""
+    partition = dict(
+        line.split() for line in (subset_root / "Eval" / "list_eval_partition.txt").open()
+    )
+    identity = dict(line.split() for line in (subset_root / "Anno" / "identity_CelebA.txt").open())
+    lines = (subset_root / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
+    male_column = lines[1].split().index("Male") + 1
+    male = {row.split()[0]: row.split()[male_column] == "1" for row in lines[2:]}
+    chosen: dict[bool, list[str]] = {False: [], True: []}
+    seen = set()
+    for path in sorted((subset_root / "img_align_celeba").glob("*.jpg")):
+        name = path.name
+        if partition.get(name) == "2" and identity[name] not in seen and "(" not in name:
+            seen.add(identity[name])
+            chosen[male[name]].append(name)
+    names = [n for pair in zip(chosen[False], chosen[True], strict=False) for n in pair][:count]
+    assert len(names) == count
+    folder = subset_root / "img_align_celeba"
+    return [Image.open(folder / n).convert("RGB").resize((196, 240), Image.LANCZOS) for n in names]
+
+
+def test_people_shown_in_turn_at_the_same_place_get_one_track_each(
+    known_checkpoint, subset_root, run_env, tmp_path
+):
+    """Ten held-out celebrities, one after another in the same place for 1 s each (a news or
+    interview cut between people framed alike): ten tracks, not one per stretch of overlap."""
+    people = _held_out_portraits(subset_root, 10)
+    video = tmp_path / "videos" / "ten_people.mp4"
+    video.parent.mkdir()
+    write_video(video, (frame_with(person, 60) for person in people for _ in range(FPS)))
+    output = tmp_path / "out"
+    result = run_script(
+        "predict.py",
+        f"ckpt_path={known_checkpoint}",
+        f"input={video}",
+        f"hydra.run.dir={output}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tracks = pd.read_csv(output / "tracks.csv").sort_values("track")
+    assert list(tracks["track"]) == list(range(1, 11))
+    np.testing.assert_allclose(tracks["first_s"], np.arange(10.0), atol=0.05)
+    np.testing.assert_allclose(tracks["last_s"], np.arange(10.0) + 0.8, atol=0.05)
+    assert list(tracks["frames"]) == [5] * 10  # 5 fps: every sampled frame of each person
+
+
+def test_a_scene_cut_ends_every_track_and_a_changed_face_is_not_linked():
+    tracker = FaceTracker(min_iou=0.3, max_gap_s=1.0, min_similarity=0.7)
+    rng = np.random.default_rng(0)
+    face, other = rng.normal(size=16), rng.normal(size=16)
+    face, other = face / np.linalg.norm(face), other / np.linalg.norm(other)
+    box = (10, 10, 60, 60)
+    assert tracker.update(0.0, [box], [0.2], [face]) == [1]
+    assert tracker.update(0.2, [box], [0.2], [face]) == [1]  # the same face: linked
+    assert tracker.update(0.4, [box], [0.8], [other]) == [2]  # same place, another face
+    assert tracker.update(0.6, [box], [0.8], [other], cut=True) == [3]  # a cut ends track 2
+    assert [t.frames for t in tracker.tracks()] == [2, 1, 1]
+    signature = frame_signature(Image.new("RGB", (64, 64), "black"))
+    assert is_cut(signature, frame_signature(Image.new("RGB", (64, 64), "white")), 0.2)
+    assert not is_cut(None, signature, 0.2) and not is_cut(signature, signature, 0.2)
