@@ -1,5 +1,9 @@
 """Test a trained checkpoint on any CelebA copy: python eval.py ckpt_path=PATH data.root=ROOT."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

@@ -1,5 +1,9 @@
 """Label photos: python predict.py ckpt_path=PATH input=PHOTO_FOLDER_OR_GLOB [detect=false]."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

@@ -1,5 +1,9 @@
 """Train and test one model, or sweep many: see conf/config.yaml and README.md."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

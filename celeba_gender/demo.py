@@ -26,6 +26,10 @@ internet (the page's fonts and scripts come with the gradio package).
 
 from __future__ import annotations
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import errno
 import logging
 import os

@@ -1,6 +1,10 @@
 """``celeba-gender-eval`` (or ``python -m celeba_gender.eval``): the repository's eval.py for an
 installed package, with the configs the package carries. Same arguments as eval.py."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

@@ -1,6 +1,10 @@
 """``celeba-gender-predict`` (or ``python -m celeba_gender.predict``): the repository's
 predict.py for an installed package, with the configs the package carries. Same arguments."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

@@ -1,6 +1,10 @@
 """``celeba-gender-train`` (or ``python -m celeba_gender.train``): the repository's train.py for
 an installed package, with the configs the package carries. Same arguments as train.py."""
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import hydra
 from omegaconf import DictConfig
 

@@ -216,3 +216,23 @@ def test_a_signal_ignored_before_the_job_stays_ignored():
         assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
+def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_env, tmp_path):
+    """While Python imports torch, Hydra composes, the data is read: a Ctrl-C (SIGINT) ends
+    the command with one line and the status of a process stopped by SIGINT."""
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "experiment=smoke"]
+        + [f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert process.returncode in (130, -signal.SIGINT, 128 + signal.SIGINT), stderr[-3000:]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+
+# isort: on
 import argparse
 import logging
 import sys

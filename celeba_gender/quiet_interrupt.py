@@ -1,0 +1,27 @@
+"""Ctrl-C at any moment of a command ends it in one line, not a KeyboardInterrupt traceback.
+
+Every entry point (train.py, eval.py, predict.py, the demo, the analysis) imports this module
+first, before torch, Hydra or Lightning, which take seconds to import: a Ctrl-C then is as
+quiet as one during training (where the run's own handlers save and record the stop). Python
+still ends the process as killed by SIGINT (exit status 130), which shells and schedulers read
+as an interruption. Only the command line's entry points import this: a library user or a
+notebook keeps Python's own handling.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+MESSAGE = "Stopped (Ctrl-C)."
+
+
+def _hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        print(str(value) or MESSAGE, file=sys.stderr, flush=True)
+        return
+    _previous(kind, value, traceback)
+
+
+_previous = sys.excepthook
+sys.excepthook = _hook
