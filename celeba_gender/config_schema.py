@@ -11,9 +11,8 @@ the schema only reads the values a run would use.
 A value the schema rejects ends the command with one line that names the key, the value and
 what is allowed (``ConfigError``); ``train.py`` checks every job of a ``-m`` sweep before it
 launches any (``ValidateSweep``, a Hydra callback), and that its pretrained jobs' weights are
-there. A key the schema leaves out is not
-checked here (the code that uses it still is). A key a config group does not have (one
-optimizer's ``momentum``) is skipped.
+there. A key the schema leaves out is not checked here (the code that uses it still is). A key
+a config group does not have (one optimizer's ``momentum``) is skipped.
 """
 
 from __future__ import annotations
