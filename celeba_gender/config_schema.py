@@ -10,9 +10,9 @@ the schema only reads the values a run would use.
 
 A value the schema rejects ends the command with one line that names the key, the value and
 what is allowed (``ConfigError``); ``train.py`` checks every job of a ``-m`` sweep before it
-launches any (``ValidateSweep``, a Hydra callback). A key the schema leaves out is not
-checked here (the code that uses it still is). A key a config group does not have (one
-optimizer's ``momentum``) is skipped.
+launches any (``ValidateSweep``, a Hydra callback), and that its pretrained jobs' weights are
+there. A key the schema leaves out is not checked here (the code that uses it still is). A key
+a config group does not have (one optimizer's ``momentum``) is skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from celeba_gender.data.datamodule import LOADERS
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
 from celeba_gender.data.splits import SPLIT_METHODS
+from celeba_gender.models.backbones import PretrainedWeightsUnavailable, check_pretrained_weights
 from celeba_gender.models.heads import HEADS
 from celeba_gender.training.faults import FAULTS
 
@@ -751,29 +752,51 @@ def _reads_as_other(text: str) -> bool:
 # --------------------------------------------------------------------------- sweeps
 class ValidateSweep(Callback):
     """Hydra callback (conf/config.yaml ``hydra.callbacks``): before a ``-m`` sweep launches
-    anything, compose every job's config as the basic sweeper will and check it; a job the
-    schema rejects stops the sweep, with one line per such job. Other sweepers (which choose
-    values as they go) are left alone: each job is still checked when it starts."""
+    anything, compose every job's config as the basic sweeper will and check it, and check that
+    its pretrained jobs' ImageNet weights are cached or downloadable (``check_weights``); a job
+    the schema rejects, or a missing weights file, stops the sweep with one line each. Other
+    sweepers (which choose values as they go) are left alone: each job is still checked when it
+    starts, and a pretrained one without its weights fails with the same message."""
 
-    def __init__(self, schema: str = "train") -> None:
+    def __init__(self, schema: str = "train", check_weights: bool = True) -> None:
         self.schema = {"train": TrainSchema, "eval": EvalSchema}[schema]
+        self.check_weights = check_weights
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
         if not sweeper.endswith("BasicSweeper") or not GlobalHydra.instance().is_initialized():
             return
-        errors = [
-            f"error: job {number} ({' '.join(overrides)}): {error}"
-            for number, overrides, error in sweep_errors(config, self.schema)
-        ]
+        errors, jobs = [], []
+        for number, overrides, job in sweep_jobs(config, self.schema):
+            if isinstance(job, DictConfig):
+                jobs.append(job)
+            else:
+                errors.append(f"error: job {number} ({' '.join(overrides)}): {job}")
+        if self.check_weights:
+            try:
+                check_pretrained_weights(pretrained_backbones(jobs))
+            except PretrainedWeightsUnavailable as error:
+                errors.append(f"error: {error}")
         if errors:
             print("\n".join([*errors, "Nothing was launched."]), file=sys.stderr, flush=True)
             raise SystemExit(2)
 
 
-def sweep_errors(config: DictConfig, schema: type = TrainSchema):
-    """(job number, its overrides, ConfigError or why it does not compose) of each job of the
-    basic sweeper's sweep that cannot run."""
+def pretrained_backbones(jobs: Sequence[DictConfig]) -> list[tuple[str, bool]]:
+    """(backbone, allow_download) of each job that starts from pretrained weights: what its
+    ``module`` node builds."""
+    return [
+        (str(job.module.backbone), bool(job.module.allow_download))
+        for job in jobs
+        if OmegaConf.select(job, "module.pretrained", default=False)
+    ]
+
+
+def sweep_jobs(
+    config: DictConfig, schema: type = TrainSchema
+) -> Iterator[tuple[int, list[str], DictConfig | str | ConfigError]]:
+    """(job number, its overrides, its config) of each job of the basic sweeper's sweep; in
+    place of the config, the ConfigError or why it does not compose of a job that cannot run."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -795,3 +818,5 @@ def sweep_errors(config: DictConfig, schema: type = TrainSchema):
             validate(job_config, schema)
         except ConfigError as error:
             yield number, overrides, error
+        else:
+            yield number, overrides, job_config

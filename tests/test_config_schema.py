@@ -320,7 +320,8 @@ def test_without_the_sweep_check_each_bad_job_says_so_and_the_sweep_goes_on(run_
         f"hydra.sweep.dir={sweep}",
         env=run_env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # jobs that did not run (the summary)
+    assert f"Sweep {sweep}: 0 ok, 2 not run." in result.stderr
     assert "Traceback" not in result.stderr
     for number, value in enumerate(["abc", "0"]):
         folder = next(sweep.glob(f"{number}_*"))

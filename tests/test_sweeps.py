@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,10 @@ def test_a_killed_sweep_continues_skipping_finished_jobs(continued_sweep):
     # The finished job was skipped: not one of its files was written again.
     assert f"{sweep / JOBS[0]}: finished earlier (status ok), skipped." in continued.stderr
     assert file_stamps(sweep / JOBS[0]) == continued_sweep["first_files"]
+    # The last word is the sweep's: the skipped job counts as finished.
+    assert continued.stderr.rstrip().splitlines()[-1] == (
+        f"Sweep {sweep}: 4 ok (1 skipped: finished earlier)."
+    )
     for job in JOBS:
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "ok", (job, record.get("error"))
@@ -153,7 +158,6 @@ def test_the_local_launcher_survives_a_job_that_crashes_the_interpreter(run_env,
         f"hydra.sweep.dir={sweep}",
         env=run_env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     crashed = json.loads((sweep / "0_resnet18_scratch_bce_seed42" / "metrics.json").read_text())
     assert crashed["status"] == "failed"
     assert "process died" in crashed["error"]
@@ -163,6 +167,61 @@ def test_the_local_launcher_survives_a_job_that_crashes_the_interpreter(run_env,
     finished = json.loads((sweep / "1_resnet18_scratch_bce_seed42" / "metrics.json").read_text())
     assert finished["status"] == "ok"
     assert list((sweep / ".submitit").glob("*/*_log.err"))  # each job's own log
+    # The sweep ends with one summary naming the failed job, and says so in its exit code.
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = result.stderr[result.stderr.rindex(f"Sweep {sweep}: ") :].splitlines()
+    assert summary[0] == f"Sweep {sweep}: 1 ok, 1 failed."
+    assert summary[1].startswith(
+        "  failed: 0_resnet18_scratch_bce_seed42 (RuntimeError: The job's process died"
+    )
+    assert summary[2:] == [
+        f"  Errors and tracebacks: {sweep}/<job>/metrics.json",
+        f"  Where each job stands: python -m celeba_gender.analysis {sweep} --status",
+    ]
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_sweep_without_its_pretrained_weights_stops_before_launching(run_env, tmp_path):
+    """An empty torch hub cache on a machine whose downloads fail (a proxy nothing listens
+    at): the sweep names the missing file before any job starts, in the words a single run
+    uses when it finds the file missing."""
+    proxy = f"http://127.0.0.1:{_unused_port()}"
+    offline = {**run_env, "TORCH_HOME": str(tmp_path / "torch"), "NO_PROXY": "", "no_proxy": ""}
+    offline.update({name: proxy for name in ("HTTPS_PROXY", "https_proxy")})
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py",
+        "-m",
+        "experiment=smoke",
+        "treatment=scratch_bce,pretrained_bce",
+        f"hydra.sweep.dir={sweep}",
+        env=offline,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert not sweep.exists()  # nothing launched, not even the sweep folder
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    assert lines[0].startswith(
+        f"error: Pretrained weights missing from the torch hub cache {cache}: "
+        "resnet18-f37072fd.pth (downloading it failed: "
+    )
+    assert lines[1:] == ["Nothing was launched."]
+    single = run_script(
+        "train.py",
+        "experiment=smoke",
+        "treatment=pretrained_bce",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env=offline,
+    )
+    assert single.returncode == 2
+    assert lines[0] in single.stderr.splitlines()
+    assert "Traceback" not in single.stderr + result.stderr
 
 
 @pytest.fixture

@@ -155,17 +155,25 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(run_env, tmp_path):
         "-m",
         "treatment=pretrained_bce,scratch_ce",
         "model.allow_download=false",
+        "hydra.callbacks.validate_sweep.check_weights=false",  # launch despite missing weights
         "experiment=smoke",
         f"hydra.sweep.dir={sweep}",
         env=run_env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     failed = json.loads((sweep / "0_resnet18_pretrained_bce_seed42" / "metrics.json").read_text())
     assert failed["status"] == "failed"
     assert failed["error_type"] == "PretrainedWeightsUnavailable"
     assert "resnet18-f37072fd.pth" in failed["error"]
     passed = json.loads((sweep / "1_resnet18_scratch_ce_seed42" / "metrics.json").read_text())
     assert passed["status"] == "ok" and passed["loss"] == "ce"
+    # The sweep (Hydra's in-process launcher) ends with its summary and a failing exit code.
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = result.stderr[result.stderr.rindex(f"Sweep {sweep}: ") :].splitlines()
+    assert summary[0] == f"Sweep {sweep}: 1 ok, 1 failed."
+    assert summary[1].startswith(
+        "  failed: 0_resnet18_pretrained_bce_seed42 (PretrainedWeightsUnavailable: "
+    )
+    assert len(summary) == 4 and "Traceback" not in result.stderr
 
 
 def test_a_multi_task_run_learns_attributes_and_reports_gender_only(run_env, tmp_path):

@@ -3,14 +3,16 @@ backbones the study has, and their settings, is conf/model/*.yaml (``model_names
 
 Pretrained weights come from torchvision's weights API and its cache
 (``$TORCH_HOME/hub/checkpoints``). Without the cached file and without network, the error says
-which file to put where, before any training starts.
+which file to put where, before any training starts; a sweep checks every pretrained job's file
+before it launches any (``check_pretrained_weights``, from config_schema.ValidateSweep).
 """
 
 from __future__ import annotations
 
 import inspect
 import urllib.error
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,27 @@ def model_names(config_dir: Path = CONFIG_DIR) -> list[str]:
 class PretrainedWeightsUnavailable(RuntimeError):
     """The ImageNet weights are neither cached nor downloadable."""
 
+    @classmethod
+    def naming(cls, missing: Mapping[WeightsFile, str]) -> PretrainedWeightsUnavailable:
+        """The one message for missing weights files (file: why it cannot be had), a single
+        run's and a whole sweep's before it launches alike."""
+        files = [f"{file.name} ({why}; from {file.url})" for file, why in missing.items()]
+        folder = next(iter(missing)).folder
+        fix = (
+            "Fill the cache once where there is a network, then copy the files there (README: "
+            "ImageNet weights), or point TORCH_HOME at a folder whose hub/checkpoints/ holds them."
+        )
+        head = f"Pretrained weights missing from the torch hub cache {folder}:"
+        if len(files) == 1:
+            return cls(f"{head} {files[0]}. {fix}")
+        return cls("\n  ".join([head, *files]) + f"\n{fix}")
+
 
 @dataclass(frozen=True)
 class WeightsFile:
     name: str
     folder: Path
+    url: str
 
     @property
     def path(self) -> Path:
@@ -48,26 +66,49 @@ def pretrained_weights_file(name: str) -> WeightsFile:
     """Where torchvision looks for the default ImageNet weights of ``name``."""
     weights = torchvision.models.get_model_weights(name).DEFAULT
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return WeightsFile(name=Path(weights.url).name, folder=folder)
+    return WeightsFile(name=Path(weights.url).name, folder=folder, url=weights.url)
+
+
+DOWNLOADS_OFF = "downloads are off: model.allow_download=false"
+# How long the check before a sweep waits for the weights' server to answer: an offline
+# machine fails at once (no name resolution); a firewall that drops packets takes this long.
+DOWNLOAD_CHECK_TIMEOUT_S = 15
+
+
+def _download_failed(error: BaseException) -> str:
+    return f"downloading it failed: {error}"
+
+
+def check_pretrained_weights(backbones: Iterable[tuple[str, bool]]) -> None:
+    """Before a sweep launches: raise PretrainedWeightsUnavailable naming every weights file
+    that pretrained ``backbones`` ((name, allow_download) each) lack, neither in the torch hub
+    cache nor (where downloads are allowed) answered for by its server."""
+    missing: dict[WeightsFile, str] = {}
+    for name, allow_download in dict.fromkeys(backbones):
+        file = pretrained_weights_file(name)
+        if file.path.is_file() or file in missing:
+            continue
+        if not allow_download:
+            missing[file] = DOWNLOADS_OFF
+            continue
+        try:  # a HEAD request: the first job downloads the file, not this check
+            request = urllib.request.Request(file.url, method="HEAD")
+            urllib.request.urlopen(request, timeout=DOWNLOAD_CHECK_TIMEOUT_S).close()
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            missing[file] = _download_failed(error)
+    if missing:
+        raise PretrainedWeightsUnavailable.naming(missing)
 
 
 def _load_pretrained(name: str, allow_download: bool, **kwargs) -> nn.Module:
     weights = torchvision.models.get_model_weights(name).DEFAULT
     expected = pretrained_weights_file(name)
     if not expected.path.is_file() and not allow_download:
-        raise PretrainedWeightsUnavailable(
-            f"Pretrained {name} needs {expected.name} in {expected.folder} (downloads are off: "
-            f"model.allow_download=false). Copy it there from {weights.url}, or set TORCH_HOME "
-            "to a folder whose hub/checkpoints/ holds it."
-        )
+        raise PretrainedWeightsUnavailable.naming({expected: DOWNLOADS_OFF})
     try:
         return torchvision.models.get_model(name, weights=weights, **kwargs)
     except (urllib.error.URLError, OSError) as error:
-        raise PretrainedWeightsUnavailable(
-            f"Pretrained {name} needs {expected.name} in {expected.folder}; it is not there and "
-            f"downloading {weights.url} failed ({error}). Copy the file there, or set TORCH_HOME "
-            "to a folder whose hub/checkpoints/ holds it."
-        ) from None
+        raise PretrainedWeightsUnavailable.naming({expected: _download_failed(error)}) from None
 
 
 def classifier_layers(model: nn.Module) -> list[str]:
