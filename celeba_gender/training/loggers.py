@@ -80,7 +80,7 @@ class StudyTensorBoardLogger(TensorBoardLogger):
         metrics: Mapping[str, float] | None = None,
         step: int | None = None,
     ) -> None:
-        """Without ``metrics`` (Lightning's call at the start of fit): kept for hparams.yaml.
+        """Without ``metrics`` (the run's facts, before training): kept for hparams.yaml.
         With them: one row of TensorBoard's HParams table, ``params`` against ``metrics``
         (shown under their own names, e.g. test/acc); a metric already written as a scalar is
         not written again."""
@@ -116,14 +116,14 @@ def build_loggers(cfg: DictConfig, resume_step: int) -> list[Logger]:
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
             continue
-        extra, target = {}, get_class(logger_cfg._target_)
-        if issubclass(target, WandbLogger):
-            _finish_open_wandb_run()
-        if issubclass(target, TensorBoardLogger):
-            # TensorBoard drops what the folder's earlier attempt logged from this step on
-            # (steps after the checkpoint, replayed now; everything, on a fresh start).
-            extra["purge_step"] = resume_step
         try:
+            extra, target = {}, get_class(logger_cfg._target_)
+            if issubclass(target, WandbLogger):
+                _finish_open_wandb_run()
+            if issubclass(target, TensorBoardLogger):
+                # TensorBoard drops what the folder's earlier attempt logged from this step on
+                # (steps after the checkpoint, replayed now; everything, on a fresh start).
+                extra["purge_step"] = resume_step
             logger = instantiate(logger_cfg, **extra)
             if global_rank() == 0:
                 _ = logger.experiment  # opens its file, store or run now, not mid-training
