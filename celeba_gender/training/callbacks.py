@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
+from celeba_gender.data.cache import atomic_write
 from celeba_gender.training.outputs import log_confusion_matrix
 
 
@@ -79,6 +84,62 @@ class ValidationConfusionMatrix(L.Callback):
         step = max(trainer.global_step - 1, 0)
         for logger in trainer.loggers:
             log_confusion_matrix(logger, pl_module.last_val_confusion, "val/confusion_matrix", step)
+
+
+class EpochMetricsCSV(L.Callback):
+    """One row per training epoch in ``path`` (the run folder's metrics.csv), whatever loggers
+    are on: epoch, step, learning rate, the epoch's wall seconds, then its epoch-level train and
+    validation metrics (those whose names start with one of ``prefixes``; per-step values are
+    left out).
+
+    Written at each training epoch's end, which follows its validation, so a row holds both.
+    A resumed run first drops the rows of the epochs it will train again (written after its
+    checkpoint), so no epoch is listed twice."""
+
+    def __init__(self, path: str | Path, prefixes: Sequence[str] = ("train/", "val/")) -> None:
+        self.path = Path(path)
+        self.prefixes = tuple(prefixes)
+        self._started = 0.0
+
+    def _rows(self) -> pd.DataFrame:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return pd.DataFrame()
+        return pd.read_csv(self.path)
+
+    def _write(self, rows: pd.DataFrame) -> None:
+        atomic_write(self.path, rows.to_csv(index=False).encode())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the checkpoint is restored: current_epoch is the first epoch trained now.
+        if trainer.is_global_zero and self.path.is_file():
+            rows = self._rows()
+            if "epoch" in rows:
+                self._write(rows[rows["epoch"] < trainer.current_epoch])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            name: float(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith(self.prefixes) and not name.endswith("_step")
+        }
+        # The first parameter group's rate: what the scheduler set for this epoch.
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "lr": optimizer.param_groups[0]["lr"] if optimizer else math.nan,
+            "epoch_seconds": time.perf_counter() - self._started,
+            **metrics,
+        }
+        rows, new = self._rows(), pd.DataFrame([row])
+        if "epoch" in rows:
+            rows = rows[rows["epoch"] < trainer.current_epoch]
+        self._write(new if rows.empty else pd.concat([rows, new], ignore_index=True))
 
 
 class EMAWeights(EMAWeightAveraging):

@@ -40,11 +40,16 @@ from celeba_gender.training.callbacks import (
 from celeba_gender.training.ddp import global_rank, reset_distributed_state
 from celeba_gender.training.faults import KillAtStep
 from celeba_gender.training.folder_lock import hold_run_folder
+from celeba_gender.training.loggers import (
+    build_loggers,
+    close_loggers,
+    log_results,
+    log_run_facts,
+)
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     VAL_PREDICTIONS_FILE,
-    log_confusion_matrix,
     run_facts,
     write_failure,
     write_json,
@@ -161,18 +166,6 @@ def _write_results(
     )
 
 
-def _loggers(cfg: DictConfig, resume_step: int) -> list:
-    loggers = []
-    for logger_cfg in (cfg.get("logger") or {}).values():
-        extra = {}
-        if str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
-            # TensorBoard drops what the folder's earlier attempt logged from this step on
-            # (steps after the checkpoint, replayed now; everything, on a fresh start).
-            extra["purge_step"] = resume_step
-        loggers.append(instantiate(logger_cfg, **extra))
-    return loggers
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write the run's results; returns metrics.json.
 
@@ -259,7 +252,9 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     model = build_model(cfg, datamodule)  # pretrained weights missing: fails here, not mid-run
 
     has_val = len(datamodule.datasets["val"]) > 0
-    loggers = _loggers(cfg, start.resume_step)
+    loggers = build_loggers(cfg, start.resume_step)
+    log_run_facts(loggers, describe(cfg), model.hparams)
+    model._log_hyperparams = False  # logged just now, with the facts (log_run_facts)
     callbacks = [  # a callback set to null (callbacks.ema: null) is off
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
     ]
@@ -331,21 +326,13 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     stops.held = True  # the results are written whole; a stop signal now ends the job after
     if trainer.is_global_zero:
         _write_results(output_dir, record, model, datamodule)
-        for logger in trainer.loggers:
-            log_confusion_matrix(
-                logger, model.last_test_confusion, "test/confusion_matrix", trainer.global_step
-            )
-            logger.log_hyperparams(
-                describe(cfg),
-                # A metric a run could not compute (AUROC of a one-class test part) is left
-                # out, not shown as 0.0.
-                metrics={
-                    f"hp/{k.split('/')[1]}": record[k]
-                    for k in TEST_METRICS
-                    if record[k] is not None and math.isfinite(record[k])
-                },
-            )
-            logger.save()
+        # A metric a run could not compute (AUROC of a one-class test part) is left out,
+        # not shown as 0.0.
+        finite = {k: record[k] for k in TEST_METRICS if _finite(record[k])}
+        log_results(
+            trainer.loggers, describe(cfg), finite, model.last_test_confusion, trainer.global_step
+        )
+    close_loggers(trainer.loggers)
     if trainer.is_global_zero and not _in_multirun():
         try:  # a summary that cannot be made must not turn a finished run into a failed one
             say(where_results_are(record, cfg))
@@ -356,6 +343,10 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         stop.finished = True  # metrics.json says ok: nothing is left to resume
         raise stop
     return record
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _shown(path: str | Path) -> str:
