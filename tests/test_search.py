@@ -99,6 +99,7 @@ def test_a_killed_search_resumes_to_n_trials_keeping_finished_trials(resumed_sea
         assert record["status"] == "ok", (folder, record.get("error"))
         assert trial.value == record["best_val"]  # the objective: the run's best val/acc
         assert record["lr"] == trial.params["optimizer.lr"]
+        assert record["weight_decay"] == trial.params["optimizer.weight_decay"]  # a run fact
     assert len({t.params["optimizer.lr"] for t in trials}) == 3  # no values drawn twice
 
 
@@ -129,6 +130,7 @@ def test_the_status_view_and_the_analysis_read_the_trials(resumed_search):
     assert "3 jobs: 3 done, 0 interrupted, 0 failed, 0 not started" in shown.stdout
     runs = collect_runs(sweep)
     assert list(runs["status"]) == ["ok"] * 3 and runs["lr"].nunique() == 3
+    assert runs["weight_decay"].nunique() == 3
 
 
 def test_a_search_folder_is_not_searched_again_without_resume(resumed_search, run_env):
