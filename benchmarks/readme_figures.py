@@ -38,7 +38,7 @@ from PIL import Image
 from celeba_gender.analysis import analyze_sweep, load_settings
 from celeba_gender.analysis.conclusions import configuration_name, ranked
 from celeba_gender.analysis.heat_maps import evaluated_checkpoint
-from celeba_gender.analysis.report import heat_map_figure
+from celeba_gender.analysis.report import heat_map_figure, validation_best_run
 from celeba_gender.data import DataError
 from celeba_gender.demo import CHECKPOINT
 
@@ -85,7 +85,7 @@ def choose(args: argparse.Namespace) -> tuple[object | None, pd.Series | None, P
         analysis = analyze_sweep(args.sweep, settings)
         if analysis.best is None:
             raise DataError(f"{args.sweep}: no run finished, nothing to show")
-    run = analysis.run_of(analysis.best)
+    run = validation_best_run(analysis.runs)  # the demo's default on a sweep too
     return analysis, run, evaluated_checkpoint(run["run_dir"])
 
 

@@ -1,14 +1,18 @@
 """``python -m celeba_gender.demo ckpt_path=PATH`` (or ``celeba-gender-demo``): a local web page
 (Gradio) that labels the faces of an uploaded photo or a webcam snapshot.
 
-The page shows the photo with each face boxed and labelled with P(male), a table of the faces
-and their aligned crops, each beside its heat map (Grad-CAM, ``inference/explain.py``, with
-predict's ``explain_*`` settings; ``explain=false`` leaves them out). An ONNX model (no
-gradients) or a missing captum: the crops alone, and one line on the page saying why.
+The page names the model it runs (backbone, treatment, experiment, its validation and test
+accuracy: from its run folder's metrics.json and validation predictions) and shows the photo
+with each face boxed and labelled with P(male), a table of the faces and their aligned crops,
+each beside its heat map with a colour bar and a caption (``explain.explained_picture``, as
+predict's explained/*.png; predict's ``explain_*`` settings; ``explain=false`` leaves them
+out). An ONNX model (no gradients) or a missing captum: the crops alone, and one line on the
+page saying why. Numbers are rounded as predict's (``decimals``).
 
 PATH is a checkpoint, an ONNX export, one run's folder or a sweep folder: with several models
-a picker offers every job's ``checkpoints/best.ckpt``, and a second picker shows another
-model's answer on the same photo beside the first.
+a picker offers every job's ``checkpoints/best.ckpt``, the validation-best run first chosen
+(``analysis.report.validation_best_run``, as the analysis' report names it), and a second
+picker shows another model's answer on the same photo beside the first.
 
 Photos go through predict's own pipeline (``inference.run.predict_photos``: predict's decode,
 MTCNN, alignment, the run's evaluation transform) with predict's settings (conf/demo.yaml takes
@@ -16,9 +20,12 @@ conf/predict.yaml's values). A photo that cannot be used (not an image, over ``m
 no face) gets a message on the page and a row saying why, never a traceback.
 
 The prediction is also the named API endpoint ``predict`` (photo in, and optionally the model's
-name; annotated photo and table of faces out), for ``gradio_client``::
+name), for ``gradio_client``; it returns what the page shows: the annotated photo, the faces
+table, the crops with their heat maps (captioned), the message and the model's description::
 
-    Client("http://127.0.0.1:7860/").predict(handle_file("me.jpg"), api_name="/predict")
+    annotated, faces_table, crops, message, model = Client("http://127.0.0.1:7860/").predict(
+        handle_file("me.jpg"), api_name="/predict"
+    )
 
 Local only: it listens on 127.0.0.1 (``host``), sends no analytics and loads nothing from the
 internet (the page's fonts and scripts come with the gradio package).
@@ -54,7 +61,7 @@ from celeba_gender.config import CONFIG_DIR  # noqa: E402  (registers the config
 from celeba_gender.data import DataError  # noqa: E402
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
 from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
-from celeba_gender.inference.run import annotate, predict_photos  # noqa: E402
+from celeba_gender.inference.run import Decimals, annotate, predict_photos  # noqa: E402
 from celeba_gender.models.checkpoints import CheckpointError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,7 @@ class Answer:
     message: str = ""
     model: LoadedModel | None = None  # the model that answered (Demo.explained uses it)
     faces: list[dict] = field(default_factory=list)  # the rows of the crops, in their order
+    about: str = ""  # the model that answered, in words (Demo.describe)
 
 
 @dataclass
@@ -126,14 +134,6 @@ def check_explain_settings(cfg: DictConfig) -> None:
         )
 
 
-def beside(crop: Image.Image, explained: Image.Image, gap: int = 4) -> Image.Image:
-    """The crop and its heat-map picture side by side, ``gap`` white pixels between them."""
-    pair = Image.new("RGB", (crop.width + gap + explained.width, crop.height), "white")
-    pair.paste(crop.convert("RGB"), (0, 0))
-    pair.paste(explained, (crop.width + gap, 0))
-    return pair
-
-
 def empty_table() -> pd.DataFrame:
     return pd.DataFrame(columns=list(TABLE_COLUMNS))
 
@@ -152,14 +152,24 @@ class Demo:
         # page's two columns (or two visitors) would otherwise run through it at once.
         self._lock = threading.RLock()
         self.aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
+        self.decimals = Decimals.from_config(cfg.get("decimals"))
+        self.runs = runs_of_models(cfg.ckpt_path, self.models)
         self.default_model = self._first_loadable()
 
     def _first_loadable(self) -> str:
-        """The first model that loads: a sweep's unreadable checkpoint (a failed job's) stays a
-        choice that says what is wrong when picked; when none loads, the first one's error
-        stops the command."""
+        """The validation-best run's model if it loads (``validation_best_run``), else the
+        first that loads: a sweep's unreadable checkpoint (a failed job's) stays a choice that
+        says what is wrong when picked; when none loads, the first one's error stops the
+        command."""
+        from celeba_gender.analysis.report import validation_best_run
+
+        best = None if self.runs.empty else validation_best_run(self.runs)
+        order = list(self.models)
+        if best is not None and best["model_name"] in self.models:
+            order.remove(best["model_name"])
+            order.insert(0, best["model_name"])
         problems: list[CheckpointError] = []
-        for name in self.models:
+        for name in order:
             try:
                 self.model(name)
                 return name
@@ -167,6 +177,45 @@ class Demo:
                 log.warning("%s is not the default model: %s", name, problem)
                 problems.append(problem)
         raise problems[0]
+
+    def describe(self, name: str) -> str:
+        """The named model in words: its job, backbone, treatment and experiment, and the
+        validation and test accuracy its run recorded (when its run folder has them and they
+        are of this checkpoint), or what is known without them."""
+        run = self._run(name)
+        if run is None or run["status"] != "ok":
+            why = (
+                "no run folder with a metrics.json"
+                if run is None
+                else run["error"]
+                if run["status"] == "missing" and run["error"]
+                else f"its run's status is {run['status']}"
+            )
+            try:
+                backbone = self.predictor(name).backbone
+            except CheckpointError as error:
+                return f"{name}: {error}"
+            return f"{name}: {backbone} ({why}; accuracies unknown)"
+        experiment = run.get("experiment")
+        words = [f"{run['model']}, {run['treatment']}"]
+        if isinstance(experiment, str) and experiment:
+            words[0] += f", experiment {experiment}"
+        val_images = "" if pd.isna(run["val_images"]) else f" of {int(run['val_images'])} images"
+        test_images = "" if pd.isna(run["test_images"]) else f" of {int(run['test_images'])} images"
+        words.append(
+            f"validation accuracy {_percent(run['val_acc'])}{val_images}, "
+            f"test accuracy {_percent(run['acc'])}{test_images}"
+        )
+        tested = _tested_checkpoint(run)
+        if tested is None or tested != self.models[name].resolve():
+            words.append("measured on other weights of its run than this checkpoint's")
+        return f"{name}: " + "; ".join(words)
+
+    def _run(self, name: str) -> pd.Series | None:
+        if self.runs.empty:
+            return None
+        rows = self.runs[self.runs["model_name"] == name]
+        return None if rows.empty else rows.iloc[0]
 
     def predictor(self, name: str) -> GenderPredictor:
         """The named model, loaded on first use; the ``models_in_memory`` most recent are kept."""
@@ -219,6 +268,7 @@ class Demo:
                         self.aligner,
                         self.cfg.threshold,
                         self.cfg.max_pixels,
+                        self.decimals,
                     )
                 )
         except Exception as error:  # noqa: BLE001 - a bad model of a sweep: its message
@@ -233,25 +283,29 @@ class Demo:
         table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
         faces = [row for row in result.rows if row["status"] == "ok"]
         crops = [  # result.crops: one per face number (all ok, or the photo's error rows)
-            (result.crops[row["face"]], f"face {row['face']}: {row['label']} {row['p_male']:.2f}")
+            (
+                result.crops[row["face"]],
+                f"face {row['face']}: {row['label']}, P(male) {row['p_male']}",
+            )
             for row in faces
         ]
         if faces:
             message = f"{model}: " + ", ".join(
-                f"face {row['face']} {row['label']} (P(male) {row['p_male']:.2f})" for row in faces
+                f"face {row['face']} {row['label']} (P(male) {row['p_male']})" for row in faces
             )
         else:
             message = self._readable(result.rows[0].get("error") or "no face found", path)
         annotated = annotate(result.photo, result.rows) if result.photo is not None else None
-        return Answer(annotated, table, crops, message, loaded, faces)
+        return Answer(annotated, table, crops, message, loaded, faces, self.describe(model))
 
     def explained(self, answer: Answer) -> tuple[list[tuple[Image.Image, str]], str]:
         """The page's gallery and message for an answer: each face's crop beside its heat map,
-        captioned, or the crops alone with one line saying why there are no maps."""
+        with a colour bar and captioned (``explain.explained_picture``), or the crops alone with
+        one line saying why there are no maps."""
         loaded = answer.model
         if not answer.crops or loaded is None or not self.explain:
             return answer.crops, answer.message
-        from celeba_gender.inference.explain import overlay
+        from celeba_gender.inference.explain import explained_picture, face_caption
 
         if loaded.explainer is None:
             return answer.crops, f"{answer.message}\n\n{_one_line(loaded.no_maps)}"
@@ -261,18 +315,63 @@ class Demo:
         except Exception as error:  # noqa: BLE001 - the label matters more than the picture
             log.exception("no heat maps: %s", error)
             return answer.crops, f"{answer.message}\n\n{_one_line(f'No heat maps: {error}')}"
-        toward = self.cfg.explain_toward
         pictures = []
-        for (crop, caption), heat_map, row in zip(answer.crops, maps, answer.faces, strict=True):
-            explained = overlay(crop, heat_map, self.cfg.explain_alpha, self.cfg.explain_colormap)
-            evidence = row["label"] if toward == "predicted" else toward
-            pictures.append((beside(crop, explained), f"{caption}; heat map: why {evidence}"))
+        for (crop, _), heat_map, row in zip(answer.crops, maps, answer.faces, strict=True):
+            caption = face_caption(
+                row["face"], row["label"], row["p_male"], self.cfg.explain_toward
+            )
+            picture = explained_picture(
+                crop, heat_map, caption, self.cfg.explain_alpha, self.cfg.explain_colormap
+            )
+            pictures.append((picture, caption.replace("\n", "; ")))
         return pictures, answer.message
 
     @staticmethod
     def _readable(message: str, upload: Path) -> str:
         """The upload's own name, not the server's temporary path, in a message."""
         return message.replace(str(upload), upload.name)
+
+
+def _percent(value: Any) -> str:
+    return "unknown" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
+
+
+def _tested_checkpoint(run: pd.Series) -> Path | None:
+    """The checkpoint the run's recorded accuracies are of, found in its folder now; None when
+    it kept none (tested on its last epoch's weights) or it is gone."""
+    from celeba_gender.analysis.heat_maps import evaluated_checkpoint
+
+    try:
+        return evaluated_checkpoint(run["run_dir"]).resolve()
+    except DataError:
+        return None
+
+
+def runs_of_models(path: str | Path, models: dict[str, Path]) -> pd.DataFrame:
+    """The run of each model of the page (``collect_runs``' row, with its validation accuracy
+    and the model's name in ``model_name``): a sweep's or a run folder's jobs, or the run
+    folder of a checkpoint (``<run>/checkpoints/<name>.ckpt``). Empty when there is none (an
+    ONNX export, a checkpoint outside a run folder)."""
+    from celeba_gender.analysis.collect import METRICS_FILE, collect_runs
+    from celeba_gender.analysis.report import with_validation_accuracy
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folders = {Path(model).parent.parent: name for name, model in models.items()}
+    else:
+        run_dir = path.parent.parent
+        if path.parent.name != "checkpoints" or not (run_dir / METRICS_FILE).is_file():
+            return pd.DataFrame()
+        folders = {run_dir: path.name}
+        path = run_dir
+    try:
+        runs = with_validation_accuracy(collect_runs(path))
+    except DataError as error:
+        log.warning("%s: no accuracies for the page (%s)", path, error)
+        return pd.DataFrame()
+    names = {str(folder): name for folder, name in folders.items()}
+    runs["model_name"] = runs["run_dir"].map(names)
+    return runs[runs["model_name"].notna()].reset_index(drop=True)
 
 
 def _photo_input() -> Any:
@@ -295,26 +394,35 @@ def _photo_input() -> Any:
 
 
 def build_app(demo: Demo) -> Any:
-    """The page (a gradio.Blocks), not yet launched."""
+    """The page (a gradio.Blocks), not yet launched. Its API endpoint ``predict`` is the page's
+    own event: it returns what the page shows, each output under its own label."""
     import gradio as gr
 
     several = len(demo.models) > 1
     names = list(demo.models)
 
-    def predict(photo: str | None, model: str | None) -> tuple[Any, pd.DataFrame, Answer]:
+    def predict(photo: str | None, model: str | None) -> tuple[Any, pd.DataFrame, list, str, str]:
+        model = model or demo.default_model
         answer = demo.answer(photo, model)
-        return answer.annotated, answer.table, answer
-
-    def details(answer: Answer) -> tuple[str, list]:
-        crops, message = demo.explained(answer)  # after the API's outputs are on the page
-        return message, crops
+        crops, message = demo.explained(answer)
+        return answer.annotated, answer.table, crops, message, answer.about or demo.describe(model)
 
     def compare(photo: str | None, model: str | None) -> tuple[Any, pd.DataFrame, list, str]:
         if not photo or not model or model == NO_MODEL:
             return None, empty_table(), [], ""
         answer = demo.answer(photo, model)
         crops, message = demo.explained(answer)
-        return answer.annotated, answer.table, crops, message
+        return answer.annotated, answer.table, crops, f"{message}\n\n{answer.about}"
+
+    def gallery(label: str, elem_id: str) -> Any:
+        return gr.Gallery(
+            label=label,
+            columns=2,
+            height=340,
+            object_fit="contain",
+            fit_columns=False,
+            elem_id=elem_id,
+        )
 
     with gr.Blocks(title="celeba-gender demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -327,6 +435,9 @@ def build_app(demo: Demo) -> Any:
                 model_a = gr.Dropdown(
                     names, value=demo.default_model, label="Model", visible=several
                 )
+                about = gr.Markdown(
+                    demo.describe(demo.default_model), label="Model description", elem_id="model"
+                )
                 model_b = gr.Dropdown(
                     [NO_MODEL, *names],
                     value=next((n for n in names if n != demo.default_model), NO_MODEL),
@@ -334,44 +445,32 @@ def build_app(demo: Demo) -> Any:
                     visible=several,
                 )
                 run = gr.Button("Label faces", variant="primary")
-        message = gr.Markdown(EMPTY_MESSAGE, elem_id="message")
-        state = gr.State()
+        message = gr.Markdown(EMPTY_MESSAGE, label="Message", elem_id="message")
         with gr.Row():
             with gr.Column():
-                annotated_a = gr.Image(label="Faces", type="pil", elem_id="annotated")
+                annotated_a = gr.Image(label="Annotated photo", type="pil", elem_id="annotated")
                 table_a = gr.Dataframe(
-                    headers=list(TABLE_COLUMNS), label="Faces", interactive=False, elem_id="table"
+                    headers=list(TABLE_COLUMNS),
+                    label="Faces table",
+                    interactive=False,
+                    elem_id="table",
                 )
                 # The aligned crops the model sees, each beside its heat map (Demo.explained).
-                crops_a = gr.Gallery(
-                    label="Aligned crops",
-                    columns=4,
-                    height=300,
-                    object_fit="contain",
-                    fit_columns=False,
-                    elem_id="crops",
-                )
+                crops_a = gallery("Aligned crops and heat maps", "crops")
             with gr.Column(visible=several):
                 annotated_b = gr.Image(label="Compared model", type="pil", elem_id="annotated_b")
                 table_b = gr.Dataframe(
                     headers=list(TABLE_COLUMNS), interactive=False, elem_id="table_b"
                 )
-                crops_b = gr.Gallery(
-                    label="Aligned crops",
-                    columns=4,
-                    height=300,
-                    object_fit="contain",
-                    fit_columns=False,
-                    elem_id="crops_b",
-                )
+                crops_b = gallery("Aligned crops and heat maps", "crops_b")
                 message_b = gr.Markdown(elem_id="message_b")
         gr.on(
             triggers=[photo.change, run.click, model_a.change],
             fn=predict,
             inputs=[photo, model_a],
-            outputs=[annotated_a, table_a, state],
+            outputs=[annotated_a, table_a, crops_a, message, about],
             api_name="predict",
-        ).then(details, [state], [message, crops_a], api_visibility="private")
+        )
         if several:
             gr.on(
                 triggers=[photo.change, run.click, model_b.change],
@@ -425,17 +524,25 @@ def run_demo(cfg: DictConfig, block: bool = True) -> Any:
         raise DataError(
             "the demo needs gradio: `make setup`, or `pip install 'celeba-gender[demo]'`"
         ) from None
-    app = build_app(Demo(cfg))
+    demo = Demo(cfg)
+    app = build_app(demo)
     try:
+        # quiet: Gradio's own lines would tell a command-line user to set share=True (a public
+        # link through Gradio's servers); the page's address is printed below instead.
         app.queue().launch(
             server_name=cfg.host,
             server_port=cfg.port,
             max_file_size=f"{cfg.max_upload_mb}mb",
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,
             share=False,
+            quiet=True,
         )
     except OSError as error:  # the port is taken, or the host is not this machine's
         raise DataError(f"host={cfg.host} port={cfg.port}: cannot listen there ({error})") from None
+    print(f"celeba-gender demo of {demo.describe(demo.default_model)}", flush=True)
+    print(f"* Running on local URL:  {app.local_url}  (Ctrl-C stops it)", flush=True)
+    if block:
+        app.block_thread()
     return app
 
 

@@ -12,11 +12,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, run_script
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_checkpoints import _onnx_model
@@ -24,6 +26,7 @@ from test_checkpoints import _onnx_model
 from celeba_gender.data import DataError
 from celeba_gender.demo import Demo
 from celeba_gender.inference import FaceAligner, GenderPredictor
+from celeba_gender.inference.explain import face_caption, picture_layout
 from celeba_gender.inference.framing import smooth_background
 from celeba_gender.inference.run import label_of, predict_photos
 
@@ -62,16 +65,44 @@ def sweep(smoke_run, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def ranked_sweep(smoke_run, run_env, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A sweep of two real finished runs, two configurations (the smoke run, resnet18
+    scratch_bce, and the same recipe with scratch_ce), the worse on validation as job 0: the
+    sweep folder and its job names, worse first."""
+    other = tmp_path_factory.mktemp("smoke_ce") / "run"
+    result = run_script(
+        "train.py", "experiment=smoke", "treatment=scratch_ce", f"hydra.run.dir={other}",
+        env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def validation_accuracy(run: Path) -> float:
+        table = pd.read_csv(run / "val_predictions.csv")
+        return float(((table["p_male"] > 0.5).astype(int) == table["label"]).mean())
+
+    runs = sorted([smoke_run, other], key=validation_accuracy)
+    assert validation_accuracy(runs[0]) < validation_accuracy(runs[1]), "a tie: no best"
+    folder = tmp_path_factory.mktemp("ranked") / "sweep"
+    folder.mkdir()
+    names = []
+    for number, run in enumerate(runs):
+        treatment = json.loads((run / "metrics.json").read_text())["treatment"]
+        names.append(f"{number}_resnet18_{treatment}_seed42")
+        (folder / names[-1]).symlink_to(run)
+    return folder, names
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _demo(*overrides: str, env: dict) -> subprocess.Popen:
+def _demo(*overrides: str, env: dict, output: Any = subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "celeba_gender.demo", *overrides],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO,
@@ -80,16 +111,19 @@ def _demo(*overrides: str, env: dict) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def server(sweep, run_env, tmp_path_factory):
-    """The demo as a user starts it, on the sweep, at a free port; its URL."""
+def demo_server(sweep, run_env, tmp_path_factory):
+    """The demo as a user starts it, on the sweep, at a free port: its URL and the file its
+    terminal output goes to."""
     port = _free_port()
     log = tmp_path_factory.mktemp("demo_run")
+    terminal = log / "terminal.txt"
     process = _demo(
         f"ckpt_path={sweep}",
         f"port={port}",
         f"max_pixels={MAX_PIXELS}",
         f"hydra.run.dir={log}",
         env=run_env,
+        output=terminal.open("w"),
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + STARTUP_S
@@ -101,14 +135,20 @@ def server(sweep, run_env, tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"the demo did not start: {process.communicate()[0][-3000:]}")
+                process.wait()
+                pytest.fail(f"the demo did not start: {terminal.read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url
+    yield url, terminal
     process.terminate()
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(demo_server) -> str:
+    return demo_server[0]
 
 
 @pytest.fixture(scope="module")
@@ -136,30 +176,34 @@ def _pixels(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("RGB"), dtype=float)
 
 
+def _region(picture: Image.Image, corner: tuple[int, int]) -> np.ndarray:
+    """The 178x218 crop-sized region of ``picture`` at ``corner`` (left, top)."""
+    left, top = corner
+    return _pixels(picture.crop((left, top, left + 178, top + 218)))
+
+
 def test_demo_shows_each_crop_beside_its_heat_map_with_predicts_settings(smoke_demo, photos):
     answer = smoke_demo.answer(str(photos["astronaut.jpg"]))
-    ((crop, plain_caption),) = answer.crops  # what the API's step gives: the crop alone
+    ((crop, plain_caption),) = answer.crops  # without explain: the crop alone
     assert crop.size == (178, 218)
     ((picture, caption),), message = smoke_demo.explained(answer)
     assert message == answer.message and "No heat maps" not in message
-    label = answer.faces[0]["label"]
-    assert caption == f"{plain_caption}; heat map: why {label}"  # explain_toward=predicted
-    # The crop, 4 white pixels, the crop with its map over it (jet, alpha 0.45).
-    assert picture.size == (2 * 178 + 4, 218)
-    left, gap, right = (
-        picture.crop(box) for box in ((0, 0, 178, 218), (178, 0, 182, 218), (182, 0, 360, 218))
-    )
-    assert np.array_equal(_pixels(left), _pixels(crop))
-    assert (_pixels(gap) == 255).all()
-    assert np.abs(_pixels(right) - _pixels(crop)).mean() > 5
+    row = answer.faces[0]
+    assert plain_caption == f"face 0: {row['label']}, P(male) {row['p_male']}"
+    # predict's explained picture (explain_toward=predicted): caption, crop, map, colour bar.
+    assert caption == face_caption(0, row["label"], row["p_male"]).replace("\n", "; ")
+    layout = picture_layout(crop.size, 2)
+    assert picture.size == layout["size"]
+    assert np.array_equal(_region(picture, layout["crop"]), _pixels(crop))
+    assert np.abs(_region(picture, layout["overlay"]) - _pixels(crop)).mean() > 5
     # The settings are predict's config values: no opacity, the crop itself; toward male.
     smoke_demo.cfg.explain_alpha, smoke_demo.cfg.explain_toward = 0.0, "male"
     try:
         ((picture, caption),), _ = smoke_demo.explained(answer)
     finally:
         smoke_demo.cfg.explain_alpha, smoke_demo.cfg.explain_toward = 0.45, "predicted"
-    assert np.abs(_pixels(picture.crop((182, 0, 360, 218))) - _pixels(crop)).max() <= 1
-    assert caption.endswith("heat map: why male")
+    assert np.abs(_region(picture, layout["overlay"]) - _pixels(crop)).max() <= 1
+    assert caption.endswith("heat map: evidence for male")
 
 
 def test_demo_without_gradients_or_captum_shows_the_crops_and_says_why(
@@ -209,18 +253,34 @@ def test_demo_api_labels_a_real_portrait_as_predict_does(server, photos, expecte
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     endpoint = endpoints["/predict"]
     photo, model = endpoint["parameters"]
-    # The picker: the sweep's jobs with a checkpoint, the first by default.
+    # The picker: the sweep's jobs with a checkpoint; no run recorded accuracies: the first.
     assert model["type"]["enum"] == ["0_resnet18_scratch_bce_seed0", "1_resnet18_scratch_bce_seed1"]
     assert model["parameter_default"] == "0_resnet18_scratch_bce_seed0"
-    annotated, table = client.predict(
+    # What the page shows, each under its own name.
+    assert [output["label"] for output in endpoint["returns"]] == [
+        "Annotated photo", "Faces table", "Aligned crops and heat maps", "Message",
+        "Model description",
+    ]  # fmt: skip
+    annotated, table, crops, message, about = client.predict(
         gradio_client.handle_file(photos["astronaut.jpg"]), api_name="/predict"
     )
     (row,) = _rows(table)
     assert row["status"] == "ok" and row["note"] is None
-    assert row["p_male"] == pytest.approx(expected["p_male"], abs=1e-5)
+    # Rounded as predict rounds (conf/predict.yaml's decimals: 4 for P(male), 1 for boxes).
+    assert row["p_male"] == round(row["p_male"], 4) == pytest.approx(expected["p_male"], abs=1e-4)
     assert row["label"] == expected["label"] == label_of(row["p_male"], 0.5)
     for key in ("x1", "y1", "x2", "y2"):
-        assert row[key] == pytest.approx(expected[key], abs=0.5)
+        assert row[key] == round(row[key], 1) == pytest.approx(expected[key], abs=0.5)
+    face = f"face 0 {row['label']} (P(male) {row['p_male']})"
+    assert message == f"0_resnet18_scratch_bce_seed0: {face}"
+    assert about == (  # the sweep's jobs kept no metrics.json
+        "0_resnet18_scratch_bce_seed0: resnet18 (no metrics.json: the job did not finish; "
+        "accuracies unknown)"
+    )
+    # The crop beside its heat map, captioned with the table's numbers.
+    (crop,) = crops
+    assert crop["caption"] == face_caption(0, row["label"], row["p_male"]).replace("\n", "; ")
+    assert Image.open(crop["image"]).size == picture_layout((178, 218), 2)["size"]
     # The annotated photo: the portrait's size, with the face's box drawn on it.
     original = np.asarray(Image.open(photos["astronaut.jpg"]).convert("RGB"), float)
     drawn = np.asarray(Image.open(annotated).convert("RGB"), float)
@@ -228,7 +288,7 @@ def test_demo_api_labels_a_real_portrait_as_predict_does(server, photos, expecte
     box = np.abs(drawn - original)[int(row["y1"]) : int(row["y2"]), int(row["x1"]) - 3 :][:, :6]
     assert box.mean() > 20  # the box's left edge
     # The second job of the sweep by name: the same weights, the same answer.
-    _, other = client.predict(
+    _, other, *_ = client.predict(
         gradio_client.handle_file(photos["astronaut.jpg"]),
         "1_resnet18_scratch_bce_seed1",
         api_name="/predict",
@@ -240,7 +300,7 @@ def test_demo_api_explains_bad_uploads(server, photos):
     client = gradio_client.Client(server, verbose=False)
 
     def ask(name: str) -> tuple[str | None, dict]:
-        annotated, table = client.predict(
+        annotated, table, *_ = client.predict(
             gradio_client.handle_file(photos[name]), api_name="/predict"
         )
         (row,) = _rows(table)
@@ -258,6 +318,40 @@ def test_demo_api_explains_bad_uploads(server, photos):
     assert Image.open(annotated).size == Image.open(photos["no_face.png"]).size
 
 
+def test_demo_prints_its_address_and_model_but_no_share_hint(demo_server):
+    """A command-line user is told where the page is and which model it runs, not Gradio's
+    advice to make a public link (share=True)."""
+    url, terminal = demo_server
+    output = terminal.read_text()
+    assert f"* Running on local URL:  {url}" in output, output[-3000:]
+    assert "celeba-gender demo of 0_resnet18_scratch_bce_seed0: resnet18" in output
+    assert "share=True" not in output and "public link" not in output, output[-3000:]
+
+
+def test_demo_on_a_sweep_starts_on_its_validation_best_run_and_names_it(ranked_sweep, photos):
+    """Job 0 is worse on validation than job 1: the page opens on job 1, the run the
+    analysis calls best, and says what it is and how well it did."""
+    folder, (worse, best) = ranked_sweep
+    demo = Demo(_demo_config(f"ckpt_path={folder}", "explain=false"))
+    assert list(demo.models) == [worse, best]
+    assert demo.default_model == best
+    # The analysis' own choice (its report's and the README pictures' run).
+    from celeba_gender.analysis.collect import collect_runs
+    from celeba_gender.analysis.report import validation_best_run, with_validation_accuracy
+
+    assert validation_best_run(with_validation_accuracy(collect_runs(folder)))["job"] == best
+    record = json.loads((folder / best / "metrics.json").read_text())
+    validation = pd.read_csv(folder / best / "val_predictions.csv")
+    accuracy = ((validation["p_male"] > 0.5).astype(int) == validation["label"]).mean()
+    assert demo.describe(best) == (
+        f"{best}: resnet18, scratch_ce, experiment smoke; validation accuracy "
+        f"{100 * accuracy:.1f}% of {len(validation)} images, test accuracy "
+        f"{100 * record['test/acc']:.1f}% of {record['test_images']} images"
+    )
+    answer = demo.answer(str(photos["astronaut.jpg"]))
+    assert answer.message.startswith(f"{best}: face 0") and answer.about == demo.describe(best)
+
+
 def test_demo_refuses_a_folder_without_models_in_one_line(sweep, run_env, tmp_path):
     empty = tmp_path / "empty_sweep"  # a job that has not saved a checkpoint yet
     (empty / "0_resnet18" / ".hydra").mkdir(parents=True)
@@ -270,21 +364,20 @@ def test_demo_refuses_a_folder_without_models_in_one_line(sweep, run_env, tmp_pa
     assert str(empty) in line and "checkpoints/best.ckpt" in line
 
 
-# In the page: the mean absolute difference between the left half of a gallery picture (the
-# crop) and its right half (the crop with its heat map), read back through a canvas.
-HALVES_DIFFER_JS = """image => {
+# In the page: the mean absolute difference between a gallery picture's crop and the crop
+# under its heat map (where explain.picture_layout puts them), read back through a canvas.
+HALVES_DIFFER_JS = """(image, {crop, overlay, size}) => {
     const canvas = document.createElement("canvas");
     const [width, height] = [image.naturalWidth, image.naturalHeight];
     Object.assign(canvas, {width, height});
     const context = canvas.getContext("2d");
     context.drawImage(image, 0, 0);
-    const half = Math.floor((width - 4) / 2);
-    const left = context.getImageData(0, 0, half, height).data;
-    const right = context.getImageData(width - half, 0, half, height).data;
+    const left = context.getImageData(crop[0], crop[1], size[0], size[1]).data;
+    const right = context.getImageData(overlay[0], overlay[1], size[0], size[1]).data;
     let total = 0;
     for (let i = 0; i < left.length; i += 4)
         for (let c = 0; c < 3; c++) total += Math.abs(left[i + c] - right[i + c]);
-    return {width, difference: total / (3 * half * height)};
+    return {width, difference: total / (3 * size[0] * size[1])};
 }"""
 
 
@@ -364,20 +457,27 @@ def test_demo_page_answers_a_real_portrait_in_chromium(
             upload = page.locator("#photo input[type=file]")
             upload.wait_for(state="attached", timeout=60_000)
             upload.set_input_files(photos["astronaut.jpg"])
-            label = f"face 0 {expected['label']} (P(male) {expected['p_male']:.2f})"
+            label = f"face 0 {expected['label']} (P(male) 0."
             sync_api.expect(page.locator("#message")).to_contain_text(label, timeout=60_000)
+            sync_api.expect(page.locator("#model")).to_contain_text("resnet18")
             sync_api.expect(page.locator("#table")).to_contain_text(expected["label"])
             annotated = page.locator("#annotated img")
             sync_api.expect(annotated).to_be_visible()
             assert annotated.evaluate("image => image.naturalWidth") == 512
             # The crops gallery: the crop beside its heat map (predict's settings), captioned.
-            sync_api.expect(page.locator("#crops")).to_contain_text("heat map: why", timeout=60_000)
+            sync_api.expect(page.locator("#crops")).to_contain_text(
+                "heat map: evidence for", timeout=60_000
+            )
             crop = page.locator("#crops img").first
             sync_api.expect(crop).to_be_visible()
             crop.evaluate("image => image.decode()")
-            halves = crop.evaluate(HALVES_DIFFER_JS)
-            assert halves["width"] == 2 * 178 + 4, halves
-            assert halves["difference"] > 5, halves  # the right half is coloured by the map
+            layout = picture_layout((178, 218), 2)
+            halves = crop.evaluate(
+                HALVES_DIFFER_JS,
+                {"crop": layout["crop"], "overlay": layout["overlay"], "size": [178, 218]},
+            )
+            assert halves["width"] == layout["size"][0], halves
+            assert halves["difference"] > 5, halves  # the crop under the map is coloured
             # The picker's second model answers beside the first.
             sync_api.expect(page.locator("#message_b")).to_contain_text(
                 "1_resnet18_scratch_bce_seed1", timeout=60_000

@@ -19,8 +19,10 @@ from celeba_gender.inference.explain import (
     CropExplainer,
     ExplainUnavailable,
     class_activation_maps,
+    face_caption,
     on_crop,
     overlay,
+    picture_layout,
     target_layer_of,
 )
 from celeba_gender.models import GenderClassifier
@@ -182,13 +184,29 @@ def test_predict_explain_writes_each_faces_heat_map(smoke_run, run_env, tmp_path
         "explained/astronaut_jpg.face0.png",
         "explained/crop_png.face0.png",
     }
+    # Each picture: its caption (the photo, the row's label and rounded P(male), what the map
+    # argues for) drawn above the crop, the crop under its map, and the map's colour bar.
+    layout = picture_layout((178, 218), 3)  # the aligned crop's frame; three caption lines
+    (left, top), (map_left, _) = layout["crop"], layout["overlay"]
+    bar_left, bar_top, bar_width, bar_height = layout["bar"]
     for row in table.itertuples():
-        picture = np.asarray(Image.open(output / row.explained).convert("RGB"), dtype=float)
-        assert picture.shape == (218, 178, 3)  # the aligned crop's frame
-    # The crop's picture is the crop under a heat map: coloured, but the same face.
-    crop = np.asarray(Image.open(PORTRAITS[0]).convert("RGB"), dtype=float)
-    explained = np.asarray(Image.open(output / "explained/crop_png.face0.png"), dtype=float)
-    assert 3 < np.abs(explained - crop).mean() < 80
+        file = Image.open(output / row.explained)
+        photo = row.explained.removeprefix("explained/").split("_")[0]
+        suffix = {"astronaut": "jpg", "crop": "png"}[photo]
+        assert file.text["Description"] == f"{photo}.{suffix}\n" + face_caption(
+            0, row.label, row.p_male
+        )
+        assert f"P(male) {row.p_male}" in file.text["Description"]
+        assert len(str(row.p_male).split(".")[1]) <= 4  # conf/predict.yaml's decimals
+        picture = np.asarray(file.convert("RGB"), dtype=float)
+        assert picture.shape == (*reversed(layout["size"]), 3)
+        assert (picture[: top - 4].min(axis=2) < 100).sum() > 200  # the caption's dark text
+        crop = picture[top : top + 218, left : left + 178]
+        explained = picture[top : top + 218, map_left : map_left + 178]
+        assert 3 < np.abs(explained - crop).mean() < 80  # coloured, but the same face
+        # The colour bar: jet from dark blue (0, at the bottom) to dark red (1, at the top).
+        bar = picture[bar_top + 2 : bar_top + bar_height - 2, bar_left + bar_width // 2]
+        assert bar[0, 0] > 100 > bar[0, 2] and bar[-1, 2] > 100 > bar[-1, 0], bar[[0, -1]]
 
 
 def test_explain_refuses_a_model_without_gradients(smoke_run):
@@ -217,7 +235,14 @@ def _explained_pictures(checkpoint, photos, output, *overrides: str) -> dict[str
         )
     predict_run.predict(cfg)
     table = pd.read_csv(output / "predictions.csv")
-    return {name: np.asarray(Image.open(output / name), dtype=float) for name in table["explained"]}
+    # The crop under its map (the caption above it says the row's label, which differs).
+    (left, top), width, height = picture_layout((178, 218), 3)["overlay"], 178, 218
+    return {
+        name: np.asarray(Image.open(output / name), dtype=float)[
+            top : top + height, left : left + width
+        ]
+        for name in table["explained"]
+    }
 
 
 def test_explained_pictures_keep_the_extension_and_explain_the_rows_label(smoke_run, tmp_path):

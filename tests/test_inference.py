@@ -97,6 +97,44 @@ def test_predict_labels_a_mixed_folder_without_stopping(predicted, mixed_folder)
     assert annotated == {*expected_ok, "no_face.webp"}
 
 
+def test_predict_rounds_probabilities_and_boxes_as_configured(predicted):
+    """predictions.csv and .json give P(male) and the detector's score to 4 decimals and box
+    corners to 1 (conf/predict.yaml's decimals), not 16-digit floats."""
+    text = (predicted / "predictions.csv").read_text().splitlines()
+    table = pd.read_csv(predicted / "predictions.csv", dtype=str)
+    ok = table[table["status"] == "ok"]
+    assert len(ok) >= 5
+    for columns, places in ((["p_male", "detector_score"], 4), (["x1", "y1", "x2", "y2"], 1)):
+        for column in columns:
+            decimals = ok[column].str.partition(".")[2].str.len()
+            assert (decimals <= places).all(), (column, ok[column].tolist())
+    assert max(len(line) for line in text) < 250  # no 17-digit numbers in a row
+    for record in json.loads((predicted / "predictions.json").read_text()):
+        if record["status"] == "ok":
+            assert record["p_male"] == round(record["p_male"], 4)
+            assert record["x1"] == round(record["x1"], 1)
+
+
+def _label_height(size: int) -> int:
+    """The height in pixels of the label drawn above a 60-pixel face box on a grey photo of
+    ``size`` x ``size`` pixels: the rows above the box that the label changed."""
+    photo = Image.new("RGB", (size, size), (128, 128, 128))
+    box = {"x1": size / 2, "y1": size / 2, "x2": size / 2 + 60, "y2": size / 2 + 60}
+    row = {"status": "ok", "label": "male", "p_male": 0.87654321, **box}
+    drawn = np.asarray(predict_run.annotate(photo, [row]), dtype=int)
+    above = np.abs(drawn - 128).sum(axis=2)[: int(box["y1"]) - 3] > 0
+    return int(above.any(axis=1).sum())
+
+
+def test_box_labels_grow_with_the_photo():
+    """A face of the same size gets a label readable on a 512-pixel photo and one in
+    proportion on a 4000-pixel photo (where a fixed size would be a speck)."""
+    small, large = _label_height(512), _label_height(4000)
+    assert small >= 16, small
+    assert large >= 6 * small, (small, large)
+    assert predict_run.label_font_size((4000, 3000)) > 7 * predict_run.label_font_size((512, 384))
+
+
 def _difference(picture: Path, source: Path) -> float:
     """Mean absolute pixel difference of two photos, on the source's size."""
     original = Image.open(source).convert("RGB")

@@ -275,7 +275,11 @@ def job_key(folder: Path) -> str:
     if config is None:
         return f"folder:{folder.resolve()}"
     ignore = [*config.get("resume_ignore", []), "hydra.*"]
-    own = str(OmegaConf.select(OmegaConf.create(config), "paths.output_dir", default="") or "")
+    # A config saved unresolved (an old job's) may say ${hydra:...}: unknown outside Hydra.
+    own = OmegaConf.select(
+        OmegaConf.create(config), "paths.output_dir", default="", throw_on_resolution_failure=False
+    )
+    own = str(own or "")
     flat = {
         key: value
         for key, value in flatten_config(config).items()

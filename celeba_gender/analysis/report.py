@@ -110,13 +110,7 @@ class SweepAnalysis:
 
     def runs_of(self, configuration: pd.Series) -> pd.DataFrame:
         """The successful runs of a configuration (its seeds), lowest seed first."""
-        runs = self.ok_runs
-        same = pd.Series(True, index=runs.index)
-        for key in CONFIGURATION:
-            same &= (runs[key] == configuration[key]) | (
-                runs[key].isna() & pd.isna(configuration[key])
-            )
-        return runs[same].sort_values("seed")
+        return runs_of(self.runs, configuration)
 
     def run_of(self, configuration: pd.Series) -> pd.Series:
         """The lowest-seed successful run of a configuration (for per-run pictures)."""
@@ -161,6 +155,39 @@ def _identities(settings: DictConfig, run: pd.Series) -> pd.Series | None:
         return None
 
 
+def runs_of(runs: pd.DataFrame, configuration: pd.Series) -> pd.DataFrame:
+    """The successful runs of ``runs`` of a configuration (its seeds), lowest seed first."""
+    runs = runs[runs["status"] == "ok"]
+    same = pd.Series(True, index=runs.index)
+    for key in CONFIGURATION:
+        same &= (runs[key] == configuration[key]) | (runs[key].isna() & pd.isna(configuration[key]))
+    return runs[same].sort_values("seed", kind="stable")
+
+
+def with_validation_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (``collect_runs``') with each successful run's ``val_acc`` and ``val_images``
+    (``_validation_accuracy``; NaN for the others)."""
+    validation = [
+        _validation_accuracy(run) if run["status"] == "ok" else (float("nan"), float("nan"))
+        for _, run in runs.iterrows()
+    ]
+    runs = runs.copy()
+    runs["val_acc"] = [accuracy for accuracy, _ in validation]
+    runs["val_images"] = pd.array([images for _, images in validation], dtype="Float64").astype(
+        "Int64"
+    )
+    return runs
+
+
+def validation_best_run(runs: pd.DataFrame) -> pd.Series | None:
+    """The run the analysis calls best (its report's, the README pictures', the demo's
+    default): the lowest-seed successful run of the configuration ``conclusions.ranked`` puts
+    first (best mean validation accuracy over its seeds). ``runs``: ``with_validation_accuracy``'s;
+    None when no run succeeded."""
+    table = conclusions.ranked(seed_summary(runs))
+    return None if table.empty else runs_of(runs, table.iloc[0]).iloc[0]
+
+
 def _validation_accuracy(run: pd.Series) -> tuple[float, float]:
     """(accuracy, images) of the evaluated checkpoint on the validation images its
     val_predictions.csv holds (the whole part unless trainer.limit_predict_batches capped it),
@@ -182,15 +209,7 @@ def analyze_sweep(
     if isinstance(sweep_dirs, (str, Path)):
         sweep_dirs = [sweep_dirs]
     sweep_dirs = list(dict.fromkeys(Path(d).expanduser().resolve() for d in sweep_dirs))
-    runs = collect_runs(sweep_dirs)
-    validation = [
-        _validation_accuracy(run) if run["status"] == "ok" else (float("nan"), float("nan"))
-        for _, run in runs.iterrows()
-    ]
-    runs["val_acc"] = [accuracy for accuracy, _ in validation]
-    runs["val_images"] = pd.array([images for _, images in validation], dtype="Float64").astype(
-        "Int64"
-    )
+    runs = with_validation_accuracy(collect_runs(sweep_dirs))
     notes: list[str] = []
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     ok = runs[runs["status"] == "ok"]

@@ -17,6 +17,8 @@ Public API (predict's ``explain=true``, the analysis' mean maps and the demo cal
 - ``CropExplainer.from_predictor(predictor)``: ``explain(crops)`` -> one map per aligned crop,
   on the crop's own pixels (zero outside the face box the model sees).
 - ``overlay(crop, heat_map, alpha=0.45, colormap="jet")`` -> the crop with the map over it.
+- ``explained_picture(crop, heat_map, caption, ...)`` -> what predict's explained/*.png and the
+  demo's gallery show: the crop, the crop with its map, the map's colour bar and a caption.
 
 What a map explains: the log-odds of P(male). That is the BCE head's logit, and the CE head's
 male logit minus its female logit (log P(male)/P(female)), so maps of both heads mean the same
@@ -36,6 +38,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -48,6 +54,14 @@ log = logging.getLogger(__name__)
 TARGET_LAYER_KEY = "cam_target_layer"
 Toward = Literal["predicted", "male"]
 TOWARD = ("predicted", "male")
+# explained_picture's layout, in pixels: a margin round it, a gap between the two pictures,
+# room for the caption's lines above them and for the colour bar (its ticks and label) beside.
+PICTURE_MARGIN = 8
+PICTURE_GAP = 4
+CAPTION_LINE_PX = 16
+COLOUR_BAR_PX = (12, 62)  # the bar, then its ticks and label
+PICTURE_DPI = 100
+CAPTION_POINTS = 9
 
 
 class ExplainUnavailable(DataError):
@@ -203,6 +217,73 @@ def overlay(
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
+def face_caption(face: int, label: str, p_male: float, toward: Toward = "predicted") -> str:
+    """An explained face's caption: its number, label and P(male) (as its row has it), and
+    which class its map argues for."""
+    evidence = label if toward == "predicted" else toward
+    return f"face {face}: {label}, P(male) {p_male}\nheat map: evidence for {evidence}"
+
+
+def picture_layout(crop_size: tuple[int, int], caption_lines: int) -> dict[str, tuple[int, ...]]:
+    """Where ``explained_picture`` puts things, in pixels from the top left: "size" (width,
+    height) of the picture, "crop" and "overlay" (left, top) of the two pictures, "bar" (left,
+    top, width, height) of the colour bar."""
+    width, height = crop_size
+    top = PICTURE_MARGIN + CAPTION_LINE_PX * caption_lines + PICTURE_GAP
+    overlay_left = PICTURE_MARGIN + width + PICTURE_GAP
+    bar_left = overlay_left + width + 2 * PICTURE_GAP
+    return {
+        "size": (bar_left + sum(COLOUR_BAR_PX), top + height + PICTURE_MARGIN),
+        "crop": (PICTURE_MARGIN, top),
+        "overlay": (overlay_left, top),
+        "bar": (bar_left, top, COLOUR_BAR_PX[0], height),
+    }
+
+
+def explained_picture(
+    crop: Image.Image,
+    heat_map: np.ndarray,
+    caption: str,
+    alpha: float = 0.45,
+    colormap: str = "jet",
+) -> Image.Image:
+    """The crop as the model saw it, the crop with its map (``overlay``) and the map's colour
+    bar, ``caption`` (its lines: the face's label, P(male), what the map explains) above them:
+    predict's explained/*.png and the demo's gallery. The two pictures keep their pixels
+    (matplotlib's figimage: not resampled); the colour bar is the map's scale, as the
+    analysis' heat-map grid has it."""
+    crop = crop.convert("RGB")
+    lines = caption.splitlines() or [""]
+    layout = picture_layout(crop.size, len(lines))
+    width, height = layout["size"]
+    figure = Figure(figsize=(width / PICTURE_DPI, height / PICTURE_DPI), dpi=PICTURE_DPI)
+    figure.patch.set_facecolor("white")
+    for key, picture in (("crop", crop), ("overlay", overlay(crop, heat_map, alpha, colormap))):
+        left, top = layout[key]
+        # figimage's offsets count from the bottom left.
+        figure.figimage(np.asarray(picture), left, height - top - crop.height, origin="upper")
+    left, top, bar_width, bar_height = layout["bar"]
+    bar_axes = figure.add_axes(
+        (left / width, (height - top - bar_height) / height, bar_width / width, bar_height / height)
+    )
+    bar = figure.colorbar(ScalarMappable(Normalize(0, 1), cmap=colormap), cax=bar_axes)
+    bar.set_label("Grad-CAM (1: the face's peak)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    for number, line in enumerate(lines):
+        # Captions hold names: no mathtext ('$' is not a formula).
+        figure.text(
+            PICTURE_MARGIN / width,
+            1 - (PICTURE_MARGIN + CAPTION_LINE_PX * number) / height,
+            line,
+            va="top",
+            fontsize=CAPTION_POINTS,
+            parse_math=False,
+        )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
 class CropExplainer:
     """Heat maps of aligned crops, through a checkpoint's own evaluation transform."""
 
@@ -267,8 +348,11 @@ __all__ = [
     "ExplainUnavailable",
     "class_activation_maps",
     "explain_available",
+    "explained_picture",
+    "face_caption",
     "male_log_odds",
     "on_crop",
     "overlay",
+    "picture_layout",
     "target_layer_of",
 ]

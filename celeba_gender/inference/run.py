@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
@@ -70,6 +70,66 @@ MAX_NAME_BYTES = 200  # file names stay well under the usual 255-byte limit
 _UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 GALLERY_CELL = (3.2, 3.4)  # inches per photo in the gallery, drawn at GALLERY_DPI
 GALLERY_DPI = 100
+# Box labels: text height as a fraction of the photo's longer side (about 18 px on a 512-px
+# photo, 140 px on a 4000-px one: readable wherever the photo is shown whole), never below
+# LABEL_MIN_PX; white on the box's colour.
+LABEL_HEIGHT = 0.035
+LABEL_MIN_PX = 14
+BOX_COLOURS = {"male": (40, 120, 255), "female": (235, 50, 130)}
+PROBABILITY_COLUMNS = ("p_male", "detector_score")
+PIXEL_COLUMNS = ("x1", "y1", "x2", "y2")
+
+
+@dataclass(frozen=True)
+class Decimals:
+    """How many decimals the rows keep (conf/predict.yaml's ``decimals``; None: all): a 16-digit
+    P(male) or box corner is noise to a reader, and no model or detector is that precise. The
+    one place numbers are rounded (``rounded``): predictions.csv/.json, tracks.csv/.json, the
+    demo's table and API. Labels are decided on the unrounded P(male)."""
+
+    probability: int | None = None
+    pixels: int | None = None
+
+    @classmethod
+    def from_config(cls, decimals: Mapping[str, Any] | None) -> Decimals:
+        """Checked values; DataError naming the key otherwise."""
+        decimals = dict(decimals or {})
+        unknown = sorted(set(decimals) - {"probability", "pixels"})
+        if unknown:
+            raise DataError(
+                f"decimals.{unknown[0]}: unknown key (decimals has probability, pixels)"
+            )
+        for key, value in decimals.items():
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 15
+            ):
+                raise DataError(
+                    f"decimals.{key}={value!r}: a whole number of decimals from 0 to 15, or null"
+                )
+        return cls(**decimals)
+
+    def probability_value(self, value: Any) -> Any:
+        return _round(value, self.probability)
+
+    def rounded(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its probabilities and box corners rounded (in place, and returned)."""
+        for columns, places in (
+            (PROBABILITY_COLUMNS, self.probability),
+            (PIXEL_COLUMNS, self.pixels),
+        ):
+            for column in columns:
+                if column in row:
+                    row[column] = _round(row[column], places)
+        return row
+
+
+def _round(value: Any, places: int | None) -> Any:
+    """``value`` to ``places`` decimals (0: a whole number), or as it is (None, not a number)."""
+    if places is None or value is None or isinstance(value, bool):
+        return value
+    if not isinstance(value, int | float | np.number) or not math.isfinite(value):
+        return value
+    return int(round(float(value))) if places == 0 else round(float(value), places)
 
 
 @dataclass
@@ -91,16 +151,18 @@ def predict_photos(
     aligner: FaceAligner | None,
     threshold: float = 0.5,
     max_pixels: int = 50_000_000,
+    decimals: Decimals = Decimals(),
 ) -> Iterator[PhotoResult]:
     """Each photo with its rows, in input order; faces are classified ``predictor.batch_size``
-    photos at a time, and at most that many photos are held at once."""
+    photos at a time, and at most that many photos are held at once. ``decimals``: how the
+    rows' numbers are rounded (default: not at all)."""
     batch: list[tuple[PhotoResult, list[Image.Image]]] = []
     for path in paths:
         batch.append(_find_faces(path, aligner, max_pixels))
         if len(batch) >= predictor.batch_size:
-            yield from _classify(batch, predictor, threshold)
+            yield from _classify(batch, predictor, threshold, decimals)
             batch = []
-    yield from _classify(batch, predictor, threshold)
+    yield from _classify(batch, predictor, threshold, decimals)
 
 
 def _reason(error: BaseException, limit: int = 300) -> str:
@@ -163,10 +225,14 @@ def detect_faces(
 
 
 def _classify(
-    batch: list[tuple[PhotoResult, list[Image.Image]]], predictor: GenderPredictor, threshold: float
+    batch: list[tuple[PhotoResult, list[Image.Image]]],
+    predictor: GenderPredictor,
+    threshold: float,
+    decimals: Decimals = Decimals(),
 ) -> Iterator[PhotoResult]:
     """P(male) of every face of the batch at once; if that fails, photo by photo, so that only
-    the photo whose faces cannot be classified gets error rows."""
+    the photo whose faces cannot be classified gets error rows. The rows leave here labelled
+    and rounded (``decimals``): every output shows the same numbers."""
     try:
         flat = predictor.predict([crop for _, crops in batch for crop in crops])
         probabilities = []
@@ -195,6 +261,8 @@ def _classify(
                 if row["status"] == "ok":
                     row["p_male"] = float(next(values))
                     row["label"] = label_of(row["p_male"], threshold)
+        for row in result.rows:
+            decimals.rounded(row)
         yield result
 
 
@@ -251,21 +319,34 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     return names
 
 
+def label_font_size(photo_size: tuple[int, int]) -> int:
+    """The box labels' font size in pixels for a photo of this (width, height)."""
+    return max(LABEL_MIN_PX, round(LABEL_HEIGHT * max(photo_size)))
+
+
 def annotate(photo: Image.Image, rows: Iterable[Mapping[str, Any]]) -> Image.Image:
-    """The photo with each face's box, label and P(male) drawn on it."""
+    """The photo with each face's box, label and P(male) drawn on it: the label in white on a
+    band of the box's colour above the box (inside it at the photo's top edge), its size in
+    proportion to the photo (``label_font_size``)."""
     canvas = photo.copy()
     draw = ImageDraw.Draw(canvas)
     line = max(2, round(max(canvas.size) / 300))
+    font = ImageFont.load_default(size=label_font_size(canvas.size))
+    pad = max(1, font.size // 6)
     for row in rows:
         if row["status"] != "ok":
             continue
-        colour = (40, 120, 255) if row["label"] == "male" else (255, 60, 140)
+        colour = BOX_COLOURS[row["label"]]
         draw.rectangle((row["x1"], row["y1"], row["x2"], row["y2"]), outline=colour, width=line)
         text = f"{row['label']} {row['p_male']:.2f}"
         if row.get("track") is not None:  # a video's face: its track number, as in tracks.csv
             text = f"#{row['track']} {text}"
-        size = max(12, round((row["x2"] - row["x1"]) / 6))
-        draw.text((row["x1"], max(0, row["y1"] - size - 2)), text, fill=colour, font_size=size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        height = bottom - top + 2 * pad
+        y = row["y1"] - height if row["y1"] >= height else row["y1"]
+        x = min(max(0, row["x1"]), max(0, canvas.width - (right - left) - 2 * pad))
+        draw.rectangle((x, y, x + right - left + 2 * pad, y + height), fill=colour)
+        draw.text((x + pad - left, y + pad - top), text, fill="white", font=font)
     return canvas
 
 
@@ -441,11 +522,14 @@ def _save_annotated(result: PhotoResult, target: Path) -> str | None:
 def _save_explained(
     result: PhotoResult, explainer: Any, folder: Path, name: str, alpha: float, colormap: str
 ) -> None:
-    """Write each classified face's crop with its heat map as
-    ``explained/<name>_<ext>.face<N>.png`` (from the photo's annotated copy's name, its
-    extension kept: a.jpg and a.png are two photos) and name it in the face's row; a face whose
-    map cannot be made gets the reason in its row instead. The map explains the row's label."""
-    from celeba_gender.inference.explain import overlay
+    """Write each classified face's crop with its heat map, colour bar and caption
+    (``explain.explained_picture``) as ``explained/<name>_<ext>.face<N>.png`` (from the photo's
+    annotated copy's name, its extension kept: a.jpg and a.png are two photos) and name it in
+    the face's row; a face whose map cannot be made gets the reason in its row instead. The map
+    explains the row's label. The caption is also the PNG's "Description" text."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from celeba_gender.inference.explain import explained_picture, face_caption
 
     face_rows = [row for row in result.rows if row.get("face") is not None]  # one per crop
     faces = [
@@ -469,8 +553,15 @@ def _save_explained(
     stem = f"{head}_{extension}" if dot else name
     for (row, crop), heat_map in zip(faces, maps, strict=True):
         target = folder / f"{stem}.face{row['face']}.png"
+        caption = f"{name}\n" + face_caption(
+            row["face"], row["label"], row["p_male"], explainer.toward
+        )
+        text = PngInfo()
+        text.add_itxt("Description", caption)
         with atomic_output(target) as file:
-            overlay(crop, heat_map, alpha, colormap).save(file, format="PNG")
+            explained_picture(crop, heat_map, caption, alpha, colormap).save(
+                file, format="PNG", pnginfo=text
+            )
         row["explained"] = f"explained/{target.name}"
 
 
@@ -501,6 +592,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
     videos = [path for path in inputs if is_video_name(path)]
     paths = [path for path in inputs if not is_video_name(path)]  # the photos
     video_settings = VideoSettings.from_config(cfg.get("video", {}))
+    decimals = Decimals.from_config(cfg.get("decimals"))
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.annotate or videos and video_settings.annotate_video:
         (output_dir / "annotated").mkdir(exist_ok=True)
@@ -526,7 +618,9 @@ def predict(cfg: DictConfig) -> Counter[str]:
         failure: BaseException | None = None
         stop.armed = True
         try:
-            results = predict_photos(paths, predictor, aligner, cfg.threshold, cfg.max_pixels)
+            results = predict_photos(
+                paths, predictor, aligner, cfg.threshold, cfg.max_pixels, decimals
+            )
             for result in progress(results, total=len(paths), desc="Photos", unit="photo"):
                 name = names[result.path]
                 result.rows = [{k: _printable(v) for k, v in row.items()} for row in result.rows]
@@ -578,7 +672,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
                     name = video_name(names[path])
                     annotated = (output_dir / "annotated" / name, f"annotated/{name}")
                 rows = predict_video(
-                    path, predictor, aligner, video_settings, cfg.threshold, annotated
+                    path, predictor, aligner, video_settings, cfg.threshold, annotated, decimals
                 )
                 rows = [{k: _printable(v) for k, v in row.items()} for row in rows]
                 stop.armed = False  # a stop waits until both files have the video's rows

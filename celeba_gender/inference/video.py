@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -48,6 +48,9 @@ from celeba_gender.inference.faces import FaceAligner
 from celeba_gender.inference.photos import VIDEO_SUFFIXES, is_video_name  # noqa: F401
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.progress import progress
+
+if TYPE_CHECKING:  # run imports this module
+    from celeba_gender.inference.run import Decimals
 
 log = logging.getLogger(__name__)
 
@@ -360,10 +363,15 @@ def predict_video(
     settings: VideoSettings,
     threshold: float = 0.5,
     annotated: tuple[Path, str] | None = None,
+    decimals: Decimals | None = None,
 ) -> list[dict[str, Any]]:
     """One row per track of ``path`` (or one row saying why there is none). ``annotated``:
-    (file to write, its name for the rows) when an annotated copy is wanted."""
-    from celeba_gender.inference.run import _classify, _reason, annotate, detect_faces
+    (file to write, its name for the rows) when an annotated copy is wanted. ``decimals``: the
+    track rows' P(male) mean and spread rounded (the frames' own P(male) are not: the means
+    average them)."""
+    from celeba_gender.inference.run import Decimals, _classify, _reason, annotate, detect_faces
+
+    decimals = decimals or Decimals()
 
     tracker = FaceTracker(settings.min_iou, settings.max_gap_s, settings.min_similarity)
     previous_frame: np.ndarray | None = None  # the last sampled frame's signature
@@ -437,7 +445,7 @@ def predict_video(
             stop = f"{path}: the run was stopped; frames after {tracked_until:.2f} s not looked at"
             common = {"video": str(path), "error": stop, "annotated": None}
             error.track_rows = [  # type: ignore[attr-defined]
-                *_track_rows(tracker, common, threshold),
+                *_track_rows(tracker, common, threshold, decimals),
                 common | {"status": "error"},
             ]
         raise
@@ -459,7 +467,7 @@ def predict_video(
     if stopped:
         notes.append(stopped)
     common = {"video": str(path), "error": "; ".join(notes) or None, "annotated": name}
-    rows = _track_rows(tracker, common, threshold)
+    rows = _track_rows(tracker, common, threshold, decimals)
     if stopped:  # the tracks up to the error, and a row that says where decoding stopped
         rows.append(common | {"status": "error", "error": stopped})
     if not rows:
@@ -469,7 +477,7 @@ def predict_video(
 
 
 def _track_rows(
-    tracker: FaceTracker, common: dict[str, Any], threshold: float
+    tracker: FaceTracker, common: dict[str, Any], threshold: float, decimals: Decimals
 ) -> list[dict[str, Any]]:
     """One row per track so far, in order of first appearance, each with ``common``'s values."""
     from celeba_gender.inference.run import label_of
@@ -482,8 +490,8 @@ def _track_rows(
             "first_s": round(track.first_s, 3),
             "last_s": round(track.last_s, 3),
             "frames": track.frames,
-            "p_male_mean": track.mean,
-            "p_male_std": track.std,
+            "p_male_mean": decimals.probability_value(track.mean),
+            "p_male_std": decimals.probability_value(track.std),
             "label": label_of(track.mean, threshold),
         }
         for track in tracker.tracks()
