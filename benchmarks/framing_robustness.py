@@ -23,9 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
+from celeba_gender.analysis.collect import read_predictions
 from celeba_gender.data.annotations import detect_layout
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.framing import Framing, reframe
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--examples", type=Path, default=None, help="save a few reframed photos")
     args = parser.parse_args()
     run = json.loads((args.run_dir / "metrics.json").read_text())
-    tested = pd.read_csv(args.run_dir / "test_predictions.csv")
+    tested = read_predictions(args.run_dir)
     if args.limit:
         tested = tested.iloc[: args.limit]
     labels = tested["label"].to_numpy()

@@ -18,12 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import REPO, file_stamps, run_script
 from PIL import Image
 
+from celeba_gender.analysis.collect import read_predictions
 from celeba_gender.inference import FaceAligner, GenderPredictor, expand_inputs
 from celeba_gender.inference.export import main as export_main
 from celeba_gender.inference.run import COLUMNS, output_names, predict_photos
+from celeba_gender.spreadsheet import unquote_frame
+from celeba_gender.training.outputs import write_predictions
 
 
 @pytest.fixture(scope="module")
@@ -528,3 +532,63 @@ def test_links_left_in_a_reused_output_folder_are_not_written_through(checkpoint
     assert victim.read_text() == "not to be overwritten"
     assert len(pd.read_csv(output / "predictions.csv")) == 2
     assert not (output / "gallery.png").is_symlink()
+
+
+def test_names_a_spreadsheet_would_run_are_written_as_text_and_read_back_exactly(
+    checkpoint, faces, tmp_path, monkeypatch
+):
+    from celeba_gender.inference.run import predict
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = ["=HYPERLINK(1).jpg", "+cmd.jpg", "-x.jpg", "@sum.jpg", "'quoted.jpg", "plain.jpg"]
+    for name, source in zip(names, faces, strict=False):
+        shutil.copy(source, folder / name)
+    monkeypatch.chdir(folder)  # photos named as given on the command line: the bare names
+    output = tmp_path / "out"
+    predict(_predict_config(checkpoint, [Path(name) for name in names], output))
+    lines = (output / "predictions.csv").read_text().splitlines()
+    cells = {line.split(",")[0].strip('"') for line in lines[1:]}
+    assert cells == {"'=HYPERLINK(1).jpg", "'+cmd.jpg", "'-x.jpg", "'@sum.jpg", "''quoted.jpg"} | {
+        "plain.jpg"
+    }
+    table = unquote_frame(pd.read_csv(output / "predictions.csv"))
+    assert sorted(table["photo"]) == sorted(names)  # exactly the names, read back
+    # A run's own predictions (the dataset's file names) round-trip through the analysis.
+    rows = pd.DataFrame({"file_name": ["=1+1.jpg", "-2.jpg", "ok.jpg"]})
+    write_predictions(
+        tmp_path / "test_predictions.csv",
+        torch.tensor([[0, 1, 0.25], [1, 0, 0.5], [2, 1, 0.75]]),
+        rows,
+    )
+    read = read_predictions(tmp_path, "test")
+    assert list(read["file_name"]) == ["=1+1.jpg", "-2.jpg", "ok.jpg"]
+    assert list(read["p_male"]) == [0.25, 0.5, 0.75]  # numbers stay numbers
+
+
+def test_predict_never_overwrites_an_earlier_prediction(checkpoint, faces, tmp_path):
+    output = tmp_path / "out"
+    first = run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input=[{faces[0]}]",
+        "detect=false",
+        f"hydra.run.dir={output}",
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = file_stamps(output)
+    second = run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input=[{faces[1]}]",
+        "detect=false",
+        f"hydra.run.dir={output}",
+    )
+    assert second.returncode == 2
+    assert f"{output} already holds predictions (predictions.csv, predictions.json)" in (
+        second.stderr
+    )
+    assert "Traceback" not in second.stderr
+    after = file_stamps(output)
+    for name in ("predictions.csv", "predictions.json"):  # the first run's, untouched
+        assert after[name] == before[name]

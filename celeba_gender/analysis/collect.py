@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
 from celeba_gender.progress import progress
+from celeba_gender.spreadsheet import unquote_frame
 from celeba_gender.training.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -302,7 +303,7 @@ def read_predictions(run_dir: str | Path, part: str = "test") -> pd.DataFrame:
     path = Path(run_dir) / name
     if not path.is_file():
         raise DataError(f"{path} does not exist: re-run the job, or evaluate it with eval.py.")
-    frame = pd.read_csv(path)
+    frame = unquote_frame(pd.read_csv(path))
     missing = {"file_name", "label", "p_male"} - set(frame.columns)
     if missing:
         raise DataError(f"{path} lacks the columns {sorted(missing)}.")

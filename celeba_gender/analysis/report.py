@@ -47,6 +47,7 @@ from celeba_gender.data import DataError
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, source_image_dir
 from celeba_gender.inference.explain import explain_available
 from celeba_gender.progress import progress, progress_enabled
+from celeba_gender.spreadsheet import safe_frame
 from celeba_gender.training.resume import saved_config
 
 log = logging.getLogger(__name__)
@@ -608,11 +609,11 @@ def write_report(analysis: SweepAnalysis, report_dir: str | Path | None = None) 
     report_dir = Path(report_dir or analysis.sweep_dir / "report")
     figure_dir = report_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    analysis.runs.to_csv(report_dir / "runs.csv", index=False)
-    analysis.configurations.to_csv(report_dir / "configurations.csv", index=False)
-    analysis.fairness.to_csv(report_dir / "fairness.csv", index=False)
-    analysis.paired.to_csv(report_dir / "paired.csv", index=False)
-    analysis.fairness_runs.to_csv(report_dir / "fairness_summary.csv", index=False)
+    safe_frame(analysis.runs).to_csv(report_dir / "runs.csv", index=False)
+    safe_frame(analysis.configurations).to_csv(report_dir / "configurations.csv", index=False)
+    safe_frame(analysis.fairness).to_csv(report_dir / "fairness.csv", index=False)
+    safe_frame(analysis.paired).to_csv(report_dir / "paired.csv", index=False)
+    safe_frame(analysis.fairness_runs).to_csv(report_dir / "fairness_summary.csv", index=False)
     (report_dir / CONCLUSIONS_FILE).write_text(
         "\n".join(f"- {line}" for line in analysis.conclusions)
         + (

@@ -46,6 +46,7 @@ from celeba_gender.inference.photos import PhotoError, expand_inputs, is_video_n
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
+from celeba_gender.spreadsheet import safe_cell
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -436,7 +437,9 @@ def _write_all(descriptor: int, data: bytes) -> None:
 
 def _csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> bytes:
     text = io.StringIO()
-    csv.DictWriter(text, columns, extrasaction="ignore").writerows(rows)
+    csv.DictWriter(text, columns, extrasaction="ignore").writerows(
+        {key: safe_cell(value) for key, value in row.items()} for row in rows
+    )
     return text.getvalue().encode()
 
 
@@ -565,10 +568,26 @@ def _save_explained(
         row["explained"] = f"explained/{target.name}"
 
 
+# The tables a prediction run writes: a folder holding one of them holds an earlier run's.
+PREDICTION_FILES = ("predictions.csv", "predictions.json", "tracks.csv", "tracks.json")
+
+
 def predict(cfg: DictConfig) -> Counter[str]:
     """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses.
     Ctrl-C or SIGTERM stops it with PredictionInterrupted, the rows done so far written."""
     output_dir = Path(cfg.paths.output_dir)
+    # A link of that name is replaced below, not written through: what it points to stays.
+    earlier = [
+        n
+        for n in PREDICTION_FILES
+        if (output_dir / n).exists() and not (output_dir / n).is_symlink()
+    ]
+    if earlier:  # checked first: nothing is loaded or written
+        raise DataError(
+            f"{output_dir} already holds predictions ({', '.join(earlier)}): predict never "
+            "overwrites them. Choose another hydra.run.dir (the default is a new folder per "
+            "run), or move them away."
+        )
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise DataError(f"batch_size={cfg.batch_size}: it must be a whole number of at least 1")
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)

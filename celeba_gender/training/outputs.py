@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_write
+from celeba_gender.spreadsheet import safe_frame
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
@@ -79,7 +80,7 @@ def write_predictions(path: Path, predictions: torch.Tensor, images: pd.DataFram
             "p_male": predictions[:, 2].numpy(),
         }
     ).drop_duplicates("row")  # DistributedSampler repeats images to even out ranks
-    table.sort_values("row").drop(columns="row").to_csv(path, index=False)
+    safe_frame(table.sort_values("row").drop(columns="row")).to_csv(path, index=False)
     return path
 
 
