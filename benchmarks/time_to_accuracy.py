@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +149,10 @@ def validation_curve(folder: Path) -> list[dict[str, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+    # Each epoch's last step (metrics.csv, the run's per-epoch table): a validation logged at
+    # that step closes that epoch.
+    table = pd.read_csv(folder / "metrics.csv")
+    epochs = dict(zip(table["step"], table["epoch"], strict=True))
     files = sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
     curve: dict[int, dict[str, float]] = {}
     start = None
@@ -159,7 +164,6 @@ def validation_curve(folder: Path) -> list[dict[str, float]]:
         events.Reload()
         if "val/acc" not in events.Tags()["scalars"]:
             continue
-        epochs = {e.step: e.value for e in events.Scalars("epoch")}
         for event in events.Scalars("val/acc"):
             epoch = int(epochs.get(event.step, len(curve)))
             curve[epoch] = {

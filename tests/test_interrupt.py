@@ -230,6 +230,9 @@ def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As at a terminal: a shell starting the tests in the background ignores SIGINT, and
+        # its children inherit that (Python then never sees a Ctrl-C).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
