@@ -10,16 +10,23 @@ notebook keeps Python's own handling.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from types import TracebackType
 
 MESSAGE = "Stopped (Ctrl-C)."
+EXIT_STATUS = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
 
 
 def _hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
         print(str(value) or MESSAGE, file=sys.stderr, flush=True)
-        return
+        # The status of a process stopped by SIGINT, wherever the interrupt was caught and
+        # re-raised (Python sets it only for one that leaves the main module untouched).
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_STATUS)
     _previous(kind, value, traceback)
 
 

@@ -278,7 +278,7 @@ def test_readme_demo_screenshot_answers_the_portrait(readme_sweep, chromium, tmp
     assert record["job"] == planted and record["figures"] == ["demo.png"]
     # Served as its run folder: the page names the job and answers for the portrait's face.
     assert re.fullmatch(
-        rf"{planted}: face 0 (fe)?male \(P\(male\) [01]\.\d\d\)", record["demo_answer"]
+        rf"{planted}: face 0 (fe)?male \(P\(male\) [01]\.\d{{2,4}}\)", record["demo_answer"]
     )
     screenshot = Image.open(tmp_path / "demo.png")
     assert screenshot.width == 1280 and screenshot.height >= 1400

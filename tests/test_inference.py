@@ -108,7 +108,7 @@ def test_predict_rounds_probabilities_and_boxes_as_configured(predicted):
         for column in columns:
             decimals = ok[column].str.partition(".")[2].str.len()
             assert (decimals <= places).all(), (column, ok[column].tolist())
-    assert max(len(line) for line in text) < 250  # no 17-digit numbers in a row
+    assert not any(re.search(r"\d\.\d{5,}", line) for line in text)  # no 17-digit numbers
     for record in json.loads((predicted / "predictions.json").read_text()):
         if record["status"] == "ok":
             assert record["p_male"] == round(record["p_male"], 4)
@@ -266,7 +266,8 @@ def test_detect_false_gives_the_test_predictions_of_the_run(
     predicted["file_name"] = predicted["photo"].map(lambda p: Path(p).name)
     joined = tested.merge(predicted, on="file_name", suffixes=("_test", "_predict"))
     assert len(joined) == len(tested)
-    np.testing.assert_allclose(joined["p_male_test"], joined["p_male_predict"], atol=1e-5)
+    # predict's P(male) is rounded to decimals.probability (4): equal within that rounding.
+    np.testing.assert_allclose(joined["p_male_test"], joined["p_male_predict"], atol=5e-5 + 1e-5)
 
 
 def test_alignment_puts_the_eyes_where_celeba_has_them():
