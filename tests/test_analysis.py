@@ -1035,9 +1035,11 @@ def test_run_facts_survive_metric_names_and_a_missing_metric_is_no_seed(sweep, t
     copy = _copy_jobs(sweep, tmp_path, jobs)
     record = json.loads((copy / jobs[1] / "metrics.json").read_text())
     record["test/acc"] = float("nan")  # a run whose accuracy could not be computed
+    del record["loss"]  # an older record without the fact: its test loss is still test_loss
     (copy / jobs[1] / "metrics.json").write_text(json.dumps(record))
     runs = collect_runs(copy).set_index("job")
-    assert set(runs["loss"]) == {"bce"}  # the loss function, not the test loss
+    assert set(runs["loss"]) == {"bce"}  # the loss function (the saved config's), not the test loss
+    assert runs["test_loss"].notna().all()
     assert runs.loc[jobs[0], "test_loss"] == pytest.approx(_metrics(sweep)[jobs[0]]["test/loss"])
     assert runs.loc[jobs[1], "missing_metrics"] == "acc"
     assert runs.loc[jobs[0], "missing_metrics"] == ""

@@ -386,6 +386,7 @@ def test_without_file_locks_the_recorded_holder_decides(tmp_path):
         ({"pid": int(dead), "host": socket.gethostname()}, None),
         ({"pid": os.getppid(), "host": socket.gethostname()}, f"pid {os.getppid()} on "),
         ({"pid": 1, "host": "another-node"}, f"If that job is gone, delete {path}"),
+        ({"pid": os.getpid(), "host": "another-node"}, "on another-node"),  # same pid elsewhere
     ):
         path.write_text(json.dumps(holder))
         with path.open("a+") as handle:

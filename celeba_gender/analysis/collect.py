@@ -183,7 +183,9 @@ def _read_metrics(folder: Path) -> dict:
 
 def _metric_column(key: str, record: dict) -> str:
     name = key.removeprefix("test/")
-    return f"test_{name}" if name != key and name in record else name
+    # A run fact by name now (RUN_FACTS) or in the record (its own run_facts): older records
+    # lacking the fact must not put their test loss into the loss function's column.
+    return f"test_{name}" if name != key and (name in RUN_FACTS or name in record) else name
 
 
 STATUS_RANK = {"ok": 0, "interrupted": 1, "failed": 2, "missing": 3}

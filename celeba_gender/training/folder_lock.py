@@ -108,7 +108,8 @@ def hold_run_folder(folder: Path) -> Iterator[None]:
 
 def _claim_without_flock(handle, path: Path) -> None:
     holder = _holder(handle)
-    if not holder or holder.get("pid") == os.getpid():
+    mine = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+    if not holder or mine:  # the same pid on another node is another process
         return
     alive = _alive_here(holder)
     if alive is False:
