@@ -92,7 +92,7 @@ def hold_run_folder(folder: Path) -> Iterator[None]:
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
                     "started": time.time(),
-                    "command": " ".join(sys.argv[:1] + sys.argv[1:])[:500],
+                    "command": " ".join(sys.argv)[:500],
                 }
             )
         )
