@@ -40,9 +40,11 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,14 @@ from PIL import Image  # noqa: E402
 
 from celeba_gender.config import CONFIG_DIR  # noqa: E402  (registers the configs' resolvers)
 from celeba_gender.data import DataError  # noqa: E402
+from celeba_gender.demo_files import (  # noqa: E402
+    PhotoIntake,
+    PrivateFolder,
+    RequestSizeLimit,
+    attach,
+    request_limit_bytes,
+    upload_limit_bytes,
+)
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
 from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
 from celeba_gender.inference.run import Decimals, annotate, predict_photos  # noqa: E402
@@ -374,28 +384,20 @@ def runs_of_models(path: str | Path, models: dict[str, Path]) -> pd.DataFrame:
     return runs[runs["model_name"].notna()].reset_index(drop=True)
 
 
-def _photo_input() -> Any:
-    """An image upload or webcam snapshot handed to the page's function as its file, undecoded:
-    predict's own decode reads it, so a file that is not an image (or a decompression bomb)
-    gets predict's message instead of Gradio's error. Set on the instance: a subclass of a
-    Gradio component makes Gradio write a .pyi file beside this module."""
+def _photo_input(intake: PhotoIntake) -> Any:
+    """An image upload or webcam snapshot, handed to the page's function as its file through the
+    one bounded way in (``demo_files.attach``): predict's own decode reads it, so a file that is
+    not an image (or a decompression bomb) gets predict's message instead of Gradio's error."""
     import gradio as gr
 
     photo = gr.Image(label="Photo", sources=["upload", "webcam"], type="filepath", elem_id="photo")
-    decode = photo.preprocess
-
-    def undecoded(payload: Any) -> str | None:
-        if payload is None or payload.path is None:  # a data: URL: Gradio decodes it
-            return decode(payload)
-        return str(payload.path)
-
-    photo.preprocess = undecoded
-    return photo
+    return attach(photo, intake)
 
 
-def build_app(demo: Demo) -> Any:
-    """The page (a gradio.Blocks), not yet launched. Its API endpoint ``predict`` is the page's
-    own event: it returns what the page shows, each output under its own label."""
+def build_app(demo: Demo, intake: PhotoIntake) -> Any:
+    """The page (a gradio.Blocks), not yet launched; photos come in through ``intake``. Its API
+    endpoint ``predict`` is the page's own event: it returns what the page shows, each output
+    under its own label."""
     import gradio as gr
 
     several = len(demo.models) > 1
@@ -430,7 +432,7 @@ def build_app(demo: Demo) -> Any:
             + (f"{len(names)} models of {demo.cfg.ckpt_path}" if several else names[0])
         )
         with gr.Row():
-            photo = _photo_input()
+            photo = _photo_input(intake)
             with gr.Column():
                 model_a = gr.Dropdown(
                     names, value=demo.default_model, label="Model", visible=several
@@ -510,40 +512,63 @@ def check_listening(host: str, port: Any) -> None:
             ) from None
 
 
-def run_demo(cfg: DictConfig, block: bool = True) -> Any:
-    """Serve the page at http://host:port/ (blocks until Ctrl-C unless ``block`` is false)."""
+def run_demo(cfg: DictConfig) -> None:
+    """Serve the page at http://host:port/ until Ctrl-C (or SIGTERM); the visitors' photos and
+    the page's pictures are kept in a private folder, deleted by age and when it stops."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise DataError(
             "ckpt_path is missing: python -m celeba_gender.demo ckpt_path=PATH (a .ckpt, an "
             ".onnx export, a run folder or a sweep folder)"
         )
     check_listening(cfg.host, cfg.port)
+    max_upload_bytes = upload_limit_bytes(cfg.max_upload_mb)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise DataError(
             "the demo needs gradio: `make setup`, or `pip install 'celeba-gender[demo]'`"
         ) from None
-    demo = Demo(cfg)
-    app = build_app(demo)
-    try:
-        # quiet: Gradio's own lines would tell a command-line user to set share=True (a public
-        # link through Gradio's servers); the page's address is printed below instead.
-        app.queue().launch(
-            server_name=cfg.host,
-            server_port=cfg.port,
-            max_file_size=f"{cfg.max_upload_mb}mb",
-            prevent_thread_lock=True,
-            share=False,
-            quiet=True,
-        )
-    except OSError as error:  # the port is taken, or the host is not this machine's
-        raise DataError(f"host={cfg.host} port={cfg.port}: cannot listen there ({error})") from None
-    print(f"celeba-gender demo of {demo.describe(demo.default_model)}", flush=True)
-    print(f"* Running on local URL:  {app.local_url}  (Ctrl-C stops it)", flush=True)
-    if block:
-        app.block_thread()
-    return app
+    from starlette.middleware import Middleware
+
+    folder = PrivateFolder.create(cfg.files.folder, cfg.files.max_age_minutes)
+    # SIGTERM (a scheduler, `kill`) ends the demo as Ctrl-C does: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    with folder.for_gradio():
+        demo = Demo(cfg)
+        app = build_app(demo, PhotoIntake(folder.path, cfg.max_upload_mb))
+        limit = request_limit_bytes(cfg.max_upload_mb)
+        try:
+            # quiet: Gradio's own lines would tell a command-line user to set share=True (a
+            # public link through Gradio's servers); the page's address is printed below.
+            # show_error: whatever refuses a request reaches the client as its message.
+            app.queue().launch(
+                server_name=cfg.host,
+                server_port=cfg.port,
+                max_file_size=max_upload_bytes,
+                prevent_thread_lock=True,
+                share=False,
+                quiet=True,
+                show_error=True,
+                app_kwargs={
+                    "middleware": [
+                        Middleware(
+                            RequestSizeLimit, max_bytes=limit, max_upload_mb=cfg.max_upload_mb
+                        )
+                    ]
+                },
+            )
+        except OSError as error:  # the port is taken, or the host is not this machine's
+            raise DataError(
+                f"host={cfg.host} port={cfg.port}: cannot listen there ({error})"
+            ) from None
+        try:
+            print(f"celeba-gender demo of {demo.describe(demo.default_model)}", flush=True)
+            print(f"* Running on local URL:  {app.local_url}  (Ctrl-C stops it)", flush=True)
+            print(f"  photos are kept in {folder.path} (0700) until it stops", flush=True)
+            while app.is_running:
+                time.sleep(0.2)
+        finally:
+            app.close()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="demo", version_base="1.3")

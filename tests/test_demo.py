@@ -3,13 +3,17 @@ gradio_client, bad uploads, and the page driven in a real headless chromium."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from test_checkpoints import _onnx_model
 
 from celeba_gender.data import DataError
 from celeba_gender.demo import Demo
+from celeba_gender.demo_files import PhotoIntake, PrivateFolder
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.explain import face_caption, picture_layout
 from celeba_gender.inference.framing import smooth_background
@@ -33,6 +38,7 @@ from celeba_gender.inference.run import label_of, predict_photos
 gradio_client = pytest.importorskip("gradio_client", reason="the demo extra (in dev) has gradio")
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) ships photos")
 MAX_PIXELS = 4_000_000  # the server's max_pixels: the 9-megapixel photo below is over it
+MAX_UPLOAD_MB = 2  # the server's max_upload_mb
 STARTUP_S = 180
 
 
@@ -110,22 +116,7 @@ def _demo(*overrides: str, env: dict, output: Any = subprocess.PIPE) -> subproce
     )
 
 
-@pytest.fixture(scope="module")
-def demo_server(sweep, run_env, tmp_path_factory):
-    """The demo as a user starts it, on the sweep, at a free port: its URL and the file its
-    terminal output goes to."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("demo_run")
-    terminal = log / "terminal.txt"
-    process = _demo(
-        f"ckpt_path={sweep}",
-        f"port={port}",
-        f"max_pixels={MAX_PIXELS}",
-        f"hydra.run.dir={log}",
-        env=run_env,
-        output=terminal.open("w"),
-    )
-    url = f"http://127.0.0.1:{port}/"
+def _wait_for_page(process: subprocess.Popen, url: str, terminal: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while True:
         try:
@@ -138,7 +129,31 @@ def demo_server(sweep, run_env, tmp_path_factory):
                 process.wait()
                 pytest.fail(f"the demo did not start: {terminal.read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url, terminal
+
+
+@pytest.fixture(scope="module")
+def demo_server(sweep, run_env, tmp_path_factory):
+    """The demo as a user starts it, on the sweep, at a free port, taking photos up to
+    MAX_UPLOAD_MB: its URL, the file its terminal output goes to and its private folder."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("demo_run")
+    terminal = log / "terminal.txt"
+    files = log / "files"
+    files.mkdir()
+    process = _demo(
+        f"ckpt_path={sweep}",
+        f"port={port}",
+        f"max_pixels={MAX_PIXELS}",
+        f"max_upload_mb={MAX_UPLOAD_MB}",
+        f"files.folder={files}",
+        f"hydra.run.dir={log}",
+        env=run_env,
+        output=terminal.open("w"),
+    )
+    url = f"http://127.0.0.1:{port}/"
+    _wait_for_page(process, url, terminal)
+    (private,) = files.iterdir()
+    yield url, terminal, private
     process.terminate()
     try:
         process.wait(timeout=30)
@@ -318,10 +333,167 @@ def test_demo_api_explains_bad_uploads(server, photos):
     assert Image.open(annotated).size == Image.open(photos["no_face.png"]).size
 
 
+def _call_predict(url: str, photo: Any) -> tuple[int, Any]:
+    """The predict endpoint called as a REST client does (POST the inputs, read the event):
+    the HTTP status and, for an answer, its outputs, else the error's message."""
+    request = urllib.request.Request(
+        f"{url}gradio_api/call/predict",
+        json.dumps({"data": [photo, None]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            event = json.load(response)["event_id"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())["detail"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/predict/{event}", timeout=120) as stream:
+        lines = stream.read().decode().splitlines()
+    kind = next(line.removeprefix("event: ") for line in lines if line.startswith("event: "))
+    data = json.loads(next(line[len("data: ") :] for line in lines if line.startswith("data")))
+    return 200, data if kind == "complete" else {"error": data["error"]}
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()}
+
+
+def test_demo_takes_a_photo_any_way_it_comes_bounded_before_decoding(demo_server, photos, expected):
+    """An upload, a data: URL and bare base64 are answered alike; a photo over max_pixels sent
+    as a data: URL is refused from its header (nothing decoded: Gradio used to decode and save
+    it first); a body over the size limit, a URL (never fetched) and other values are refused
+    with a message to the client, not {"error": null}."""
+    url, _, private = demo_server
+    portrait = base64.b64encode(photos["astronaut.jpg"].read_bytes()).decode()
+    for form in (f"data:image/jpeg;base64,{portrait}", portrait):
+        for value in ({"url": form, "path": None, "meta": {"_type": "gradio.FileData"}}, form):
+            status, outputs = _call_predict(url, value)
+            assert status == 200 and "error" not in outputs, outputs
+            (row,) = _rows(outputs[1])
+            assert row["status"] == "ok"
+            assert row["p_male"] == pytest.approx(expected["p_male"], abs=1e-4)
+    bomb = photos["bomb.png"].read_bytes()
+    before = _files(private)
+    status, outputs = _call_predict(
+        url, {"url": "data:image/png;base64," + base64.b64encode(bomb).decode(), "path": None}
+    )
+    (row,) = _rows(outputs[1])
+    assert outputs[0] is None and row["status"] == "error" and "max_pixels" in row["note"], row
+    # Only the photo's bytes were written (predict read its header): no decoded copy.
+    assert _files(private) - before == {f"{hashlib.sha256(bomb).hexdigest()}/photo"}
+    # Over the limit: refused by its size before the body is read.
+    too_big = "data:image/png;base64," + "A" * int(MAX_UPLOAD_MB * 2**20 * 4 / 3 + 100_000)
+    status, detail = _call_predict(url, {"url": too_big, "path": None})
+    assert status == 413 and f"photos up to {MAX_UPLOAD_MB} MB (max_upload_mb)" in detail, detail
+    network = "the demo fetches nothing from the network"
+    refused = {
+        "https://example.com/face.jpg": network,
+        json.dumps({"url": "http://example.com/face.jpg", "path": None}): network,
+        json.dumps({"path": "http://example.com/f.jpg", "meta": {"_type": "gradio.FileData"}}): (
+            network
+        ),
+        json.dumps({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}): (
+            "not uploaded by a user"
+        ),
+        "data:image/png;base64,@@not base64@@": "not valid base64",
+        "data:image/png,raw": "must be base64",
+        "12": "no photo: send a file upload, a data: URL or base64 text",
+    }
+    for value, message in refused.items():
+        photo = json.loads(value) if value[0] in "{1" else value
+        status, outputs = _call_predict(url, photo)
+        assert status == 200 and message in (outputs.get("error") or ""), (value, outputs)
+
+
+def test_demo_keeps_its_files_in_a_private_folder(demo_server, photos):
+    """The visitors' photos and the page's pictures go to the demo's own folder, mode 0700 (not
+    /tmp/gradio, open to every user of the machine)."""
+    url, terminal, private = demo_server
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert f"photos are kept in {private} (0700)" in terminal.read_text()
+    client = gradio_client.Client(url, verbose=False)
+    annotated, *_ = client.predict(gradio_client.handle_file(photos["no_face.png"]))
+    kept = _files(private)
+    assert any(Path(file).name == "no_face.png" for file in kept), kept  # the upload
+    assert any(file.endswith(".webp") for file in kept), kept  # the annotated photo
+    assert Path(annotated).is_file()  # the client's own copy
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_demo_deletes_its_files_when_it_stops(stop, smoke_run, run_env, photos, tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    port = _free_port()
+    terminal = tmp_path / "terminal.txt"
+    process = subprocess.Popen(  # Ctrl-C reaches it as at a terminal (not ignored by a shell)
+        [sys.executable, "-m", "celeba_gender.demo", f"ckpt_path={smoke_run}", f"port={port}",
+         "explain=false", f"files.folder={files}", f"hydra.run.dir={tmp_path / 'log'}"],
+        stdout=terminal.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
+        env={**os.environ, **run_env},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    _wait_for_page(process, url, terminal)
+    (private,) = files.iterdir()
+    gradio_client.Client(url, verbose=False).predict(
+        gradio_client.handle_file(photos["astronaut.jpg"])
+    )
+    assert _files(private)
+    process.send_signal(stop)
+    assert process.wait(timeout=60) == 128 + stop, terminal.read_text()[-3000:]
+    assert not private.exists() and list(files.iterdir()) == []
+    assert "Traceback" not in terminal.read_text()
+
+
+def test_demo_files_older_than_their_age_are_deleted_while_it_runs(tmp_path):
+    folder = PrivateFolder.create(tmp_path, max_age_minutes=1)
+    old, young = folder.path / "a" / "old.png", folder.path / "b" / "young.png"
+    for file in (old, young):
+        file.parent.mkdir()
+        file.write_bytes(b"face")
+    os.utime(old, (time.time() - 61, time.time() - 61))
+    assert folder.delete_older() == 1
+    assert not old.parent.exists() and young.is_file()
+    # The sweep runs by itself, as often as the age (at most every minute).
+    folder.max_age_s = 0.2
+    folder.start_sweeping()
+    deadline = time.monotonic() + 30
+    while young.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not young.exists()
+    folder.close()
+    assert not folder.path.exists()
+
+
+def test_photo_intake_refuses_a_photo_over_the_limit_by_its_encoded_size(tmp_path):
+    """The body limit stops big requests; the intake names the photo's own size."""
+    intake = PhotoIntake(tmp_path, max_upload_mb=0.001)  # 1,048 bytes
+    small = base64.b64encode(b"x" * 1000).decode()
+    assert Path(intake.file(url=small)).read_bytes() == b"x" * 1000
+    with pytest.raises(Exception, match=r"the photo is 0.0 MB; the demo takes photos up to 0.001"):
+        intake.file(url="data:image/png;base64," + base64.b64encode(b"x" * 1100).decode())
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("files.max_age_minutes=0", "files.max_age_minutes=0"),
+     ("files.folder=/no/such/folder", "files.folder=/no/such/folder: no such folder"),
+     ("max_upload_mb=-1", "max_upload_mb=-1")],
+)  # fmt: skip
+def test_demo_refuses_bad_file_settings_in_one_line(override, named, smoke_run, run_env, tmp_path):
+    process = _demo(
+        f"ckpt_path={smoke_run}", f"port={_free_port()}", override,
+        f"hydra.run.dir={tmp_path / 'log'}", env=run_env,
+    )  # fmt: skip
+    output = process.communicate(timeout=STARTUP_S)[0]
+    assert process.returncode == 2 and "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {named}"), line
+
+
 def test_demo_prints_its_address_and_model_but_no_share_hint(demo_server):
     """A command-line user is told where the page is and which model it runs, not Gradio's
     advice to make a public link (share=True)."""
-    url, terminal = demo_server
+    url, terminal, _ = demo_server
     output = terminal.read_text()
     assert f"* Running on local URL:  {url}" in output, output[-3000:]
     assert "celeba-gender demo of 0_resnet18_scratch_bce_seed0: resnet18" in output
