@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 import re
 import signal
@@ -410,11 +411,13 @@ def _check_added_keys(cfg: DictConfig) -> None:
         prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
         if any(p in extensible for p in prefixes):
             continue
-        if any(
-            isinstance(node := OmegaConf.select(cfg, p, default=None), DictConfig)
+        targets = [
+            i
+            for i, p in enumerate(prefixes)
+            if isinstance(node := OmegaConf.select(cfg, p, default=None), DictConfig)
             and "_target_" in node
-            for p in prefixes
-        ):
+        ]
+        if targets and _target_takes(cfg, prefixes[targets[-1]], parts[targets[-1] + 1 :]):
             continue
         others = [k for k in _all_keys(cfg) if k != key and not k.startswith(f"{key}.")]
         close = difflib.get_close_matches(key, others, n=1)
@@ -426,6 +429,28 @@ def _check_added_keys(cfg: DictConfig) -> None:
             "a key something reads (one in conf/, an argument of a _target_ node, or one under "
             f"{', '.join(extensible)}){hint}",
         )
+
+
+def _target_takes(cfg: DictConfig, node: str, rest: list[str]) -> bool:
+    """Whether the ``_target_`` node at ``node`` takes the added key ``node.<rest>``: the node
+    itself (added whole), or an argument its class or function accepts (a named parameter, or
+    any with ``**kwargs``); a target that cannot be imported here is left to instantiate."""
+    if not rest:
+        return True
+    try:
+        target = _locate(str(OmegaConf.select(cfg, f"{node}._target_")))
+        parameters = inspect.signature(target).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in parameters) or rest[0] in {
+        p.name for p in parameters
+    }
+
+
+def _locate(path: str) -> Any:
+    from hydra.utils import get_object
+
+    return get_object(path)
 
 
 def _is_config_group(name: str) -> bool:

@@ -220,6 +220,9 @@ def test_a_key_added_where_something_reads_it_passes(override):
         ),
         ("+model.dropout=0.3", "+model.dropout=0.3 is not allowed"),
         ("++treatment.pretrain=true", "+treatment.pretrain=true is not allowed"),
+        # Under a _target_ node, but not an argument its class takes (no **kwargs).
+        ("+trainer.max_epoch=3", "+trainer.max_epoch=3 is not allowed"),
+        ("+module.foo=1", "+module.foo=1 is not allowed"),
     ],
 )
 def test_a_key_added_that_nothing_reads_is_refused(override, message):

@@ -115,6 +115,21 @@ def test_predict_rounds_probabilities_and_boxes_as_configured(predicted):
             assert record["x1"] == round(record["x1"], 1)
 
 
+@pytest.mark.parametrize(
+    ("p_male", "threshold", "places", "shown"),
+    [(0.50004, 0.5, 4, 0.5001), (0.49996, 0.5, 4, 0.5), (0.30004, 0.3, 4, 0.3001),
+     (0.3333334, 1 / 3, 4, 0.3334), (0.87654321, 0.5, 4, 0.8765), (0.5000001, 0.5, 0, 1),
+     (0.4, 0.5, 0, 0), (0.50004, 0.5, None, 0.50004)],
+)  # fmt: skip
+def test_a_rounded_p_male_never_reads_as_the_other_label(p_male, threshold, places, shown):
+    """Labels are decided on the unrounded P(male); the number shown beside a label stays on
+    its side of the threshold (0.50004 male is 0.5001, not 0.5, which reads female)."""
+    row = {"p_male": p_male, "label": predict_run.label_of(p_male, threshold)}
+    predict_run.Decimals(probability=places).rounded(row, threshold)
+    assert row["p_male"] == shown
+    assert predict_run.label_of(row["p_male"], threshold) == row["label"]
+
+
 def _label_height(size: int) -> int:
     """The height in pixels of the label drawn above a 60-pixel face box on a grey photo of
     ``size`` x ``size`` pixels: the rows above the box that the label changed."""

@@ -404,7 +404,8 @@ def test_people_shown_in_turn_at_the_same_place_get_one_track_each(
 
 
 def test_a_scene_cut_ends_every_track_and_a_changed_face_is_not_linked():
-    tracker = FaceTracker(min_iou=0.3, max_gap_s=1.0, min_similarity=0.7)
+    tracker = FaceTracker()  # predict's settings (conf/predict.yaml's video: block)
+    assert (tracker.min_iou, tracker.min_similarity) == (0.3, 0.7)
     rng = np.random.default_rng(0)
     face, other = rng.normal(size=16), rng.normal(size=16)
     face, other = face / np.linalg.norm(face), other / np.linalg.norm(other)

@@ -13,6 +13,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -21,6 +22,9 @@ from conftest import _unavailable, delete_big_files, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from test_resume import RUN
+from torch.utils.data import DataLoader, TensorDataset
+
+from celeba_gender.training.callbacks import EpochMetricsCSV
 
 TEST_METRICS = ["test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss"]
 # What a researcher compares runs by: each a column of TensorBoard's HParams table.
@@ -199,15 +203,25 @@ def test_a_logger_failing_at_the_end_is_a_warning_and_the_others_still_record(tm
 
 @pytest.mark.slow
 def test_metrics_csv_lists_each_epoch_once_after_a_resume(run_env, tmp_path):
-    """Killed after epoch 0's row, resumed from a checkpoint inside epoch 0 (step 4)."""
+    """Killed after epoch 0's row, resumed from a checkpoint inside epoch 0 (step 4): each
+    epoch listed once, and the resumed attempt logs into the MLflow and W&B runs the first
+    opened, not new ones."""
+    _require("mlflow")
+    _require("wandb")
     folder = tmp_path / "run"
     run = [o for o in RUN if not o.startswith("callbacks.model_checkpoint.save_last")]
     run += ["callbacks.model_checkpoint.save_last=false", f"hydra.run.dir={folder}"]
-    killed = run_script("train.py", *run, "fault.kill_at_step=7", env=run_env)
+    run += ["logger=[tensorboard,mlflow,wandb]", f"paths.log_dir={tmp_path}"]
+    env = {**run_env, "WANDB_MODE": "offline"}
+    env |= {
+        f"WANDB_{name}_DIR": str(tmp_path / "wandb_home") for name in ("CACHE", "CONFIG", "DATA")
+    }
+    killed = run_script("train.py", *run, "fault.kill_at_step=7", env=env)
     assert killed.returncode == -signal.SIGKILL
     assert list(pd.read_csv(folder / "metrics.csv")["epoch"]) == [0]
+    first_runs = json.loads((folder / "logger_runs.json").read_text())
 
-    resumed = run_script("train.py", *run, "resume=true", env=run_env)
+    resumed = run_script("train.py", *run, "resume=true", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 4)" in resumed.stdout
     epochs = pd.read_csv(folder / "metrics.csv")
@@ -215,3 +229,46 @@ def test_metrics_csv_lists_each_epoch_once_after_a_resume(run_env, tmp_path):
     assert list(epochs["step"]) == [6, 12, 18]
     assert epochs["val/acc"].max() == pytest.approx(_metrics(folder)["best_val"])
     assert {"lr", "epoch_seconds", "train/acc", "train/loss_epoch", "val/loss"} <= set(epochs)
+    from mlflow.tracking import MlflowClient
+
+    assert json.loads((folder / "logger_runs.json").read_text()) == first_runs
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (one,) = client.search_runs([client.get_experiment_by_name("celeba-gender").experiment_id])
+    assert one.info.run_id == first_runs["mlflow"] and one.info.status == "FINISHED"
+    assert one.data.metrics["test/acc"] == pytest.approx(_metrics(folder)["test/acc"])
+    attempts = sorted((folder / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(attempts) == 2  # offline: one folder per attempt, one run id (`wandb sync`)
+    assert {path.stem for path in attempts} == {f"run-{first_runs['wandb']}"}
+
+
+def test_metrics_csv_leaves_validation_empty_in_epochs_without_one(tmp_path):
+    """check_val_every_n_epoch=2: epochs 0 and 2 have no validation; their rows leave val/
+    empty instead of repeating epoch 1's values (Lightning's callback_metrics keep them)."""
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: list, index: int) -> torch.Tensor:
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train/loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch: list, index: int) -> None:
+            self.log("val/epoch", float(self.current_epoch))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    trainer = L.Trainer(
+        max_epochs=3, check_val_every_n_epoch=2, callbacks=[EpochMetricsCSV(tmp_path / "m.csv")],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=1,
+    )  # fmt: skip
+    trainer.fit(Tiny(), data, data)
+    rows = pd.read_csv(tmp_path / "m.csv")
+    assert list(rows["epoch"]) == [0, 1, 2] and rows["train/loss"].notna().all()
+    assert rows["val/epoch"].tolist()[1] == 1.0
+    assert rows["val/epoch"].isna().tolist() == [True, False, True]

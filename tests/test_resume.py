@@ -23,7 +23,11 @@ import torch
 from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
 
 from celeba_gender.data.sampling import STOP_SIGNALS, EpochSampler, ignore_stop_signals
-from celeba_gender.training.folder_lock import RunFolderInUse, _claim_without_flock
+from celeba_gender.training.folder_lock import (
+    RunFolderInUse,
+    _claim_without_flock,
+    hold_run_folder,
+)
 from celeba_gender.training.resume import AtomicCheckpointIO, OutOfSpace, config_differences
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
@@ -204,6 +208,11 @@ def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp
     assert f"{last} is damaged" in refused.stderr and f"rm '{last}'" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert file_stamps(damaged) == before_damaged  # no traceback written into metrics.json
+    last.write_bytes(b"")  # empty (a full disk): said so, not torch's advice on saving
+    empty = _train(damaged, "resume=true", env=run_env)
+    assert empty.returncode == 2
+    assert f"{last} is damaged and cannot be resumed from (an empty file)" in empty.stderr
+    assert "mmap" not in empty.stderr and "Traceback" not in empty.stderr
     # A moved folder resumes: keys made from paths.* (checkpoint dirpath, TensorBoard's
     # save_dir, trainer.default_root_dir) are where things are, not what is computed; and what
     # may change on resumption does not refuse (here: how often to checkpoint).
@@ -373,6 +382,21 @@ def test_two_processes_never_share_a_run_folder(run_env, tmp_path):
     assert first.returncode == 128 + signal.SIGTERM
     assert json.loads((folder / "metrics.json").read_text())["status"] == "interrupted"
     assert lock.read_text() == ""  # released: the next command takes it
+
+
+def test_a_refused_process_writes_nothing_into_the_holders_log(run_env, tmp_path):
+    """While the folder is held, resume=true into it is refused without a line in the holder's
+    train.log; once free, the run starts and says "starting fresh" once, not once per look."""
+    folder = tmp_path / "run"
+    starting_fresh = "resume=true: no last.ckpt in"
+    with hold_run_folder(folder):  # this process holds it, as a running job would
+        refused = _train(folder, "resume=true", "trainer.max_epochs=1", env=run_env)
+        assert refused.returncode == 2 and "is in use by pid" in refused.stderr, refused.stderr
+    log = folder / "train.log"
+    assert not log.exists() or starting_fresh not in log.read_text()
+    started = _train(folder, "resume=true", "trainer.max_epochs=1", env=run_env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert log.read_text().count(starting_fresh) == 1
 
 
 def test_without_file_locks_the_recorded_holder_decides(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,28 @@ def test_a_search_folder_is_not_searched_again_without_resume(resumed_search, ru
     assert file_stamps(sweep) == before
 
 
+def test_a_search_resumed_with_another_setting_is_refused(resumed_search, run_env):
+    """Three epochs instead of two would add trials of another search to the study: refused,
+    naming the change; what may change on resume (a logger) is no change, and the finished
+    search has nothing left to run. Each trial's overrides are those it was asked with."""
+    sweep = resumed_search["sweep"]
+    before = file_stamps(sweep)
+    changed = [o.replace("max_epochs=2", "max_epochs=3") for o in SEARCH]
+    refused = run_script("train.py", *changed, f"hydra.sweep.dir={sweep}", "resume=true",
+                         "hydra.sweeper.n_trials=4", env=run_env)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "was started with another search" in refused.stderr
+    assert "trainer.max_epochs=2" in refused.stderr and "trainer.max_epochs=3" in refused.stderr
+    assert file_stamps(sweep) == before
+    logged = [o.replace("logger=none", "logger=csv") for o in SEARCH]
+    same = run_script("train.py", *logged, f"hydra.sweep.dir={sweep}", "resume=true", env=run_env)
+    assert same.returncode == 0, same.stderr[-3000:]
+    asked = _trials(sweep)[2]  # asked by the resumed command: its overrides, less resume=true
+    assert f"optimizer.lr={asked.params['optimizer.lr']}" in asked.user_attrs["overrides"]
+    assert "trainer.max_epochs=2" in asked.user_attrs["overrides"]
+    assert "resume=true" not in asked.user_attrs["overrides"]
+
+
 def test_one_study_per_backbone_and_failed_trials_do_not_stop_the_search(run_env, tmp_path):
     sweep = tmp_path / "search"
     result = run_script(
@@ -194,3 +217,21 @@ def test_the_search_space_and_the_studies_come_from_hydra_sweep_syntax():
     assert plans[0].overrides == ["model=resnet18", "treatment=scratch_ce", "seed=1"]
     with pytest.raises(SearchError, match="goes in the search space"):
         study_plans(["optimizer.lr=interval(1e-5,1e-2)"], None)
+
+
+def test_a_search_without_its_pretrained_weights_stops_before_any_trial(run_env, tmp_path):
+    """As a sweep does (ValidateSweep): the missing weights file named before the first trial,
+    instead of every trial failing on it."""
+    with socket.socket() as probe:  # a proxy nothing listens at: downloads fail at once
+        probe.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    offline = {**run_env, "TORCH_HOME": str(tmp_path / "torch"), "NO_PROXY": "", "no_proxy": ""}
+    offline.update({name: proxy for name in ("HTTPS_PROXY", "https_proxy")})
+    sweep = tmp_path / "search"
+    result = run_script(
+        "train.py", *SEARCH, "treatment=pretrained_bce", f"hydra.sweep.dir={sweep}", env=offline
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: Pretrained weights missing from the torch hub cache" in result.stderr
+    assert "resnet18-f37072fd.pth" in result.stderr and "Nothing was launched." in result.stderr
+    assert not sweep.exists() and "Traceback" not in result.stderr

@@ -317,3 +317,31 @@ def test_the_first_rank_of_a_second_node_is_not_rank_zero(monkeypatch):
     assert global_rank() == 0
     monkeypatch.setenv("RANK", "4")
     assert global_rank() == 4
+
+
+@pytest.mark.slow
+def test_a_sweep_refused_for_a_changed_setting_says_so_and_exits_1(
+    continued_sweep, run_env, tmp_path
+):
+    """Resumed with another learning rate, every job is refused and its folder, which still
+    says status ok from the first command, is left as it was: the sweep says "refused", not
+    "ok", and exits 1. The original command then skips them all and exits 0."""
+    sweep = tmp_path / "study"  # a copy (moved folders resume), without the checkpoints
+    shutil.copytree(continued_sweep["sweep"], sweep, ignore=shutil.ignore_patterns("*.ckpt"))
+    stamps = {job: file_stamps(sweep / job) for job in JOBS}
+    changed = run_script(
+        "train.py", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", "optimizer.lr=0.5",
+        env=run_env, timeout=600,
+    )  # fmt: skip
+    assert changed.returncode == 1, changed.stderr[-3000:]
+    assert f"Sweep {sweep}: 0 ok, 4 refused." in changed.stderr
+    for job in JOBS:
+        assert f"  refused: {job} (resume=true, but this command's config differs" in changed.stderr
+        assert file_stamps(sweep / job) == stamps[job]
+    same = run_script(
+        "train.py", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", env=run_env, timeout=600
+    )
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert same.stderr.rstrip().splitlines()[-1] == (
+        f"Sweep {sweep}: 4 ok (4 skipped: finished earlier)."
+    )

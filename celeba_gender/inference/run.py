@@ -31,6 +31,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +110,33 @@ class Decimals:
                 )
         return cls(**decimals)
 
-    def probability_value(self, value: Any) -> Any:
-        return _round(value, self.probability)
-
-    def rounded(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` with its probabilities and box corners rounded (in place, and returned)."""
-        for columns, places in (
-            (PROBABILITY_COLUMNS, self.probability),
-            (PIXEL_COLUMNS, self.pixels),
+    def probability_value(self, value: Any, threshold: float | None = None) -> Any:
+        """``value`` rounded; with the ``threshold`` its label was decided by, never onto the
+        other side of it: P(male) 0.50004 (male) is shown 0.5001, not 0.5, which reads female
+        (``label_of``: male above the threshold)."""
+        shown = _round(value, self.probability)
+        if (
+            threshold is None
+            or self.probability is None
+            or not isinstance(shown, int | float)
+            or not value > threshold >= shown
         ):
-            for column in columns:
-                if column in row:
-                    row[column] = _round(row[column], places)
+            return shown
+        step = Decimal(1).scaleb(-self.probability)
+        above = (Decimal(repr(float(threshold))) / step).to_integral_value(ROUND_FLOOR) + 1
+        return int(above) if self.probability == 0 else float(above * step)
+
+    def rounded(self, row: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
+        """``row`` with its probabilities and box corners rounded (in place, and returned); its
+        P(male) kept on its label's side of ``threshold`` (``probability_value``)."""
+        for column in PIXEL_COLUMNS:
+            if column in row:
+                row[column] = _round(row[column], self.pixels)
+        for column in PROBABILITY_COLUMNS:
+            if column in row:
+                row[column] = self.probability_value(
+                    row[column], threshold if column == "p_male" else None
+                )
         return row
 
 
@@ -263,7 +279,7 @@ def _classify(
                     row["p_male"] = float(next(values))
                     row["label"] = label_of(row["p_male"], threshold)
         for row in result.rows:
-            decimals.rounded(row)
+            decimals.rounded(row, threshold)
         yield result
 
 

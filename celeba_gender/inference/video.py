@@ -202,7 +202,10 @@ class FaceTracker:
     ends them at a scene cut (see the module)."""
 
     def __init__(
-        self, min_iou: float = 0.3, max_gap_s: float = 1.0, min_similarity: float = -1.0
+        self,
+        min_iou: float = VideoSettings.min_iou,  # the defaults are predict's (VideoSettings)
+        max_gap_s: float = VideoSettings.max_gap_s,
+        min_similarity: float = VideoSettings.min_similarity,
     ) -> None:
         self.min_iou, self.max_gap_s, self.min_similarity = min_iou, max_gap_s, min_similarity
         self.open: list[Track] = []
@@ -490,7 +493,7 @@ def _track_rows(
             "first_s": round(track.first_s, 3),
             "last_s": round(track.last_s, 3),
             "frames": track.frames,
-            "p_male_mean": decimals.probability_value(track.mean),
+            "p_male_mean": decimals.probability_value(track.mean, threshold),
             "p_male_std": decimals.probability_value(track.std),
             "label": label_of(track.mean, threshold),
         }

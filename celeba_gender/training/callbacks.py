@@ -100,6 +100,7 @@ class EpochMetricsCSV(L.Callback):
         self.path = Path(path)
         self.prefixes = tuple(prefixes)
         self._started = 0.0
+        self._validated_epoch: int | None = None
 
     def _rows(self) -> pd.DataFrame:
         if not self.path.is_file() or self.path.stat().st_size == 0:
@@ -119,6 +120,10 @@ class EpochMetricsCSV(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
@@ -127,6 +132,9 @@ class EpochMetricsCSV(L.Callback):
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith(self.prefixes) and not name.endswith("_step")
         }
+        if self._validated_epoch != trainer.current_epoch:  # check_val_every_n_epoch > 1:
+            # callback_metrics still hold the last validation's values, not this epoch's.
+            metrics = {name: v for name, v in metrics.items() if not name.startswith("val/")}
         # The first parameter group's rate: what the scheduler set for this epoch.
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         row = {

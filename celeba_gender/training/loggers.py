@@ -4,26 +4,30 @@ own files (metrics.json, metrics.csv) hold everything, so it never fails the run
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
+from celeba_gender.data.cache import atomic_write
 from celeba_gender.training.ddp import global_rank
 from celeba_gender.training.outputs import log_confusion_matrix
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'celeba-gender[loggers]'"
+LOGGER_RUNS_FILE = "logger_runs.json"  # the run folder's MLflow and W&B run ids, by logger name
 
 
 class StudyTensorBoardLogger(TensorBoardLogger):
@@ -111,8 +115,12 @@ class StudyTensorBoardLogger(TensorBoardLogger):
 
 def build_loggers(cfg: DictConfig, resume_step: int) -> list[Logger]:
     """The config's ``logger`` entries (one set to null is off). One that cannot be built or
-    started (its package missing, its store unreachable) is left out with a warning."""
+    started (its package missing, its store unreachable) is left out with a warning. A run
+    folder's later attempt (resume) logs into the MLflow and W&B runs its first one opened
+    (their ids kept in ``LOGGER_RUNS_FILE``), not into new ones."""
     loggers = []
+    runs_file = Path(cfg.paths.output_dir) / LOGGER_RUNS_FILE
+    runs = _read_runs(runs_file)
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
             continue
@@ -120,13 +128,18 @@ def build_loggers(cfg: DictConfig, resume_step: int) -> list[Logger]:
             extra, target = {}, get_class(logger_cfg._target_)
             if issubclass(target, WandbLogger):
                 _finish_open_wandb_run()
+                if name in runs:  # offline: a new folder with the same id; `wandb sync` joins
+                    extra |= {"id": runs[name], "resume": "allow"}
+            if issubclass(target, MLFlowLogger) and name in runs:
+                extra["run_id"] = runs[name]
             if issubclass(target, TensorBoardLogger):
                 # TensorBoard drops what the folder's earlier attempt logged from this step on
                 # (steps after the checkpoint, replayed now; everything, on a fresh start).
                 extra["purge_step"] = resume_step
-            logger = instantiate(logger_cfg, **extra)
-            if global_rank() == 0:
-                _ = logger.experiment  # opens its file, store or run now, not mid-training
+            logger = _opened(logger_cfg, extra, runs.get(name))
+            if global_rank() == 0 and isinstance(logger, MLFlowLogger | WandbLogger):
+                runs[name] = logger.run_id if isinstance(logger, MLFlowLogger) else logger.version
+                atomic_write(runs_file, (json.dumps(runs, indent=1) + "\n").encode())
         except Exception as error:  # noqa: BLE001 - any logger's failure is the same warning
             if isinstance(error, InstantiationException) and error.__cause__ is not None:
                 error = error.__cause__
@@ -141,6 +154,33 @@ def build_loggers(cfg: DictConfig, resume_step: int) -> list[Logger]:
             continue
         loggers.append(logger)
     return loggers
+
+
+def _opened(logger_cfg: DictConfig, extra: dict, earlier_run: str | None) -> Logger:
+    """The logger, its file, store or run opened now (not mid-training); when the earlier
+    attempt's run cannot be continued (its store was emptied), a new run, with a warning."""
+    try:
+        logger = instantiate(logger_cfg, **extra)
+        if global_rank() == 0:
+            _ = logger.experiment
+        return logger
+    except Exception as error:  # noqa: BLE001 - retried as a new run below, or raised
+        if earlier_run is None:
+            raise
+        log.warning("run %s could not be continued (%s): a new run instead", earlier_run, error)
+    extra = {k: v for k, v in extra.items() if k not in ("id", "resume", "run_id")}
+    logger = instantiate(logger_cfg, **extra)
+    if global_rank() == 0:
+        _ = logger.experiment
+    return logger
+
+
+def _read_runs(path: Path) -> dict[str, str]:
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in runs.items()} if isinstance(runs, dict) else {}
 
 
 def _warn(logger: Logger, what: str, error: Exception) -> None:

@@ -359,22 +359,25 @@ class RunStart:
     resume_step: int = 0  # the checkpoint's global step
 
 
-def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunStart:
+def plan_start(
+    cfg: DictConfig, output_dir: Path, checkpoint_dir: Path, quiet: bool = False
+) -> RunStart:
     """Decide from the folder's files whether to skip, resume or start a run; refuse (without
-    touching anything) when the folder holds a run that ``cfg`` must not overwrite."""
+    touching anything) when the folder holds a run that ``cfg`` must not overwrite. ``quiet``:
+    no warnings (a first look before the folder's lock: the log file is the holder's)."""
     resume = bool(cfg.get("resume", False))
     record = read_record(output_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if record.get("status") == "ok":
         if resume:
-            _refuse_changed_config(cfg, output_dir)  # its results answer the same command only
+            _refuse_changed_config(cfg, output_dir, quiet)  # its results answer this command only
             return RunStart(finished=record)
         raise ResumeRefused(
             f"{output_dir} already holds a finished run ({METRICS_FILE}: status ok). Pass "
             "resume=true to keep it (it is skipped), or choose another hydra.run.dir."
         )
     if not last.is_file():
-        if resume:
+        if resume and not quiet:
             log.warning(
                 "resume=true: no %s in %s, starting fresh.", LAST_CHECKPOINT, checkpoint_dir
             )
@@ -384,28 +387,30 @@ def plan_start(cfg: DictConfig, output_dir: Path, checkpoint_dir: Path) -> RunSt
             f"{output_dir} holds an unfinished run ({last}). Pass resume=true to continue it, "
             "or choose another hydra.run.dir."
         )
-    _refuse_changed_config(cfg, output_dir)
+    _refuse_changed_config(cfg, output_dir, quiet)
     try:
         step = checkpoint_step(last)
     except Exception as error:  # noqa: BLE001 - truncated, empty, not a checkpoint at all
+        # torch's own words for an empty file advise re-saving with another option: not ours.
+        why = "an empty file" if last.stat().st_size == 0 else _first_line(error)
         raise ResumeRefused(
-            f"{last} is damaged and cannot be resumed from ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). To start this run "
+            f"{last} is damaged and cannot be resumed from ({why}). To start this run "
             f"over in the same folder, delete it (rm '{last}') and run the command again."
         ) from None
     return RunStart(checkpoint=last, resume_step=step)
 
 
-def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or ['unreadable'])[0]}"
+
+
+def _refuse_changed_config(cfg: DictConfig, output_dir: Path, quiet: bool = False) -> None:
     saved = saved_config(output_dir)
     if saved is None:
-        log.warning("No saved config in %s: resuming without checking it.", output_dir)
+        if not quiet:
+            log.warning("No saved config in %s: resuming without checking it.", output_dir)
         return
-    ignore = list(cfg.get("resume_ignore", ()))
-    # A key whose value is made from an ignored one (checkpoint dirpath: ${paths.output_dir}/...)
-    # is where things are too: a moved or copied run folder resumes.
-    ignore += derived_keys(OmegaConf.to_container(cfg, resolve=False), ignore)
-    differences = config_differences(saved, resolved(cfg), ignore)
+    differences = changed_settings(saved, cfg)
     if differences:
         raise ResumeRefused(
             f"resume=true, but this command's config differs from the one {output_dir} was "
@@ -413,6 +418,16 @@ def _refuse_changed_config(cfg: DictConfig, output_dir: Path) -> None:
             + "\n  ".join(differences)
             + "\nRun the original command with resume=true, or start a new run folder."
         )
+
+
+def changed_settings(saved: dict, cfg: DictConfig) -> list[str]:
+    """How ``cfg`` differs from the ``saved`` resolved config in what resumption must keep
+    ("key: old -> new"), leaving out ``resume_ignore`` and the keys made from them."""
+    ignore = list(cfg.get("resume_ignore", ()))
+    # A key whose value is made from an ignored one (checkpoint dirpath: ${paths.output_dir}/...)
+    # is where things are too: a moved or copied run folder resumes.
+    ignore += derived_keys(OmegaConf.to_container(cfg, resolve=False), ignore)
+    return config_differences(saved, resolved(cfg), ignore)
 
 
 def read_record(output_dir: Path) -> dict:

@@ -55,6 +55,7 @@ from celeba_gender.training.outputs import (
     write_json,
     write_predictions,
 )
+from celeba_gender.training.refusals import record_refusal
 from celeba_gender.training.resume import (
     LAST_CHECKPOINT,
     AtomicCheckpointIO,
@@ -175,7 +176,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, TrainSchema)  # before anything is read or written
     output_dir = _output_dir(cfg)
     checkpoint_dir = Path(cfg.paths.checkpoint_dir)
-    start = plan_start(cfg, output_dir, checkpoint_dir)
+    # A first look before the folder's lock, quiet: while another process holds the folder,
+    # its train.log is the holder's, and this process may be refused.
+    start = plan_start(cfg, output_dir, checkpoint_dir, quiet=True)
     if start.finished is None:
         with _held(output_dir):
             # Decided again under the lock: another process may have finished it meanwhile.
@@ -477,6 +480,8 @@ def _guarded(
         if _in_multirun():
             said = f"error: {error}" if isinstance(error, ConfigError) else str(error)
             say(f"{output_dir}: not run. {said}")
+            if global_rank() == 0:
+                record_refusal(output_dir, said)  # its folder may still say status ok
             return None
         say(f"error: {error}")
         raise SystemExit(2) from None

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 BEST_FILE = "optuna_best.yaml"
 JOB_NUMBER = "job_num"  # a trial's user attribute: the number of its run folder
+TRIAL_OVERRIDES = "overrides"  # a trial's user attribute: the overrides it was asked with
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
@@ -214,7 +215,6 @@ class OptunaSearchSweeper(Sweeper):
             )
         self._check_studies(plans, space, fixed)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as the basic sweeper does
         storage = JournalStorage(JournalFileBackend(str(journal)))
         # Run folders are numbered in the order trials are asked, across all studies.
         self._next_job = 1 + max(
@@ -228,15 +228,21 @@ class OptunaSearchSweeper(Sweeper):
             default=-1,
         )
         studies = []
+        existing = set(optuna.get_all_study_names(storage))
         for plan in plans:  # every study checked before the first trial
-            study = optuna.create_study(
-                storage=storage,
-                study_name=plan.name,
-                direction=self.direction,
-                load_if_exists=True,
+            # An existing study loaded, not "created if new": a journal appends the creation
+            # even when the study exists, and a refused command must leave the folder as it was.
+            study = (
+                optuna.load_study(study_name=plan.name, storage=storage)
+                if plan.name in existing
+                else optuna.create_study(
+                    storage=storage, study_name=plan.name, direction=self.direction
+                )
             )
             self._check_same_search(study, plan, space, fixed, journal)
             studies.append((plan, study))
+        # As the basic sweeper does; after the checks, so a refused command leaves it as it was.
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: list[Sequence[JobReturn]] = []
         for plan, study in studies:
             returns += self._run_study(study, plan, space, fixed)
@@ -259,15 +265,29 @@ class OptunaSearchSweeper(Sweeper):
     def _check_studies(self, plans: list[StudyPlan], space: dict, fixed: list[str]) -> None:
         """Compose each study's config with one value of each searched key and check it
         against the schema: a wrong key or value stops the search before any trial."""
-        from celeba_gender.config_schema import ConfigError, TrainSchema, validate
+        from celeba_gender.config_schema import (
+            ConfigError,
+            TrainSchema,
+            pretrained_backbones,
+            validate,
+        )
+        from celeba_gender.models.backbones import (
+            PretrainedWeightsUnavailable,
+            check_pretrained_weights,
+        )
 
-        errors = []
+        errors, configs = [], []
         for plan in plans:
             overrides = [*plan.overrides, *trial_overrides(_sample_values(space)), *fixed]
             try:
-                validate(self._job_config(overrides, 0), TrainSchema)
+                configs.append(self._job_config(overrides, 0))
+                validate(configs[-1], TrainSchema)
             except (HydraException, OmegaConfBaseException, ConfigError) as error:
                 errors.append(f"study {plan.name}: {str(error).strip().splitlines()[0]}")
+        try:  # as a sweep's check before launch (ValidateSweep): every trial would fail
+            check_pretrained_weights(pretrained_backbones(configs))
+        except PretrainedWeightsUnavailable as error:
+            errors.append(str(error))
         if errors:
             raise SearchError("\n".join(errors))
 
@@ -276,16 +296,31 @@ class OptunaSearchSweeper(Sweeper):
     ) -> None:
         """A study continued with ``resume=true`` must search what it was started with (each
         trial's run checks the rest of its config when it resumes)."""
+        assert self.config is not None
+        from celeba_gender.training.resume import is_ignored
+
+        # What may change on resume (resume_ignore: resume itself, loggers, paths...) may change
+        # here too; any other override would mix trials of two searches in one study.
+        ignore = [str(pattern) for pattern in self.config.get("resume_ignore") or ()]
+        kept = [
+            o
+            for o in plan.overrides
+            if not is_ignored(key := o.split("=", 1)[0].lstrip("+~"), ignore)
+            and not is_ignored(f"{key}.", ignore)  # a group (logger=none) as its keys
+        ]
         searched = {
             "direction": self.direction,
             "params": {key: repr(d) for key, d in space.items()},
             "fixed": fixed,
+            "overrides": sorted(kept),
         }
         saved = study.user_attrs.get("search")
         if saved is None:
             study.set_user_attr("search", searched)
             return
-        changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in searched.items() if saved.get(k) != v]
+        changed = [  # a study from before a key was recorded is checked on the others
+            f"{k}: {saved[k]} -> {v}" for k, v in searched.items() if k in saved and saved[k] != v
+        ]
         if changed:
             raise SearchError(
                 f"study {plan.name} in {journal} was started with another search:\n  "
@@ -336,6 +371,10 @@ class OptunaSearchSweeper(Sweeper):
             while len(batch) < self.n_jobs and to_ask:
                 trial = study.ask(space)
                 trial.set_user_attr(JOB_NUMBER, self._next_job)
+                # What it ran with, as asked (the best-values file names these, not a later
+                # command's).
+                asked = [o for o in plan.overrides if o.split("=", 1)[0] != "resume"]
+                trial.set_user_attr(TRIAL_OVERRIDES, [*asked, *trial_overrides(trial.params)])
                 batch.append((trial.number, trial.params, self._next_job))
                 self._next_job += 1
                 to_ask -= 1
@@ -409,7 +448,11 @@ class OptunaSearchSweeper(Sweeper):
                 continue
             trial = study.best_trial
             job = int(trial.user_attrs[JOB_NUMBER])
-            overrides = [*plan.overrides, *trial_overrides(trial.params)]
+            overrides = list(
+                trial.user_attrs.get(
+                    TRIAL_OVERRIDES, [*plan.overrides, *trial_overrides(trial.params)]
+                )
+            )
             folder = self._job_folder(overrides, job)
             best[plan.name] = {
                 "best_value": trial.value,

@@ -23,6 +23,7 @@ from celeba_gender.analysis.collect import job_folders
 from celeba_gender.analysis.status import job_state, sweep_status
 from celeba_gender.data import DataError
 from celeba_gender.training.outputs import METRICS_FILE
+from celeba_gender.training.refusals import forget_refusals, refused_jobs
 from celeba_gender.training.resume import say
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ UNFINISHED_EXIT_CODE = 1
 # it and the traceback are in the job's metrics.json).
 ERROR_CHARS = 160
 # The status view's states as the summary words them, in its order.
-SHOWN_STATES = {"failed": "failed", "interrupted": "interrupted", "not started": "not run"}
+SHOWN_STATES = {
+    "refused": "refused",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "not started": "not run",
+}
 
 
 class SweepSummary(Callback):
@@ -46,19 +52,22 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # A continued sweep (resume=true) skips the jobs that finished earlier: known now.
-        self.finished_before = finished_jobs(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.finished_before = finished_jobs(sweep_dir)
+        forget_refusals(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         backup = get_gh_backup()  # the status view composes the sweep's jobs with Hydra anew
         try:
-            table = sweep_status(sweep_dir)
+            table = with_refusals(sweep_status(sweep_dir), refused_jobs(sweep_dir))
+            text = summary(table, sweep_dir, self.finished_before)
         except Exception as error:  # noqa: BLE001 - the jobs' results are written: say so, end
             say(f"Sweep {sweep_dir}: no summary ({error}).")
             return
         finally:
             restore_gh_from_backup(backup)
-        say(summary(table, sweep_dir, self.finished_before))
+        say(text)
         if (table["state"] != "done").any():
             raise SystemExit(UNFINISHED_EXIT_CODE)  # no traceback: Hydra passes SystemExit on
 
@@ -72,6 +81,18 @@ def finished_jobs(sweep_dir: Path) -> set[str]:
     except DataError:  # a folder without jobs yet
         return set()
     return {folder.name for folder in folders if job_state(folder)["state"] == "done"}
+
+
+def with_refusals(table: pd.DataFrame, refused: dict[str, str]) -> pd.DataFrame:
+    """The status table with each job this command refused as "refused" (why as its detail),
+    whatever its folder says from an earlier run."""
+    if not refused:
+        return table
+    table = table.astype({"state": object, "detail": object})
+    hit = table["job"].isin(refused)
+    table.loc[hit, "state"] = "refused"
+    table.loc[hit, "detail"] = table.loc[hit, "job"].map(refused)
+    return table
 
 
 def summary(table: pd.DataFrame, sweep_dir: Path, finished_before: set[str]) -> str:
@@ -92,6 +113,7 @@ def summary(table: pd.DataFrame, sweep_dir: Path, finished_before: set[str]) -> 
     if not lines:
         return head
     advice = {
+        "refused": "Refused jobs were not run and their folders are as they were",
         "failed": f"Errors and tracebacks: {sweep_dir}/<job>/{METRICS_FILE}",
         "interrupted": "Interrupted jobs continue with the same command and resume=true",
     }
