@@ -43,13 +43,14 @@ from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
 from celeba_gender.data.splits import SPLIT_METHODS
 from celeba_gender.models.backbones import PretrainedWeightsUnavailable, check_pretrained_weights
 from celeba_gender.models.heads import HEADS
-from celeba_gender.training.faults import FAULTS
 
 # Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT).
 PRECISIONS = (
     "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
     "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16",
 )  # fmt: skip
+# Test-only fault injection (training/faults.py KillAtStep): how the process dies.
+FAULTS = ("sigkill", "exit", "sigterm", "sigusr1", "sigusr2", "sigint")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 METRICS = ("acc", "precision", "recall", "f1", "auroc", "loss")
 MONITORS = tuple(f"val/{name}" for name in METRICS)

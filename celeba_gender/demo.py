@@ -14,7 +14,7 @@ a picker offers every job's ``checkpoints/best.ckpt``, the validation-best run f
 (``analysis.report.validation_best_run``, as the analysis' report names it), and a second
 picker shows another model's answer on the same photo beside the first.
 
-Photos go through predict's own pipeline (``inference.run.predict_photos``: predict's decode,
+Photos go through predict's own pipeline (``inference.labelling.predict_photos``: predict's decode,
 MTCNN, alignment, the run's evaluation transform) with predict's settings (conf/demo.yaml takes
 conf/predict.yaml's values). A photo that cannot be used (not an image, over ``max_pixels``,
 no face) gets a message on the page and a row saying why, never a traceback.
@@ -69,9 +69,10 @@ from celeba_gender.demo_files import (  # noqa: E402
     request_limit_bytes,
     upload_limit_bytes,
 )
+from celeba_gender.inference.drawing import annotate  # noqa: E402
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
+from celeba_gender.inference.labelling import Decimals, predict_photos  # noqa: E402
 from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
-from celeba_gender.inference.run import Decimals, annotate, predict_photos  # noqa: E402
 from celeba_gender.models.checkpoints import CheckpointError  # noqa: E402
 
 log = logging.getLogger(__name__)

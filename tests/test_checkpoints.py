@@ -303,7 +303,7 @@ def test_an_onnx_model_of_another_task_gives_error_rows_not_a_crash(tmp_path):
     import json
 
     from celeba_gender.inference import GenderPredictor
-    from celeba_gender.inference.run import predict_photos
+    from celeba_gender.inference.labelling import predict_photos
 
     settings = {"image_size": 32, "face_crop": None, "mean": [0.5] * 3, "std": [0.5] * 3}
     for outputs, expected in ((3, "error"), (1, "ok")):
@@ -330,7 +330,7 @@ def test_a_model_giving_nan_gives_error_rows_and_valid_json(tmp_path):
     import numpy as np
 
     from celeba_gender.inference import GenderPredictor
-    from celeba_gender.inference.run import predict_photos
+    from celeba_gender.inference.labelling import predict_photos
 
     settings = {"image_size": 32, "face_crop": None, "mean": [0.5] * 3, "std": [0.5] * 3}
     predictor = GenderPredictor(settings, lambda images: np.full(len(images), np.nan), "nan")

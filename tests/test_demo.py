@@ -33,7 +33,7 @@ from celeba_gender.demo_files import PhotoIntake, PrivateFolder
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.explain import face_caption, picture_layout
 from celeba_gender.inference.framing import smooth_background
-from celeba_gender.inference.run import label_of, predict_photos
+from celeba_gender.inference.labelling import label_of, predict_photos
 
 gradio_client = pytest.importorskip("gradio_client", reason="the demo extra (in dev) has gradio")
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (dev extra) ships photos")

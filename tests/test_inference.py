@@ -18,7 +18,14 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from celeba_gender.config import CONFIG_DIR
-from celeba_gender.inference import FaceAligner, GenderPredictor, PhotoError, load_photo
+from celeba_gender.inference import (
+    FaceAligner,
+    GenderPredictor,
+    PhotoError,
+    drawing,
+    labelling,
+    load_photo,
+)
 from celeba_gender.inference import run as predict_run
 from celeba_gender.inference.framing import Framing, reframe, smooth_background
 
@@ -124,10 +131,10 @@ def test_predict_rounds_probabilities_and_boxes_as_configured(predicted):
 def test_a_rounded_p_male_never_reads_as_the_other_label(p_male, threshold, places, shown):
     """Labels are decided on the unrounded P(male); the number shown beside a label stays on
     its side of the threshold (0.50004 male is 0.5001, not 0.5, which reads female)."""
-    row = {"p_male": p_male, "label": predict_run.label_of(p_male, threshold)}
-    predict_run.Decimals(probability=places).rounded(row, threshold)
+    row = {"p_male": p_male, "label": labelling.label_of(p_male, threshold)}
+    labelling.Decimals(probability=places).rounded(row, threshold)
     assert row["p_male"] == shown
-    assert predict_run.label_of(row["p_male"], threshold) == row["label"]
+    assert labelling.label_of(row["p_male"], threshold) == row["label"]
 
 
 def _label_height(size: int) -> int:
@@ -136,7 +143,7 @@ def _label_height(size: int) -> int:
     photo = Image.new("RGB", (size, size), (128, 128, 128))
     box = {"x1": size / 2, "y1": size / 2, "x2": size / 2 + 60, "y2": size / 2 + 60}
     row = {"status": "ok", "label": "male", "p_male": 0.87654321, **box}
-    drawn = np.asarray(predict_run.annotate(photo, [row]), dtype=int)
+    drawn = np.asarray(drawing.annotate(photo, [row]), dtype=int)
     above = np.abs(drawn - 128).sum(axis=2)[: int(box["y1"]) - 3] > 0
     return int(above.any(axis=1).sum())
 
@@ -147,7 +154,7 @@ def test_box_labels_grow_with_the_photo():
     small, large = _label_height(512), _label_height(4000)
     assert small >= 16, small
     assert large >= 6 * small, (small, large)
-    assert predict_run.label_font_size((4000, 3000)) > 7 * predict_run.label_font_size((512, 384))
+    assert drawing.label_font_size((4000, 3000)) > 7 * drawing.label_font_size((512, 384))
 
 
 def _difference(picture: Path, source: Path) -> float:
@@ -220,7 +227,7 @@ def test_predict_streams_photos_and_caps_the_gallery(checkpoint, tmp_path, monke
     output = tmp_path / "out"
     decoded: list[weakref.ref] = []  # every photo read; alive until predict lets it go
     peak, written = 0, []
-    real_load_photo = predict_run.load_photo
+    real_load_photo = labelling.load_photo
 
     def load_photo_counted(path: Path, max_pixels: int) -> Image.Image:
         nonlocal peak
@@ -231,7 +238,7 @@ def test_predict_streams_photos_and_caps_the_gallery(checkpoint, tmp_path, monke
         peak = max(peak, sum(ref() is not None for ref in decoded))
         return photo
 
-    monkeypatch.setattr(predict_run, "load_photo", load_photo_counted)
+    monkeypatch.setattr(labelling, "load_photo", load_photo_counted)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "predict",
@@ -253,9 +260,7 @@ def test_predict_streams_photos_and_caps_the_gallery(checkpoint, tmp_path, monke
     assert len(json.loads((output / "predictions.json").read_text())) == len(table)
     # The gallery: one row of ``shown`` cells, not ``count`` photos.
     width, height = Image.open(output / "gallery.png").size
-    cell_width, cell_height = (
-        inches * predict_run.GALLERY_DPI for inches in predict_run.GALLERY_CELL
-    )
+    cell_width, cell_height = (inches * drawing.GALLERY_DPI for inches in drawing.GALLERY_CELL)
     assert (width, height) == (round(shown * cell_width), round(cell_height))
 
 

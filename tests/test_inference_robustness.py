@@ -25,7 +25,8 @@ from PIL import Image
 from celeba_gender.analysis.collect import read_predictions
 from celeba_gender.inference import FaceAligner, GenderPredictor, expand_inputs
 from celeba_gender.inference.export import main as export_main
-from celeba_gender.inference.run import COLUMNS, output_names, predict_photos
+from celeba_gender.inference.labelling import predict_photos
+from celeba_gender.inference.run import COLUMNS, output_names
 from celeba_gender.spreadsheet import unquote_frame
 from celeba_gender.training.outputs import write_predictions
 

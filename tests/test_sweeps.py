@@ -276,7 +276,8 @@ def test_the_slurm_launcher_config_writes_a_requeueing_sbatch_script(fake_slurm,
 def test_under_srun_ranks_come_from_slurm_and_nothing_is_spawned(monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from celeba_gender.training.ddp import _JobLauncher, global_rank
+    from celeba_gender.ranks import global_rank
+    from celeba_gender.training.ddp import _JobLauncher
 
     for name, value in {
         "SLURM_NTASKS": "8",
@@ -306,7 +307,7 @@ def test_under_srun_ranks_come_from_slurm_and_nothing_is_spawned(monkeypatch):
 
 def test_the_first_rank_of_a_second_node_is_not_rank_zero(monkeypatch):
     """Only the job's rank 0 writes its files: LOCAL_RANK=0 on node 1 is global rank 4 or so."""
-    from celeba_gender.training.ddp import global_rank
+    from celeba_gender.ranks import global_rank
 
     for name in ("RANK", "SLURM_PROCID", "GROUP_RANK"):
         monkeypatch.delenv(name, raising=False)

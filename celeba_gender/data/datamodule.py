@@ -260,7 +260,7 @@ class CelebADataModule(L.LightningDataModule):
             return self.trainer.is_global_zero
         # Set up before a trainer exists (a DDP child rank re-runs the job): the launcher's
         # environment says which process this is.
-        from celeba_gender.training.ddp import global_rank
+        from celeba_gender.ranks import global_rank
 
         return global_rank() == 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import stat
@@ -35,6 +36,18 @@ MAX_FILE_BYTES = 1 << 30
 DEFAULT_MIN_SIDE = 8
 # Transparent pixels are shown over white, as an image viewer shows them.
 _BACKGROUND = (255, 255, 255)
+
+
+@functools.cache
+def photo_suffixes() -> frozenset[str]:
+    """The file name endings (lower case, with the dot) of every format PIL can open:
+    .jpg, .png, .webp, .gif, .bmp, .tif, .tiff, ... (a folder lists those files)."""
+    Image.init()  # registers every plugin, not only the common ones
+    return frozenset(
+        suffix.lower()
+        for suffix, format_name in Image.registered_extensions().items()
+        if format_name in Image.OPEN
+    )
 
 
 def _is_wide(mode: str) -> bool:

@@ -161,8 +161,7 @@ def detect_source(
 
 
 def _image_suffixes() -> frozenset[str]:
-    # Imported here: celeba_gender.inference imports the data package (a cycle at load time).
-    from celeba_gender.inference.photos import photo_suffixes
+    from celeba_gender.data.images import photo_suffixes
 
     return photo_suffixes()
 

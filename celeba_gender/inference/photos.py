@@ -5,13 +5,12 @@ gives it its row and goes on with the rest)."""
 
 from __future__ import annotations
 
-import functools
 import glob
 from pathlib import Path
 
 from PIL import Image
 
-from celeba_gender.data.images import ImageDecodeError, decode_image
+from celeba_gender.data.images import ImageDecodeError, decode_image, photo_suffixes
 
 # File name endings a folder lists as videos (predict samples their frames: inference/video.py).
 # Any file named so is a video, listed or given by name; other files are photos.
@@ -23,18 +22,6 @@ VIDEO_SUFFIXES = frozenset(
 
 class PhotoError(Exception):
     """One photo cannot be used; the message names the file and says why."""
-
-
-@functools.cache
-def photo_suffixes() -> frozenset[str]:
-    """The file name endings (lower case, with the dot) of every format PIL can open:
-    .jpg, .png, .webp, .gif, .bmp, .tif, .tiff, ... (a folder lists those files)."""
-    Image.init()  # registers every plugin, not only the common ones
-    return frozenset(
-        suffix.lower()
-        for suffix, format_name in Image.registered_extensions().items()
-        if format_name in Image.OPEN
-    )
 
 
 def is_photo_name(path: Path) -> bool:

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -29,21 +28,19 @@ import sys
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, Decimal
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
-from celeba_gender.inference.faces import DetectorUnavailable, Face, FaceAligner
-from celeba_gender.inference.photos import PhotoError, expand_inputs, is_video_name, load_photo
+from celeba_gender.inference.drawing import GALLERY_DPI, annotate, gallery, thumbnail
+from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
+from celeba_gender.inference.labelling import Decimals, PhotoResult, error_text, predict_photos
+from celeba_gender.inference.photos import expand_inputs, is_video_name
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
@@ -70,217 +67,6 @@ SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tif
 MAX_NAME_BYTES = 200  # file names stay well under the usual 255-byte limit
 # Characters a file name cannot hold on some system: separators, controls, Windows' reserved.
 _UNSAFE_CHARACTERS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
-GALLERY_CELL = (3.2, 3.4)  # inches per photo in the gallery, drawn at GALLERY_DPI
-GALLERY_DPI = 100
-# Box labels: text height as a fraction of the photo's longer side (about 18 px on a 512-px
-# photo, 140 px on a 4000-px one: readable wherever the photo is shown whole), never below
-# LABEL_MIN_PX; white on the box's colour.
-LABEL_HEIGHT = 0.035
-LABEL_MIN_PX = 14
-BOX_COLOURS = {"male": (40, 120, 255), "female": (235, 50, 130)}
-PROBABILITY_COLUMNS = ("p_male", "detector_score")
-PIXEL_COLUMNS = ("x1", "y1", "x2", "y2")
-
-
-@dataclass(frozen=True)
-class Decimals:
-    """How many decimals the rows keep (conf/predict.yaml's ``decimals``; None: all): a 16-digit
-    P(male) or box corner is noise to a reader, and no model or detector is that precise. The
-    one place numbers are rounded (``rounded``): predictions.csv/.json, tracks.csv/.json, the
-    demo's table and API. Labels are decided on the unrounded P(male)."""
-
-    probability: int | None = None
-    pixels: int | None = None
-
-    @classmethod
-    def from_config(cls, decimals: Mapping[str, Any] | None) -> Decimals:
-        """Checked values; DataError naming the key otherwise."""
-        decimals = dict(decimals or {})
-        unknown = sorted(set(decimals) - {"probability", "pixels"})
-        if unknown:
-            raise DataError(
-                f"decimals.{unknown[0]}: unknown key (decimals has probability, pixels)"
-            )
-        for key, value in decimals.items():
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 15
-            ):
-                raise DataError(
-                    f"decimals.{key}={value!r}: a whole number of decimals from 0 to 15, or null"
-                )
-        return cls(**decimals)
-
-    def probability_value(self, value: Any, threshold: float | None = None) -> Any:
-        """``value`` rounded; with the ``threshold`` its label was decided by, never onto the
-        other side of it: P(male) 0.50004 (male) is shown 0.5001, not 0.5, which reads female
-        (``label_of``: male above the threshold)."""
-        shown = _round(value, self.probability)
-        if (
-            threshold is None
-            or self.probability is None
-            or not isinstance(shown, int | float)
-            or not value > threshold >= shown
-        ):
-            return shown
-        step = Decimal(1).scaleb(-self.probability)
-        above = (Decimal(repr(float(threshold))) / step).to_integral_value(ROUND_FLOOR) + 1
-        return int(above) if self.probability == 0 else float(above * step)
-
-    def rounded(self, row: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
-        """``row`` with its probabilities and box corners rounded (in place, and returned); its
-        P(male) kept on its label's side of ``threshold`` (``probability_value``)."""
-        for column in PIXEL_COLUMNS:
-            if column in row:
-                row[column] = _round(row[column], self.pixels)
-        for column in PROBABILITY_COLUMNS:
-            if column in row:
-                row[column] = self.probability_value(
-                    row[column], threshold if column == "p_male" else None
-                )
-        return row
-
-
-def _round(value: Any, places: int | None) -> Any:
-    """``value`` to ``places`` decimals (0: a whole number), or as it is (None, not a number)."""
-    if places is None or value is None or isinstance(value, bool):
-        return value
-    if not isinstance(value, int | float | np.number) or not math.isfinite(value):
-        return value
-    return int(round(float(value))) if places == 0 else round(float(value), places)
-
-
-@dataclass
-class PhotoResult:
-    path: Path
-    photo: Image.Image | None  # None when it could not be read
-    rows: list[dict[str, Any]]  # one per face, or one saying "no_face" or "error"
-    # The faces' aligned crops, in row order (the demo shows them); empty without faces.
-    crops: list[Image.Image] = field(default_factory=list)
-
-
-def label_of(p_male: float, threshold: float) -> str:
-    return "male" if p_male > threshold else "female"
-
-
-def predict_photos(
-    paths: Iterable[Path],
-    predictor: GenderPredictor,
-    aligner: FaceAligner | None,
-    threshold: float = 0.5,
-    max_pixels: int = 50_000_000,
-    decimals: Decimals = Decimals(),
-) -> Iterator[PhotoResult]:
-    """Each photo with its rows, in input order; faces are classified ``predictor.batch_size``
-    photos at a time, and at most that many photos are held at once. ``decimals``: how the
-    rows' numbers are rounded (default: not at all)."""
-    batch: list[tuple[PhotoResult, list[Image.Image]]] = []
-    for path in paths:
-        batch.append(_find_faces(path, aligner, max_pixels))
-        if len(batch) >= predictor.batch_size:
-            yield from _classify(batch, predictor, threshold, decimals)
-            batch = []
-    yield from _classify(batch, predictor, threshold, decimals)
-
-
-def _reason(error: BaseException, limit: int = 300) -> str:
-    """An exception on one line: its type and the start of its message."""
-    text = " ".join(str(error).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _find_faces(
-    path: Path, aligner: FaceAligner | None, max_pixels: int
-) -> tuple[PhotoResult, list[Image.Image]]:
-    """The photo with one row per face found, and the faces' aligned crops. Whatever goes
-    wrong with this photo becomes its row; the caller goes on with the next."""
-    try:
-        photo = load_photo(path, max_pixels)
-    except PhotoError as error:
-        log.warning("%s", error)
-        row = {"photo": str(path), "status": "error", "error": str(error)}
-        return PhotoResult(path, None, [row]), []
-    except Exception as error:  # noqa: BLE001 - one photo's failure is its row, not the job's
-        log.warning("%s: %s", path, error)
-        row = {"photo": str(path), "status": "error", "error": f"{path}: {_reason(error)}"}
-        return PhotoResult(path, None, [row]), []
-    return detect_faces(photo, path, aligner)
-
-
-def detect_faces(
-    photo: Image.Image, path: Path, aligner: FaceAligner | None
-) -> tuple[PhotoResult, list[Image.Image]]:
-    """A decoded photo (or a video's frame) with one row per face found, and the faces'
-    aligned crops; a failing detector becomes its error row."""
-    width, height = photo.size
-    if aligner is None:  # already an aligned crop: the whole photo is the face
-        faces = [Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((5, 2)), photo)]
-    else:
-        try:
-            faces = aligner.find(photo)
-        except Exception as error:  # noqa: BLE001 - MTCNN or alignment failing on this photo
-            log.warning("%s: face detection failed: %s", path, error)
-            message = f"{path}: face detection or alignment failed ({_reason(error)})"
-            row = {"photo": str(path), "status": "error", "error": message}
-            return PhotoResult(path, photo, [row]), []
-    rows = [
-        {"photo": str(path), "face": number, "status": "ok", "detector_score": face.score}
-        | dict(zip(("x1", "y1", "x2", "y2"), face.box, strict=True))
-        for number, face in enumerate(faces)
-    ]
-    if not faces:
-        smallest = getattr(aligner, "min_face_size", 0)
-        reason = (
-            f"no face found: the photo is {width}x{height} pixels, smaller than the smallest "
-            f"face searched (alignment.min_face_size={smallest})"
-            if min(width, height) < smallest
-            else "no face found"
-        )
-        rows = [{"photo": str(path), "status": "no_face", "error": reason}]
-    return PhotoResult(path, photo, rows), [face.crop for face in faces]
-
-
-def _classify(
-    batch: list[tuple[PhotoResult, list[Image.Image]]],
-    predictor: GenderPredictor,
-    threshold: float,
-    decimals: Decimals = Decimals(),
-) -> Iterator[PhotoResult]:
-    """P(male) of every face of the batch at once; if that fails, photo by photo, so that only
-    the photo whose faces cannot be classified gets error rows. The rows leave here labelled
-    and rounded (``decimals``): every output shows the same numbers."""
-    try:
-        flat = predictor.predict([crop for _, crops in batch for crop in crops])
-        probabilities = []
-        start = 0
-        for _, crops in batch:
-            probabilities.append(flat[start : start + len(crops)])
-            start += len(crops)
-    except Exception:  # noqa: BLE001 - find the photo that fails, keep the others
-        probabilities = []
-        for result, crops in batch:
-            try:
-                probabilities.append(predictor.predict(crops) if crops else [])
-            except Exception as error:  # noqa: BLE001 - this photo's error row
-                log.warning("%s: classification failed: %s", result.path, error)
-                probabilities.append(error)
-    for (result, crops), own in zip(batch, probabilities, strict=True):
-        result.crops = crops
-        if isinstance(own, Exception):
-            for row in result.rows:
-                if row["status"] == "ok":
-                    row["status"] = "error"
-                    row["error"] = f"{result.path}: classification failed ({_reason(own)})"
-        else:
-            values = iter(own)
-            for row in result.rows:
-                if row["status"] == "ok":
-                    row["p_male"] = float(next(values))
-                    row["label"] = label_of(row["p_male"], threshold)
-        for row in result.rows:
-            decimals.rounded(row, threshold)
-        yield result
 
 
 def _short_hash(path: Path) -> str:
@@ -334,71 +120,6 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
         taken.add(key(name))
         names[path] = name
     return names
-
-
-def label_font_size(photo_size: tuple[int, int]) -> int:
-    """The box labels' font size in pixels for a photo of this (width, height)."""
-    return max(LABEL_MIN_PX, round(LABEL_HEIGHT * max(photo_size)))
-
-
-def annotate(photo: Image.Image, rows: Iterable[Mapping[str, Any]]) -> Image.Image:
-    """The photo with each face's box, label and P(male) drawn on it: the label in white on a
-    band of the box's colour above the box (inside it at the photo's top edge), its size in
-    proportion to the photo (``label_font_size``)."""
-    canvas = photo.copy()
-    draw = ImageDraw.Draw(canvas)
-    line = max(2, round(max(canvas.size) / 300))
-    font = ImageFont.load_default(size=label_font_size(canvas.size))
-    pad = max(1, font.size // 6)
-    for row in rows:
-        if row["status"] != "ok":
-            continue
-        colour = BOX_COLOURS[row["label"]]
-        draw.rectangle((row["x1"], row["y1"], row["x2"], row["y2"]), outline=colour, width=line)
-        text = f"{row['label']} {row['p_male']:.2f}"
-        if row.get("track") is not None:  # a video's face: its track number, as in tracks.csv
-            text = f"#{row['track']} {text}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        height = bottom - top + 2 * pad
-        y = row["y1"] - height if row["y1"] >= height else row["y1"]
-        x = min(max(0, row["x1"]), max(0, canvas.width - (right - left) - 2 * pad))
-        draw.rectangle((x, y, x + right - left + 2 * pad, y + height), fill=colour)
-        draw.text((x + pad - left, y + pad - top), text, fill="white", font=font)
-    return canvas
-
-
-def thumbnail(photo: Image.Image, rows: Iterable[Mapping[str, Any]]) -> Image.Image:
-    """The annotated photo, small enough for a gallery cell (at twice its pixels)."""
-    small = annotate(photo, rows)
-    side = 2 * GALLERY_DPI * max(GALLERY_CELL)
-    small.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return small
-
-
-def gallery(
-    entries: Sequence[tuple[str, Image.Image | None, list[dict[str, Any]]]], columns: int = 4
-) -> Figure:
-    """A grid of (name, thumbnail or None, rows), titled with their labels (a person can look)."""
-    count = max(len(entries), 1)
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
-    figure = Figure(figsize=(GALLERY_CELL[0] * columns, GALLERY_CELL[1] * rows))
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns)).reshape(rows, columns)
-    for axes in axes_grid.flat:
-        axes.axis("off")
-    for axes, (name, picture, own) in zip(axes_grid.flat, entries, strict=False):
-        if picture is not None:
-            axes.imshow(picture)
-        faces = [row for row in own if row["status"] == "ok"]
-        summary = (
-            ", ".join(f"{row['label']} {row['p_male']:.2f}" for row in faces)
-            if faces
-            else own[0]["status"].replace("_", " ")
-        )
-        # Names are the user's: no mathtext ('$' in a file name is not a formula).
-        axes.set_title(f"{name}\n{summary}", fontsize=8, parse_math=False)
-    figure.tight_layout()
-    return figure
 
 
 class PredictionInterrupted(KeyboardInterrupt):
@@ -534,7 +255,7 @@ def _save_annotated(result: PhotoResult, target: Path) -> str | None:
     except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
         log.warning("%s: annotated copy not written: %s", result.path, error)
         temporary.unlink(missing_ok=True)
-        return f"annotated copy not written ({_reason(error)})"
+        return f"annotated copy not written ({error_text(error)})"
     return None
 
 
@@ -565,7 +286,7 @@ def _save_explained(
     except Exception as error:  # noqa: BLE001 - the rows matter more than the picture
         log.warning("%s: no heat maps: %s", result.path, error)
         for row, _ in faces:
-            problem = f"heat map not made ({_reason(error)})"
+            problem = f"heat map not made ({error_text(error)})"
             row["error"] = "; ".join(filter(None, (row.get("error"), problem)))
         return
     head, dot, extension = name.rpartition(".")  # a name of output_names has an extension

@@ -4,8 +4,8 @@ per track (tracks.csv / tracks.json), and optionally an annotated copy of the sa
 Frames are decoded with PyAV (any container and codec its FFmpeg reads) one at a time and
 let go once their faces are classified: at most ``batch_size`` sampled frames are held, so a
 video of any length runs in bounded memory. Each sampled frame goes through the photos' own
-code (``run.detect_faces``: MTCNN, CelebA alignment; ``run._classify``: the model's P(male),
-a batch of frames' faces at once).
+code (``labelling.detect_faces``: MTCNN, CelebA alignment; ``labelling.classify``: the
+model's P(male), a batch of frames' faces at once).
 
 Tracks: a face is linked to the open track whose box, moved on at the track's last speed,
 overlaps it most (IoU, one face per track, Hungarian matching with scipy; the speed keeps two
@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,13 +44,12 @@ from scipy.optimize import linear_sum_assignment
 
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
+from celeba_gender.inference.drawing import annotate
 from celeba_gender.inference.faces import FaceAligner
+from celeba_gender.inference.labelling import Decimals, classify, detect_faces, error_text, label_of
 from celeba_gender.inference.photos import VIDEO_SUFFIXES, is_video_name  # noqa: F401
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.progress import progress
-
-if TYPE_CHECKING:  # run imports this module
-    from celeba_gender.inference.run import Decimals
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +371,6 @@ def predict_video(
     (file to write, its name for the rows) when an annotated copy is wanted. ``decimals``: the
     track rows' P(male) mean and spread rounded (the frames' own P(male) are not: the means
     average them)."""
-    from celeba_gender.inference.run import Decimals, _classify, _reason, annotate, detect_faces
-
     decimals = decimals or Decimals()
 
     tracker = FaceTracker(settings.min_iou, settings.max_gap_s, settings.min_similarity)
@@ -387,7 +384,7 @@ def predict_video(
 
     def consume(batch: list, source_fps: float) -> None:
         nonlocal failed, first_failure, writer, tracked_until, previous_frame
-        results = _classify([found for _, found in batch], predictor, threshold)
+        results = classify([found for _, found in batch], predictor, threshold)
         for (time_s, _), result in zip(batch, results, strict=True):
             faces = [row for row in result.rows if row["status"] == "ok"]
             errors = [row for row in result.rows if row["status"] == "error"]
@@ -412,7 +409,7 @@ def predict_video(
             except Exception as error:  # noqa: BLE001 - the rows matter more than the video
                 writer.discard()
                 writer = None
-                notes.append(f"annotated video not written ({_reason(error)})")
+                notes.append(f"annotated video not written ({error_text(error)})")
 
     stopped = None
     frames = sampled_frames(path, settings.sample_fps)
@@ -426,9 +423,9 @@ def predict_video(
                 break
             except Exception as error:  # noqa: BLE001 - a bad video is its row, not the job's end
                 stopped = (
-                    f"{path}: decoding stopped after {last_time:.2f} s ({_reason(error)})"
+                    f"{path}: decoding stopped after {last_time:.2f} s ({error_text(error)})"
                     if sampled
-                    else f"{path}: not a readable video ({_reason(error)})"
+                    else f"{path}: not a readable video ({error_text(error)})"
                 )
                 log.warning("%s", stopped)
                 break
@@ -461,7 +458,7 @@ def predict_video(
             name = annotated[1] if writer.close() else None
         except Exception as error:  # noqa: BLE001 - the rows matter more than the video
             writer.discard()
-            notes.append(f"annotated video not written ({_reason(error)})")
+            notes.append(f"annotated video not written ({error_text(error)})")
     if sampled == 0:
         reason = stopped or f"{path}: the video has no frame to decode (an empty video?)"
         return [{"video": str(path), "status": "error", "error": reason}]
@@ -483,8 +480,6 @@ def _track_rows(
     tracker: FaceTracker, common: dict[str, Any], threshold: float, decimals: Decimals
 ) -> list[dict[str, Any]]:
     """One row per track so far, in order of first appearance, each with ``common``'s values."""
-    from celeba_gender.inference.run import label_of
-
     return [
         common
         | {

@@ -6,8 +6,9 @@ from celeba_gender.models.backbones import (
     model_names,
     pretrained_weights_file,
 )
+from celeba_gender.models.checkpoints import load_classifier
 from celeba_gender.models.heads import BCEHead, CEHead, create_head
-from celeba_gender.models.module import GenderClassifier, load_classifier
+from celeba_gender.models.module import GenderClassifier
 
 __all__ = [
     "BCEHead",

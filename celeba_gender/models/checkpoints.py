@@ -19,7 +19,7 @@ import torch
 
 from celeba_gender.data.errors import DataError
 from celeba_gender.models.backbones import takes_argument
-from celeba_gender.models.module import GenderClassifier, _current_hparams
+from celeba_gender.models.module import GenderClassifier
 
 ONNX_SUFFIX = ".onnx"
 # The evaluation transform a checkpoint (or ONNX export) records: these keys and plain values
@@ -199,6 +199,20 @@ def check_eval_transform(path: str | Path, settings: Any) -> dict[str, Any]:
         key: (dict(value) if isinstance(value, Mapping) else value)
         for key, value in settings.items()
     }
+
+
+def _current_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a checkpoint written before the model came from conf's ``module``
+    node (2026-11-29) in today's form: no scheduler settings (training only), and the
+    auxiliary heads GoogLeNet and Inception-v3 were then built with (only when trained)."""
+    hparams.pop("scheduler_interval", None)
+    if "backbone_kwargs" not in hparams and hparams.get("backbone") in (
+        "googlenet",
+        "inception_v3",
+    ):
+        hparams["backbone_kwargs"] = {"aux_logits": hparams.get("aux_loss_weight", 0) > 0}
+        hparams["scratch_kwargs"] = {"init_weights": True}
+    return hparams
 
 
 def load_classifier(checkpoint_path: str | Path, map_location: str = "cpu") -> GenderClassifier:

@@ -331,26 +331,4 @@ class GenderClassifier(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters() if id(p) not in skipped)
 
 
-def _current_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a checkpoint written before the model came from conf's ``module``
-    node (2026-11-29) in today's form: no scheduler settings (training only), and the
-    auxiliary heads GoogLeNet and Inception-v3 were then built with (only when trained)."""
-    hparams.pop("scheduler_interval", None)
-    if "backbone_kwargs" not in hparams and hparams.get("backbone") in (
-        "googlenet",
-        "inception_v3",
-    ):
-        hparams["backbone_kwargs"] = {"aux_logits": hparams.get("aux_loss_weight", 0) > 0}
-        hparams["scratch_kwargs"] = {"init_weights": True}
-    return hparams
-
-
-def load_classifier(checkpoint_path: str, map_location: str = "cpu") -> GenderClassifier:
-    """Rebuild a GenderClassifier from a checkpoint without unpickling arbitrary objects; any
-    bad file raises CheckpointError (a DataError naming it): see models/checkpoints.py."""
-    from celeba_gender.models.checkpoints import load_classifier as load
-
-    return load(checkpoint_path, map_location)
-
-
-__all__ = ["GenderClassifier", "binary_metrics", "load_classifier"]
+__all__ = ["GenderClassifier", "binary_metrics"]

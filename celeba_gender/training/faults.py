@@ -12,7 +12,7 @@ import signal
 
 import lightning as L
 
-FAULTS = ("sigkill", "exit", "sigterm", "sigusr1", "sigusr2", "sigint")
+from celeba_gender.config_schema import FAULTS
 
 
 class KillAtStep(L.Callback):

@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
 from celeba_gender.data.cache import atomic_write
-from celeba_gender.training.ddp import global_rank
+from celeba_gender.ranks import global_rank
 from celeba_gender.training.outputs import log_confusion_matrix
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ schema does not allow): a refused job leaves its own folder exactly as it was, s
 that still says "status ok" from an earlier run cannot tell the sweep's summary that this
 command did not run it. Each refusal is a file in the sweep folder's ``.refused/`` instead,
 written by the job (whatever the launcher: in-process, local processes, SLURM) and read by
-``training.sweep.SweepSummary``, which empties it when a sweep starts."""
+``analysis.sweep_summary.SweepSummary``, which empties it when a sweep starts."""
 
 from __future__ import annotations
 

@@ -32,12 +32,13 @@ from celeba_gender.config import PROJECT_ROOT
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
+from celeba_gender.ranks import global_rank
 from celeba_gender.training.callbacks import (
     TestThroughput,
     TrainingThroughput,
     ValidationConfusionMatrix,
 )
-from celeba_gender.training.ddp import global_rank, reset_distributed_state
+from celeba_gender.training.ddp import reset_distributed_state
 from celeba_gender.training.faults import KillAtStep
 from celeba_gender.training.folder_lock import hold_run_folder
 from celeba_gender.training.loggers import (

@@ -1,0 +1,122 @@
+"""The package's shape: no module imports one that imports it back, and the layers only point
+down (data below models, below the config schema, below training and inference, below the
+analysis, below the commands). Read from the source with ``ast``: every import counts, also
+one inside a function."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "celeba_gender"
+# Lowest first. A module may import its own group and the groups below it; training and
+# inference, side by side, do not import each other.
+LAYERS: list[set[str]] = [
+    {"celeba_gender", "config", "progress", "ranks", "spreadsheet", "quiet_interrupt"},
+    {"data"},
+    {"models"},
+    {"config_schema"},
+    {"training", "inference"},
+    {"analysis"},
+    {"train", "eval", "predict", "demo", "demo_files"},
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package: the package's modules it imports (anywhere in its code)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # "from celeba_gender.analysis import tables" imports the module tables (its
+                # package is the one being loaded); a name imports the module defining it.
+                targets = [
+                    f"{node.module}.{alias.name}"
+                    if f"{node.module}.{alias.name}" in modules
+                    else node.module
+                    for alias in node.names
+                ]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+        graph.setdefault(name, set())
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(module: str) -> int:
+    group = _group(module)
+    return next(number for number, layer in enumerate(LAYERS) if group in layer)
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = import_graph()
+    assert len(graph) > 50  # the whole package was read
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_layers_only_point_down():
+    graph = import_graph()
+    unknown = sorted({_group(m) for m in graph} - set().union(*LAYERS))
+    assert unknown == [], "new top-level modules: place them in LAYERS"
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(module)
+        or (_layer(target) == _layer(module) and _group(target) != _group(module)
+            and _layer(module) == LAYERS.index({"training", "inference"}))
+    ]  # fmt: skip
+    assert upward == []
