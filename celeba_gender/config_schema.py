@@ -41,6 +41,7 @@ from celeba_gender.data.datamodule import LOADERS
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
 from celeba_gender.data.splits import SPLIT_METHODS
+from celeba_gender.library_internals import expand_sweep
 from celeba_gender.models.backbones import PretrainedWeightsUnavailable, check_pretrained_weights
 from celeba_gender.models.heads import HEADS
 
@@ -823,15 +824,11 @@ def sweep_jobs(
 ) -> Iterator[tuple[int, list[str], DictConfig | str | ConfigError]]:
     """(job number, its overrides, its config) of each job of the basic sweeper's sweep; in
     place of the config, the ConfigError or why it does not compose of a job that cannot run."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     loader = GlobalHydra.instance().config_loader()
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += list(config.hydra.overrides.task)
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    jobs = expand_sweep(arguments, loader)
     for number, overrides in enumerate(jobs):
         try:
             job_config = loader.load_sweep_config(config, list(overrides))

@@ -15,7 +15,15 @@ PACKAGE = REPO / "celeba_gender"
 # Lowest first. A module may import its own group and the groups below it; training and
 # inference, side by side, do not import each other.
 LAYERS: list[set[str]] = [
-    {"celeba_gender", "config", "progress", "ranks", "spreadsheet", "quiet_interrupt"},
+    {
+        "celeba_gender",
+        "config",
+        "progress",
+        "ranks",
+        "spreadsheet",
+        "quiet_interrupt",
+        "library_internals",
+    },
     {"data"},
     {"models"},
     {"config_schema"},

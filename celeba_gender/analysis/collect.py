@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
+from celeba_gender.library_internals import expand_sweep
 from celeba_gender.progress import progress
 from celeba_gender.spreadsheet import unquote_frame
 from celeba_gender.training.outputs import (
@@ -83,9 +84,7 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     if not record.is_file():
         return None
     from hydra import initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         sweeper = OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_", default="")
@@ -94,12 +93,11 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         overrides = list(OmegaConf.load(record).hydra.overrides.task)
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            batches = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)
+            jobs = expand_sweep(overrides, GlobalHydra.instance().config_loader())
     except Exception as error:  # noqa: BLE001 - e.g. a config group renamed since
         log.warning("%s: cannot expand its jobs (%s); listing the folders only.", record, error)
         return None
-    return [list(job) for batch in batches for job in batch]
+    return jobs
 
 
 def _expected_facts(overrides: list[str]) -> dict:

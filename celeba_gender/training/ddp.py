@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch.distributed
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from celeba_gender.library_internals import private
+
+# Lightning's private launcher of the other ranks (no public API starts them per Hydra job);
+# the names overridden below are checked with the others (library_internals.LIGHTNING_NAMES).
+_SubprocessScriptLauncher = private(
+    "lightning.pytorch.strategies.launchers.subprocess_script", "_SubprocessScriptLauncher"
+)
 
 # Variables a DDP launch sets in the parent process; a later job of the same sweep must not
 # inherit them (with LOCAL_RANK set, Lightning would wait for ranks nobody starts).

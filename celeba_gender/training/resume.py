@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_output, atomic_write, human_bytes
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
+from celeba_gender.library_internals import should_accumulate
 from celeba_gender.training.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch's end follows: validation, then its own checkpoint
-        if trainer.fit_loop._should_accumulate():
+        if should_accumulate(trainer):
             return  # inside a gradient-accumulation window: its gradients are not saved
         if (
             isinstance(trainer.val_check_batch, int)

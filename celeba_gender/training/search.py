@@ -49,6 +49,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from celeba_gender.library_internals import expand_sweep
 from celeba_gender.training.resume import flatten_config, read_record, say
 
 if TYPE_CHECKING:
@@ -132,8 +133,6 @@ class StudyPlan:
 def study_plans(arguments: Sequence[str], config_loader: Any) -> list[StudyPlan]:
     """The command's overrides expanded as the basic sweeper expands them: one study per
     combination of its comma lists, named by the values that vary."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     parser = OverridesParser.create(config_loader=config_loader)
     parsed = parser.parse_overrides(list(arguments))
     searched = [o.input_line for o in parsed if o.is_sweep_override() and not o.is_discrete_sweep()]
@@ -144,7 +143,7 @@ def study_plans(arguments: Sequence[str], config_loader: Any) -> list[StudyPlan]
             "(comma lists on the command line make one study per value)."
         )
     varying = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    jobs = expand_sweep(arguments, config_loader)
     plans = []
     for job in jobs:
         named = [o for o in job if o.split("=", 1)[0].lstrip("+~") in varying]

@@ -1,0 +1,70 @@
+"""The private Lightning and Hydra names the project uses (celeba_gender/library_internals.py),
+checked against the installed versions: a library that renames one fails here, by name."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch.utils.data import DataLoader, TensorDataset
+
+from celeba_gender.library_internals import (
+    HYDRA_NAMES,
+    LIGHTNING_NAMES,
+    LibraryChanged,
+    expand_sweep,
+    private,
+    should_accumulate,
+)
+
+
+@pytest.mark.parametrize(("module", "attribute"), HYDRA_NAMES + LIGHTNING_NAMES)
+def test_every_private_name_used_exists_in_the_installed_library(module, attribute):
+    assert callable(private(module, attribute))
+
+
+def test_a_missing_private_name_is_one_message_naming_it():
+    with pytest.raises(LibraryChanged, match=r"lightning.pytorch.loops.fit_loop._FitLoop.gone "):
+        private("lightning.pytorch.loops.fit_loop", "_FitLoop.gone")
+
+
+def test_a_sweep_expands_as_hydras_basic_sweeper_runs_it():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        jobs = expand_sweep(["model=resnet18,vgg11", "seed=1,2", "trainer.max_epochs=3"], loader)
+    assert jobs == [
+        ["model=resnet18", "seed=1", "trainer.max_epochs=3"],
+        ["model=resnet18", "seed=2", "trainer.max_epochs=3"],
+        ["model=vgg11", "seed=1", "trainer.max_epochs=3"],
+        ["model=vgg11", "seed=2", "trainer.max_epochs=3"],
+    ]
+
+
+def test_should_accumulate_is_true_inside_an_accumulation_window():
+    seen: list[bool] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append(should_accumulate(trainer))
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: list, index: int) -> torch.Tensor:
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        max_epochs=1, accumulate_grad_batches=2, callbacks=[Record()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2))
+    assert seen == [True, False, True, False]
