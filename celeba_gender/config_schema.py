@@ -42,6 +42,7 @@ from celeba_gender.data.errors import DataError
 from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
 from celeba_gender.data.splits import SPLIT_METHODS
 from celeba_gender.library_internals import expand_sweep
+from celeba_gender.metrics import LOGGED_METRICS
 from celeba_gender.models.backbones import PretrainedWeightsUnavailable, check_pretrained_weights
 from celeba_gender.models.heads import HEADS
 
@@ -53,8 +54,7 @@ PRECISIONS = (
 # Test-only fault injection (training/faults.py KillAtStep): how the process dies.
 FAULTS = ("sigkill", "exit", "sigterm", "sigusr1", "sigusr2", "sigint")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-METRICS = ("acc", "precision", "recall", "f1", "auroc", "loss")
-MONITORS = tuple(f"val/{name}" for name in METRICS)
+MONITORS = tuple(f"val/{name}" for name in LOGGED_METRICS)
 # Signals a run may stop on (those the platform has).
 STOP_SIGNALS = tuple(
     name

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "spreadsheet",
         "quiet_interrupt",
         "library_internals",
+        "metrics",
     },
     {"data"},
     {"models"},

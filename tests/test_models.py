@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from celeba_gender.metrics import binary_metrics
 from celeba_gender.models import (
     BCEHead,
     CEHead,
@@ -23,7 +24,6 @@ from celeba_gender.models import (
     pretrained_weights_file,
 )
 from celeba_gender.models.backbones import split_outputs
-from celeba_gender.models.module import binary_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
 from celeba_gender.data import DataError
 from celeba_gender.library_internals import expand_sweep
+from celeba_gender.metrics import CLASSIFICATION_METRICS
 from celeba_gender.progress import progress
 from celeba_gender.spreadsheet import unquote_frame
 from celeba_gender.training.outputs import (
@@ -30,7 +31,7 @@ from celeba_gender.training.outputs import (
 from celeba_gender.training.resume import flatten_config, is_ignored, saved_config
 
 log = logging.getLogger(__name__)
-METRICS = ("acc", "precision", "recall", "f1", "auroc")
+METRICS = CLASSIFICATION_METRICS
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
 # that names the facts in each run's metrics.json. A job's saved config gives them when its
 # metrics.json is missing or has no context.

@@ -18,13 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-)
 
 from celeba_gender.analysis.collect import METRICS
 from celeba_gender.data.annotations import canonical_name, detect_layout, read_name_value_file
@@ -34,6 +27,7 @@ from celeba_gender.data.sources import (
     read_source,
     source_identities,
 )
+from celeba_gender.metrics import binary_metrics
 
 # One configuration: runs that differ only by seed. Runs of different experiments found in
 # one folder are never averaged together.
@@ -47,24 +41,11 @@ def correct(predictions: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
     return ((predictions["p_male"] > threshold) == (predictions["label"] == 1)).to_numpy()
 
 
-_TORCHMETRICS = {
-    "acc": binary_accuracy,
-    "precision": binary_precision,
-    "recall": binary_recall,
-    "f1": binary_f1_score,
-}
-
-
 def metric_values(labels: np.ndarray, p_male: np.ndarray, threshold: float = 0.5) -> dict:
     """The five test metrics of one set of predictions (male positive), as training logs them."""
     target = torch.tensor(np.asarray(labels), dtype=torch.long)
     preds = torch.tensor(np.asarray(p_male), dtype=torch.float32)
-    values = {
-        name: float(fn(preds, target, threshold=threshold)) for name, fn in _TORCHMETRICS.items()
-    }
-    one_class = len(np.unique(target.numpy())) < 2  # AUROC undefined (training logs NaN)
-    values["auroc"] = float("nan") if one_class else float(binary_auroc(preds, target))
-    return values
+    return {name: float(value) for name, value in binary_metrics(preds, target, threshold).items()}
 
 
 @cache

@@ -17,14 +17,10 @@ import torch
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy
 from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
     binary_confusion_matrix,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
 )
 
+from celeba_gender.metrics import binary_metrics
 from celeba_gender.models.backbones import (
     aux_head_modules,
     create_backbone,
@@ -33,28 +29,6 @@ from celeba_gender.models.backbones import (
 from celeba_gender.models.heads import create_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-def binary_metrics(probability: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy, precision, recall, F1 and AUROC of P(male), male being the positive class.
-    AUROC is NaN (metrics.json: null) when the images hold one class: it is undefined then,
-    where torchmetrics gives 0."""
-    values = {
-        name: metric(probability, labels)
-        for name, metric in (
-            ("acc", binary_accuracy),
-            ("precision", binary_precision),
-            ("recall", binary_recall),
-            ("f1", binary_f1_score),
-        )
-    }
-    one_class = labels.min() == labels.max()
-    values["auroc"] = (
-        torch.tensor(float("nan"), device=probability.device)
-        if one_class
-        else binary_auroc(probability, labels)
-    )
-    return values
 
 
 class GenderClassifier(L.LightningModule):
@@ -331,4 +305,4 @@ class GenderClassifier(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters() if id(p) not in skipped)
 
 
-__all__ = ["GenderClassifier", "binary_metrics"]
+__all__ = ["GenderClassifier"]

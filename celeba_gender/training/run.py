@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from celeba_gender.config import PROJECT_ROOT
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
 from celeba_gender.data import CelebADataModule, DataError
+from celeba_gender.metrics import TEST_METRICS
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
 from celeba_gender.ranks import global_rank
 from celeba_gender.training.callbacks import (
@@ -108,7 +109,6 @@ def quiet_third_party_output() -> None:
 
 quiet_third_party_output()  # on import: every entry point that trains or tests imports this
 USER_ERRORS = (DataError, PretrainedWeightsUnavailable, OutOfSpace)
-TEST_METRICS = ("test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss")
 
 
 def _output_dir(cfg: DictConfig) -> Path:
