@@ -22,7 +22,6 @@ import functools
 import inspect
 import math
 import re
-import signal
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +44,7 @@ from celeba_gender.library_internals import expand_sweep
 from celeba_gender.metrics import LOGGED_METRICS
 from celeba_gender.models.backbones import PretrainedWeightsUnavailable, check_pretrained_weights
 from celeba_gender.models.heads import HEADS
+from celeba_gender.stop_signals import STOP_SIGNAL_NAMES
 
 # Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT).
 PRECISIONS = (
@@ -55,12 +55,6 @@ PRECISIONS = (
 FAULTS = ("sigkill", "exit", "sigterm", "sigusr1", "sigusr2", "sigint")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 MONITORS = tuple(f"val/{name}" for name in LOGGED_METRICS)
-# Signals a run may stop on (those the platform has).
-STOP_SIGNALS = tuple(
-    name
-    for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
-    if hasattr(signal, name)
-)
 
 
 class ConfigError(ValueError):
@@ -325,8 +319,8 @@ class TrainSchema:
     resume: bool = setting()
     checkpoint_every_n_steps: Optional[int] = setting(ge=1)  # noqa: UP045
     stop_signals: list[str] = setting(
-        check=lambda v: all(str(s).upper() in STOP_SIGNALS for s in v),
-        allowed="a list of " + ", ".join(STOP_SIGNALS),
+        check=lambda v: all(str(s).upper() in STOP_SIGNAL_NAMES for s in v),
+        allowed="a list of " + ", ".join(STOP_SIGNAL_NAMES),
     )
     resume_ignore: list[str] = setting()
 

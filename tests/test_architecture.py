@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
         "quiet_interrupt",
         "library_internals",
         "metrics",
+        "stop_signals",
     },
     {"data"},
     {"models"},

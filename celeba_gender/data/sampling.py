@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,14 +123,12 @@ class ResumableDataLoader(DataLoader):
             self.sampler.skip_to(state["epoch"], state["batches"] * self.batch_size)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a cluster's stop signal (or Ctrl-C) goes to every process;
     the main process saves a checkpoint and stops, and its workers must live until then."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    from celeba_gender.stop_signals import ignore_stop_signals as ignore
+
+    ignore()
     from lightning.fabric.utilities.seed import pl_worker_init_function
 
     pl_worker_init_function(worker_id)  # what Lightning would have set: per-worker seeds

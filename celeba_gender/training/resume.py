@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from celeba_gender.data.cache import atomic_output, atomic_write, human_bytes
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
 from celeba_gender.library_internals import should_accumulate
+from celeba_gender.stop_signals import signal_number
 from celeba_gender.training.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class StopSignals:
     before it are restored on exit."""
 
     def __init__(self, names: Sequence[str] = ()) -> None:
-        self.signals = [_signal_number(name) for name in names]
+        self.signals = [signal_number(name) for name in names]
         self.previous: dict[int, Any] = {}
         self.requested: int | None = None
         self.deferred = False  # training: LastCheckpoint saves, then stops
@@ -330,13 +331,6 @@ class LastCheckpoint(Checkpoint):
         self._stop_at_next_start = False
         self.stops.deferred = False
         raise self.stops.interruption(self.path, trainer.current_epoch, trainer.global_step)
-
-
-def _signal_number(name: str) -> int:
-    number = getattr(signal, str(name).upper(), None)
-    if not isinstance(number, signal.Signals):
-        raise ValueError(f"Unknown signal {name!r} in stop_signals (e.g. SIGTERM, SIGUSR1).")
-    return int(number)
 
 
 def checkpoint_step(path: Path) -> int:
