@@ -22,6 +22,17 @@ SAMPLE = REPO / "celeba_gender" / "assets" / "celeba_sample"  # committed: prese
 SUBSET = Path(os.environ.get("CELEBA_SUBSET", REPO.parent / "shared" / "data" / "celeba-subset"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker's torch (and every process it starts: the env is inherited)
+    gets its share of the cores: two workers with two threads each, plus their subprocesses,
+    would fight over two cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, share)
+
+
 def _unavailable(reason: str) -> None:
     """Skip a test whose tool or data is missing here; under CI, where it must be, fail."""
     if os.environ.get("CI", "").lower() in ("true", "1"):
