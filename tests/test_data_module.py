@@ -109,6 +109,7 @@ def test_balance_methods_reach_the_training_loader(subset_root, cache_dir):
     assert weighted.summary()["balance"]["effective_male_fraction"] == 0.5
     weighted_loss = _module(subset_root, cache_dir, balance="loss_weights")
     assert weighted_loss.class_weights["pos_weight"] > 1  # fewer men than women
+    assert _module(subset_root, cache_dir, balance="undersample").class_weights is None
 
 
 def test_summary_file_reports_the_split(subset_root, cache_dir, tmp_path):

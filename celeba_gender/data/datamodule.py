@@ -402,12 +402,13 @@ class CelebADataModule(L.LightningDataModule):
         return torch.as_tensor(self.index.images[columns].to_numpy(dtype=np.float32))
 
     @property
-    def class_weights(self) -> dict[str, Any]:
-        """Loss weights from the training labels (``loss_weights`` balance), else neutral."""
+    def class_weights(self) -> dict[str, Any] | None:
+        """The loss' class weights from the training labels with the ``loss_weights`` balance;
+        None (an unweighted loss) otherwise. The one place that decides it."""
         if self.train_rows is None:
             self.setup()
         if self.balance != "loss_weights":
-            return {"pos_weight": 1.0, "class_weights": [1.0, 1.0]}
+            return None
         labels = self.index.images["male"].to_numpy(dtype=np.int64)[self.train_rows]
         return loss_class_weights(labels)
 

@@ -127,7 +127,7 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
     try:
         model = instantiate(
             cfg.module,
-            class_weights=datamodule.class_weights if cfg.data.balance == "loss_weights" else None,
+            class_weights=datamodule.class_weights,
             eval_transform=datamodule.eval_transform_settings(),
             attribute_targets=attribute_targets,
         )
