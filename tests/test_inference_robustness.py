@@ -447,7 +447,9 @@ def test_a_stop_during_the_writes_keeps_csv_and_json_equal(
             "batch_size": 1,
         }
     )
-    write = predict_run._write_all
+    from celeba_gender.inference import row_files
+
+    write = row_files.write_all
     calls = []
 
     def write_then_stop(descriptor, data):
@@ -456,7 +458,7 @@ def test_a_stop_during_the_writes_keeps_csv_and_json_equal(
         if len(calls) == 3:  # the header, then photo 1; photo 2's CSV rows: stop now
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(predict_run, "_write_all", write_then_stop)
+    monkeypatch.setattr(row_files, "write_all", write_then_stop)
     with pytest.raises(predict_run.PredictionInterrupted):
         predict_run.predict(cfg)
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
@@ -501,12 +503,13 @@ def test_an_output_that_cannot_be_written_is_one_line(
     """A full disk while writing rows, and batch_size=0: one line and exit status 2."""
     import errno
 
+    from celeba_gender.inference import row_files
     from celeba_gender.inference import run as predict_run
 
     def full_disk(descriptor, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(predict_run, "_write_all", full_disk)
+    monkeypatch.setattr(row_files, "write_all", full_disk)
     cfg = _predict_config(checkpoint, faces[:2], tmp_path / "out")
     with pytest.raises(SystemExit) as stopped:
         predict_run.run_prediction(cfg)

@@ -26,6 +26,31 @@ PROBABILITY_COLUMNS = ("p_male", "detector_score")
 PIXEL_COLUMNS = ("x1", "y1", "x2", "y2")
 
 
+def printable(value: Any) -> Any:
+    """A text value as valid UTF-8 (a file name's undecodable bytes as ``\\xff``), others as
+    they are: every row can be written to the CSV and the JSON, whatever its photo's name."""
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class PrintableLog(logging.Filter):
+    """A logger's lines as valid UTF-8: a photo name's undecodable bytes would make the log
+    file's handler print a traceback (and the terminal get raw bytes) instead of the line. On
+    the loggers of every module that names photos (labelling, run, video)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+log.addFilter(PrintableLog())
+
+
 @dataclass(frozen=True)
 class Decimals:
     """How many decimals the rows keep (conf/predict.yaml's ``decimals``; None: all): a 16-digit

@@ -16,10 +16,7 @@ two photos on one name, never outside annotated/.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
-import json
 import logging
 import os
 import re
@@ -28,7 +25,7 @@ import sys
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +36,19 @@ from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.drawing import GALLERY_DPI, annotate, gallery, thumbnail
 from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
-from celeba_gender.inference.labelling import Decimals, PhotoResult, error_text, predict_photos
+from celeba_gender.inference.labelling import (
+    Decimals,
+    PhotoResult,
+    PrintableLog,
+    error_text,
+    predict_photos,
+    printable,
+)
 from celeba_gender.inference.photos import expand_inputs, is_video_name
 from celeba_gender.inference.predictor import GenderPredictor
+from celeba_gender.inference.row_files import RowFiles
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
-from celeba_gender.spreadsheet import safe_cell
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -165,77 +169,7 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
-    """Append ``data`` to the file (one system call for any row set of a photo)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(descriptor, view) :]
-
-
-def _csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> bytes:
-    text = io.StringIO()
-    csv.DictWriter(text, columns, extrasaction="ignore").writerows(
-        {key: safe_cell(value) for key, value in row.items()} for row in rows
-    )
-    return text.getvalue().encode()
-
-
-class _TrackFiles:
-    """tracks.csv and tracks.json, one row per video track, written as each video is done
-    (the JSON completed when the run ends or stops), as predictions.csv/.json are."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.output_dir = output_dir
-        self._stack = contextlib.ExitStack()
-        self._separator = b"\n  "
-
-    def __enter__(self) -> _TrackFiles:
-        with self._stack as stack:
-            table = stack.enter_context(open(self.output_dir / "tracks.csv", "wb", buffering=0))
-            self._records = stack.enter_context(atomic_output(self.output_dir / "tracks.json"))
-            self._table = table.fileno()
-            _write_all(self._table, ",".join(TRACK_COLUMNS).encode() + b"\r\n")
-            self._records.write(b"[")
-            self._stack = stack.pop_all()
-        return self
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        csv_bytes = _csv_text(rows, TRACK_COLUMNS)
-        json_bytes = b""
-        for row in rows:
-            record = {column: row.get(column) for column in TRACK_COLUMNS}
-            json_bytes += self._separator + json.dumps(record).encode()
-            self._separator = b",\n  "
-        _write_all(self._table, csv_bytes)
-        self._records.write(json_bytes)
-
-    def __exit__(self, *exc: object) -> None:
-        with self._stack:
-            self._records.write(b"\n]\n")
-
-
-def _printable(value: Any) -> Any:
-    """A text value as valid UTF-8 (a file name's undecodable bytes as ``\\xff``), others as
-    they are: every row can be written to the CSV and the JSON, whatever its photo's name."""
-    if not isinstance(value, str):
-        return value
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-class _PrintableLog(logging.Filter):
-    """This module's log lines as valid UTF-8: a photo name's undecodable bytes would make the
-    log file's handler print a traceback instead of the line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _printable(record.getMessage()), None
-        return True
-
-
-log.addFilter(_PrintableLog())
+log.addFilter(PrintableLog())
 
 
 def _save_annotated(result: PhotoResult, target: Path) -> str | None:
@@ -364,13 +298,11 @@ def predict(cfg: DictConfig) -> Counter[str]:
     stop = _StopSignals()
     with (
         stop,
-        open(output_dir / "predictions.csv", "wb", buffering=0) as table,
-        atomic_output(output_dir / "predictions.json") as records,
-        _TrackFiles(output_dir) if videos else contextlib.nullcontext() as tracks,
+        RowFiles(output_dir, "predictions", COLUMNS) as predictions,
+        RowFiles(output_dir, "tracks", TRACK_COLUMNS)
+        if videos
+        else contextlib.nullcontext() as tracks,
     ):
-        _write_all(table.fileno(), ",".join(COLUMNS).encode() + b"\r\n")
-        records.write(b"[")
-        separator = b"\n  "
         failure: BaseException | None = None
         stop.armed = True
         try:
@@ -379,7 +311,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
             )
             for result in progress(results, total=len(paths), desc="Photos", unit="photo"):
                 name = names[result.path]
-                result.rows = [{k: _printable(v) for k, v in row.items()} for row in result.rows]
+                result.rows = [{k: printable(v) for k, v in row.items()} for row in result.rows]
                 if cfg.annotate and result.photo is not None:
                     problem = _save_annotated(result, output_dir / "annotated" / name)
                     for row in result.rows:
@@ -406,17 +338,10 @@ def predict(cfg: DictConfig) -> Counter[str]:
                         log.warning("%s: no gallery picture: %s", result.path, error)
                     shown.append((name, picture, result.rows))
                 # Both outputs' text first, then the writes: a stop never splits a row.
-                csv_bytes = _csv_text(result.rows)
-                json_bytes = b"".join(
-                    (separator if i == 0 else b",\n  ")
-                    + json.dumps({c: row.get(c) for c in COLUMNS}).encode()
-                    for i, row in enumerate(result.rows)
-                )
+                prepared = predictions.prepare(result.rows)
                 # A stop during the writes waits until both files have the photo's rows.
                 stop.armed = False
-                _write_all(table.fileno(), csv_bytes)
-                records.write(json_bytes)
-                separator = b",\n  "
+                predictions.write(prepared)
                 done += 1
                 counts.update(row["status"] for row in result.rows)
                 if stop.signum is not None:
@@ -430,9 +355,9 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 rows = predict_video(
                     path, predictor, aligner, video_settings, cfg.threshold, annotated, decimals
                 )
-                rows = [{k: _printable(v) for k, v in row.items()} for row in rows]
+                prepared = tracks.prepare([{k: printable(v) for k, v in r.items()} for r in rows])
                 stop.armed = False  # a stop waits until both files have the video's rows
-                tracks.write(rows)
+                tracks.write(prepared)
                 done += 1
                 counts.update(f"video_{row['status']}" for row in rows)
                 if stop.signum is not None:
@@ -443,12 +368,13 @@ def predict(cfg: DictConfig) -> Counter[str]:
             # A video stopped midway: the tracks it had so far, cut where it stopped.
             rows = getattr(interrupted, "track_rows", None)
             if tracks is not None and rows:
-                tracks.write([{k: _printable(v) for k, v in row.items()} for row in rows])
+                tracks.write(
+                    tracks.prepare([{k: printable(v) for k, v in r.items()} for r in rows])
+                )
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
             failure = error
         finally:
             stop.armed = False  # a signal from now on waits until the outputs are complete
-        records.write(b"\n]\n")
     if failure is not None:
         raise failure
     if stop.signum is not None:
@@ -479,5 +405,5 @@ def run_prediction(cfg: DictConfig) -> None:
         raise SystemExit(128 + stopped.signum) from None
     except OSError as error:  # photos' own errors are their rows: the output folder's, mostly
         where = cfg.paths.output_dir
-        print(f"error: {_printable(str(error))} (predicting into {where})", file=sys.stderr)
+        print(f"error: {printable(str(error))} (predicting into {where})", file=sys.stderr)
         raise SystemExit(2) from None

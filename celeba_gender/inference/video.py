@@ -46,12 +46,20 @@ from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.drawing import annotate
 from celeba_gender.inference.faces import FaceAligner
-from celeba_gender.inference.labelling import Decimals, classify, detect_faces, error_text, label_of
+from celeba_gender.inference.labelling import (
+    Decimals,
+    PrintableLog,
+    classify,
+    detect_faces,
+    error_text,
+    label_of,
+)
 from celeba_gender.inference.photos import VIDEO_SUFFIXES, is_video_name  # noqa: F401
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.progress import progress
 
 log = logging.getLogger(__name__)
+log.addFilter(PrintableLog())  # photo and video names as valid UTF-8
 
 TRACK_COLUMNS = (
     "video",
