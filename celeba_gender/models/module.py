@@ -16,9 +16,6 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy
-from torchmetrics.functional.classification import (
-    binary_confusion_matrix,
-)
 
 from celeba_gender.metrics import binary_metrics
 from celeba_gender.models.backbones import (
@@ -26,6 +23,7 @@ from celeba_gender.models.backbones import (
     create_backbone,
     split_outputs,
 )
+from celeba_gender.models.evaluation import COLUMNS, EvaluationOutputs, stack_batch
 from celeba_gender.models.heads import create_head
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -93,13 +91,11 @@ class GenderClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler = dict(lr_scheduler or {})
         self.train_acc = BinaryAccuracy()
-        # (row, label, P(male), loss, loss weight) of every image this rank saw in the current
-        # val / test / predict epoch; at the epoch's end, all ranks' rows without repeats
-        # (``gathered_predictions``): the metrics, and the run's test_predictions.csv /
-        # val_predictions.csv (analysis: bootstrap, thresholds).
+        # Every image this rank saw in the current val / test / predict epoch (evaluation.COLUMNS);
+        # at the epoch's end, all ranks' images without repeats (``evaluation(stage)``): the
+        # metrics, and the run's test_predictions.csv / val_predictions.csv.
         self._predictions: dict[str, list[torch.Tensor]] = {"val": [], "test": [], "predict": []}
-        self.gathered_predictions: dict[str, torch.Tensor] = {}
-        self.last_confusion: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, EvaluationOutputs] = {}
 
     def set_attribute_table(self, table: torch.Tensor) -> None:
         """The ``attribute_targets`` values (0/1) of every image, one row per data-module row
@@ -189,9 +185,7 @@ class GenderClassifier(L.LightningModule):
         images, labels, rows = batch
         main, probability = self._predict(images)
         losses, weights = self.head.image_losses(main, labels)
-        self._predictions[stage].append(
-            torch.stack([rows.float(), labels.float(), probability, losses, weights], 1)
-        )
+        self._predictions[stage].append(stack_batch(rows, labels, probability, losses, weights))
         return probability
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
@@ -225,13 +219,11 @@ class GenderClassifier(L.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Metrics, loss and confusion matrix of every image of the epoch, each counted once."""
-        gathered = self._gather_predictions(stage)
-        if len(gathered) == 0:
+        outputs = self._gather_predictions(stage)
+        if len(outputs) == 0:
             return
-        rows = gathered.to(self.device)
-        labels, probability = rows[:, 1].long(), rows[:, 2]
-        values = binary_metrics(probability, labels)
-        values["loss"] = rows[:, 3].sum() / rows[:, 4].sum()
+        values = binary_metrics(outputs.p_male.to(self.device), outputs.labels.to(self.device))
+        values["loss"] = outputs.loss.to(self.device)
         # Every rank holds the same gathered rows, hence the same values: the max over ranks
         # keeps them exact (a mean of equal floats may not be).
         self.log_dict(
@@ -239,20 +231,18 @@ class GenderClassifier(L.LightningModule):
             sync_dist=True,
             reduce_fx="max",
         )
-        self.last_confusion[stage] = binary_confusion_matrix(probability, labels).cpu()
 
-    @property
-    def last_val_confusion(self) -> torch.Tensor:
-        return self.last_confusion["val"]
+    def evaluation(self, stage: str) -> EvaluationOutputs:
+        """The last ``stage`` epoch's outputs ("val", "test", or "predict": a prediction pass
+        over labelled images), every rank's images once."""
+        if stage not in self._outputs:
+            raise RuntimeError(f"no {stage} epoch has ended on this model yet")
+        return self._outputs[stage]
 
-    @property
-    def last_test_confusion(self) -> torch.Tensor:
-        return self.last_confusion["test"]
-
-    def _gather_predictions(self, stage: str) -> torch.Tensor:
+    def _gather_predictions(self, stage: str) -> EvaluationOutputs:
         """Every rank's prediction rows of ``stage``, each image once, in row order."""
         parts = self._predictions[stage]
-        width = 5
+        width = len(COLUMNS)
         local = torch.cat(parts) if parts else torch.zeros(0, width, device=self.device)
         local = local.to(self.device)
         # all_gather needs one shape on every rank, but prediction shards are uneven (predict
@@ -268,8 +258,8 @@ class GenderClassifier(L.LightningModule):
         gathered = gathered[order]
         first = torch.ones(len(gathered), dtype=torch.bool)
         first[1:] = gathered[1:, 0] != gathered[:-1, 0]
-        self.gathered_predictions[stage] = gathered[first]
-        return self.gathered_predictions[stage]
+        self._outputs[stage] = EvaluationOutputs.from_stacked(gathered[first])
+        return self._outputs[stage]
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -83,7 +83,8 @@ class ValidationConfusionMatrix(L.Callback):
         # step), so that a resumed run's TensorBoard purge treats them alike.
         step = max(trainer.global_step - 1, 0)
         for logger in trainer.loggers:
-            log_confusion_matrix(logger, pl_module.last_val_confusion, "val/confusion_matrix", step)
+            confusion = pl_module.evaluation("val").confusion
+            log_confusion_matrix(logger, confusion, "val/confusion_matrix", step)
 
 
 class EpochMetricsCSV(L.Callback):

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_write
+from celeba_gender.models.evaluation import EvaluationOutputs
 from celeba_gender.spreadsheet import safe_frame
 
 METRICS_FILE = "metrics.json"
@@ -69,15 +70,15 @@ def write_failure(output_dir: Path, error: BaseException, context: dict[str, Any
     )
 
 
-def write_predictions(path: Path, predictions: torch.Tensor, images: pd.DataFrame) -> Path:
+def write_predictions(path: Path, outputs: EvaluationOutputs, images: pd.DataFrame) -> Path:
     """One row per image: file, label (1 = male), P(male); DDP padding removed."""
-    rows = predictions[:, 0].long().numpy()
+    rows = outputs.rows.numpy()
     table = pd.DataFrame(
         {
             "row": rows,
             "file_name": images["file_name"].to_numpy()[rows],
-            "label": predictions[:, 1].long().numpy(),
-            "p_male": predictions[:, 2].numpy(),
+            "label": outputs.labels.numpy(),
+            "p_male": outputs.p_male.numpy(),
         }
     ).drop_duplicates("row")  # DistributedSampler repeats images to even out ranks
     safe_frame(table.sort_values("row").drop(columns="row")).to_csv(path, index=False)

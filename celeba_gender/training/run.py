@@ -33,6 +33,7 @@ from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, va
 from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.metrics import TEST_METRICS
 from celeba_gender.models import GenderClassifier, PretrainedWeightsUnavailable, load_classifier
+from celeba_gender.models.evaluation import EvaluationOutputs
 from celeba_gender.ranks import global_rank
 from celeba_gender.training.callbacks import (
     TestThroughput,
@@ -141,10 +142,10 @@ def build_model(cfg: DictConfig, datamodule: CelebADataModule) -> GenderClassifi
     return model
 
 
-def _test_results(trainer: L.Trainer, model: GenderClassifier) -> dict[str, Any]:
-    """The test metrics of the last ``trainer.test``, in metrics.json's form."""
+def _test_results(trainer: L.Trainer, outputs: EvaluationOutputs) -> dict[str, Any]:
+    """The test metrics of the last ``trainer.test`` (its ``outputs``), in metrics.json's form."""
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    confusion = model.last_test_confusion  # [[TN, FP], [FN, TP]], male positive
+    confusion = outputs.confusion  # [[TN, FP], [FN, TP]], male positive
     return {
         **{name: results.get(name) for name in TEST_METRICS},
         "confusion_matrix": confusion.tolist(),
@@ -154,14 +155,17 @@ def _test_results(trainer: L.Trainer, model: GenderClassifier) -> dict[str, Any]
 
 
 def _write_results(
-    output_dir: Path, record: dict[str, Any], model: GenderClassifier, datamodule: CelebADataModule
+    output_dir: Path,
+    record: dict[str, Any],
+    datamodule: CelebADataModule,
+    test: EvaluationOutputs,
+    validation: EvaluationOutputs | None = None,
 ) -> None:
+    """metrics.json, and the test (and validation) predictions of the evaluated weights."""
     images = datamodule.index.images
-    write_predictions(output_dir / PREDICTIONS_FILE, model.gathered_predictions["test"], images)
-    if "predict" in model.gathered_predictions:  # trainer.predict ran over the val part
-        write_predictions(
-            output_dir / VAL_PREDICTIONS_FILE, model.gathered_predictions["predict"], images
-        )
+    write_predictions(output_dir / PREDICTIONS_FILE, test, images)
+    if validation is not None:
+        write_predictions(output_dir / VAL_PREDICTIONS_FILE, validation, images)
     write_json(output_dir / METRICS_FILE, record)
     log.info(
         "test accuracy %.4f -> %s", record["test/acc"] or float("nan"), output_dir / METRICS_FILE
@@ -303,9 +307,12 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
 
     use_best = bool(checkpoint and checkpoint.monitor and checkpoint.best_model_path)
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
-    test_results = _test_results(trainer, model)  # before predict replaces callback_metrics
+    test = model.evaluation("test")
+    test_results = _test_results(trainer, test)  # before predict replaces callback_metrics
+    validation = None
     if has_val:  # the evaluated weights' validation predictions, for threshold tuning
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        validation = model.evaluation("predict")
     record = {
         "status": "ok",
         **describe(cfg),
@@ -329,12 +336,16 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     }
     stops.held = True  # the results are written whole; a stop signal now ends the job after
     if trainer.is_global_zero:
-        _write_results(output_dir, record, model, datamodule)
+        _write_results(output_dir, record, datamodule, test, validation)
         # A metric a run could not compute (AUROC of a one-class test part) is left out,
         # not shown as 0.0.
         finite = {k: record[k] for k in TEST_METRICS if _finite(record[k])}
         log_results(
-            trainer.loggers, describe(cfg), finite, model.last_test_confusion, trainer.global_step
+            trainer.loggers,
+            describe(cfg),
+            finite,
+            test.confusion,
+            trainer.global_step,
         )
     close_loggers(trainer.loggers)
     if trainer.is_global_zero and not _in_multirun():
@@ -440,14 +451,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str(datamodule.root),
         "split": datamodule.split,
         "image_size": datamodule.image_size,
-        **_test_results(trainer, model),
+        **_test_results(trainer, model.evaluation("test")),
         "params": model.parameter_count(inference=True),
         "test_images_per_second": test_throughput.images_per_second,
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
         with _held(output_dir):
-            _write_results(output_dir, record, model, datamodule)
+            _write_results(output_dir, record, datamodule, model.evaluation("test"))
     return record
 
 
