@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from celeba_gender.config import CONFIG_DIR
+from celeba_gender.config import compose_config
 from celeba_gender.data.transforms import ALIGNED_HEIGHT, ALIGNED_WIDTH
 from celeba_gender.models import GenderClassifier, model_names
 
@@ -43,8 +42,7 @@ def _median_ms(call, repeats: int, warmup: int, device: torch.device) -> float:
 
 
 def model_latency(name: str, batch: int, repeats: int, warmup: int, device: torch.device) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}", "treatment=scratch_bce"])
+    cfg = compose_config("config", [f"model={name}", "treatment=scratch_bce"])
     size = cfg.model.image_size
     model: GenderClassifier = instantiate(cfg.module).to(device).eval()
     row = {"model": name, "image_size": size}

@@ -1,5 +1,6 @@
 """Where the configs, the notebook and the run outputs are; the OmegaConf resolvers the configs
-use, registered on import (before Hydra composes).
+use, registered by each command when it starts (``register_resolvers``, before Hydra composes)
+and by the library functions that compose or resolve a config themselves.
 
 Two layouts: a clone of the repository (or an editable install of it), where conf/ and
 notebooks/ sit beside the package, and an installed wheel (``pip install .``), which ships
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The repository the package runs from, or None for an installed wheel (it carries its conf/).
@@ -32,9 +33,20 @@ def output_root() -> Path:
 
 
 def register_resolvers() -> None:
+    """``${project_root:}``, ``${package_dir:}``, ``${notebook_dir:}`` (idempotent)."""
     OmegaConf.register_new_resolver("project_root", lambda: str(output_root()), replace=True)
     OmegaConf.register_new_resolver("package_dir", lambda: str(PACKAGE_DIR), replace=True)
     OmegaConf.register_new_resolver("notebook_dir", lambda: str(NOTEBOOK_DIR), replace=True)
 
 
-register_resolvers()
+def compose_config(name: str = "config", overrides: list[str] | None = None) -> DictConfig:
+    """A config of conf/ composed as its command composes it (resolvers registered), outside
+    a running Hydra app: the analysis, exports, benchmarks and tests."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=list(overrides or []))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides or []))

@@ -1,8 +1,7 @@
 """What a user may set, checked before a run starts: one schema of types, ranges and choices.
 
-The schema is a set of structured-config dataclasses (Hydra's and OmegaConf's typed configs,
-registered in Hydra's ConfigStore as ``train_schema`` and ``eval_schema``). A composed config
-is checked against it in two passes: OmegaConf merges the values the config holds into the
+The schema is a set of structured-config dataclasses (OmegaConf's typed configs). A composed
+config is checked against it in two passes: OmegaConf merges the values the config holds into the
 typed schema (``data.batch_size=abc`` cannot become an ``int``), then each field's
 ``setting(...)`` metadata gives its range or its choices. The composed config itself is
 left as it is (its keys, interpolations and the ``_target_`` nodes that build the objects):
@@ -28,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Union, get_args, get_origin
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -334,17 +332,6 @@ class EvalSchema:
     ckpt_path: str = setting()
     use_checkpoint_transform: bool = setting()
     flip_tta: Optional[bool] = setting()  # noqa: UP045
-
-
-def register() -> None:
-    """The schemas in Hydra's ConfigStore (``train_schema``, ``eval_schema``; not a config
-    group, so ``--help`` does not offer them as choices)."""
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainSchema)
-    store.store(name="eval_schema", node=EvalSchema)
-
-
-register()
 
 
 # --------------------------------------------------------------------------- checking

@@ -50,18 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Gradio reads this when it is imported: no usage statistics and no version check leave the
-# machine (Blocks(analytics_enabled=False) below says it again for this page).
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-import hydra  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from celeba_gender.config import CONFIG_DIR  # noqa: E402  (registers the configs' resolvers)
-from celeba_gender.data import DataError  # noqa: E402
-from celeba_gender.demo_files import (  # noqa: E402
+from celeba_gender.config import CONFIG_DIR, register_resolvers
+from celeba_gender.data import DataError
+from celeba_gender.demo_files import (
     PhotoIntake,
     PrivateFolder,
     RequestSizeLimit,
@@ -69,11 +65,11 @@ from celeba_gender.demo_files import (  # noqa: E402
     request_limit_bytes,
     upload_limit_bytes,
 )
-from celeba_gender.inference.drawing import annotate  # noqa: E402
-from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner  # noqa: E402
-from celeba_gender.inference.labelling import Decimals, predict_photos  # noqa: E402
-from celeba_gender.inference.predictor import GenderPredictor  # noqa: E402
-from celeba_gender.models.checkpoints import CheckpointError  # noqa: E402
+from celeba_gender.inference.drawing import annotate
+from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
+from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
+from celeba_gender.inference.predictor import GenderPredictor
+from celeba_gender.models.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder
@@ -573,12 +569,22 @@ def run_demo(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="demo", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _command(cfg: DictConfig) -> None:
     try:
         run_demo(cfg)
     except (DataError, DetectorUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main() -> None:
+    """The command: registration (resolvers, log filters, Gradio's settings) happens here."""
+    register_resolvers()
+    printable_logs()
+    # Read by Gradio when it is imported: no usage statistics, no version check leave the
+    # machine (Blocks(analytics_enabled=False) says it again for the page).
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    _command()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""``celeba-gender-eval`` (or ``python -m celeba_gender.eval``): the repository's eval.py for an
-installed package, with the configs the package carries. Same arguments as eval.py."""
+"""``celeba-gender-eval`` (or ``python -m celeba_gender.eval``): test a checkpoint
+(conf/eval.yaml), with the configs the package carries (a clone's conf/); the repository's
+eval.py runs this. Registration (the configs' resolvers) happens here, when the command starts,
+not when a module is imported."""
 
 # isort: off
 import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
@@ -8,13 +10,18 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import hydra
 from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
+from celeba_gender.config import CONFIG_DIR, register_resolvers
 from celeba_gender.training.run import run_evaluation
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def _command(cfg: DictConfig) -> float | None:
     return run_evaluation(cfg)
+
+
+def main() -> float | None:
+    register_resolvers()
+    return _command()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""``celeba-gender-predict`` (or ``python -m celeba_gender.predict``): the repository's
-predict.py for an installed package, with the configs the package carries. Same arguments."""
+"""``celeba-gender-predict`` (or ``python -m celeba_gender.predict``): label the faces of photos
+and videos (conf/predict.yaml), with the configs the package carries (a clone's conf/); the
+repository's predict.py runs this. Registration (the configs' resolvers) happens here, when the
+command starts, not when a module is imported."""
 
 # isort: off
 import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
@@ -8,13 +10,18 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import hydra
 from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
+from celeba_gender.config import CONFIG_DIR, register_resolvers
 from celeba_gender.inference.run import run_prediction
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_prediction(cfg)
+def _command(cfg: DictConfig) -> None:
+    return run_prediction(cfg)
+
+
+def main() -> None:
+    register_resolvers()
+    return _command()
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ SUBSET = Path(os.environ.get("CELEBA_SUBSET", REPO.parent / "shared" / "data" / 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, each worker's torch (and every process it starts: the env is inherited)
-    gets its share of the cores: two workers with two threads each, plus their subprocesses,
-    would fight over two cores."""
+    """The configs' resolvers registered; under xdist, each worker's torch (and every process
+    it starts: the env is inherited) gets its share of the cores: two workers with two threads
+    each, plus their subprocesses, would fight over two cores."""
+    # Tests compose conf/ in this process, as a command does once it has started.
+    from celeba_gender.config import register_resolvers
+
+    register_resolvers()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1:
         share = str(max(1, (os.cpu_count() or 1) // workers))

@@ -130,3 +130,36 @@ def test_layers_only_point_down():
             and _layer(module) == LAYERS.index({"training", "inference"}))
     ]  # fmt: skip
     assert upward == []
+
+
+def test_importing_the_package_does_no_work():
+    """Registration happens when a command starts: importing every module leaves OmegaConf's
+    resolvers, the environment, warning filters and loggers as they were."""
+    import subprocess
+    import sys
+
+    modules = sorted(import_graph())
+    probe = (
+        "import importlib.util, logging, os, sys, warnings\n"
+        "from omegaconf import OmegaConf\n"
+        # Third-party libraries set their own variables when imported: theirs, not ours.
+        "for library in ('torch', 'torchvision', 'lightning', 'cv2', 'facenet_pytorch', 'av'):\n"
+        "    if importlib.util.find_spec(library):\n"
+        "        __import__(library)\n"
+        "environ, filters = dict(os.environ), list(warnings.filters)\n"
+        "loggers = {n: list(l.filters) for n, l in logging.root.manager.loggerDict.items()\n"
+        "           if isinstance(l, logging.Logger)}\n"
+        f"for name in {modules!r}:\n"
+        "    __import__(name)\n"
+        "assert not OmegaConf.has_resolver('project_root'), 'resolvers registered'\n"
+        "assert dict(os.environ) == environ, set(os.environ.items()) ^ set(environ.items())\n"
+        "assert list(warnings.filters) == filters, 'warning filters added'\n"
+        "added = {n: l.filters for n, l in logging.root.manager.loggerDict.items()\n"
+        "         if isinstance(l, logging.Logger) and l.filters and l.filters != loggers.get(n)\n"
+        "         and n.startswith('celeba_gender')}\n"
+        "assert not added, added\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

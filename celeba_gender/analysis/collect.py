@@ -16,7 +16,11 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from celeba_gender.config import CONFIG_DIR  # also registers the resolvers the configs use
+from celeba_gender.config import (  # also registers the resolvers the configs use
+    CONFIG_DIR,
+    compose_config,
+    register_resolvers,
+)
 from celeba_gender.data import DataError
 from celeba_gender.library_internals import expand_sweep
 from celeba_gender.metrics import CLASSIFICATION_METRICS
@@ -103,13 +107,11 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
 
 def _expected_facts(overrides: list[str]) -> dict:
     """The run facts of a job that left no folder, from its config composed anew."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     try:
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            config = compose("config", overrides=overrides)
+        config = compose_config("config", overrides)
         return run_facts(config, {**RUN_FACTS, **(config.get("run_facts") or {})})
     except Exception as error:  # noqa: BLE001 - the configs changed since the sweep ran
         log.warning("cannot compose %s (%s): its row gives the overrides only.", overrides, error)
@@ -195,6 +197,7 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     results. Several sweep folders (a sweep, a re-run of its failed jobs, more seeds) give one
     table in which a configuration run in more than one folder counts once: its best record
     (ok before interrupted, failed, missing; then the newest)."""
+    register_resolvers()  # run configs may hold ${project_root:} (the analysis' entry point)
     folders = _sweep_folders(sweep_dirs)
     several = len(folders) > 1
     rows = []

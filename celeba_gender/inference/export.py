@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torchvision.transforms import v2
 
-from celeba_gender.config import CONFIG_DIR
+from celeba_gender.config import compose_config
 from celeba_gender.data import DataError
 from celeba_gender.data.transforms import ALIGNED_HEIGHT, ALIGNED_WIDTH, FaceCrop, crop_box
 from celeba_gender.inference.photos import is_photo_name, load_photo
@@ -91,8 +90,7 @@ class ParityError(DataError):
 
 def load_settings() -> DictConfig:
     """conf/predict.yaml, composed: its ``export`` section, ``max_pixels``, and the paths."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="predict")
+    return compose_config("predict")
 
 
 @dataclass(frozen=True)

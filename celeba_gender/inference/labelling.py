@@ -48,7 +48,17 @@ class PrintableLog(logging.Filter):
         return True
 
 
-log.addFilter(PrintableLog())
+# The loggers whose lines name photos and videos.
+PHOTO_LOGGERS = (__name__, "celeba_gender.inference.run", "celeba_gender.inference.video")
+
+
+def printable_logs() -> None:
+    """``PrintableLog`` on every logger that names photos (the predict command and the demo
+    call this when they start; idempotent)."""
+    for name in PHOTO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, PrintableLog) for f in logger.filters):
+            logger.addFilter(PrintableLog())
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
 from celeba_gender.inference.labelling import (
     Decimals,
     PhotoResult,
-    PrintableLog,
     error_text,
     predict_photos,
     printable,
+    printable_logs,
 )
 from celeba_gender.inference.photos import expand_inputs, is_video_name
 from celeba_gender.inference.predictor import GenderPredictor
@@ -167,9 +167,6 @@ class _StopSignals:
         self.armed = False
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-log.addFilter(PrintableLog())
 
 
 def _save_annotated(result: PhotoResult, target: Path) -> str | None:
@@ -395,6 +392,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
 def run_prediction(cfg: DictConfig) -> None:
     """predict with a user's mistake (bad path, bad model file, missing detector) ending in one
     clear line, and an interrupted run in one line saying what it kept."""
+    printable_logs()
     try:
         predict(cfg)
     except (DataError, DetectorUnavailable) as error:

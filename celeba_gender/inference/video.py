@@ -48,7 +48,6 @@ from celeba_gender.inference.drawing import annotate
 from celeba_gender.inference.faces import FaceAligner
 from celeba_gender.inference.labelling import (
     Decimals,
-    PrintableLog,
     classify,
     detect_faces,
     error_text,
@@ -59,7 +58,6 @@ from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.progress import progress
 
 log = logging.getLogger(__name__)
-log.addFilter(PrintableLog())  # photo and video names as valid UTF-8
 
 TRACK_COLUMNS = (
     "video",

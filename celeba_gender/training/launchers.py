@@ -57,6 +57,14 @@ class _RecordingLauncher(BaseSubmititLauncher):
         )
         return executor
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A job in its own process (submitit unpickles this launcher there): the configs'
+        resolvers registered first, as the command does when it starts."""
+        from celeba_gender.config import register_resolvers
+
+        register_resolvers()
+        return super().__call__(*args, **kwargs)
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:

@@ -108,7 +108,6 @@ def quiet_third_party_output() -> None:
     )
 
 
-quiet_third_party_output()  # on import: every entry point that trains or tests imports this
 USER_ERRORS = (DataError, PretrainedWeightsUnavailable, OutOfSpace)
 
 
@@ -528,8 +527,10 @@ def _guarded(
 def run_training(cfg: DictConfig) -> float | None:
     """Train and test one run; returns the best validation ``monitor`` value, so that a Hydra
     sweeper tunes on validation, never on the test part."""
+    quiet_third_party_output()
     return _guarded(train, cfg, objective="best_val")
 
 
 def run_evaluation(cfg: DictConfig) -> float | None:
+    quiet_third_party_output()
     return _guarded(evaluate, cfg, objective="test/acc")
