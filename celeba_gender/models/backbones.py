@@ -4,7 +4,7 @@ backbones the study has, and their settings, is conf/model/*.yaml (``model_names
 Pretrained weights come from torchvision's weights API and its cache
 (``$TORCH_HOME/hub/checkpoints``). Without the cached file and without network, the error says
 which file to put where, before any training starts; a sweep checks every pretrained job's file
-before it launches any (``check_pretrained_weights``, from config_schema.ValidateSweep).
+before it launches any (``check_pretrained_weights``, from training.sweep_check.ValidateSweep).
 """
 
 from __future__ import annotations

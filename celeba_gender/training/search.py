@@ -264,16 +264,12 @@ class OptunaSearchSweeper(Sweeper):
     def _check_studies(self, plans: list[StudyPlan], space: dict, fixed: list[str]) -> None:
         """Compose each study's config with one value of each searched key and check it
         against the schema: a wrong key or value stops the search before any trial."""
-        from celeba_gender.config_schema import (
-            ConfigError,
-            TrainSchema,
-            pretrained_backbones,
-            validate,
-        )
+        from celeba_gender.config_schema import ConfigError, TrainSchema, validate
         from celeba_gender.models.backbones import (
             PretrainedWeightsUnavailable,
             check_pretrained_weights,
         )
+        from celeba_gender.training.sweep_check import pretrained_backbones
 
         errors, configs = [], []
         for plan in plans:
