@@ -8,6 +8,7 @@ table so a summary can never silently drop a configuration.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -36,14 +37,19 @@ from celeba_gender.training.resume import flatten_config, is_ignored, saved_conf
 
 log = logging.getLogger(__name__)
 METRICS = CLASSIFICATION_METRICS
+
+
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
 # that names the facts in each run's metrics.json. A job's saved config gives them when its
 # metrics.json is missing or has no context.
-RUN_FACTS: dict[str, str] = dict(OmegaConf.load(CONFIG_DIR / "config.yaml").run_facts)
-COLUMNS = (
-    "job",
-    "status",
-    *RUN_FACTS,
+@functools.cache
+def run_fact_keys() -> dict[str, str]:
+    """conf/config.yaml's run_facts (column: config key), read once, when first needed."""
+    return dict(OmegaConf.load(CONFIG_DIR / "config.yaml").run_facts)
+
+
+# The table's columns: "job", "status", the run facts (``run_fact_keys``), then these.
+OTHER_COLUMNS = (
     *METRICS,
     "test_loss",
     "test_images",
@@ -112,7 +118,7 @@ def _expected_facts(overrides: list[str]) -> dict:
     try:
         GlobalHydra.instance().clear()
         config = compose_config("config", overrides)
-        return run_facts(config, {**RUN_FACTS, **(config.get("run_facts") or {})})
+        return run_facts(config, {**run_fact_keys(), **(config.get("run_facts") or {})})
     except Exception as error:  # noqa: BLE001 - the configs changed since the sweep ran
         log.warning("cannot compose %s (%s): its row gives the overrides only.", overrides, error)
         return {}
@@ -149,7 +155,7 @@ def _from_config(folder: Path) -> dict:
     if not path.is_file():
         return {}
     config = OmegaConf.load(path)
-    facts = {**RUN_FACTS, **(config.get("run_facts") or {})}  # the job's own list, if it has one
+    facts = {**run_fact_keys(), **(config.get("run_facts") or {})}  # the job's own, if any
     return run_facts(config, facts)
 
 
@@ -184,9 +190,9 @@ def _read_metrics(folder: Path) -> dict:
 
 def _metric_column(key: str, record: dict) -> str:
     name = key.removeprefix("test/")
-    # A run fact by name now (RUN_FACTS) or in the record (its own run_facts): older records
+    # A run fact by name now (run_fact_keys) or in the record (its own run_facts): older records
     # lacking the fact must not put their test loss into the loss function's column.
-    return f"test_{name}" if name != key and (name in RUN_FACTS or name in record) else name
+    return f"test_{name}" if name != key and (name in run_fact_keys() or name in record) else name
 
 
 STATUS_RANK = {"ok": 0, "interrupted": 1, "failed": 2, "missing": 3}
@@ -243,9 +249,9 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     runs = pd.DataFrame(rows).drop(columns="_overrides")
     runs = runs.sort_values("_order", kind="stable").drop_duplicates("_key")
     # Facts some jobs' own run_facts add (one line in their config) join the table too.
-    added = [c for c in runs.columns if c in fact_names and c not in COLUMNS]
-    columns = list(COLUMNS)
-    at = columns.index(next(reversed(RUN_FACTS))) + 1
+    columns = ["job", "status", *run_fact_keys(), *OTHER_COLUMNS]
+    added = [c for c in runs.columns if c in fact_names and c not in columns]
+    at = columns.index(next(reversed(run_fact_keys()))) + 1
     runs = runs.sort_index().reindex(columns=[*columns[:at], *added, *columns[at:]])
     for column in ("seed", "depth", "image_size", "params", "test_images"):
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
