@@ -49,6 +49,7 @@ from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.inference.row_files import RowFiles
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
+from celeba_gender.stop_signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -141,10 +142,11 @@ class PredictionInterrupted(KeyboardInterrupt):
 
 
 class _StopSignals:
-    """SIGINT and SIGTERM raise PredictionInterrupted while armed (photos are being done);
-    otherwise they are noted, and raised once the outputs are complete."""
+    """A stop signal (stop_signals.STOP_SIGNALS, the list training uses: Ctrl-C, SIGTERM, a
+    cluster's SIGUSR1/2, a closed terminal's SIGHUP) raises PredictionInterrupted while armed
+    (photos are being done); otherwise it is noted, and raised once the outputs are complete."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.armed = False
@@ -160,6 +162,8 @@ class _StopSignals:
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
+                if signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): it stays so
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
