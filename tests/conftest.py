@@ -37,6 +37,17 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(name, share)
 
 
+@pytest.fixture
+def ctrl_c_reaches_this_process():
+    """Ctrl-C (SIGINT) delivered as at a terminal: a background or nohup shell starts pytest
+    with SIGINT ignored, and a command leaves a signal ignored on purpose ignored."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _unavailable(reason: str) -> None:
     """Skip a test whose tool or data is missing here; under CI, where it must be, fail."""
     if os.environ.get("CI", "").lower() in ("true", "1"):

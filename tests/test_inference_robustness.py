@@ -27,6 +27,7 @@ from celeba_gender.inference import FaceAligner, GenderPredictor, expand_inputs
 from celeba_gender.inference.export import main as export_main
 from celeba_gender.inference.labelling import predict_photos
 from celeba_gender.inference.run import COLUMNS, output_names
+from celeba_gender.models.evaluation import EvaluationOutputs
 from celeba_gender.spreadsheet import unquote_frame
 from celeba_gender.training.outputs import write_predictions
 
@@ -434,7 +435,7 @@ def test_odd_folder_entries_and_undecodable_names_get_rows(checkpoint, faces, ru
 
 
 def test_a_stop_during_the_writes_keeps_csv_and_json_equal(
-    checkpoint, faces, tmp_path, monkeypatch
+    checkpoint, faces, tmp_path, monkeypatch, ctrl_c_reaches_this_process
 ):
     """SIGINT arriving between a photo's CSV write and its JSON write: both files still end
     with the same photos (the stop waits until the photo is in both)."""
@@ -570,7 +571,13 @@ def test_names_a_spreadsheet_would_run_are_written_as_text_and_read_back_exactly
     rows = pd.DataFrame({"file_name": ["=1+1.jpg", "-2.jpg", "ok.jpg"]})
     write_predictions(
         tmp_path / "test_predictions.csv",
-        torch.tensor([[0, 1, 0.25], [1, 0, 0.5], [2, 1, 0.75]]),
+        EvaluationOutputs(
+            rows=torch.tensor([0, 1, 2]),
+            labels=torch.tensor([1, 0, 1]),
+            p_male=torch.tensor([0.25, 0.5, 0.75]),
+            losses=torch.zeros(3),
+            weights=torch.ones(3),
+        ),
         rows,
     )
     read = read_predictions(tmp_path, "test")

@@ -314,7 +314,9 @@ def test_a_phone_videos_display_rotation_is_applied(portraits, tmp_path, rotatio
     assert difference.mean() < 5
 
 
-def test_a_stop_midway_keeps_the_videos_tracks_so_far(known_checkpoint, portraits, tmp_path):
+def test_a_stop_midway_keeps_the_videos_tracks_so_far(
+    known_checkpoint, portraits, tmp_path, ctrl_c_reaches_this_process
+):
     """Ctrl-C (a real SIGINT) while a video is being read: tracks.csv/.json get its tracks up
     to there, and a row saying where it stopped."""
     path = tmp_path / "long.mp4"
