@@ -410,11 +410,15 @@ def _check_added_keys(cfg: DictConfig) -> None:
         )
 
 
+# What Hydra's instantiate reads itself under a _target_ node.
+HYDRA_INSTANTIATE_KEYS = ("_recursive_", "_convert_", "_partial_", "_args_")
+
+
 def _target_takes(cfg: DictConfig, node: str, rest: list[str]) -> bool:
     """Whether the ``_target_`` node at ``node`` takes the added key ``node.<rest>``: the node
     itself (added whole), or an argument its class or function accepts (a named parameter, or
     any with ``**kwargs``); a target that cannot be imported here is left to instantiate."""
-    if not rest:
+    if not rest or rest[0] in HYDRA_INSTANTIATE_KEYS:
         return True
     try:
         target = _locate(str(OmegaConf.select(cfg, f"{node}._target_")))

@@ -70,6 +70,7 @@ from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
 from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.models.checkpoints import CheckpointError
+from celeba_gender.stop_signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder
@@ -528,8 +529,11 @@ def run_demo(cfg: DictConfig) -> None:
     from starlette.middleware import Middleware
 
     folder = PrivateFolder.create(cfg.files.folder, cfg.files.max_age_minutes)
-    # SIGTERM (a scheduler, `kill`) ends the demo as Ctrl-C does: through the cleanup below.
-    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    # Any other stop signal (a scheduler's SIGTERM, a closed terminal's SIGHUP, ...) ends the
+    # demo as Ctrl-C does: through the cleanup below. One ignored on purpose stays ignored.
+    for number in STOP_SIGNALS:
+        if number != signal.SIGINT and signal.getsignal(number) != signal.SIG_IGN:
+            signal.signal(number, lambda number, frame: sys.exit(128 + number))
     with folder.for_gradio():
         demo = Demo(cfg)
         app = build_app(demo, PhotoIntake(folder.path, cfg.max_upload_mb))

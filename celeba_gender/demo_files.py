@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -51,7 +52,7 @@ def upload_limit_bytes(max_upload_mb: float) -> int:
     if (
         isinstance(max_upload_mb, bool)
         or not isinstance(max_upload_mb, int | float)
-        or not max_upload_mb > 0
+        or not 0 < max_upload_mb < math.inf
     ):
         raise DataError(f"max_upload_mb={max_upload_mb!r}: a number of megabytes above 0")
     return int(max_upload_mb * MEBIBYTE)
@@ -174,7 +175,12 @@ class PhotoIntake:
         """The photo's file: an upload as Gradio stored it (``path``), or a ``data:`` URL or
         base64 text (``url``) written as the bytes it encodes. Anything else is refused with a
         message."""
-        if path:  # an upload (Gradio let only files of its upload folder through)
+        if path:  # an upload: a file Gradio stored in this demo's folder, nothing else
+            if not Path(path).resolve().is_relative_to(self.folder.resolve()):
+                raise refuse(
+                    "not a photo this demo received: send a file upload, a data: URL or "
+                    "base64 text of an image"
+                )
             return str(path)
         if not isinstance(url, str) or not url:
             raise refuse(

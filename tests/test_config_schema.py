@@ -200,6 +200,8 @@ ADDED_KEYS_READ = [
     "+run_facts.dropout=model.kwargs.dropout",  # extensible nodes (conf/config.yaml)
     "+model.kwargs.dropout=0.3",
     "+hydra.job.env_set.X=1",
+    "+module._recursive_=false",  # what Hydra's instantiate reads under a _target_ node
+    "+trainer._convert_=all",
 ]
 
 

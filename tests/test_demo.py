@@ -116,6 +116,12 @@ def _demo(*overrides: str, env: dict, output: Any = subprocess.PIPE) -> subproce
     )
 
 
+def _as_at_a_terminal() -> None:
+    """In the child: Ctrl-C and a closed terminal's SIGHUP as a terminal delivers them."""
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def _wait_for_page(process: subprocess.Popen, url: str, terminal: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while True:
@@ -397,6 +403,8 @@ def test_demo_takes_a_photo_any_way_it_comes_bounded_before_decoding(demo_server
         "data:image/png;base64,@@not base64@@": "not valid base64",
         "data:image/png,raw": "must be base64",
         "12": "no photo: send a file upload, a data: URL or base64 text",
+        # A server path without Gradio's file marker: not read (it was, whatever file it was).
+        json.dumps({"path": str(photos["astronaut.jpg"])}): "not a photo this demo received",
     }
     for value, message in refused.items():
         photo = json.loads(value) if value[0] in "{1" else value
@@ -418,7 +426,7 @@ def test_demo_keeps_its_files_in_a_private_folder(demo_server, photos):
     assert Path(annotated).is_file()  # the client's own copy
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_demo_deletes_its_files_when_it_stops(stop, smoke_run, run_env, photos, tmp_path):
     files = tmp_path / "files"
     files.mkdir()
@@ -429,7 +437,7 @@ def test_demo_deletes_its_files_when_it_stops(stop, smoke_run, run_env, photos, 
          "explain=false", f"files.folder={files}", f"hydra.run.dir={tmp_path / 'log'}"],
         stdout=terminal.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
         env={**os.environ, **run_env},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_as_at_a_terminal,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     _wait_for_page(process, url, terminal)
@@ -477,7 +485,7 @@ def test_photo_intake_refuses_a_photo_over_the_limit_by_its_encoded_size(tmp_pat
     ("override", "named"),
     [("files.max_age_minutes=0", "files.max_age_minutes=0"),
      ("files.folder=/no/such/folder", "files.folder=/no/such/folder: no such folder"),
-     ("max_upload_mb=-1", "max_upload_mb=-1")],
+     ("max_upload_mb=-1", "max_upload_mb=-1"), ("max_upload_mb=inf", "max_upload_mb=inf")],
 )  # fmt: skip
 def test_demo_refuses_bad_file_settings_in_one_line(override, named, smoke_run, run_env, tmp_path):
     process = _demo(

@@ -126,7 +126,8 @@ def test_predict_rounds_probabilities_and_boxes_as_configured(predicted):
     ("p_male", "threshold", "places", "shown"),
     [(0.50004, 0.5, 4, 0.5001), (0.49996, 0.5, 4, 0.5), (0.30004, 0.3, 4, 0.3001),
      (0.3333334, 1 / 3, 4, 0.3334), (0.87654321, 0.5, 4, 0.8765), (0.5000001, 0.5, 0, 1),
-     (0.4, 0.5, 0, 0), (0.50004, 0.5, None, 0.50004)],
+     (0.4, 0.5, 0, 0), (0.50004, 0.5, None, 0.50004), (0.476, 0.478, 2, 0.47),
+     (0.7, 0.8, 0, 0)],
 )  # fmt: skip
 def test_a_rounded_p_male_never_reads_as_the_other_label(p_male, threshold, places, shown):
     """Labels are decided on the unrounded P(male); the number shown beside a label stays on

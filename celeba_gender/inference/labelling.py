@@ -94,16 +94,17 @@ class Decimals:
         other side of it: P(male) 0.50004 (male) is shown 0.5001, not 0.5, which reads female
         (``label_of``: male above the threshold)."""
         shown = _round(value, self.probability)
-        if (
-            threshold is None
-            or self.probability is None
-            or not isinstance(shown, int | float)
-            or not value > threshold >= shown
-        ):
+        if threshold is None or self.probability is None or not isinstance(shown, int | float):
             return shown
         step = Decimal(1).scaleb(-self.probability)
-        above = (Decimal(repr(float(threshold))) / step).to_integral_value(ROUND_FLOOR) + 1
-        return int(above) if self.probability == 0 else float(above * step)
+        at_or_below = (Decimal(repr(float(threshold))) / step).to_integral_value(ROUND_FLOOR)
+        if value > threshold >= shown:  # male, shown at or below: the next step above
+            steps = at_or_below + 1
+        elif value <= threshold < shown:  # female, shown above: the last step not above
+            steps = at_or_below
+        else:
+            return shown
+        return int(steps) if self.probability == 0 else float(steps * step)
 
     def rounded(self, row: dict[str, Any], threshold: float | None = None) -> dict[str, Any]:
         """``row`` with its probabilities and box corners rounded (in place, and returned); its
