@@ -37,6 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ.setdefault(name, share)
 
 
+def as_at_a_terminal() -> None:
+    """A child's ``preexec_fn``: Ctrl-C and a closed terminal's SIGHUP as a terminal delivers
+    them (a background or nohup shell ignores them, and so would its children)."""
+    import signal
+
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+
+
 @pytest.fixture
 def ctrl_c_reaches_this_process():
     """Ctrl-C (SIGINT) delivered as at a terminal: a background or nohup shell starts pytest

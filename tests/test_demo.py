@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, as_at_a_terminal, run_script
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_checkpoints import _onnx_model
@@ -114,12 +114,6 @@ def _demo(*overrides: str, env: dict, output: Any = subprocess.PIPE) -> subproce
         cwd=REPO,
         env={**os.environ, **env},
     )
-
-
-def _as_at_a_terminal() -> None:
-    """In the child: Ctrl-C and a closed terminal's SIGHUP as a terminal delivers them."""
-    for number in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, signal.SIG_DFL)
 
 
 def _wait_for_page(process: subprocess.Popen, url: str, terminal: Path) -> None:
@@ -437,7 +431,7 @@ def test_demo_deletes_its_files_when_it_stops(stop, smoke_run, run_env, photos, 
          "explain=false", f"files.folder={files}", f"hydra.run.dir={tmp_path / 'log'}"],
         stdout=terminal.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
         env={**os.environ, **run_env},
-        preexec_fn=_as_at_a_terminal,
+        preexec_fn=as_at_a_terminal,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     _wait_for_page(process, url, terminal)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, file_stamps, run_script
+from conftest import REPO, as_at_a_terminal, file_stamps, run_script
 from PIL import Image
 
 from celeba_gender.analysis.collect import read_predictions
@@ -168,13 +168,6 @@ def test_a_failing_classifier_costs_only_its_photo(checkpoint, faces, tmp_path):
 # --------------------------------------------------------------------------- interrupted runs
 
 
-def _as_at_a_terminal() -> None:
-    """In the child: Ctrl-C and a closed terminal's SIGHUP as a terminal delivers them (a
-    background or nohup shell ignores them, and so would its children)."""
-    for signum in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
 def test_a_stopped_run_keeps_a_valid_table_of_the_photos_done(
     checkpoint, faces, run_env, tmp_path, signum
@@ -201,7 +194,7 @@ def test_a_stopped_run_keeps_a_valid_table_of_the_photos_done(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_as_at_a_terminal,
+        preexec_fn=as_at_a_terminal,
     )
     table = output / "predictions.csv"
     deadline = time.monotonic() + 300
