@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_python
 import pandas as pd
 import pytest
 from PIL import Image
@@ -85,7 +85,7 @@ def run_script(script: str, *overrides: str, env: dict | None = None, timeout: i
     environment = {**os.environ, **(env or {})}
     if "CELEBA_ROOT" not in (env or {}):
         environment.pop("CELEBA_ROOT", None)  # the default: the embedded sample
-    return subprocess.run(
+    return forked_python.run(
         [sys.executable, str(REPO / script), *overrides],
         capture_output=True,
         text=True,

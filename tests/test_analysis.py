@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import nbformat
 import numpy as np
 import pandas as pd
@@ -94,7 +94,7 @@ def sweep(run_env, tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def report(sweep) -> Path:
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(sweep), "--resamples", "300"],
         capture_output=True,
         text=True,
@@ -497,7 +497,7 @@ def test_reference_numbers_cover_the_thirty_runs():
     ],
 )
 def test_a_wrong_sweep_folder_ends_with_a_clear_message(tmp_path, make, message):
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(make(tmp_path))],
         capture_output=True,
         text=True,
@@ -524,7 +524,7 @@ def test_a_run_whose_predictions_are_gone_keeps_its_row(sweep, tmp_path):
     for job in ("2_resnet18_scratch_bce_seed0", "4_resnet18_scratch_ce_seed0"):
         shutil.copytree(sweep / job, copy / job)
     (copy / "4_resnet18_scratch_ce_seed0" / "test_predictions.csv").unlink()
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(copy), "--no-notebook",
          "--resamples", "50", "--set", "bootstrap.confidence=0.8"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
@@ -819,7 +819,7 @@ def test_the_heat_map_grid_is_skipped_with_the_reason(sweep, tmp_path, remove):
         f"{hide}from celeba_gender.analysis.__main__ import main; "
         f"sys.exit(main([{str(copy)!r}, '--no-notebook', '--resamples', '20', {switch!r}]))"
     )
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-c", f"import sys; {command}"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )  # fmt: skip

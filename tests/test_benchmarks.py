@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import pandas as pd
 import pytest
 from conftest import delete_big_files, run_script
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_data_loading_benchmark_runs(subset_root, cache_dir, tmp_path):
     output = tmp_path / "figures.json"
-    result = subprocess.run(
+    result = forked_python.run(
         [
             sys.executable,
             str(REPO / "benchmarks" / "data_loading.py"),
@@ -51,7 +52,7 @@ def test_data_loading_benchmark_runs(subset_root, cache_dir, tmp_path):
 
 
 def _script(name: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return forked_python.run(
         [sys.executable, str(REPO / "benchmarks" / name), *arguments],
         capture_output=True,
         text=True,
@@ -151,7 +152,7 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
             "+trainer.limit_train_batches=3"]  # fmt: skip
 
     def bench(*arguments: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return forked_python.run(
             [sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), *arguments],
             capture_output=True, text=True, timeout=600, cwd=REPO,
             env={**os.environ, **run_env},

@@ -4,10 +4,10 @@ export): one line on stderr naming the file, a non-zero exit, no traceback, no c
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import forked_python
 import lightning as L
 import pytest
 import torch
@@ -119,7 +119,7 @@ def _run_entry_point(entry: str, model: Path, tmp_path: Path, run_env: dict):
             f"hydra.run.dir={tmp_path / 'predict'}",
             env=run_env,
         )
-    return subprocess.run(
+    return forked_python.run(
         [
             sys.executable,
             "-m",

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import numpy as np
 import pytest
 from conftest import REPO, _subset_names, _write_official_annotations, run_script
@@ -171,7 +172,7 @@ def test_a_file_size_limit_is_a_clear_error_and_leaves_no_partial_file(subset_ro
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     script = _BUILD.format(root=str(root), cache=str(tmp_path / "cache"))
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
@@ -216,7 +217,7 @@ def test_a_too_small_filesystem_is_refused_before_writing(subset_root, tmp_path)
         free = shutil.disk_usage(small).free
         # In a child: a write into a memory map past the disk's end is a SIGBUS, fatal.
         script = _BUILD.format(root=str(root), cache=str(small / "cache"))
-        result = subprocess.run(
+        result = forked_python.run(
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
         )
         assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
@@ -294,7 +295,7 @@ def test_cache_list_and_clear(subset_root, tmp_path, capsys):
 
     # A cache another process is building (its lock held) is never deleted.
     with exclusive_lock(other_cache.with_suffix(".lock")):
-        held = subprocess.run(
+        held = forked_python.run(
             [sys.executable, "-m", "celeba_gender.data", "cache", "--clear", "--all",
              "--cache-dir", str(cache)],
             capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -438,7 +439,7 @@ def test_clear_keeps_a_cache_a_run_reads(subset_root, tmp_path):
     module.setup()
     loader = module.train_dataloader()
     first = next(iter(loader))
-    cleared = subprocess.run(
+    cleared = forked_python.run(
         [sys.executable, "-m", "celeba_gender.data", "cache", "--clear", "--all",
          "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -473,13 +474,13 @@ def test_a_killed_build_leaves_room_for_the_next_one(subset_root, tmp_path):
         root = tmp_path / "celeba"
         names = _copy(subset_root, root, count=40)  # a 4.7 MB cache
         cache = str(small / "cache")
-        killed = subprocess.run(
+        killed = forked_python.run(
             [sys.executable, "-c", _KILLED.format(root=str(root), cache=cache)],
             capture_output=True, text=True, timeout=300, cwd=REPO,
         )  # fmt: skip
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         assert list((small / "cache" / "images").glob("*.partial"))
-        rerun = subprocess.run(
+        rerun = forked_python.run(
             [sys.executable, "-c", _BUILD.format(root=str(root), cache=cache)],
             capture_output=True, text=True, timeout=300, cwd=REPO,
         )  # fmt: skip

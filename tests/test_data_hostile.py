@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import forked_python
 import pytest
 from conftest import REPO, _subset_names, _write_official_annotations, run_script
 
@@ -88,7 +89,7 @@ def test_filesystem_oddities_are_rows_with_a_problem(subset_root, tmp_path):
     module.prepare_data()
     module.setup()
     assert len(module.datasets["test"]) == len(names)
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-m", "celeba_gender.data", str(root), "--split", "all"],
         capture_output=True,
         text=True,
@@ -245,7 +246,7 @@ def test_results_and_caches_get_the_users_umask(subset_root, tmp_path, umask, fi
     small_copy(subset_root, root, count=8)
     out = tmp_path / "out"
     out.mkdir()
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-c", UMASK_SCRIPT, umask, str(root), str(out)],
         capture_output=True,
         text=True,
@@ -361,7 +362,7 @@ def test_a_huge_file_under_an_image_name_is_a_row_not_a_crash(subset_root, tmp_p
         print(dict(zip(rows["file"], rows["problem"])))
         """
     )
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_python
 import lightning as L
 import numpy as np
 import pytest
@@ -219,7 +220,7 @@ def test_data_check_exits_non_zero_when_a_part_a_run_needs_is_empty(defective_co
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return forked_python.run(
         [sys.executable, "-m", "celeba_gender.data", *args],
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_python
 import pandas as pd
 import pytest
 from conftest import run_script
@@ -343,7 +344,7 @@ def test_bad_source_settings_are_refused_before_a_run(override, message):
 
 # ----------------------------------------------------------------------------- entry points
 def _cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return forked_python.run(
         [sys.executable, "-m", "celeba_gender.data", *arguments],
         capture_output=True,
         text=True,
@@ -470,7 +471,7 @@ def test_the_analysis_of_a_run_on_a_csv_says_what_is_true(sources, run_env, tmp_
         env=run_env,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    analysis = subprocess.run(
+    analysis = forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(sweep), "--no-notebook"],
         capture_output=True,
         text=True,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import forked_python
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,7 +107,7 @@ def _free_port() -> int:
 
 
 def _demo(*overrides: str, env: dict, output: Any = subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen(
+    return forked_python.Popen(
         [sys.executable, "-m", "celeba_gender.demo", *overrides],
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -426,7 +427,7 @@ def test_demo_deletes_its_files_when_it_stops(stop, smoke_run, run_env, photos, 
     files.mkdir()
     port = _free_port()
     terminal = tmp_path / "terminal.txt"
-    process = subprocess.Popen(  # Ctrl-C reaches it as at a terminal (not ignored by a shell)
+    process = forked_python.Popen(  # Ctrl-C reaches it as at a terminal (not ignored by a shell)
         [sys.executable, "-m", "celeba_gender.demo", f"ckpt_path={smoke_run}", f"port={port}",
          "explain=false", f"files.folder={files}", f"hydra.run.dir={tmp_path / 'log'}"],
         stdout=terminal.open("w"), stderr=subprocess.STDOUT, cwd=REPO,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 import weakref
 from pathlib import Path
 
+import forked_python
 import numpy as np
 import pandas as pd
 import pytest
@@ -335,7 +335,7 @@ def exported(checkpoint, tmp_path_factory) -> tuple[Path, str]:
     """The checkpoint exported by the command: (the .onnx file, what it printed)."""
     pytest.importorskip("onnxruntime", reason="the predict extra installs onnxruntime")
     onnx_path = tmp_path_factory.mktemp("export") / "model.onnx"
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, "-m", "celeba_gender.inference.export", str(checkpoint), str(onnx_path)],
         capture_output=True,
         text=True,

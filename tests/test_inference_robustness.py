@@ -15,6 +15,7 @@ import time
 import unicodedata
 from pathlib import Path
 
+import forked_python
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,7 +188,7 @@ def test_a_stopped_run_keeps_a_valid_table_of_the_photos_done(
         "annotate=true",
         "gallery=false",
     ]
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         command,
         cwd=REPO,
         env={**os.environ, **run_env},

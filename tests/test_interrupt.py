@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked_python
 import pytest
 import torch
 from conftest import REPO, run_script
@@ -47,7 +48,7 @@ def _interactive_signals() -> None:
 
 
 def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Popen:
-    return subprocess.Popen(
+    return forked_python.Popen(
         [sys.executable, str(REPO / "train.py"), *run, f"hydra.run.dir={folder}"],
         cwd=REPO,
         env={**os.environ, **env},
@@ -222,7 +223,7 @@ def test_a_signal_ignored_before_the_job_stays_ignored():
 def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_env, tmp_path):
     """While Python imports torch, Hydra composes, the data is read: a Ctrl-C (SIGINT) ends
     the command with one line and the status of a process stopped by SIGINT."""
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         [sys.executable, str(REPO / "train.py"), "experiment=smoke"]
         + [f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO,

@@ -15,6 +15,7 @@ import termios
 import threading
 from pathlib import Path
 
+import forked_python
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def _run(args: list[str], env: dict, terminal: bool) -> tuple[int, str, str]:
         environment.pop("CI", None)
     command = [sys.executable, *args]
     if not terminal:
-        done = subprocess.run(
+        done = forked_python.run(
             command, capture_output=True, text=True, env=environment, cwd=REPO, timeout=600
         )
         return done.returncode, done.stdout, done.stderr
@@ -50,7 +51,7 @@ def _run(args: list[str], env: dict, terminal: bool) -> tuple[int, str, str]:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

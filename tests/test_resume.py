@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import pytest
 import torch
 from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
@@ -107,7 +108,7 @@ def _assert_same_curves(folder: Path, reference: Path, resumed_output: str) -> N
 @pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_results(reference, run_env, tmp_path):
     folder = tmp_path / "run"
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         [sys.executable, str(REPO / "train.py"), *RUN, f"hydra.run.dir={folder}"],
         cwd=REPO,
         env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},
@@ -250,7 +251,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"n": 0, "weights": torch.zeros(3)}, path)
-    writer = subprocess.Popen(
+    writer = forked_python.Popen(
         [sys.executable, "-c", _WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     assert writer.stdout.readline().strip() == "writing"
@@ -359,7 +360,7 @@ def test_two_processes_never_share_a_run_folder(run_env, tmp_path):
     assert killed.returncode == -signal.SIGKILL
     lock = folder / ".run.lock"
     assert lock.read_text() != ""  # the dead process's record stays: its flock went with it
-    first = subprocess.Popen(
+    first = forked_python.Popen(
         [sys.executable, str(REPO / "train.py"), *RUN, *long_run, f"hydra.run.dir={folder}"]
         + ["resume=true"],
         cwd=REPO,
@@ -403,7 +404,7 @@ def test_a_refused_process_writes_nothing_into_the_holders_log(run_env, tmp_path
 def test_without_file_locks_the_recorded_holder_decides(tmp_path):
     """Where flock is not supported, a dead holder on this host is taken over; a live one, or
     one on another host (not checkable from here), refuses."""
-    dead = subprocess.run(
+    dead = forked_python.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
     ).stdout.strip()
     path = tmp_path / ".run.lock"

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import optuna
 import pytest
 from conftest import REPO, delete_big_files, file_stamps, run_script
@@ -54,7 +55,7 @@ def resumed_search(run_env, tmp_path_factory) -> Iterator[dict]:
     sweep = tmp_path_factory.mktemp("search") / "lr_wd"
     command = [sys.executable, str(REPO / "train.py"), *SEARCH, f"hydra.sweep.dir={sweep}"]
     env = {**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env}
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         command,
         cwd=REPO,
         env=env,
@@ -120,7 +121,7 @@ def test_the_best_values_file_names_the_best_trial(resumed_search):
 
 def test_the_status_view_and_the_analysis_read_the_trials(resumed_search):
     sweep = resumed_search["sweep"]
-    shown = subprocess.run(
+    shown = forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", str(sweep), "--status"],
         capture_output=True,
         text=True,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_python
 import pytest
 from conftest import REPO, delete_big_files, file_stamps, run_script
 from hydra import compose, initialize_config_dir
@@ -44,7 +45,7 @@ JOBS = [
 
 def _analysis(*arguments: str) -> subprocess.CompletedProcess:
     """``python -m celeba_gender.analysis ...`` as a user runs it."""
-    return subprocess.run(
+    return forked_python.run(
         [sys.executable, "-m", "celeba_gender.analysis", *arguments],
         capture_output=True,
         text=True,
@@ -63,7 +64,7 @@ def continued_sweep(run_env, tmp_path_factory) -> Iterator[dict]:
     sweep = tmp_path_factory.mktemp("sweeps") / "study"
     command = [sys.executable, str(REPO / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"]
     env = {**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env}
-    process = subprocess.Popen(
+    process = forked_python.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     first = sweep / JOBS[0] / "metrics.json"

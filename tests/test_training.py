@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import forked_python
 import pandas as pd
 import pytest
 import torch
@@ -334,12 +335,11 @@ def test_run_outputs_follow_the_users_umask(umask, run_env, tmp_path):
     has the permissions the user's umask gives: never owner-only, never more than it allows."""
     import os
     import stat
-    import subprocess
     import sys
 
     folder = tmp_path / "run"
     overrides = ["experiment=smoke", "callbacks.model_checkpoint.save_last=true"]
-    result = subprocess.run(
+    result = forked_python.run(
         [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={folder}"],
         cwd=REPO,
         env={**{k: v for k, v in os.environ.items() if k != "CELEBA_ROOT"}, **run_env},

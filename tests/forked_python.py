@@ -1,0 +1,440 @@
+"""``python script.py ...``, ``python -m module ...`` and ``python -c code ...`` for the tests,
+in processes forked from a warm interpreter instead of started from scratch.
+
+Every command imports torch, Lightning and Hydra first: ~6 CPU-seconds before it does anything,
+most of a smoke run. A test worker starts one server process that has imported them (and the
+package's modules, whose import does no work: tests/test_architecture.py checks it) and forks
+it for each command. The child is still a process of its own, started as Python starts a
+script: its own pid, arguments, environment, working folder, standard streams (the caller's
+files or pipes, passed over a Unix socket), signal dispositions as ``exec`` leaves them, exit
+status as Python sets it (``SystemExit``, an uncaught exception -> 1 with ``sys.excepthook``,
+an uncaught Ctrl-C -> killed by SIGINT), atexit handlers run. ``run`` and ``Popen`` take
+``subprocess``'s arguments and return what it returns; a call they cannot serve exactly (another
+program, a ``preexec_fn`` other than ``conftest.as_at_a_terminal``, ...) runs a real subprocess.
+
+What a fork cannot give is a fresh import: tests about what importing does (or what a fresh
+clone's interpreter loads) use ``subprocess`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# Imported once by the server; each command imports the rest itself, as it would anyway.
+PRELOAD = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "hydra",
+    "omegaconf",
+    "pandas",
+    "PIL.Image",
+    "celeba_gender.training.run",
+    "celeba_gender.inference",
+)
+# Environment read when those modules load (thread pools, hash seed, import paths): a command
+# whose environment differs in these is served by a server started with its values.
+_LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "LD_", "KMP_")
+_SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE")
+_MESSAGE_BYTES = 1 << 20
+# Popen's arguments a forked child honours the same way.
+_OWN_ARGUMENTS = ("stdin", "stdout", "stderr", "cwd", "env", "text")
+
+
+# --- the client: what the tests call ----------------------------------------------------------
+
+
+def _load_time_env(env: dict[str, str]) -> tuple:
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(_LOAD_TIME_PREFIXES)))
+
+
+class _Server:
+    """One warm interpreter and the socket to it; exits arrive in any order."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.lock = threading.Lock()
+        self.exits: dict[int, int] = {}
+
+    def start(self, request: dict, fds: list[int]) -> int:
+        with self.lock:
+            socket.send_fds(self.socket, [json.dumps(request).encode()], fds)
+            while True:
+                reply = self._receive(None)
+                if "pid" in reply:
+                    return reply["pid"]
+
+    def exit_status(self, pid: int, timeout: float | None) -> int | None:
+        """The child's wait status once it has ended; None when ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while self._receive(0):  # what has arrived already
+                pass
+            while pid not in self.exits:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._receive(left)
+            return self.exits[pid]
+
+    def _receive(self, timeout: float | None) -> dict:
+        """The next message ({} when none came within ``timeout``)."""
+        self.socket.settimeout(timeout)
+        try:
+            data = self.socket.recv(_MESSAGE_BYTES)
+        except (TimeoutError, BlockingIOError):
+            return {}
+        if not data:
+            raise RuntimeError(f"the warm Python server (pid {self.process.pid}) has died")
+        reply = json.loads(data)
+        if "exit" in reply:
+            self.exits[reply["exit"]] = reply["status"]
+        return reply
+
+
+_servers: dict[tuple, _Server] = {}
+
+
+def _server_for(env: dict[str, str]) -> _Server:
+    key = _load_time_env(env)
+    server = _servers.get(key)
+    if server is None or server.process.poll() is not None:
+        server = _servers[key] = _Server(env)
+    return server
+
+
+def _dispositions(terminal: bool) -> dict[str, str]:
+    """What each signal is in a child that ``exec`` started: ignored stays ignored, anything
+    else is the default (Python then installs its own SIGINT handler)."""
+    if terminal:
+        return {"SIGINT": "default", "SIGHUP": "default"}
+    found = {}
+    for name in ("SIGINT", "SIGHUP"):
+        found[name] = (
+            "ignore" if signal.getsignal(getattr(signal, name)) == signal.SIG_IGN else "default"
+        )
+    return found
+
+
+def _servable(args, preexec_fn, kwargs: dict) -> bool:
+    from conftest import as_at_a_terminal
+
+    unsupported = set(kwargs) - {"bufsize", "encoding", "errors", "universal_newlines"}
+    return (
+        isinstance(args, (list, tuple))
+        and len(args) >= 2
+        and str(args[0]) == sys.executable
+        and (args[1] in ("-m", "-c") or not str(args[1]).startswith("-"))
+        and preexec_fn in (None, as_at_a_terminal)
+        and not unsupported
+    )
+
+
+class Popen:
+    """``subprocess.Popen`` for a Python command, forked from the warm server."""
+
+    def __new__(cls, args, *positional, preexec_fn=None, **kwargs):
+        servable_kwargs = {k: v for k, v in kwargs.items() if k not in _OWN_ARGUMENTS}
+        if positional or not _servable(args, preexec_fn, servable_kwargs):
+            return subprocess.Popen(args, *positional, preexec_fn=preexec_fn, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        args,
+        stdin=None,
+        stdout=None,
+        stderr=None,
+        cwd=None,
+        env=None,
+        text=None,
+        preexec_fn=None,
+        **kwargs,
+    ) -> None:
+        from conftest import as_at_a_terminal
+
+        self.args = args
+        self.returncode: int | None = None
+        text = bool(text or kwargs.get("universal_newlines") or kwargs.get("encoding"))
+        ours, theirs = [], []
+        self.stdin = self.stdout = self.stderr = None
+        for number, choice in enumerate((stdin, stdout, stderr)):
+            if choice == subprocess.PIPE:
+                read, write = os.pipe()
+                mine, child = (write, read) if number == 0 else (read, write)
+                mode = "w" if number == 0 else "r"
+                stream = os.fdopen(mine, mode + ("" if text else "b"))
+                setattr(self, ("stdin", "stdout", "stderr")[number], stream)
+                theirs.append(child)
+                ours.append(child)
+            elif choice == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR)
+                theirs.append(fd)
+                ours.append(fd)
+            elif choice == subprocess.STDOUT:
+                theirs.append(theirs[1])
+            elif choice is None:
+                theirs.append(number)
+            else:
+                theirs.append(choice if isinstance(choice, int) else choice.fileno())
+        environment = dict(os.environ if env is None else env)
+        self._server = _server_for(environment)
+        request = {
+            "argv": [str(a) for a in args[1:]],
+            "cwd": str(cwd or os.getcwd()),
+            "env": {str(k): str(v) for k, v in environment.items()},
+            "signals": _dispositions(preexec_fn is as_at_a_terminal),
+        }
+        try:
+            self.pid = self._server.start(request, theirs)
+        finally:
+            for fd in ours:
+                os.close(fd)
+
+    def poll(self) -> int | None:
+        return self._wait(0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._wait(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return code
+
+    def _wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            status = self._server.exit_status(self.pid, timeout)
+            if status is not None:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def communicate(self, input=None, timeout: float | None = None):
+        results: dict[str, object] = {}
+
+        def read(name: str) -> None:
+            stream = getattr(self, name)
+            results[name] = stream.read()
+            stream.close()
+
+        readers = [
+            threading.Thread(target=read, args=(name,), daemon=True)
+            for name in ("stdout", "stderr")
+            if getattr(self, name) is not None
+        ]
+        for reader in readers:
+            reader.start()
+        if self.stdin is not None:
+            if input:
+                self.stdin.write(input)
+            self.stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return results.get("stdout"), results.get("stderr")
+
+    def send_signal(self, number: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Popen:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        self.wait()
+
+
+def run(
+    args, *, input=None, capture_output: bool = False, timeout=None, check: bool = False, **kwargs
+):
+    """``subprocess.run`` for a Python command, forked from the warm server."""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    process = Popen(args, **kwargs)
+    try:
+        stdout, stderr = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    result = subprocess.CompletedProcess(args, process.wait(), stdout, stderr)
+    if check:
+        result.check_returncode()
+    return result
+
+
+# --- the server: a warm interpreter that forks a child per command ----------------------------
+
+
+def _serve(channel: socket.socket) -> None:
+    import importlib
+    import select
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    while True:
+        while True:  # report every child that has ended
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            channel.send(json.dumps({"exit": pid, "status": status}).encode())
+        if not select.select([channel], [], [], 0.02)[0]:
+            continue
+        message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_BYTES, 3)
+        if not message:
+            return  # the test worker has gone
+        request = json.loads(message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            channel.close()
+            _child(request, fds)  # never returns
+        for fd in set(fds):
+            if fd > 2:
+                os.close(fd)
+        channel.send(json.dumps({"pid": pid}).encode())
+
+
+def _child(request: dict, fds: list[int]) -> None:
+    """Become ``python <argv>`` with the request's streams, folder, environment and signals."""
+    import io
+
+    for target, fd in enumerate(fds):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in set(fds):
+        if fd > 2:
+            os.close(fd)
+    for name in _SIGNALS:  # as exec leaves them: handlers reset, ignored signals kept ignored
+        number = getattr(signal, name)
+        if signal.getsignal(number) not in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(number, signal.SIG_DFL)
+    for name, disposition in request["signals"].items():
+        number = getattr(signal, name)
+        if disposition == "ignore":
+            signal.signal(number, signal.SIG_IGN)
+        elif name == "SIGINT":
+            signal.signal(number, signal.default_int_handler)
+        else:
+            signal.signal(number, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # Fresh streams on the new descriptors, as a new interpreter makes them.
+    encoding = sys.__stdout__.encoding
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding, line_buffering=os.isatty(1)
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+        encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    # Unseeded generators differ between processes, as in a fresh interpreter.
+    import numpy
+    import torch
+
+    numpy.random.seed()
+    torch.seed()
+    code = _run_as_main(request["argv"])
+    os._exit(code)
+
+
+def _run_as_main(argv: list[str]) -> int:
+    """Python's own handling of a main module's end (Py_RunMain): the exit status."""
+    import runpy
+
+    interrupted = False
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            sys.path[0] = ""
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = str(Path(argv[0]).resolve().parent)
+            runpy.run_path(argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = _system_exit_code(stop)
+    except BaseException as error:  # noqa: BLE001  (what the interpreter does with it)
+        interrupted = isinstance(error, KeyboardInterrupt)
+        trace = error.__traceback__  # from the command's first frame, as Python shows it
+        while trace is not None and trace.tb_frame.f_code.co_filename in (__file__, runpy.__file__):
+            trace = trace.tb_next
+        try:
+            sys.excepthook(type(error), error, trace)
+        except SystemExit as stop:
+            return _finish(_system_exit_code(stop))
+        code = 1
+    code = _finish(code)
+    if interrupted:  # Python ends a process stopped by an uncaught Ctrl-C as killed by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _system_exit_code(stop: SystemExit) -> int:
+    if stop.code is None:
+        return 0
+    if isinstance(stop.code, int):
+        return stop.code & 0xFF
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
+def _finish(code: int) -> int:
+    import atexit
+    import logging
+
+    threading._shutdown()  # joins non-daemon threads, as interpreter exit does
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 120
+    return code
+
+
+if __name__ == "__main__":
+    _serve(socket.socket(fileno=int(sys.argv[1])))
