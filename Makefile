@@ -67,7 +67,7 @@ tensorboard: $(INSTALLED)  ## TensorBoard over every run in outputs/ (curves, hp
 test: $(INSTALLED)  ## set up if needed, then lint and the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(INSTALLED)  ## the tests without the slow ones
 	$(PYTHON) -m pytest -m 'not slow'

@@ -53,6 +53,8 @@ def run_grid(
         "experiment=smoke",
         # Test the last epoch's weights: no best.ckpt (the four VGGs' are 0.5 GB each).
         "+callbacks.model_checkpoint.save_top_k=0",
+        # One optimizer step is the whole training path (an Adam step of a VGG takes seconds).
+        "trainer.limit_train_batches=1",
         f"hydra.sweep.dir={sweep}",
         env={**run_env, "TORCH_HOME": str(home)},
         timeout=1200,

@@ -30,7 +30,12 @@ from celeba_gender.training.folder_lock import (
     _claim_without_flock,
     hold_run_folder,
 )
-from celeba_gender.training.resume import AtomicCheckpointIO, OutOfSpace, config_differences
+from celeba_gender.training.resume import (
+    AtomicCheckpointIO,
+    OutOfSpace,
+    checkpoint_position,
+    config_differences,
+)
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
 # checkpoints every 4 steps (steps 4, 8 and 16 fall inside an epoch).
@@ -421,3 +426,30 @@ def test_without_file_locks_the_recorded_holder_decides(tmp_path):
             else:
                 with pytest.raises(RunFolderInUse, match=re.escape(refused)):
                     _claim_without_flock(handle, path)
+
+
+@pytest.mark.parametrize("save_last", [True, False])
+def test_last_ckpt_follows_every_epoch_whether_or_not_the_best_improved(
+    save_last, run_env, tmp_path
+):
+    """One writer of last.ckpt (LastCheckpoint): with save_last it is written at every epoch's
+    end. ModelCheckpoint, its second writer before, wrote it only in an epoch that saved a new
+    best.ckpt: with save_top_k=0 (or a validation that did not improve) never, and a resume
+    redid the epochs since."""
+    folder = tmp_path / "run"
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        "trainer.max_epochs=2",  # 2 steps each
+        f"callbacks.model_checkpoint.save_last={str(save_last).lower()}",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        "+callbacks.model_checkpoint.save_top_k=0",
+        f"hydra.run.dir={folder}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = folder / "checkpoints" / "last.ckpt"
+    if save_last:
+        assert checkpoint_position(last) == (1, 4)  # the second epoch's end
+    else:
+        assert not last.exists()
