@@ -513,6 +513,38 @@ def _check_transform(cfg: DictConfig, present: dict) -> None:
             ) from None
 
 
+def _check_progressive_resizing(cfg: DictConfig, present: dict) -> None:
+    """data.progressive_resizing by the data module's own reading of it (transforms.py), and
+    the number of epochs its ramp is a fraction of: the data module trusts both."""
+    from celeba_gender.data.transforms import PROGRESSIVE_EXAMPLE, progressive_settings
+
+    progressive = OmegaConf.select(cfg, "data.progressive_resizing", default=None)
+    if not progressive:
+        return
+    settings = (
+        OmegaConf.to_container(progressive) if OmegaConf.is_config(progressive) else progressive
+    )
+    key = _source(cfg, "data.progressive_resizing")
+    if not isinstance(settings, dict):
+        raise ConfigError(key, settings, PROGRESSIVE_EXAMPLE)
+    image_size, loader = _lookup(present, "data.image_size"), _lookup(present, "data.loader")
+    if isinstance(image_size, int) and loader is not None:
+        try:
+            progressive_settings(settings, image_size, loader)
+        except ValueError as problem:
+            raise ConfigError(key, settings, f"{PROGRESSIVE_EXAMPLE}: {problem}") from None
+    # No number of epochs: -1, or none with max_steps (Lightning then trains to max_steps).
+    epochs = _lookup(present, "trainer.max_epochs")
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    if epochs == -1 or (epochs is None and steps not in (None, -1)):
+        raise ConfigError(
+            key,
+            settings,
+            f"null with trainer.max_epochs={epochs} (the ramp is a fraction of the epochs: set "
+            "trainer.max_epochs)",
+        )
+
+
 def _check_together(cfg: DictConfig, present: dict) -> None:
     """Rules between keys of a training config (each key on its own already passed)."""
     image_size = _lookup(present, "data.image_size")
@@ -535,15 +567,7 @@ def _check_together(cfg: DictConfig, present: dict) -> None:
                 "an integer >= 1, or -1 with trainer.max_steps or trainer.max_time set (-1 "
                 "alone trains forever)",
             )
-    # Progressive resizing ramps over trainer.max_epochs: it needs a number of epochs.
-    progressive = OmegaConf.select(cfg, "data.progressive_resizing", default=None)
-    if progressive and _lookup(present, "trainer.max_epochs") == -1:
-        raise ConfigError(
-            _source(cfg, "data.progressive_resizing"),
-            OmegaConf.to_container(progressive),
-            "null with trainer.max_epochs=-1 (the ramp is a fraction of the epochs: set "
-            "trainer.max_epochs)",
-        )
+    _check_progressive_resizing(cfg, present)
     # The EMA's weights reach best.ckpt through the callbacks' checkpoint hook, which a
     # weights-only checkpoint skips: the test would see the raw weights.
     if OmegaConf.select(cfg, "callbacks.ema", default=None) and OmegaConf.select(

@@ -58,6 +58,11 @@ BAD = [
     ("optimizer.lr=fast", "optimizer.lr=fast", "a finite number > 0"),
     ("data.split=random", "data.split=random", "one of identity, seed_protocol, official, all"),
     ("data.balance=smote", "data.balance=smote", "one of none, undersample"),
+    (
+        "data.loader=fast",
+        "data.loader=fast",
+        "one of cached, per_sample",
+    ),  # the data module trusts it
     ("trainer.precision=17", "trainer.precision=17", "16-mixed"),
     ("trainer.precision=fp16", "trainer.precision=fp16", "bf16-mixed"),
     ("treatment.loss=mse", "treatment.loss=mse", "one of bce, ce"),

@@ -15,7 +15,6 @@ from hydra import compose, initialize_config_dir
 
 from celeba_gender.config_schema import ConfigError, TrainSchema, validate
 from celeba_gender.data import CelebADataModule
-from celeba_gender.data.errors import DataError
 from celeba_gender.data.transforms import progressive_image_size
 from celeba_gender.models import GenderClassifier
 from celeba_gender.models.heads import create_head
@@ -133,26 +132,51 @@ def test_progressive_resizing_grows_training_batches_and_evaluates_at_full_size(
     assert model.seen["val"][-1][1] == 64
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"start_size": 200}, "start_size must be an integer from 8 to data.image_size (64)"),
-        ({"start_size": 32, "ramp": [0.8, 0.2]}, "ramp must be 2 fractions"),
-        ({"start_size": 32, "speed": 2}, "unknown keys ['speed']"),
-        ({"start_size": 32, "ramp": None}, "ramp must be 2 fractions"),
-        ({"start_size": 32, "ramp": 0.5}, "ramp must be 2 fractions"),
-    ],
-)
-def test_bad_progressive_resizing_settings_are_named(sample_root, settings, message):
-    with pytest.raises(DataError, match=r"data\.progressive_resizing=.*" + re.escape(message)):
-        CelebADataModule(sample_root, image_size=64, progressive_resizing=settings)
+PROGRESSIVE_BAD = [
+    ("{start_size:200}", "start_size must be an integer from 8 to data.image_size (64)"),
+    ("{start_size:32,ramp:[0.8,0.2]}", "ramp must be 2 fractions"),
+    ("{start_size:32,speed:2}", "unknown keys ['speed']"),
+    ("{start_size:32,ramp:null}", "ramp must be 2 fractions"),
+    ("{start_size:32,ramp:0.5}", "ramp must be 2 fractions"),
+    ("{start_size:32}", "it needs data.loader=cached"),  # with data.loader=per_sample
+]
 
 
-def test_progressive_resizing_needs_the_cached_loader(sample_root):
-    with pytest.raises(DataError, match="loader=cached"):
-        CelebADataModule(
-            sample_root, image_size=64, loader="per_sample", progressive_resizing={"start_size": 32}
+def _progressive_config(settings: str):
+    loader = "per_sample" if settings == "{start_size:32}" else "cached"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "data.image_size=64",
+                f"data.loader={loader}",
+                f"data.progressive_resizing={settings}",
+            ],
         )
+
+
+@pytest.mark.parametrize(("settings", "message"), PROGRESSIVE_BAD)
+def test_bad_progressive_resizing_settings_are_named_by_the_schema(settings, message):
+    """The schema is where a bad value is refused (one line, before a run folder is made);
+    the data module trusts it."""
+    with pytest.raises(ConfigError, match=r"^data\.progressive_resizing=.*" + re.escape(message)):
+        validate(_progressive_config(settings), TrainSchema)
+
+
+@pytest.mark.parametrize(("settings", "message"), [PROGRESSIVE_BAD[0], PROGRESSIVE_BAD[-1]])
+def test_a_bad_progressive_resizing_run_is_refused_in_one_line(settings, message, tmp_path):
+    loader = "per_sample" if settings == "{start_size:32}" else "cached"
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        "data.image_size=64",
+        f"data.loader={loader}",
+        f"data.progressive_resizing={settings}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 # ----------------------------------------------------------------------------- EMA of the weights

@@ -33,11 +33,11 @@ from celeba_gender.data.sampling import (
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, OTHER_SOURCES
 from celeba_gender.data.splits import PARTS, assign_split
 from celeba_gender.data.transforms import (
-    PROGRESSIVE_DEFAULTS,
     BatchTransform,
     crop_box,
     per_sample_transform,
     progressive_image_size,
+    progressive_settings,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,8 +90,6 @@ class CelebADataModule(L.LightningDataModule):
         progressive_resizing: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if loader not in LOADERS:
-            raise DataError(f"Unknown data.loader '{loader}'; choose one of {', '.join(LOADERS)}.")
         self.root = Path(root).expanduser()
         self.source = source
         self.class_names = [str(name) for name in class_names]
@@ -117,7 +115,7 @@ class CelebADataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.scan_workers = scan_workers
         self.summary_path = Path(summary_path) if summary_path else None
-        self.progressive_resizing = _progressive_settings(progressive_resizing, image_size, loader)
+        self.progressive_resizing = progressive_settings(progressive_resizing, image_size, loader)
 
         self.batch_transform = BatchTransform(
             image_size, self.face_crop, self.augmentations, self.mean, self.std
@@ -345,11 +343,7 @@ class CelebADataModule(L.LightningDataModule):
         under ``progressive_resizing``."""
         if not self.progressive_resizing or self.trainer is None:
             return self.image_size
-        if not self.trainer.max_epochs or self.trainer.max_epochs < 1:
-            raise DataError(
-                "data.progressive_resizing ramps over trainer.max_epochs: set it (>= 1) or "
-                "progressive_resizing=null."
-            )
+        # The schema makes sure a run has a number of epochs to ramp over.
         return progressive_image_size(
             self.trainer.current_epoch,
             int(self.trainer.max_epochs),
@@ -501,40 +495,3 @@ class CelebADataModule(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(self.summary(), indent=2, default=str).encode())
         return path
-
-
-def _progressive_settings(
-    settings: Mapping[str, Any] | None, image_size: int, loader: str
-) -> dict[str, Any] | None:
-    """data.progressive_resizing checked: {start_size, ramp: [from, to], multiple} or None."""
-    if not settings:
-        return None
-    allowed = {"start_size", "ramp", "multiple"}
-    values = {**PROGRESSIVE_DEFAULTS, **dict(settings)}
-    unknown = set(values) - allowed
-    ramp = values["ramp"]
-    problem = None
-    if unknown:
-        problem = f"unknown keys {sorted(unknown)}"
-    elif (
-        not isinstance(values.get("start_size"), int) or not 8 <= values["start_size"] <= image_size
-    ):
-        problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
-    elif (
-        not isinstance(ramp, Sequence)
-        or len(ramp) != 2
-        or not all(isinstance(f, (int, float)) for f in ramp)
-        or not 0 <= ramp[0] <= ramp[1] <= 1
-    ):
-        problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
-    elif not isinstance(values["multiple"], int) or values["multiple"] < 1:
-        problem = "multiple must be an integer >= 1"
-    elif loader != "cached":
-        problem = "it needs data.loader=cached (whole batches are resized on the device)"
-    if problem:
-        raise DataError(
-            f"data.progressive_resizing={dict(settings)}: {problem}. Example: "
-            "{start_size: 64, ramp: [0.25, 0.75], multiple: 16}, or null (off)."
-        )
-    values["ramp"] = tuple(float(f) for f in ramp)
-    return values

@@ -388,6 +388,44 @@ def _identity_maps(n: int) -> torch.Tensor:
 PROGRESSIVE_DEFAULTS: dict[str, Any] = {"ramp": (0.25, 0.75), "multiple": 16}
 
 
+PROGRESSIVE_EXAMPLE = "{start_size: 64, ramp: [0.25, 0.75], multiple: 16}, or null (off)"
+
+
+def progressive_settings(
+    settings: Mapping[str, Any] | None, image_size: int, loader: str
+) -> dict[str, Any] | None:
+    """data.progressive_resizing read: {start_size, ramp: (from, to), multiple} with defaults,
+    or None (off). The one statement of what it allows: the config schema refuses a value
+    this raises ``ValueError`` for (naming the key), so a run never reaches it with one."""
+    if not settings:
+        return None
+    values = {**PROGRESSIVE_DEFAULTS, **dict(settings)}
+    unknown = set(values) - {"start_size", "ramp", "multiple"}
+    ramp = values["ramp"]
+    problem = None
+    if unknown:
+        problem = f"unknown keys {sorted(unknown)}"
+    elif (
+        not isinstance(values.get("start_size"), int) or not 8 <= values["start_size"] <= image_size
+    ):
+        problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
+    elif (
+        not isinstance(ramp, Sequence)
+        or len(ramp) != 2
+        or not all(isinstance(f, (int, float)) for f in ramp)
+        or not 0 <= ramp[0] <= ramp[1] <= 1
+    ):
+        problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
+    elif not isinstance(values["multiple"], int) or values["multiple"] < 1:
+        problem = "multiple must be an integer >= 1"
+    elif loader != "cached":
+        problem = "it needs data.loader=cached (whole batches are resized on the device)"
+    if problem:
+        raise ValueError(problem)
+    values["ramp"] = tuple(float(f) for f in ramp)
+    return values
+
+
 def progressive_image_size(
     epoch: int,
     max_epochs: int,

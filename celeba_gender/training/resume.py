@@ -248,20 +248,31 @@ def _flush(trainer: L.Trainer) -> None:
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes ``last.ckpt`` every ``every_n_steps`` training steps and when one of the job's
-    stop signals (``StopSignals``) arrives during training (what clusters send before a time
-    limit or a preemption), then stops training with ``TrainingInterrupted``.
+    """The one writer of ``last.ckpt``: at every epoch's end (``at_epoch_end``: the config's
+    ``callbacks.model_checkpoint.save_last``, which the run turns off on ``ModelCheckpoint``),
+    every ``every_n_steps`` training steps, and when one of the job's stop signals
+    (``StopSignals``) arrives during training (what clusters send before a time limit or a
+    preemption), then it stops training with ``TrainingInterrupted``.
 
     A ``Checkpoint`` subclass so that Lightning runs it after ``ModelCheckpoint`` at an epoch's
     end: the last checkpoint then records that epoch's best model. Saves never happen at an
     epoch's last batch: that epoch's validation and end-of-epoch checkpoint come first.
+    ``weights_only`` applies to the epoch-end saves (as ``save_weights_only`` did to
+    ModelCheckpoint's); a step or stop save is always whole, since it exists to resume.
     """
 
     def __init__(
-        self, path: str | Path, every_n_steps: int | None = None, stops: StopSignals | None = None
+        self,
+        path: str | Path,
+        every_n_steps: int | None = None,
+        stops: StopSignals | None = None,
+        at_epoch_end: bool = False,
+        weights_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.every_n_steps = every_n_steps or 0
+        self.at_epoch_end = at_epoch_end
+        self.weights_only = weights_only
         self.stops = stops if stops is not None else StopSignals()
         self._stop_at_next_start = False
         self._saved_step: int | None = None
@@ -292,8 +303,8 @@ class LastCheckpoint(Checkpoint):
         asked = self.stops.requested is not None
         return trainer.strategy.reduce_boolean_decision(asked, all=False)
 
-    def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+    def _save(self, trainer: L.Trainer, weights_only: bool = False) -> None:
+        trainer.save_checkpoint(self.path, weights_only=weights_only)
         self._saved_step = trainer.global_step
 
     # -- when to save
@@ -323,8 +334,10 @@ class LastCheckpoint(Checkpoint):
         self._stop_at_next_start = stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.stops.signals and self._stop_agreed(trainer):
-            self._save(trainer)  # after ModelCheckpoint's, with its new best
+        stop = bool(self.stops.signals) and self._stop_agreed(trainer)
+        if stop or self.at_epoch_end:  # after ModelCheckpoint's save, with its new best
+            self._save(trainer, weights_only=self.weights_only and not stop)
+        if stop:
             self._stop_at_next_start = True  # the epoch's metrics are logged before that
 
     def _interrupt(self, trainer: L.Trainer) -> None:

@@ -281,7 +281,18 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         checkpoint.monitor = None
     throughput, test_throughput = TrainingThroughput(), TestThroughput()
     last_path = checkpoint_dir / LAST_CHECKPOINT
-    last_checkpoint = LastCheckpoint(last_path, cfg.checkpoint_every_n_steps, stops)
+    # last.ckpt has one writer: LastCheckpoint takes ModelCheckpoint's save_last (which wrote
+    # it only in epochs that improved the best) and saves at every epoch's end.
+    save_last = bool(checkpoint is not None and checkpoint.save_last)
+    if checkpoint is not None:
+        checkpoint.save_last = False
+    last_checkpoint = LastCheckpoint(
+        last_path,
+        cfg.checkpoint_every_n_steps,
+        stops,
+        at_epoch_end=save_last,
+        weights_only=save_last and checkpoint.save_weights_only,
+    )
     fault = cfg.get("fault") and cfg.fault.kill_at_step is not None
     trainer: L.Trainer = instantiate(
         cfg.trainer,
