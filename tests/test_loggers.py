@@ -272,3 +272,32 @@ def test_metrics_csv_leaves_validation_empty_in_epochs_without_one(tmp_path):
     assert list(rows["epoch"]) == [0, 1, 2] and rows["train/loss"].notna().all()
     assert rows["val/epoch"].tolist()[1] == 1.0
     assert rows["val/epoch"].isna().tolist() == [True, False, True]
+
+
+def test_an_attempt_that_starts_afresh_opens_a_new_mlflow_run(run_env, tmp_path):
+    """Killed before its first checkpoint, the folder has logger_runs.json but nothing to
+    resume from: the next attempt starts at step 0, so it logs into a new MLflow run, not into
+    the first one (whose steps it would repeat)."""
+    _require("mlflow")
+    folder = tmp_path / "run"
+    run = [
+        o for o in RUN if not o.startswith(("callbacks.model_checkpoint.save_last", "checkpoint_"))
+    ]
+    run += ["callbacks.model_checkpoint.save_last=false", f"hydra.run.dir={folder}"]
+    run += ["logger=[mlflow]", f"paths.log_dir={tmp_path}"]
+    killed = run_script("train.py", *run, "fault.kill_at_step=2", env=run_env)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (folder / "checkpoints" / "last.ckpt").exists()
+    first = json.loads((folder / "logger_runs.json").read_text())["mlflow"]
+
+    again = run_script("train.py", *run, "resume=true", env=run_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "starting fresh" in again.stdout + again.stderr
+    second = json.loads((folder / "logger_runs.json").read_text())["mlflow"]
+    assert second != first
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    finished = client.get_run(second)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.metrics["test/acc"] == pytest.approx(_metrics(folder)["test/acc"])

@@ -113,14 +113,15 @@ class StudyTensorBoardLogger(TensorBoardLogger):
             writer.add_summary(summary, step)
 
 
-def build_loggers(cfg: DictConfig, resume_step: int) -> list[Logger]:
+def build_loggers(cfg: DictConfig, resume_step: int, resuming: bool) -> list[Logger]:
     """The config's ``logger`` entries (one set to null is off). One that cannot be built or
     started (its package missing, its store unreachable) is left out with a warning. A run
-    folder's later attempt (resume) logs into the MLflow and W&B runs its first one opened
-    (their ids kept in ``LOGGER_RUNS_FILE``), not into new ones."""
+    folder's later attempt that continues from its checkpoint (``resuming``) logs into the
+    MLflow and W&B runs the first one opened (their ids kept in ``LOGGER_RUNS_FILE``), not into
+    new ones; an attempt that starts afresh opens new runs (the old ones' steps would repeat)."""
     loggers = []
     runs_file = Path(cfg.paths.output_dir) / LOGGER_RUNS_FILE
-    runs = _read_runs(runs_file)
+    runs = _read_runs(runs_file) if resuming else {}
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
             continue
