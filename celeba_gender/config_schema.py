@@ -533,15 +533,16 @@ def _check_progressive_resizing(cfg: DictConfig, present: dict) -> None:
             progressive_settings(settings, image_size, loader)
         except ValueError as problem:
             raise ConfigError(key, settings, f"{PROGRESSIVE_EXAMPLE}: {problem}") from None
-    # No number of epochs: -1, or none with max_steps (Lightning then trains to max_steps).
+    # No number of epochs: -1, or none with max_steps or max_time (Lightning then sets -1).
     epochs = _lookup(present, "trainer.max_epochs")
     steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
-    if epochs == -1 or (epochs is None and steps not in (None, -1)):
+    time_limit = OmegaConf.select(cfg, "trainer.max_time", default=None)
+    if epochs == -1 or (epochs is None and (steps not in (None, -1) or time_limit is not None)):
         raise ConfigError(
             key,
             settings,
-            f"null with trainer.max_epochs={epochs} (the ramp is a fraction of the epochs: set "
-            "trainer.max_epochs)",
+            f"null with trainer.max_epochs={_show(epochs)} (the ramp is a fraction of the "
+            "epochs: set trainer.max_epochs)",
         )
 
 

@@ -13,11 +13,14 @@ an uncaught Ctrl-C -> killed by SIGINT), atexit handlers run. ``run`` and ``Pope
 program, a ``preexec_fn`` other than ``conftest.as_at_a_terminal``, ...) runs a real subprocess.
 
 What a fork cannot give is a fresh import: tests about what importing does (or what a fresh
-clone's interpreter loads) use ``subprocess`` itself.
+clone's interpreter loads) use ``subprocess`` itself. Also shared with the server: the hash
+seed of str (a fresh interpreter draws its own; each test worker's server has its own) and the
+parent pid. tests/test_forked_python.py holds the child to a real subprocess, case by case.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -121,14 +124,20 @@ def _server_for(env: dict[str, str]) -> _Server:
 def _dispositions(terminal: bool) -> dict[str, str]:
     """What each signal is in a child that ``exec`` started: ignored stays ignored, anything
     else is the default (Python then installs its own SIGINT handler)."""
+    found = {
+        name: "ignore" if signal.getsignal(getattr(signal, name)) == signal.SIG_IGN else "default"
+        for name in _SIGNALS
+        if name != "SIGPIPE"  # Python's own startup ignores it
+    }
     if terminal:
-        return {"SIGINT": "default", "SIGHUP": "default"}
-    found = {}
-    for name in ("SIGINT", "SIGHUP"):
-        found[name] = (
-            "ignore" if signal.getsignal(getattr(signal, name)) == signal.SIG_IGN else "default"
-        )
+        found |= {"SIGINT": "default", "SIGHUP": "default"}
     return found
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _servable(args, preexec_fn, kwargs: dict) -> bool:
@@ -170,7 +179,8 @@ class Popen:
 
         self.args = args
         self.returncode: int | None = None
-        text = bool(text or kwargs.get("universal_newlines") or kwargs.get("encoding"))
+        encoding, errors = kwargs.get("encoding"), kwargs.get("errors")
+        text = bool(text or kwargs.get("universal_newlines") or encoding or errors)
         ours, theirs = [], []
         self.stdin = self.stdout = self.stderr = None
         for number, choice in enumerate((stdin, stdout, stderr)):
@@ -178,7 +188,11 @@ class Popen:
                 read, write = os.pipe()
                 mine, child = (write, read) if number == 0 else (read, write)
                 mode = "w" if number == 0 else "r"
-                stream = os.fdopen(mine, mode + ("" if text else "b"))
+                stream = (
+                    os.fdopen(mine, mode, encoding=encoding, errors=errors)
+                    if text
+                    else os.fdopen(mine, mode + "b")
+                )
                 setattr(self, ("stdin", "stdout", "stderr")[number], stream)
                 theirs.append(child)
                 ours.append(child)
@@ -196,7 +210,8 @@ class Popen:
         self._server = _server_for(environment)
         request = {
             "argv": [str(a) for a in args[1:]],
-            "cwd": str(cwd or os.getcwd()),
+            "cwd": os.path.abspath(cwd or os.getcwd()),
+            "umask": _current_umask(),
             "env": {str(k): str(v) for k, v in environment.items()},
             "signals": _dispositions(preexec_fn is as_at_a_terminal),
         }
@@ -227,8 +242,12 @@ class Popen:
 
         def read(name: str) -> None:
             stream = getattr(self, name)
-            results[name] = stream.read()
-            stream.close()
+            try:
+                results[name] = stream.read()
+            except BaseException as error:  # noqa: BLE001 - communicate raises it, as subprocess
+                results[name + "_error"] = error
+            finally:
+                stream.close()
 
         readers = [
             threading.Thread(target=read, args=(name,), daemon=True)
@@ -246,12 +265,17 @@ class Popen:
             reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if reader.is_alive():
                 raise subprocess.TimeoutExpired(self.args, timeout)
+        for name in ("stdout", "stderr"):
+            if name + "_error" in results:
+                self.wait()
+                raise results[name + "_error"]
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return results.get("stdout"), results.get("stderr")
 
     def send_signal(self, number: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, number)
+        if self.poll() is None:  # the server reaps at once: never signal a pid it may reuse
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -349,19 +373,28 @@ def _child(request: dict, fds: list[int]) -> None:
         else:
             signal.signal(number, signal.SIG_DFL)
     os.chdir(request["cwd"])
+    os.umask(request["umask"])
     os.environ.clear()
     os.environ.update(request["env"])
+    import tempfile
+
+    tempfile.tempdir = None  # TMPDIR read again, as a new interpreter reads it
     # Fresh streams on the new descriptors, as a new interpreter makes them.
     encoding = sys.__stdout__.encoding
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding)
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))  # python -u
     sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding, line_buffering=os.isatty(1)
+        _binary_stream(1, unbuffered),
+        encoding,
+        line_buffering=os.isatty(1),
+        write_through=unbuffered,
     )
     sys.stderr = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+        _binary_stream(2, unbuffered),
         encoding,
         errors="backslashreplace",
         line_buffering=True,
+        write_through=unbuffered,
     )
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     # Unseeded generators differ between processes, as in a fresh interpreter.
@@ -372,6 +405,15 @@ def _child(request: dict, fds: list[int]) -> None:
     torch.seed()
     code = _run_as_main(request["argv"])
     os._exit(code)
+
+
+def _binary_stream(fd: int, unbuffered: bool):
+    """What Python writes a standard stream through: the file itself under -u or
+    PYTHONUNBUFFERED, a buffer otherwise."""
+    import io
+
+    raw = io.FileIO(fd, "w", closefd=False)
+    return raw if unbuffered else io.BufferedWriter(raw)
 
 
 def _run_as_main(argv: list[str]) -> int:
@@ -388,6 +430,13 @@ def _run_as_main(argv: list[str]) -> int:
             sys.argv = ["-c", *argv[2:]]
             sys.path[0] = ""
             exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        elif not os.path.exists(argv[0]):
+            print(
+                f"{sys.executable}: can't open file {os.path.abspath(argv[0])!r}: "
+                "[Errno 2] No such file or directory",
+                file=sys.stderr,
+            )
+            return _finish(2)
         else:
             sys.argv = list(argv)
             sys.path[0] = str(Path(argv[0]).resolve().parent)
@@ -401,7 +450,7 @@ def _run_as_main(argv: list[str]) -> int:
         while trace is not None and trace.tb_frame.f_code.co_filename in (__file__, runpy.__file__):
             trace = trace.tb_next
         try:
-            sys.excepthook(type(error), error, trace)
+            sys.excepthook(type(error), error.with_traceback(trace), trace)
         except SystemExit as stop:
             return _finish(_system_exit_code(stop))
         code = 1

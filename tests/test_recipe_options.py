@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from celeba_gender.config_schema import ConfigError, TrainSchema, validate
 from celeba_gender.data import CelebADataModule
+from celeba_gender.data.errors import DataError
 from celeba_gender.data.transforms import progressive_image_size
 from celeba_gender.models import GenderClassifier
 from celeba_gender.models.heads import create_head
@@ -227,15 +228,31 @@ def test_ema_with_weights_only_checkpoints_is_refused_before_the_run(run_env, tm
     assert not (folder / "metrics.json").exists()  # refused before anything was written
 
 
-def test_progressive_resizing_without_a_number_of_epochs_is_refused():
+@pytest.mark.parametrize(
+    "limits",
+    [
+        ("trainer.max_epochs=-1", "+trainer.max_steps=100"),
+        ("trainer.max_epochs=null", "+trainer.max_steps=100"),
+        # Lightning sets max_epochs=-1 under a time limit: the ramp would never move.
+        ("trainer.max_epochs=null", "+trainer.max_time=00:00:05:00"),
+    ],
+)
+def test_progressive_resizing_without_a_number_of_epochs_is_refused(limits):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "data.progressive_resizing={start_size:64}",
-                "trainer.max_epochs=-1",
-                "+trainer.max_steps=100",
-            ],
-        )
+        cfg = compose("config", overrides=["data.progressive_resizing={start_size:64}", *limits])
     with pytest.raises(ConfigError, match=r"^data.progressive_resizing=.*set trainer.max_epochs"):
         validate(cfg, TrainSchema)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"start_size": 32, "multiple": True}, "multiple must be an integer >= 1"),
+        ({"start_size": 32, "ramp": [True, True]}, "ramp must be 2 fractions"),
+        ({"start_size": 200}, "start_size must be an integer from 8 to data.image_size (64)"),
+    ],
+)
+def test_a_data_module_built_in_code_names_a_bad_ramp_in_one_line(sample_root, settings, message):
+    """Outside a config (a notebook, eval's data module), the same rule, as a DataError."""
+    with pytest.raises(DataError, match=r"^data\.progressive_resizing=.*" + re.escape(message)):
+        CelebADataModule(sample_root, image_size=64, progressive_resizing=settings)

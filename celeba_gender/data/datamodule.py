@@ -115,7 +115,14 @@ class CelebADataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.scan_workers = scan_workers
         self.summary_path = Path(summary_path) if summary_path else None
-        self.progressive_resizing = progressive_settings(progressive_resizing, image_size, loader)
+        try:  # a config passed the schema's check of it; a library caller hears the same rule
+            self.progressive_resizing = progressive_settings(
+                progressive_resizing, image_size, loader
+            )
+        except ValueError as problem:
+            raise DataError(
+                f"data.progressive_resizing={dict(progressive_resizing)}: {problem}."
+            ) from None
 
         self.batch_transform = BatchTransform(
             image_size, self.face_crop, self.augmentations, self.mean, self.std

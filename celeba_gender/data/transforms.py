@@ -388,6 +388,10 @@ def _identity_maps(n: int) -> torch.Tensor:
 PROGRESSIVE_DEFAULTS: dict[str, Any] = {"ramp": (0.25, 0.75), "multiple": 16}
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 PROGRESSIVE_EXAMPLE = "{start_size: 64, ramp: [0.25, 0.75], multiple: 16}, or null (off)"
 
 
@@ -405,18 +409,16 @@ def progressive_settings(
     problem = None
     if unknown:
         problem = f"unknown keys {sorted(unknown)}"
-    elif (
-        not isinstance(values.get("start_size"), int) or not 8 <= values["start_size"] <= image_size
-    ):
+    elif not _is_integer(values.get("start_size")) or not 8 <= values["start_size"] <= image_size:
         problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
     elif (
         not isinstance(ramp, Sequence)
         or len(ramp) != 2
-        or not all(isinstance(f, (int, float)) for f in ramp)
+        or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in ramp)
         or not 0 <= ramp[0] <= ramp[1] <= 1
     ):
         problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
-    elif not isinstance(values["multiple"], int) or values["multiple"] < 1:
+    elif not _is_integer(values["multiple"]) or values["multiple"] < 1:
         problem = "multiple must be an integer >= 1"
     elif loader != "cached":
         problem = "it needs data.loader=cached (whole batches are resized on the device)"

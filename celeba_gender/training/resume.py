@@ -276,6 +276,7 @@ class LastCheckpoint(Checkpoint):
         self.stops = stops if stops is not None else StopSignals()
         self._stop_at_next_start = False
         self._saved_step: int | None = None
+        self._saved_whole = False
 
     # -- signals: deferred during training (Lightning's own handlers replaced by the job's)
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -291,8 +292,8 @@ class LastCheckpoint(Checkpoint):
         self.stops.deferred = False
         # Asked during the last epoch's end: it saved (or saves now), and stops before testing.
         if self.stops.signals and self._stop_agreed(trainer):
-            if self._saved_step != trainer.global_step:
-                self._save(trainer)
+            if self._saved_step != trainer.global_step or not self._saved_whole:
+                self._save(trainer)  # whole: the last epoch's save may hold weights only
             self._interrupt(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
@@ -305,7 +306,7 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer, weights_only: bool = False) -> None:
         trainer.save_checkpoint(self.path, weights_only=weights_only)
-        self._saved_step = trainer.global_step
+        self._saved_step, self._saved_whole = trainer.global_step, not weights_only
 
     # -- when to save
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
@@ -335,7 +336,8 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         stop = bool(self.stops.signals) and self._stop_agreed(trainer)
-        if stop or self.at_epoch_end:  # after ModelCheckpoint's save, with its new best
+        # After ModelCheckpoint's save, with its new best (which fast_dev_run does not save).
+        if stop or (self.at_epoch_end and not trainer.fast_dev_run):
             self._save(trainer, weights_only=self.weights_only and not stop)
         if stop:
             self._stop_at_next_start = True  # the epoch's metrics are logged before that
