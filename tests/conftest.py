@@ -6,15 +6,18 @@ have it: tests that need it skip there, and fail under CI (CI=true), where it mu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import forked_python
 import pandas as pd
 import pytest
+from child_setup import as_at_a_terminal, can_drop_read_override, without_read_override  # noqa: F401
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,15 +62,6 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
-
-def as_at_a_terminal() -> None:
-    """A child's ``preexec_fn``: Ctrl-C and a closed terminal's SIGHUP as a terminal delivers
-    them (a background or nohup shell ignores them, and so would its children)."""
-    import signal
-
-    for number in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -117,6 +111,25 @@ def run_script(script: str, *overrides: str, env: dict | None = None, timeout: i
         env=environment,
         cwd=REPO,
     )
+
+
+@contextlib.contextmanager
+def umask_calls() -> Iterator[list[int]]:
+    """Every ``os.umask(mask)`` made meanwhile, by any thread of this process: the umask can only
+    be read that way by setting it, and a file another thread creates before it is set back
+    gets the wrong permissions (world-writable after ``os.umask(0)``)."""
+    real = os.umask
+    calls: list[int] = []
+
+    def recording(mask: int) -> int:
+        calls.append(mask)
+        return real(mask)
+
+    os.umask = recording
+    try:
+        yield calls
+    finally:
+        os.umask = real
 
 
 def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:

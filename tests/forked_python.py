@@ -10,7 +10,7 @@ files or pipes, passed over a Unix socket), signal dispositions as ``exec`` leav
 status as Python sets it (``SystemExit``, an uncaught exception -> 1 with ``sys.excepthook``,
 an uncaught Ctrl-C -> killed by SIGINT), atexit handlers run. ``run`` and ``Popen`` take
 ``subprocess``'s arguments and return what it returns; a call they cannot serve exactly (another
-program, a ``preexec_fn`` other than ``conftest.as_at_a_terminal``, ...) runs a real subprocess.
+program, a ``preexec_fn`` not from tests/child_setup.py, ...) runs a real subprocess.
 
 What a fork cannot give is a fresh import: tests about what importing does (or what a fresh
 clone's interpreter loads) use ``subprocess`` itself. Also shared with the server: the hash
@@ -49,7 +49,7 @@ _LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "LD_", "K
 _SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE")
 _MESSAGE_BYTES = 1 << 20
 # Popen's arguments a forked child honours the same way.
-_OWN_ARGUMENTS = ("stdin", "stdout", "stderr", "cwd", "env", "text")
+_OWN_ARGUMENTS = ("stdin", "stdout", "stderr", "cwd", "env", "text", "umask", "start_new_session")
 
 
 # --- the client: what the tests call ----------------------------------------------------------
@@ -121,17 +121,25 @@ def _server_for(env: dict[str, str]) -> _Server:
     return server
 
 
-def _dispositions(terminal: bool) -> dict[str, str]:
+def _dispositions() -> dict[str, str]:
     """What each signal is in a child that ``exec`` started: ignored stays ignored, anything
     else is the default (Python then installs its own SIGINT handler)."""
-    found = {
+    return {
         name: "ignore" if signal.getsignal(getattr(signal, name)) == signal.SIG_IGN else "default"
         for name in _SIGNALS
         if name != "SIGPIPE"  # Python's own startup ignores it
     }
-    if terminal:
-        found |= {"SIGINT": "default", "SIGHUP": "default"}
-    return found
+
+
+def _setup_name(preexec_fn) -> str | None:
+    """The name of ``preexec_fn`` in tests/child_setup.py ("" for none); None for a function
+    from anywhere else, which only a real subprocess can run."""
+    import child_setup
+
+    if preexec_fn is None:
+        return ""
+    name = getattr(preexec_fn, "__name__", "")
+    return name if getattr(child_setup, name, None) is preexec_fn else None
 
 
 def _current_umask() -> int:
@@ -141,15 +149,13 @@ def _current_umask() -> int:
 
 
 def _servable(args, preexec_fn, kwargs: dict) -> bool:
-    from conftest import as_at_a_terminal
-
     unsupported = set(kwargs) - {"bufsize", "encoding", "errors", "universal_newlines"}
     return (
         isinstance(args, (list, tuple))
         and len(args) >= 2
         and str(args[0]) == sys.executable
         and (args[1] in ("-m", "-c") or not str(args[1]).startswith("-"))
-        and preexec_fn in (None, as_at_a_terminal)
+        and _setup_name(preexec_fn) is not None
         and not unsupported
     )
 
@@ -173,10 +179,10 @@ class Popen:
         env=None,
         text=None,
         preexec_fn=None,
+        umask: int = -1,
+        start_new_session: bool = False,
         **kwargs,
     ) -> None:
-        from conftest import as_at_a_terminal
-
         self.args = args
         self.returncode: int | None = None
         encoding, errors = kwargs.get("encoding"), kwargs.get("errors")
@@ -211,9 +217,11 @@ class Popen:
         request = {
             "argv": [str(a) for a in args[1:]],
             "cwd": os.path.abspath(cwd or os.getcwd()),
-            "umask": _current_umask(),
+            "umask": umask if umask >= 0 else _current_umask(),
             "env": {str(k): str(v) for k, v in environment.items()},
-            "signals": _dispositions(preexec_fn is as_at_a_terminal),
+            "signals": _dispositions(),
+            "new_session": bool(start_new_session),
+            "setup": _setup_name(preexec_fn),
         }
         try:
             self.pid = self._server.start(request, theirs)
@@ -366,16 +374,21 @@ def _child(request: dict, fds: list[int]) -> None:
             signal.signal(number, signal.SIG_DFL)
     for name, disposition in request["signals"].items():
         number = getattr(signal, name)
-        if disposition == "ignore":
-            signal.signal(number, signal.SIG_IGN)
-        elif name == "SIGINT":
-            signal.signal(number, signal.default_int_handler)
-        else:
-            signal.signal(number, signal.SIG_DFL)
+        signal.signal(number, signal.SIG_IGN if disposition == "ignore" else signal.SIG_DFL)
+    # subprocess's steps between fork and exec, in its order.
     os.chdir(request["cwd"])
+    if request["new_session"]:
+        os.setsid()
     os.umask(request["umask"])
+    if request["setup"]:
+        import child_setup
+
+        getattr(child_setup, request["setup"])()
     os.environ.clear()
     os.environ.update(request["env"])
+    # Python's startup: Ctrl-C raises KeyboardInterrupt unless the signal was left ignored.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_DFL:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     import tempfile
 
     tempfile.tempdir = None  # TMPDIR read again, as a new interpreter reads it

@@ -22,7 +22,14 @@ from pathlib import Path
 import forked_python
 import numpy as np
 import pytest
-from conftest import REPO, _subset_names, _write_official_annotations, run_script
+from conftest import (
+    REPO,
+    _subset_names,
+    _write_official_annotations,
+    can_drop_read_override,
+    run_script,
+    without_read_override,
+)
 
 from celeba_gender.data import CelebADataModule
 from celeba_gender.data import cache as cache_module
@@ -375,16 +382,12 @@ print(json.dumps({{"decodes": len(decodes), "checked": report["scan"]["checked"]
 
 def _as_user(script: str) -> subprocess.CompletedProcess:
     """``script`` in a child to which file permissions apply: as root, without the
-    capabilities that let root read and write any file (setpriv)."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: file permissions cannot apply")
-        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-    return subprocess.run(
-        [*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-        cwd=REPO,
+    capabilities that let root read and write any file."""
+    if os.geteuid() == 0 and (reason := can_drop_read_override()) is not None:
+        pytest.skip(f"running as root, file permissions cannot apply: {reason}")
+    return forked_python.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
+        preexec_fn=without_read_override if os.geteuid() == 0 else None,
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import sys
 
 import forked_python
 import pytest
-from conftest import REPO
+from conftest import REPO, as_at_a_terminal, can_drop_read_override, without_read_override
 
 CASES = {
     "exit code": "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)",
@@ -75,3 +75,51 @@ def test_signalling_a_finished_forked_process_is_harmless():
     assert process.wait(60) == 0
     process.terminate()  # subprocess: no error once the process has ended
     process.kill()
+
+
+SETTINGS = """
+import os, signal
+print(oct(os.umask(0)), os.getsid(0) == os.getpid())
+print([str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                                           signal.SIGTERM)])
+try:
+    open({secret!r}).close()
+    print("read")
+except PermissionError as error:
+    print("refused", error.errno)
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"umask": 0o077},
+        {"start_new_session": True},
+        {"preexec_fn": as_at_a_terminal},
+        {"preexec_fn": without_read_override},
+    ],
+    ids=["umask", "new session", "as at a terminal", "held to permissions"],
+)
+def test_popens_own_process_settings_are_what_subprocess_gives(options, tmp_path):
+    """umask=, start_new_session= and the setups of tests/child_setup.py, in a caller that
+    ignores the stop signals (a nohup shell's): served by the fork, set as subprocess sets them."""
+    if options.get("preexec_fn") is without_read_override and can_drop_read_override():
+        pytest.skip(can_drop_read_override())
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    secret.chmod(0)
+    args = [sys.executable, "-c", SETTINGS.format(secret=str(secret))]
+    ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
+    previous = [signal.signal(number, signal.SIG_IGN) for number in ignored]
+    try:
+        served = forked_python.Popen(args, stdout=subprocess.PIPE, text=True, **options)
+        assert isinstance(served, forked_python.Popen)  # not handed to a real subprocess
+        forked = served.communicate(timeout=120)[0]
+        real = subprocess.run(args, capture_output=True, text=True, timeout=120, **options)
+    finally:
+        for number, handler in zip(ignored, previous, strict=True):
+            signal.signal(number, handler)
+    assert real.returncode == served.returncode == 0, real.stderr
+    assert forked == real.stdout
+    expected = "refused" if options.get("preexec_fn") is without_read_override else "read"
+    assert real.stdout.splitlines()[-1].split()[0] == expected

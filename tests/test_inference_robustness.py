@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, as_at_a_terminal, file_stamps, run_script
+from conftest import REPO, as_at_a_terminal, file_stamps, run_script, umask_calls
 from PIL import Image
 
 from celeba_gender.analysis.collect import read_predictions
@@ -373,8 +374,16 @@ def test_export_never_overwrites_its_checkpoint_or_an_existing_file(checkpoint, 
     result = _export(model, existing)
     assert result.returncode != 0 and "--force" in result.stderr
     assert existing.read_text() == "someone's notes, not an export"
-    result = _export(model, existing, "--force")
+    # Replaced with the permissions the user's umask gives, read without setting it.
+    previous = os.umask(0o027)
+    try:
+        with umask_calls() as calls:
+            result = _export(model, existing, "--force")
+    finally:
+        os.umask(previous)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert calls == []
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640
     predictor = GenderPredictor.load(existing)
     settings = GenderPredictor.load(model).eval_transform  # the export leaves out cache_size
     assert predictor.eval_transform == {k: v for k, v in settings.items() if k != "cache_size"}

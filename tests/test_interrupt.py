@@ -14,7 +14,7 @@ from pathlib import Path
 import forked_python
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, as_at_a_terminal, run_script
 
 # Smoke size on the subset, 12 steps an epoch, last.ckpt kept.
 BASE = (
@@ -40,13 +40,6 @@ def env(run_env, subset_root) -> dict:
     return {**run_env, "CELEBA_ROOT": str(subset_root)}
 
 
-def _interactive_signals() -> None:
-    """The child's stop signals as a terminal gives them: pytest itself may run with SIGINT
-    ignored (a background job of a script), which the run keeps ignored, as it should."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Popen:
     return forked_python.Popen(
         [sys.executable, str(REPO / "train.py"), *run, f"hydra.run.dir={folder}"],
@@ -55,7 +48,7 @@ def _start(folder: Path, env: dict, run: tuple[str, ...] = RUN) -> subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_interactive_signals,
+        preexec_fn=as_at_a_terminal,
     )
 
 
@@ -233,7 +226,7 @@ def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_
         text=True,
         # As at a terminal: a shell starting the tests in the background ignores SIGINT, and
         # its children inherit that (Python then never sees a Ctrl-C).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_at_a_terminal,
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)

@@ -346,7 +346,7 @@ def test_run_outputs_follow_the_users_umask(umask, run_env, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        preexec_fn=lambda: os.umask(umask),
+        umask=umask,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     paths = [folder, *folder.rglob("*")]

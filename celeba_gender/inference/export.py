@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 
 from celeba_gender.config import compose_config
 from celeba_gender.data import DataError
+from celeba_gender.data.cache import current_umask
 from celeba_gender.data.transforms import ALIGNED_HEIGHT, ALIGNED_WIDTH, FaceCrop, crop_box
 from celeba_gender.inference.photos import is_photo_name, load_photo
 from celeba_gender.inference.predictor import (
@@ -334,9 +335,7 @@ def _export(
         parity = check_parity(predictor, Path(temporary), settings)
         exported.metadata_props.add(key=PARITY_KEY, value=json.dumps(parity))
         onnx.save(exported, temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's file is owner-only
         check_output(checkpoint, output, force)  # nothing appeared there meanwhile
         os.replace(temporary, output)  # a symlink at ``output`` is replaced, not its target
         bar.update()
