@@ -55,7 +55,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from celeba_gender.config import CONFIG_DIR, register_resolvers
+from celeba_gender.config import CONFIG_DIR
 from celeba_gender.data import DataError
 from celeba_gender.demo_files import (
     PhotoIntake,
@@ -70,6 +70,7 @@ from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
 from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.models.checkpoints import CheckpointError
+from celeba_gender.startup import start_command
 from celeba_gender.stop_signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
@@ -583,7 +584,7 @@ def _command(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command: registration (resolvers, log filters, Gradio's settings) happens here."""
-    register_resolvers()
+    start_command()
     printable_logs()
     # Read by Gradio when it is imported: no usage statistics, no version check leave the
     # machine (Blocks(analytics_enabled=False) says it again for the page).

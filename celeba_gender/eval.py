@@ -10,7 +10,8 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import hydra
 from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR, register_resolvers
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.startup import start_command
 from celeba_gender.training.run import run_evaluation
 
 
@@ -20,7 +21,7 @@ def _command(cfg: DictConfig) -> float | None:
 
 
 def main() -> float | None:
-    register_resolvers()
+    start_command()
     return _command()
 
 

@@ -10,8 +10,9 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import hydra
 from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR, register_resolvers
+from celeba_gender.config import CONFIG_DIR
 from celeba_gender.inference.run import run_prediction
+from celeba_gender.startup import start_command
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="predict", version_base="1.3")
@@ -20,7 +21,7 @@ def _command(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_resolvers()
+    start_command()
     return _command()
 
 

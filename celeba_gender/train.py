@@ -1,6 +1,6 @@
 """``celeba-gender-train`` (or ``python -m celeba_gender.train``): train and test one model, or
 sweep many (conf/config.yaml), with the configs the package carries (a clone's conf/); the
-repository's train.py runs this. Registration (the configs' resolvers) happens here, when the
+repository's train.py runs this. Start-up (startup.start_command: the configs' resolvers) happens here, when the
 command starts, not when a module is imported."""
 
 # isort: off
@@ -10,7 +10,8 @@ import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while impor
 import hydra
 from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR, register_resolvers
+from celeba_gender.config import CONFIG_DIR
+from celeba_gender.startup import start_command
 from celeba_gender.training.run import run_training
 
 
@@ -20,7 +21,7 @@ def _command(cfg: DictConfig) -> float | None:
 
 
 def main() -> float | None:
-    register_resolvers()
+    start_command()
     return _command()
 
 

@@ -18,9 +18,11 @@ from celeba_gender.analysis.report import (
 )
 from celeba_gender.analysis.status import format_status, sweep_status
 from celeba_gender.data import DataError
+from celeba_gender.startup import start_command
 
 
 def main(argv: list[str] | None = None) -> int:
+    start_command()
     parser = argparse.ArgumentParser(
         prog="python -m celeba_gender.analysis",
         description="Tables, intervals, paired tests, fairness, calibration, figures and "

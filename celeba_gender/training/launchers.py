@@ -58,11 +58,11 @@ class _RecordingLauncher(BaseSubmititLauncher):
         return executor
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """A job in its own process (submitit unpickles this launcher there): the configs'
-        resolvers registered first, as the command does when it starts."""
-        from celeba_gender.config import register_resolvers
+        """A job in its own process (submitit unpickles this launcher there): started as the
+        command starts (start_command)."""
+        from celeba_gender.startup import start_command
 
-        register_resolvers()
+        start_command()
         return super().__call__(*args, **kwargs)
 
     def launch(
