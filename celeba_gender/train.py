@@ -1,7 +1,7 @@
 """``celeba-gender-train`` (or ``python -m celeba_gender.train``): train and test one model, or
 sweep many (conf/config.yaml), with the configs the package carries (a clone's conf/); the
-repository's train.py runs this. Start-up (startup.start_command: the configs' resolvers) happens here, when the
-command starts, not when a module is imported."""
+repository's train.py runs this. Start-up (startup.start_command: the configs' resolvers)
+happens here, when the command starts, not when a module is imported."""
 
 # isort: off
 import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)

@@ -44,10 +44,13 @@ PRELOAD = (
     "celeba_gender.inference",
 )
 # Environment read when those modules load (thread pools, hash seed, import paths): a command
-# whose environment differs in these is served by a server started with its values.
-_LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "LD_", "KMP_")
+# whose environment differs in these is served by a server started with its values. (torch
+# reads CUDA_* when CUDA starts, in the command: the server never starts it.)
+_LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "LD_", "KMP_")
 _SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE")
 _MESSAGE_BYTES = 1 << 20
+# subprocess.Popen itself: a command's own Popen calls come here too (see _child).
+_RealPopen = subprocess.Popen
 # Popen's arguments a forked child honours the same way.
 _OWN_ARGUMENTS = ("stdin", "stdout", "stderr", "cwd", "env", "text", "umask", "start_new_session")
 
@@ -62,15 +65,21 @@ def _load_time_env(env: dict[str, str]) -> tuple:
 class _Server:
     """One warm interpreter and the socket to it; exits arrive in any order."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+    def __init__(self, env: dict[str, str] | None, channel: socket.socket | None = None) -> None:
+        """A server started with ``env``; or, in a command the server forked, ``channel``: that
+        command's own connection to the server that forked it."""
+        self.process = None
+        if channel is None:
+            self.socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.process = _RealPopen(
+                [sys.executable, __file__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            theirs.close()
+        else:
+            self.socket = channel
         self.lock = threading.Lock()
         self.exits: dict[int, int] = {}
 
@@ -103,7 +112,8 @@ class _Server:
         except (TimeoutError, BlockingIOError):
             return {}
         if not data:
-            raise RuntimeError(f"the warm Python server (pid {self.process.pid}) has died")
+            pid = self.process.pid if self.process else os.getppid()
+            raise RuntimeError(f"the warm Python server (pid {pid}) has died")
         reply = json.loads(data)
         if "exit" in reply:
             self.exits[reply["exit"]] = reply["status"]
@@ -111,10 +121,19 @@ class _Server:
 
 
 _servers: dict[tuple, _Server] = {}
+# In a command the server forked: its connection to that server, and the environment (read at
+# import) it has.
+_forked_from: tuple[_Server, tuple] | None = None
 
 
-def _server_for(env: dict[str, str]) -> _Server:
+def _server_for(env: dict[str, str]) -> _Server | None:
+    """The server for a command with ``env``; None where none can serve it (a command that a
+    forked command starts, needing another import-time environment or another session)."""
     key = _load_time_env(env)
+    if _forked_from is not None:
+        server, own_key = _forked_from
+        same_session = os.getsid(0) == os.getsid(os.getppid())
+        return server if key == own_key and same_session else None
     server = _servers.get(key)
     if server is None or server.process.poll() is not None:
         server = _servers[key] = _Server(env)
@@ -134,40 +153,50 @@ def _dispositions() -> dict[str, str]:
 def _setup_name(preexec_fn) -> str | None:
     """The name of ``preexec_fn`` in tests/child_setup.py ("" for none); None for a function
     from anywhere else, which only a real subprocess can run."""
-    import child_setup
-
     if preexec_fn is None:
         return ""
+    import child_setup
+
     name = getattr(preexec_fn, "__name__", "")
     return name if getattr(child_setup, name, None) is preexec_fn else None
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Read without setting it (a command may have threads that create files meanwhile)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        (line,) = [line for line in status if line.startswith("Umask:")]
+    return int(line.split()[1], 8)
 
 
 def _servable(args, preexec_fn, kwargs: dict) -> bool:
     unsupported = set(kwargs) - {"bufsize", "encoding", "errors", "universal_newlines"}
+    defaults = {"shell": False, "close_fds": True}  # given as their defaults: nothing asked
+    unsupported -= {k for k, v in defaults.items() if kwargs.get(k, v) == v}
+    if not isinstance(args, (list, tuple)) or len(args) < 2 or str(args[0]) != sys.executable:
+        return False
+    command = [str(a) for a in args[2:]] if args[1] == "-u" else [str(a) for a in args[1:]]
     return (
-        isinstance(args, (list, tuple))
-        and len(args) >= 2
-        and str(args[0]) == sys.executable
-        and (args[1] in ("-m", "-c") or not str(args[1]).startswith("-"))
+        bool(command)
+        and (command[0] in ("-m", "-c") or not command[0].startswith("-"))
         and _setup_name(preexec_fn) is not None
         and not unsupported
     )
 
 
-class Popen:
-    """``subprocess.Popen`` for a Python command, forked from the warm server."""
+class Popen(_RealPopen):
+    """``subprocess.Popen`` for a Python command, forked from the warm server (a subclass, so
+    that what checks for a Popen finds one)."""
 
     def __new__(cls, args, *positional, preexec_fn=None, **kwargs):
         servable_kwargs = {k: v for k, v in kwargs.items() if k not in _OWN_ARGUMENTS}
-        if positional or not _servable(args, preexec_fn, servable_kwargs):
-            return subprocess.Popen(args, *positional, preexec_fn=preexec_fn, **kwargs)
-        return super().__new__(cls)
+        env = kwargs.get("env")
+        if (
+            positional
+            or not _servable(args, preexec_fn, servable_kwargs)
+            or _server_for(dict(os.environ if env is None else env)) is None
+        ):
+            return _RealPopen(args, *positional, preexec_fn=preexec_fn, **kwargs)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -185,6 +214,7 @@ class Popen:
     ) -> None:
         self.args = args
         self.returncode: int | None = None
+        self._child_created = False  # subprocess.Popen.__del__: nothing of its own to reap
         encoding, errors = kwargs.get("encoding"), kwargs.get("errors")
         text = bool(text or kwargs.get("universal_newlines") or encoding or errors)
         ours, theirs = [], []
@@ -214,8 +244,11 @@ class Popen:
                 theirs.append(choice if isinstance(choice, int) else choice.fileno())
         environment = dict(os.environ if env is None else env)
         self._server = _server_for(environment)
+        unbuffered = args[1] == "-u"
         request = {
-            "argv": [str(a) for a in args[1:]],
+            "argv": [str(a) for a in args[2 if unbuffered else 1 :]],
+            "unbuffered": unbuffered,
+            "pgid": os.getpgid(0),
             "cwd": os.path.abspath(cwd or os.getcwd()),
             "umask": umask if umask >= 0 else _current_umask(),
             "env": {str(k): str(v) for k, v in environment.items()},
@@ -300,6 +333,9 @@ class Popen:
                 stream.close()
         self.wait()
 
+    def __del__(self) -> None:
+        pass
+
 
 def run(
     args, *, input=None, capture_output: bool = False, timeout=None, check: bool = False, **kwargs
@@ -325,12 +361,19 @@ def run(
 # --- the server: a warm interpreter that forks a child per command ----------------------------
 
 
-def _serve(channel: socket.socket) -> None:
+def _serve(worker: socket.socket) -> None:
+    """Fork a child for each request, from the test worker or from a child (a command's own
+    Python commands: a benchmark's runs, a launcher's jobs); report each exit to whoever
+    asked."""
     import importlib
     import select
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # A forked child must start CUDA itself (with its own CUDA_VISIBLE_DEVICES), never inherit it.
+    assert not sys.modules["torch"].cuda.is_initialized(), "CUDA started while importing"
+    channels = [worker]
+    asked_by: dict[int, socket.socket] = {}
     while True:
         while True:  # report every child that has ended
             try:
@@ -339,28 +382,44 @@ def _serve(channel: socket.socket) -> None:
                 break
             if pid == 0:
                 break
-            channel.send(json.dumps({"exit": pid, "status": status}).encode())
-        if not select.select([channel], [], [], 0.02)[0]:
-            continue
-        message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_BYTES, 3)
-        if not message:
-            return  # the test worker has gone
-        request = json.loads(message)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            channel.close()
-            _child(request, fds)  # never returns
-        for fd in set(fds):
-            if fd > 2:
-                os.close(fd)
-        channel.send(json.dumps({"pid": pid}).encode())
+            with contextlib.suppress(OSError, KeyError):  # whoever asked may have ended
+                asked_by.pop(pid).send(json.dumps({"exit": pid, "status": status}).encode())
+        for channel in select.select(channels, [], [], 0.02)[0]:
+            try:
+                message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_BYTES, 3)
+            except ConnectionResetError:  # a child that ended with a reply unread
+                message, fds = b"", []
+            if not message:
+                if channel is worker:
+                    return  # the test worker has gone
+                channels.remove(channel)  # a child has ended
+                channel.close()
+                continue
+            request = json.loads(message)
+            own, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                for other in [*channels, own]:
+                    other.close()
+                _child(request, fds, theirs)  # never returns
+            theirs.close()
+            channels.append(own)
+            asked_by[pid] = channel
+            for fd in set(fds):
+                if fd > 2:
+                    os.close(fd)
+            with contextlib.suppress(OSError):  # a child that asked may have ended since
+                channel.send(json.dumps({"pid": pid}).encode())
 
 
-def _child(request: dict, fds: list[int]) -> None:
-    """Become ``python <argv>`` with the request's streams, folder, environment and signals."""
+def _child(request: dict, fds: list[int], channel: socket.socket) -> None:
+    """Become ``python <argv>`` with the request's streams, folder, environment and signals;
+    the Python commands it starts itself are forked from the server too, over ``channel``."""
     import io
+
+    global _forked_from
 
     for target, fd in enumerate(fds):
         if fd != target:
@@ -379,6 +438,8 @@ def _child(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     if request["new_session"]:
         os.setsid()
+    else:  # in the group of whoever asked, as its own child would be (a killpg reaches it)
+        os.setpgid(0, request["pgid"])
     os.umask(request["umask"])
     if request["setup"]:
         import child_setup
@@ -395,7 +456,7 @@ def _child(request: dict, fds: list[int]) -> None:
     # Fresh streams on the new descriptors, as a new interpreter makes them.
     encoding = sys.__stdout__.encoding
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding)
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))  # python -u
+    unbuffered = request["unbuffered"] or bool(os.environ.get("PYTHONUNBUFFERED"))
     sys.stdout = io.TextIOWrapper(
         _binary_stream(1, unbuffered),
         encoding,
@@ -416,6 +477,8 @@ def _child(request: dict, fds: list[int]) -> None:
 
     numpy.random.seed()
     torch.seed()
+    _forked_from = (_Server(None, channel), _load_time_env(os.environ))
+    subprocess.Popen = Popen
     code = _run_as_main(request["argv"])
     os._exit(code)
 

@@ -123,3 +123,36 @@ def test_popens_own_process_settings_are_what_subprocess_gives(options, tmp_path
     assert forked == real.stdout
     expected = "refused" if options.get("preexec_fn") is without_read_override else "read"
     assert real.stdout.splitlines()[-1].split()[0] == expected
+
+
+NESTED = """
+import os, signal, subprocess, sys
+log = open(sys.argv[1], "w")
+started = subprocess.Popen(
+    [sys.executable, "-u", "-c",
+     "import os, signal, sys; print('child', os.getpgid(0) == int(sys.argv[1]),"
+     " signal.getsignal(signal.SIGTERM), file=sys.stderr); sys.exit(7)", str(os.getpgid(0))],
+    stdout=log, stderr=subprocess.STDOUT,
+)
+print(type(started).__module__ != "subprocess", isinstance(started, subprocess.Popen))
+print(started.wait(60), subprocess.run([sys.executable, "-c", "print(6 * 7)"],
+                                       capture_output=True, text=True).stdout.strip())
+"""
+
+
+def test_the_python_commands_a_forked_command_starts_are_forked_too(tmp_path):
+    """A benchmark's runs, a launcher's jobs, DDP's second rank: a forked command's own
+    ``subprocess`` calls of this Python are served by the same server (no fresh import), with
+    what a real child would get: its streams, exit status, process group, signal dispositions."""
+    args = [sys.executable, "-c", NESTED]
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        real = subprocess.run([*args, tmp_path / "real.log"], capture_output=True, text=True)
+        forked = forked_python.run([*args, tmp_path / "forked.log"], capture_output=True, text=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert real.returncode == forked.returncode == 0, real.stderr + forked.stderr
+    assert real.stdout == "False True\n7 42\n"
+    assert forked.stdout == "True True\n7 42\n"  # served, and still a subprocess.Popen
+    assert (tmp_path / "forked.log").read_text() == (tmp_path / "real.log").read_text()
+    assert (tmp_path / "real.log").read_text() == "child True 1\n"  # SIGTERM left ignored

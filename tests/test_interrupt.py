@@ -215,8 +215,9 @@ def test_a_signal_ignored_before_the_job_stays_ignored():
 @pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
 def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_env, tmp_path):
     """While Python imports torch, Hydra composes, the data is read: a Ctrl-C (SIGINT) ends
-    the command with one line and the status of a process stopped by SIGINT."""
-    process = forked_python.Popen(
+    the command with one line and the status of a process stopped by SIGINT. A fresh
+    interpreter (subprocess itself): a forked one has done its imports already."""
+    process = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), "experiment=smoke"]
         + [f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO,
