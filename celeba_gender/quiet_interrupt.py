@@ -30,5 +30,16 @@ def _hook(kind: type[BaseException], value: BaseException, traceback: TracebackT
     _previous(kind, value, traceback)
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that arrived while Python ran a callback it cannot raise from (a weakref's, as
+    the import machinery's module locks have, or a ``__del__``): Python would print it as
+    ignored and go on as if no Ctrl-C came. It still ends the command."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _hook(unraisable.exc_type, unraisable.exc_value or KeyboardInterrupt(), None)
+    _previous_unraisable(unraisable)
+
+
 _previous = sys.excepthook
 sys.excepthook = _hook
+_previous_unraisable = sys.unraisablehook
+sys.unraisablehook = _unraisable
