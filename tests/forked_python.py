@@ -20,6 +20,7 @@ parent pid. tests/test_forked_python.py holds the child to a real subprocess, ca
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -46,7 +47,7 @@ PRELOAD = (
 # Environment read when those modules load (thread pools, hash seed, import paths): a command
 # whose environment differs in these is served by a server started with its values. (torch
 # reads CUDA_* when CUDA starts, in the command: the server never starts it.)
-_LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "LD_", "KMP_")
+_LOAD_TIME_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "LD_", "KMP_", "MPLCONFIGDIR")
 _SIGNALS = ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE")
 _MESSAGE_BYTES = 1 << 20
 # subprocess.Popen itself: a command's own Popen calls come here too (see _child).
@@ -63,7 +64,9 @@ def _load_time_env(env: dict[str, str]) -> tuple:
 
 
 class _Server:
-    """One warm interpreter and the socket to it; exits arrive in any order."""
+    """One warm interpreter and the socket to it. A reader thread files what arrives (the pid of
+    each child started, exits in any order), so that waiting on one child never blocks starting
+    or polling another, nor a signal handler that polls."""
 
     def __init__(self, env: dict[str, str] | None, channel: socket.socket | None = None) -> None:
         """A server started with ``env``; or, in a command the server forked, ``channel``: that
@@ -80,44 +83,67 @@ class _Server:
             theirs.close()
         else:
             self.socket = channel
-        self.lock = threading.Lock()
+        self.sending = threading.Lock()  # one request, and its reply, at a time
+        self.state = threading.Condition(threading.RLock())  # reentrant: a handler may poll
         self.exits: dict[int, int] = {}
+        self.replies: collections.deque[dict] = collections.deque()
+        self.gone = False
+        self.reader: threading.Thread | None = None
 
     def start(self, request: dict, fds: list[int]) -> int:
-        with self.lock:
+        """The pid of the child started for ``request``; what setting it up raised, as
+        subprocess raises it in the caller (a missing ``cwd``, a failing ``preexec_fn``)."""
+        with self.sending:
+            if self.reader is None:
+                self.reader = threading.Thread(target=self._read, name="forked-python", daemon=True)
+                self.reader.start()
             socket.send_fds(self.socket, [json.dumps(request).encode()], fds)
-            while True:
-                reply = self._receive(None)
-                if "pid" in reply:
-                    return reply["pid"]
+            with self.state:
+                self.state.wait_for(lambda: self.replies or self.gone)
+                if not self.replies:
+                    raise self._died()
+                reply = self.replies.popleft()
+        if "error" in reply:
+            raise _setup_error(reply["error"])
+        return reply["pid"]
 
     def exit_status(self, pid: int, timeout: float | None) -> int | None:
         """The child's wait status once it has ended; None when ``timeout`` passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
-            while self._receive(0):  # what has arrived already
-                pass
-            while pid not in self.exits:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._receive(left)
-            return self.exits[pid]
+        with self.state:
+            if not self.state.wait_for(lambda: pid in self.exits or self.gone, timeout):
+                return None
+            if pid in self.exits:
+                return self.exits[pid]
+        raise self._died()
 
-    def _receive(self, timeout: float | None) -> dict:
-        """The next message ({} when none came within ``timeout``)."""
-        self.socket.settimeout(timeout)
-        try:
-            data = self.socket.recv(_MESSAGE_BYTES)
-        except (TimeoutError, BlockingIOError):
-            return {}
-        if not data:
-            pid = self.process.pid if self.process else os.getppid()
-            raise RuntimeError(f"the warm Python server (pid {pid}) has died")
-        reply = json.loads(data)
-        if "exit" in reply:
-            self.exits[reply["exit"]] = reply["status"]
-        return reply
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.socket.recv(_MESSAGE_BYTES)
+            except OSError:
+                data = b""
+            with self.state:
+                if not data:
+                    self.gone = True
+                    self.state.notify_all()
+                    return
+                reply = json.loads(data)
+                if "exit" in reply:
+                    self.exits[reply["exit"]] = reply["status"]
+                else:
+                    self.replies.append(reply)
+                self.state.notify_all()
+
+    def _died(self) -> RuntimeError:
+        pid = self.process.pid if self.process else os.getppid()
+        return RuntimeError(f"the warm Python server (pid {pid}) has died")
+
+
+def _setup_error(error: dict) -> Exception:
+    """What subprocess raises for a child that could not be set up."""
+    if error["kind"] == "preexec_fn":
+        return subprocess.SubprocessError("Exception occurred in preexec_fn.")
+    return OSError(error["errno"], os.strerror(error["errno"]), error["filename"])
 
 
 _servers: dict[tuple, _Server] = {}
@@ -258,6 +284,10 @@ class Popen(_RealPopen):
         }
         try:
             self.pid = self._server.start(request, theirs)
+        except OSError as error:
+            if error.filename == request["cwd"]:
+                error.filename = cwd  # as given, as subprocess names it
+            raise
         finally:
             for fd in ours:
                 os.close(fd)
@@ -366,13 +396,16 @@ def _serve(worker: socket.socket) -> None:
     Python commands: a benchmark's runs, a launcher's jobs); report each exit to whoever
     asked."""
     import importlib
-    import select
+    import selectors
 
     for name in PRELOAD:
         importlib.import_module(name)
+    import child_setup  # noqa: F401  (what a request's preexec_fn names)
+
     # A forked child must start CUDA itself (with its own CUDA_VISIBLE_DEVICES), never inherit it.
     assert not sys.modules["torch"].cuda.is_initialized(), "CUDA started while importing"
-    channels = [worker]
+    channels = selectors.DefaultSelector()
+    channels.register(worker, selectors.EVENT_READ)
     asked_by: dict[int, socket.socket] = {}
     while True:
         while True:  # report every child that has ended
@@ -384,7 +417,8 @@ def _serve(worker: socket.socket) -> None:
                 break
             with contextlib.suppress(OSError, KeyError):  # whoever asked may have ended
                 asked_by.pop(pid).send(json.dumps({"exit": pid, "status": status}).encode())
-        for channel in select.select(channels, [], [], 0.02)[0]:
+        for key, _ in channels.select(0.02):
+            channel = key.fileobj
             try:
                 message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_BYTES, 3)
             except ConnectionResetError:  # a child that ended with a reply unread
@@ -392,31 +426,39 @@ def _serve(worker: socket.socket) -> None:
             if not message:
                 if channel is worker:
                     return  # the test worker has gone
-                channels.remove(channel)  # a child has ended
+                channels.unregister(channel)  # a child has ended
                 channel.close()
                 continue
             request = json.loads(message)
             own, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            set_up, report = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                for other in [*channels, own]:
+                for other in [*(k.fileobj for k in channels.get_map().values()), own]:
                     other.close()
-                _child(request, fds, theirs)  # never returns
+                channels.close()
+                os.close(set_up)
+                _child(request, fds, theirs, report)  # never returns
             theirs.close()
-            channels.append(own)
+            os.close(report)
+            with os.fdopen(set_up, "rb") as reading:  # empty once the child is set up
+                failed = reading.read()
+            channels.register(own, selectors.EVENT_READ)
             asked_by[pid] = channel
             for fd in set(fds):
                 if fd > 2:
                     os.close(fd)
+            reply = {"pid": pid, **({"error": json.loads(failed)} if failed else {})}
             with contextlib.suppress(OSError):  # a child that asked may have ended since
-                channel.send(json.dumps({"pid": pid}).encode())
+                channel.send(json.dumps(reply).encode())
 
 
-def _child(request: dict, fds: list[int], channel: socket.socket) -> None:
+def _child(request: dict, fds: list[int], channel: socket.socket, report: int) -> None:
     """Become ``python <argv>`` with the request's streams, folder, environment and signals;
-    the Python commands it starts itself are forked from the server too, over ``channel``."""
+    the Python commands it starts itself are forked from the server too, over ``channel``.
+    ``report``: where a failure to set it up goes (nothing once it is set up)."""
     import io
 
     global _forked_from
@@ -435,16 +477,24 @@ def _child(request: dict, fds: list[int], channel: socket.socket) -> None:
         number = getattr(signal, name)
         signal.signal(number, signal.SIG_IGN if disposition == "ignore" else signal.SIG_DFL)
     # subprocess's steps between fork and exec, in its order.
-    os.chdir(request["cwd"])
+    try:
+        os.chdir(request["cwd"])
+    except OSError as error:
+        _not_set_up(report, {"kind": "cwd", "errno": error.errno, "filename": request["cwd"]})
     if request["new_session"]:
         os.setsid()
     else:  # in the group of whoever asked, as its own child would be (a killpg reaches it)
-        os.setpgid(0, request["pgid"])
+        with contextlib.suppress(OSError):  # that group has ended: stay in the server's
+            os.setpgid(0, request["pgid"])
     os.umask(request["umask"])
     if request["setup"]:
         import child_setup
 
-        getattr(child_setup, request["setup"])()
+        try:
+            getattr(child_setup, request["setup"])()
+        except BaseException:  # noqa: BLE001 - subprocess says only this, in the caller
+            _not_set_up(report, {"kind": "preexec_fn"})
+    os.close(report)
     os.environ.clear()
     os.environ.update(request["env"])
     # Python's startup: Ctrl-C raises KeyboardInterrupt unless the signal was left ignored.
@@ -481,6 +531,11 @@ def _child(request: dict, fds: list[int], channel: socket.socket) -> None:
     subprocess.Popen = Popen
     code = _run_as_main(request["argv"])
     os._exit(code)
+
+
+def _not_set_up(report: int, error: dict) -> None:
+    os.write(report, json.dumps(error).encode())
+    os._exit(255)
 
 
 def _binary_stream(fd: int, unbuffered: bool):

@@ -121,7 +121,6 @@ def _held_to_permissions(args: list[str], home: Path) -> subprocess.CompletedPro
     environment = {
         **os.environ,
         "HOME": str(home),
-        "MPLCONFIGDIR": str(home / "mpl"),
         "CELEBA_GENDER_CACHE": str(home / "cache"),
     }
     return forked_python.run(

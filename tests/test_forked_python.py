@@ -3,10 +3,13 @@ gives the same exit status, streams and process settings either way."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import forked_python
 import pytest
@@ -156,3 +159,54 @@ def test_the_python_commands_a_forked_command_starts_are_forked_too(tmp_path):
     assert forked.stdout == "True True\n7 42\n"  # served, and still a subprocess.Popen
     assert (tmp_path / "forked.log").read_text() == (tmp_path / "real.log").read_text()
     assert (tmp_path / "real.log").read_text() == "child True 1\n"  # SIGTERM left ignored
+
+
+FORWARDS_SIGTERM = """
+import signal, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+signal.signal(signal.SIGTERM, lambda number, frame: child.send_signal(number))  # as submitit's
+print("ready", flush=True)
+print(child.wait(), flush=True)
+"""
+
+
+def test_a_signal_handler_that_signals_a_child_while_the_command_waits_on_it():
+    """A SIGTERM handler forwarding the signal to a child the command is waiting on (submitit's
+    controller does; so does Lightning's DDP launcher on a stop): the child ends, the wait
+    returns, as with subprocess (once, the served command hung)."""
+    outputs = []
+    for popen in (subprocess.Popen, forked_python.Popen):
+        process = popen(
+            [sys.executable, "-c", FORWARDS_SIGTERM], stdout=subprocess.PIPE, text=True, cwd=REPO
+        )
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        try:
+            outputs.append((process.wait(timeout=20), process.stdout.read()))
+        finally:
+            process.kill()
+            process.stdout.close()
+    assert outputs[0] == outputs[1] == (0, f"{-signal.SIGTERM}\n")
+
+
+def test_polling_one_process_never_waits_for_another():
+    slow = forked_python.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    quick = forked_python.Popen([sys.executable, "-c", "pass"])
+    waiter = threading.Thread(target=slow.wait)
+    waiter.start()
+    started = time.monotonic()
+    while quick.poll() is None:
+        time.sleep(0.01)
+    assert time.monotonic() - started < 2.5  # not after the slow one's end
+    waiter.join()
+    assert (slow.returncode, quick.returncode) == (0, 0)
+
+
+def test_a_child_that_cannot_be_set_up_raises_in_the_caller_as_with_subprocess(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    raised = []
+    for popen in (subprocess.Popen, forked_python.Popen):
+        with pytest.raises(OSError) as caught:
+            popen([sys.executable, "-c", "pass"], cwd=missing)
+        raised.append((type(caught.value), caught.value.errno, caught.value.filename))
+    assert raised[0] == raised[1] == (FileNotFoundError, errno.ENOENT, missing)
