@@ -53,8 +53,14 @@ def run_grid(
         "experiment=smoke",
         # Test the last epoch's weights: no best.ckpt (the four VGGs' are 0.5 GB each).
         "+callbacks.model_checkpoint.save_top_k=0",
-        # One optimizer step is the whole training path (an Adam step of a VGG takes seconds).
+        # One optimizer step is the whole training path (an Adam step of a VGG takes seconds),
+        # on 2 images (batch norm's fewest); one batch each is the whole validation, test and
+        # prediction path, validated once (Inception-v3 runs at 299 px: 2 s per batch of 8).
         "trainer.limit_train_batches=1",
+        "data.batch_size=2",
+        "trainer.limit_test_batches=1",
+        "trainer.limit_predict_batches=1",
+        "+trainer.num_sanity_val_steps=0",
         f"hydra.sweep.dir={sweep}",
         env={**run_env, "TORCH_HOME": str(home)},
         timeout=1200,
