@@ -12,6 +12,8 @@ def start_command() -> None:
     """The configs' resolvers registered, and the objects made by the imports (torch,
     Lightning, Hydra: about 500,000, alive until the process ends) set aside from the garbage
     collector: each of its full passes walked them all, a fifth of a smoke run's time. Objects
-    made after this are collected as before (a sweep frees each job's model between jobs)."""
+    made after this are collected as before (a sweep frees each job's model between jobs).
+    For a command's process: code that calls a command's ``main`` inside its own session
+    freezes what it holds too (kept until it ends, not collected)."""
     register_resolvers()
     gc.freeze()

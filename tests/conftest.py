@@ -45,17 +45,18 @@ def pytest_configure(config: pytest.Config) -> None:
 # so the short files fill in at the end instead of one long file running alone. Only the
 # order depends on this list; a stale entry costs minutes, not correctness.
 LONGEST_FIRST = (
-    "test_smoke_grid_vgg.py",
-    "test_benchmarks.py",
     "test_analysis.py",
     "test_config_schema.py",
+    "test_benchmarks.py",
+    "test_smoke_grid_vgg.py",
+    "test_resume.py",
+    "test_sweeps.py",
+    "test_install.py",
+    "test_demo.py",
     "test_smoke_grid_resnet.py",
     "test_training.py",
-    "test_sweeps.py",
     "test_interrupt.py",
-    "test_data_hostile.py",
-    "test_resume.py",
-    "test_install.py",
+    "test_loggers.py",
 )
 
 
