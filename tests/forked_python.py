@@ -147,19 +147,20 @@ def _setup_error(error: dict) -> Exception:
 
 
 _servers: dict[tuple, _Server] = {}
-# In a command the server forked: its connection to that server, and the environment (read at
-# import) it has.
-_forked_from: tuple[_Server, tuple] | None = None
+# In a command the server forked: its connection to that server, the environment (read at
+# import) it has, its own pid and the server's.
+_forked_from: tuple[_Server, tuple, int, int] | None = None
 
 
 def _server_for(env: dict[str, str]) -> _Server | None:
     """The server for a command with ``env``; None where none can serve it (a command that a
-    forked command starts, needing another import-time environment or another session)."""
+    forked command starts, needing another import-time environment or another session; or one
+    that a process the command forked itself starts: its copy of the channel is the command's)."""
     key = _load_time_env(env)
     if _forked_from is not None:
-        server, own_key = _forked_from
-        same_session = os.getsid(0) == os.getsid(os.getppid())
-        return server if key == own_key and same_session else None
+        server, own_key, own_pid, server_pid = _forked_from
+        same_session = os.getsid(0) == os.getsid(server_pid)
+        return server if key == own_key and same_session and os.getpid() == own_pid else None
     server = _servers.get(key)
     if server is None or server.process.poll() is not None:
         server = _servers[key] = _Server(env)
@@ -527,7 +528,7 @@ def _child(request: dict, fds: list[int], channel: socket.socket, report: int) -
 
     numpy.random.seed()
     torch.seed()
-    _forked_from = (_Server(None, channel), _load_time_env(os.environ))
+    _forked_from = (_Server(None, channel), _load_time_env(os.environ), os.getpid(), os.getppid())
     subprocess.Popen = Popen
     code = _run_as_main(request["argv"])
     os._exit(code)

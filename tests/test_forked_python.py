@@ -210,3 +210,27 @@ def test_a_child_that_cannot_be_set_up_raises_in_the_caller_as_with_subprocess(t
             popen([sys.executable, "-c", "pass"], cwd=missing)
         raised.append((type(caught.value), caught.value.errno, caught.value.filename))
     assert raised[0] == raised[1] == (FileNotFoundError, errno.ENOENT, missing)
+
+
+FORKS_THEN_STARTS = """
+import os, subprocess, sys
+subprocess.run([sys.executable, "-c", "pass"])  # the command's own: its channel is in use
+pid = os.fork()  # as multiprocessing's fork start method: a copy of the command
+if pid == 0:
+    done = subprocess.run([sys.executable, "-c", "print('from the copy')"], capture_output=True,
+                          text=True)
+    print(done.stdout.strip(), type(done).__name__, flush=True)
+    os._exit(done.returncode)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_a_process_a_forked_command_forks_starts_its_own_commands_for_real():
+    """A DataLoader worker or multiprocessing child of a forked command holds a copy of the
+    command's channel to the server: its own Python commands are real subprocesses, whose
+    replies cannot reach the wrong process."""
+    args = [sys.executable, "-c", FORKS_THEN_STARTS]
+    real = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    forked = forked_python.run(args, capture_output=True, text=True, timeout=30)
+    assert real.returncode == forked.returncode == 0, real.stderr + forked.stderr
+    assert forked.stdout == real.stdout == "from the copy CompletedProcess\n0\n"
