@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from celeba_gender.data.cache import current_umask
+
 # Imported once by the server; each command imports the rest itself, as it would anyway.
 PRELOAD = (
     "torch",
@@ -188,13 +190,6 @@ def _setup_name(preexec_fn) -> str | None:
     return name if getattr(child_setup, name, None) is preexec_fn else None
 
 
-def _current_umask() -> int:
-    """Read without setting it (a command may have threads that create files meanwhile)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        (line,) = [line for line in status if line.startswith("Umask:")]
-    return int(line.split()[1], 8)
-
-
 def _servable(args, preexec_fn, kwargs: dict) -> bool:
     unsupported = set(kwargs) - {"bufsize", "encoding", "errors", "universal_newlines"}
     defaults = {"shell": False, "close_fds": True}  # given as their defaults: nothing asked
@@ -277,7 +272,8 @@ class Popen(_RealPopen):
             "unbuffered": unbuffered,
             "pgid": os.getpgid(0),
             "cwd": os.path.abspath(cwd or os.getcwd()),
-            "umask": umask if umask >= 0 else _current_umask(),
+            # Read without setting it: a command may have threads that create files meanwhile.
+            "umask": umask if umask >= 0 else current_umask(),
             "env": {str(k): str(v) for k, v in environment.items()},
             "signals": _dispositions(),
             "new_session": bool(start_new_session),
