@@ -24,7 +24,12 @@ LIGHTNING_NAMES = [
         "_SubprocessScriptLauncher._check_can_spawn_children",
     ),
     ("lightning.pytorch.strategies.ddp", "DDPStrategy._configure_launcher"),
+    (
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "_CheckpointConnector.dump_checkpoint",
+    ),
 ]
+DUMP_CHECKPOINT = LIGHTNING_NAMES[-1]
 
 
 class LibraryChanged(RuntimeError):
@@ -61,3 +66,10 @@ def should_accumulate(trainer: Any) -> bool:
     gradients not yet applied): Lightning's fit loop knows, privately."""
     private(*LIGHTNING_NAMES[0])
     return bool(trainer.fit_loop._should_accumulate())
+
+
+def dump_checkpoint(trainer: Any, weights_only: bool) -> dict[str, Any]:
+    """What ``trainer.save_checkpoint`` would write now, taken without writing it (to write it
+    later with ``trainer.strategy.save_checkpoint``): Lightning's connector does it, privately."""
+    private(*DUMP_CHECKPOINT)
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only)

@@ -191,15 +191,19 @@ def test_ema_weights_are_what_validation_best_ckpt_and_the_test_evaluate(run_env
         "trainer.limit_train_batches=4",
         "trainer.limit_test_batches=1.0",
         "callbacks.model_checkpoint.save_weights_only=false",
+        "callbacks.model_checkpoint.save_last=true",
         EMA,
         f"hydra.run.dir={folder}",
     )
     result = run_script("train.py", *run, env=run_env)
     assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = torch.load(folder / "checkpoints" / name, weights_only=True)
+        averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+        # last.ckpt, written when training ends, holds the raw weights from before the EMA
+        # callback copies the average over them then.
+        assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if "weight" in k)
     best = folder / "checkpoints" / "best.ckpt"
-    checkpoint = torch.load(best, weights_only=True)
-    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
-    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if "weight" in k)
     # The run's own test and eval.py on best.ckpt (which reads state_dict: the average) agree
     # prediction by prediction: the test saw the averaged weights. Lightning's callback alone
     # tested the raw ones.

@@ -95,11 +95,16 @@ def _curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def _step(point: tuple[int, float] | int) -> int:
+    return point[0] if isinstance(point, tuple) else point  # a scalar's or an image's
+
+
 def _assert_same_curves(folder: Path, reference: Path, resumed_output: str) -> None:
     """The resumed run's TensorBoard equals the reference's; only when it resumed inside an
     epoch do that epoch's means (train/loss_epoch, train/acc, logged at the epoch's last step)
     differ: they cover the batches after the resume."""
-    step = int(re.search(r"Resuming from .* \(step (\d+)\)", resumed_output).group(1))
+    resumed_at = re.search(r"Resuming from .* \(step (\d+)\)", resumed_output)
+    step = int(resumed_at.group(1)) if resumed_at else 0  # none: it started afresh
     curves, expected = _curves(folder), _curves(reference)
     if step % STEPS_PER_EPOCH:
         epoch_end = (step // STEPS_PER_EPOCH + 1) * STEPS_PER_EPOCH - 1
@@ -131,6 +136,34 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_results(reference, run_e
     resumed = _train(folder, "resume=true", env=run_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout
+    assert _results(folder) == _results(reference)
+    _assert_same_curves(folder, reference, resumed.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [4, 5])
+def test_a_checkpoint_on_disk_has_every_point_logged_before_it(
+    kill_at, reference, run_env, tmp_path
+):
+    """A hard kill lands after everything step ``kill_at``'s end does (the last checkpoint's
+    save at step 4 included): whatever last.ckpt is on disk then, every point logged before its
+    step is on disk too, or the resumed run (which starts at that step) would lack it."""
+    folder = tmp_path / "run"
+    killed = _train(folder, f"fault.kill_at_step={kill_at}", env=run_env)
+    assert killed.returncode == -signal.SIGKILL
+    last = folder / "checkpoints" / "last.ckpt"
+    saved_at = checkpoint_position(last)[1] if last.exists() else 0
+    assert saved_at == (4 if kill_at == 5 else saved_at)  # step 4's save is written by step 5
+
+    def before_it(curves: dict) -> dict:
+        steps = {tag: [p for p in points if _step(p) < saved_at] for tag, points in curves.items()}
+        return {tag: points for tag, points in steps.items() if points}
+
+    assert before_it(_curves(folder)) == before_it(_curves(reference))
+    assert saved_at == 0 or before_it(_curves(reference))["train/loss_step"]  # not vacuous
+
+    resumed = _train(folder, "resume=true", env=run_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _results(folder) == _results(reference)
     _assert_same_curves(folder, reference, resumed.stdout)
 

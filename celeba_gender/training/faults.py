@@ -11,13 +11,17 @@ import os
 import signal
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 from celeba_gender.config_schema import FAULTS
 
+HARD_KILLS = ("sigkill", "exit")
+
 
 class KillAtStep(L.Callback):
-    """After training step ``step``: ``sigkill`` (no cleanup at all), ``exit`` (``os._exit``,
-    a hard interpreter crash), or send this process a stop signal (``sigterm``, ...)."""
+    """After training step ``step``: send this process a stop signal (``sigterm``, ...) during
+    the step's end, as a cluster would; ``sigkill`` (no cleanup at all) and ``exit``
+    (``os._exit``, a hard interpreter crash) use ``HardKillAtStep``: ``kill_at_step``."""
 
     def __init__(self, step: int, how: str = "sigkill") -> None:
         if how not in FAULTS:
@@ -30,3 +34,14 @@ class KillAtStep(L.Callback):
         if self.how == "exit":
             os._exit(70)
         os.kill(os.getpid(), getattr(signal, self.how.upper()))
+
+
+class HardKillAtStep(KillAtStep, Checkpoint):
+    """A hard kill lands after everything the step's end does, the last checkpoint's decision
+    included (Lightning runs ``Checkpoint`` callbacks last, in their order): the moment that
+    finds what was saved but not yet flushed."""
+
+
+def kill_at_step(step: int, how: str = "sigkill") -> KillAtStep:
+    """The fault callback for ``fault.kill_at_step`` / ``fault.how``."""
+    return (HardKillAtStep if how in HARD_KILLS else KillAtStep)(step, how)

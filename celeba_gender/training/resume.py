@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from celeba_gender.data.cache import atomic_output, atomic_write, human_bytes
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
-from celeba_gender.library_internals import should_accumulate
+from celeba_gender.library_internals import dump_checkpoint, should_accumulate
 from celeba_gender.stop_signals import signal_number
 from celeba_gender.training.outputs import METRICS_FILE
 
@@ -259,6 +259,13 @@ class LastCheckpoint(Checkpoint):
     epoch's last batch: that epoch's validation and end-of-epoch checkpoint come first.
     ``weights_only`` applies to the epoch-end saves (as ``save_weights_only`` did to
     ModelCheckpoint's); a step or stop save is always whole, since it exists to resume.
+
+    A save is taken at the batch's (epoch's) end but written at the next hook: Lightning logs
+    that batch's (epoch's) metrics after the callbacks' end hooks, and a checkpoint on disk
+    whose last logged points were not would lose them for good when the process is killed
+    then (the resumed run starts after them). ``writer`` does the writing first among the
+    callbacks (run it first: another callback's ``on_train_end``, the EMA's, changes the
+    weights the taken checkpoint holds); this callback's own hooks write whatever it left.
     """
 
     def __init__(
@@ -277,6 +284,8 @@ class LastCheckpoint(Checkpoint):
         self._stop_at_next_start = False
         self._saved_step: int | None = None
         self._saved_whole = False
+        self._taken: dict[str, Any] | None = None  # a save not written yet
+        self.writer = _WritesLastCheckpoint(self)
 
     # -- signals: deferred during training (Lightning's own handlers replaced by the job's)
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -285,6 +294,7 @@ class LastCheckpoint(Checkpoint):
         self.stops.last_path = self.path
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.write_taken(trainer)
         if self.path.is_file():
             # Training is over: a stop from here on (Lightning's teardown, testing) resumes
             # from the last checkpoint it wrote, not from where the job started.
@@ -298,6 +308,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         self.stops.deferred = False
+        self.write_taken(trainer, exception)
 
     def _stop_agreed(self, trainer: L.Trainer) -> bool:
         # Every rank must save and stop at the same step (saving is collective).
@@ -305,15 +316,33 @@ class LastCheckpoint(Checkpoint):
         return trainer.strategy.reduce_boolean_decision(asked, all=False)
 
     def _save(self, trainer: L.Trainer, weights_only: bool = False) -> None:
-        trainer.save_checkpoint(self.path, weights_only=weights_only)
+        self._taken = dump_checkpoint(trainer, weights_only)  # written by the next hook
         self._saved_step, self._saved_whole = trainer.global_step, not weights_only
+
+    def write_taken(self, trainer: L.Trainer, exception: BaseException | None = None) -> None:
+        """Write the save taken at the last batch's or epoch's end, once what Lightning logged
+        after it is on disk. After an exception, without waiting for the other ranks."""
+        if self._taken is None:
+            return
+        checkpoint, self._taken = self._taken, None
+        _flush(trainer)
+        if exception is None:
+            trainer.strategy.save_checkpoint(checkpoint, self.path)
+            trainer.strategy.barrier("LastCheckpoint.write_taken")
+            return
+        try:
+            trainer.strategy.save_checkpoint(checkpoint, self.path)
+        except Exception as error:  # noqa: BLE001 - the run's own exception is the one to show
+            log.warning("%s was not written (%s) after %r", self.path, error, exception)
 
     # -- when to save
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        self.write_taken(trainer)
         if self._stop_at_next_start:
             self._interrupt(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.write_taken(trainer)
         if self._stop_at_next_start:
             self._interrupt(trainer)
 
@@ -335,6 +364,7 @@ class LastCheckpoint(Checkpoint):
         self._stop_at_next_start = stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.write_taken(trainer)  # a step's save, when the epoch ended early (should_stop)
         stop = bool(self.stops.signals) and self._stop_agreed(trainer)
         # After ModelCheckpoint's save, with its new best (which fast_dev_run does not save).
         if stop or (self.at_epoch_end and not trainer.fast_dev_run):
@@ -343,9 +373,30 @@ class LastCheckpoint(Checkpoint):
             self._stop_at_next_start = True  # the epoch's metrics are logged before that
 
     def _interrupt(self, trainer: L.Trainer) -> None:
+        self.write_taken(trainer)
         self._stop_at_next_start = False
         self.stops.deferred = False
         raise self.stops.interruption(self.path, trainer.current_epoch, trainer.global_step)
+
+
+class _WritesLastCheckpoint(L.Callback):
+    """``LastCheckpoint.writer``: writes its taken save at the first hook after it, before
+    any other callback runs that hook."""
+
+    def __init__(self, owner: LastCheckpoint) -> None:
+        self.owner = owner
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        self.owner.write_taken(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.owner.write_taken(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.owner.write_taken(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.owner.write_taken(trainer)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -41,7 +41,7 @@ from celeba_gender.training.callbacks import (
     ValidationConfusionMatrix,
 )
 from celeba_gender.training.ddp import reset_distributed_state
-from celeba_gender.training.faults import KillAtStep
+from celeba_gender.training.faults import kill_at_step
 from celeba_gender.training.folder_lock import hold_run_folder
 from celeba_gender.training.loggers import (
     build_loggers,
@@ -297,13 +297,14 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=[
+            last_checkpoint.writer,  # first: see LastCheckpoint
             *callbacks,
             throughput,
             test_throughput,
             ValidationConfusionMatrix(),
             ResumeState(),
             last_checkpoint,
-            *([KillAtStep(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
+            *([kill_at_step(cfg.fault.kill_at_step, cfg.fault.how)] if fault else []),
         ],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
