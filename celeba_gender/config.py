@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,12 @@ NOTEBOOK_DIR = _SHIPPED_DIR / "notebooks"
 # Where outputs/ goes when set; else the clone, or the current directory for an installed wheel
 # (never site-packages).
 ROOT_ENV = "CELEBA_GENDER_ROOT"
+
+
+def is_integer(value: Any) -> bool:
+    """A config value that is a whole number: an int, not a bool (YAML's true is an int to
+    Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def output_root() -> Path:

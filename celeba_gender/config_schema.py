@@ -31,6 +31,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from celeba_gender.config import is_integer
 from celeba_gender.data.balance import BALANCE_METHODS
 from celeba_gender.data.datamodule import LOADERS
 from celeba_gender.data.errors import DataError
@@ -78,19 +79,15 @@ def setting(**rule: Any) -> Any:
     return field(default=MISSING, metadata={"rule": Rule(**rule)})
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _limit_batches(value: Any) -> bool:
     """Lightning's limit_*_batches / overfit_batches: a count of batches or a fraction."""
-    if _is_count(value):
+    if is_integer(value):
         return value >= 0
     return isinstance(value, float) and 0.0 <= value <= 1.0
 
 
 def _devices(value: Any) -> bool:
-    if _is_count(value):
+    if is_integer(value):
         return value == -1 or value >= 1
     if isinstance(value, str):
         # 'auto', '-1', a count ('2'), or device indices ('0,1', '0,'); '0' is no device.
@@ -102,7 +99,7 @@ def _devices(value: Any) -> bool:
             indices.pop()  # '0,': device 0 (Lightning's way to name one index)
         return "," in text and bool(indices) and all(part.isdigit() for part in indices)
     if isinstance(value, (list, ListConfig)):
-        return len(value) > 0 and all(_is_count(v) and v >= 0 for v in value)
+        return len(value) > 0 and all(is_integer(v) and v >= 0 for v in value)
     return False
 
 
@@ -465,7 +462,7 @@ def _check_devices(cfg: DictConfig, present: dict) -> None:
     devices = _lookup(present, "trainer.devices")
     if _lookup(present, "trainer.accelerator") != "cpu" or devices is None:
         return
-    if devices == "auto" or (_is_count(devices) and devices >= 1):
+    if devices == "auto" or (is_integer(devices) and devices >= 1):
         return
     if isinstance(devices, str) and devices.strip().isdigit() and int(devices) >= 1:
         return
@@ -597,7 +594,7 @@ def _check_together(cfg: DictConfig, present: dict) -> None:
             t_max = OmegaConf.select(cfg, "scheduler.scheduler.T_max")
         except OmegaConfBaseException:
             t_max = "${...}"
-        if not (_is_count(t_max) and t_max >= 1):
+        if not (is_integer(t_max) and t_max >= 1):
             raise ConfigError(
                 _source(cfg, "scheduler.scheduler.T_max"),
                 t_max,
@@ -630,7 +627,7 @@ def _of_type(value: Any, kind: Any) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
-        return _is_count(value)
+        return is_integer(value)
     if kind is float:
         return _is_number(value)
     if kind is str:

@@ -19,9 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import forked_python
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
+from lightning.pytorch.callbacks import Checkpoint, EMAWeightAveraging
+from torch.utils.data import DataLoader, TensorDataset
 
 from celeba_gender.data.sampling import EpochSampler, ignore_stop_signals
 from celeba_gender.stop_signals import STOP_SIGNALS
@@ -32,7 +35,10 @@ from celeba_gender.training.folder_lock import (
 )
 from celeba_gender.training.resume import (
     AtomicCheckpointIO,
+    LastCheckpoint,
     OutOfSpace,
+    StopSignals,
+    TrainingInterrupted,
     checkpoint_position,
     config_differences,
 )
@@ -486,3 +492,145 @@ def test_last_ckpt_follows_every_epoch_whether_or_not_the_best_improved(
         assert checkpoint_position(last) == (1, 4)  # the second epoch's end
     else:
         assert not last.exists()
+
+
+# --------------------------------------------------------------- LastCheckpoint, in process
+class _Tiny(L.LightningModule):
+    """Six batches an epoch; ``fail`` raises in the named hook at that global step."""
+
+    def __init__(self, fail: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.fail = fail
+
+    def _maybe_fail(self, where: str) -> None:
+        if self.fail == (where, self.global_step):
+            raise RuntimeError(f"{where} failed at step {self.global_step}")
+
+    def training_step(self, batch: list, index: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list, index: int) -> None:
+        self._maybe_fail("validation")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._maybe_fail("batch_end")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.randn(2, 2)), batch_size=2)
+
+
+class _RawWeights(L.Callback):
+    """The model's own weights after each training step."""
+
+    def __init__(self) -> None:
+        self.at_step: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        state = pl_module.state_dict()
+        self.at_step[trainer.global_step] = {k: v.clone() for k, v in state.items()}
+
+
+def _fit(module: L.LightningModule, callbacks: list, **trainer_args) -> None:
+    trainer = L.Trainer(
+        callbacks=callbacks, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", **trainer_args,
+    )  # fmt: skip
+    trainer.fit(module)
+
+
+def test_a_validation_between_a_save_and_its_write_cannot_change_what_is_written(tmp_path):
+    """Validation every 4 batches counted across epochs (6 an epoch): the one after step 8
+    runs between the step-8 save's taking and the next batch. It swaps the EMA weights into
+    the model; a crash in it writes the save, which must hold the weights of step 8 as
+    they were, the raw ones as the model's own."""
+    last, raw = LastCheckpoint(tmp_path / "last.ckpt", every_n_steps=4), _RawWeights()
+    with pytest.raises(RuntimeError, match="validation failed at step 8"):
+        _fit(
+            _Tiny(fail=("validation", 8)),
+            [last.writer, raw, EMAWeightAveraging(decay=0.5), last],
+            max_epochs=3, check_val_every_n_epoch=None, val_check_interval=4,
+            limit_val_batches=1, num_sanity_val_steps=0,
+        )  # fmt: skip
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 8
+    own = checkpoint["current_model_state"]  # the EMA callback keeps the raw weights here
+    assert own.keys() == raw.at_step[8].keys()
+    assert all(torch.equal(own[k], raw.at_step[8][k]) for k in own)
+    assert not all(torch.equal(checkpoint["state_dict"][k], own[k]) for k in own)  # averaged
+
+
+def test_a_second_ctrl_c_reports_the_checkpoint_that_is_on_disk(tmp_path):
+    """Two Ctrl-Cs at step 8's end, when its save is taken but not yet written: the stop
+    names the checkpoint written last (step 4), and that is the one left for resume=true."""
+
+    class CtrlCTwice(Checkpoint):  # a Checkpoint: Lightning runs it after LastCheckpoint
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 8:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    path = tmp_path / "last.ckpt"
+    with StopSignals(["SIGINT"]) as stops:
+        last = LastCheckpoint(path, every_n_steps=4, stops=stops)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            _fit(_Tiny(), [last.writer, last, CtrlCTwice()], max_epochs=3, limit_val_batches=0)
+    assert stopped.value.checkpoint == path
+    assert stopped.value.step == checkpoint_position(path)[1] == 4
+
+
+def test_a_stop_signal_while_a_crash_writes_its_save_does_not_hide_the_crash(tmp_path):
+    """A crash right after step 8's save was taken writes it; a SIGTERM arriving during that write
+    is recorded, not raised in place of the crash (which Lightning then tears down as one)."""
+
+    class SigtermWhileWriting(AtomicCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            if checkpoint["global_step"] == 8:
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    path = tmp_path / "last.ckpt"
+    with StopSignals(["SIGTERM"]) as stops:
+        last = LastCheckpoint(path, every_n_steps=4, stops=stops)
+        module = _Tiny(fail=("batch_end", 8))
+        trainer = L.Trainer(
+            callbacks=[last.writer, last], logger=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", max_epochs=3, limit_val_batches=0,
+            plugins=[SigtermWhileWriting()],
+        )  # fmt: skip
+        with pytest.raises(RuntimeError, match="batch_end failed at step 8"):
+            trainer.fit(module)
+    assert stops.requested == signal.SIGTERM
+    assert checkpoint_position(path)[1] == 8
+
+
+def test_a_stop_after_the_last_epochs_end_saves_the_weights_before_the_ema_copies_its_own(
+    tmp_path,
+):
+    """A SIGTERM after the last epoch's end (no epoch-end saves) is saved when training ends,
+    before the EMA callback copies its average over the model: the raw weights are kept."""
+
+    class SigtermAtTheEnd(Checkpoint):  # a Checkpoint: Lightning runs it after LastCheckpoint
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == trainer.max_epochs - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    path, raw = tmp_path / "last.ckpt", _RawWeights()
+    with StopSignals(["SIGTERM"]) as stops:
+        last = LastCheckpoint(path, stops=stops)
+        with pytest.raises(TrainingInterrupted):
+            _fit(
+                _Tiny(),
+                [last.writer, raw, EMAWeightAveraging(decay=0.5), last, SigtermAtTheEnd()],
+                max_epochs=2, limit_val_batches=0,
+            )  # fmt: skip
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["global_step"] == 12
+    own = checkpoint["current_model_state"]
+    assert all(torch.equal(own[k], raw.at_step[12][k]) for k in raw.at_step[12])

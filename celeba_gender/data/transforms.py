@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from celeba_gender.config import is_integer
+
 # The crop box is given in pixels of CelebA's aligned 178x218 frame (width x height) and scaled
 # for images of another size.
 ALIGNED_HEIGHT, ALIGNED_WIDTH = 218, 178
@@ -388,10 +390,6 @@ def _identity_maps(n: int) -> torch.Tensor:
 PROGRESSIVE_DEFAULTS: dict[str, Any] = {"ramp": (0.25, 0.75), "multiple": 16}
 
 
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 PROGRESSIVE_EXAMPLE = "{start_size: 64, ramp: [0.25, 0.75], multiple: 16}, or null (off)"
 
 
@@ -409,7 +407,7 @@ def progressive_settings(
     problem = None
     if unknown:
         problem = f"unknown keys {sorted(unknown)}"
-    elif not _is_integer(values.get("start_size")) or not 8 <= values["start_size"] <= image_size:
+    elif not is_integer(values.get("start_size")) or not 8 <= values["start_size"] <= image_size:
         problem = f"start_size must be an integer from 8 to data.image_size ({image_size})"
     elif (
         not isinstance(ramp, Sequence)
@@ -418,7 +416,7 @@ def progressive_settings(
         or not 0 <= ramp[0] <= ramp[1] <= 1
     ):
         problem = "ramp must be 2 fractions of the epochs, 0 <= from <= to <= 1"
-    elif not _is_integer(values["multiple"]) or values["multiple"] < 1:
+    elif not is_integer(values["multiple"]) or values["multiple"] < 1:
         problem = "multiple must be an integer >= 1"
     elif loader != "cached":
         problem = "it needs data.loader=cached (whole batches are resized on the device)"

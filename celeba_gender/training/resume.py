@@ -285,6 +285,7 @@ class LastCheckpoint(Checkpoint):
         self._saved_step: int | None = None
         self._saved_whole = False
         self._taken: dict[str, Any] | None = None  # a save not written yet
+        self._ended, self._stop_at_end = False, False
         self.writer = _WritesLastCheckpoint(self)
 
     # -- signals: deferred during training (Lightning's own handlers replaced by the job's)
@@ -292,23 +293,39 @@ class LastCheckpoint(Checkpoint):
         self.stops.install()
         self.stops.deferred = True
         self.stops.last_path = self.path
+        self._ended, self._stop_at_end = False, False
 
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+    def end_training(self, trainer: L.Trainer) -> None:
+        """Training is over: write what was taken; a stop asked during the last epoch's end is
+        saved now (whole: the last epoch's save may hold weights only). ``writer`` calls it
+        before any other callback's ``on_train_end`` (the EMA's copies its average over the
+        weights a save now takes)."""
+        if self._ended:
+            return
+        self._ended = True
         self.write_taken(trainer)
         if self.path.is_file():
-            # Training is over: a stop from here on (Lightning's teardown, testing) resumes
-            # from the last checkpoint it wrote, not from where the job started.
+            # A stop from here on (Lightning's teardown, testing) resumes from the last
+            # checkpoint training wrote, not from where the job started.
             self.stops.checkpoint = self.path
         self.stops.deferred = False
-        # Asked during the last epoch's end: it saved (or saves now), and stops before testing.
-        if self.stops.signals and self._stop_agreed(trainer):
-            if self._saved_step != trainer.global_step or not self._saved_whole:
-                self._save(trainer)  # whole: the last epoch's save may hold weights only
+        self._stop_at_end = bool(self.stops.signals) and self._stop_agreed(trainer)
+        if self._stop_at_end and (self._saved_step != trainer.global_step or not self._saved_whole):
+            self._save(trainer)
+            self.write_taken(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.end_training(trainer)
+        if self._stop_at_end:  # it saved, and stops before testing
             self._interrupt(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        self.stops.deferred = False
-        self.write_taken(trainer, exception)
+        # A crash keeps the save taken (a batch's consistent end); a stop (a second Ctrl-C)
+        # named the last checkpoint written, which is the one resume=true must find.
+        if isinstance(exception, Exception):
+            self.write_taken(trainer, exception)
+        self._taken = None
+        self.stops.deferred = False  # after the write: a signal during it is only recorded
 
     def _stop_agreed(self, trainer: L.Trainer) -> bool:
         # Every rank must save and stop at the same step (saving is collective).
@@ -332,7 +349,7 @@ class LastCheckpoint(Checkpoint):
             return
         try:
             trainer.strategy.save_checkpoint(checkpoint, self.path)
-        except Exception as error:  # noqa: BLE001 - the run's own exception is the one to show
+        except BaseException as error:  # noqa: BLE001 - the run's own exception is the one raised
             log.warning("%s was not written (%s) after %r", self.path, error, exception)
 
     # -- when to save
@@ -340,6 +357,9 @@ class LastCheckpoint(Checkpoint):
         self.write_taken(trainer)
         if self._stop_at_next_start:
             self._interrupt(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.write_taken(trainer)  # before validation swaps in the EMA weights
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         self.write_taken(trainer)
@@ -395,8 +415,13 @@ class _WritesLastCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.owner.write_taken(trainer)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        # A validation between a batch's end and the next (max_time, val_check_interval):
+        # written before it swaps the EMA weights in or ModelCheckpoint records a new best.
         self.owner.write_taken(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.owner.end_training(trainer)
 
 
 def checkpoint_step(path: Path) -> int:
