@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from types import TracebackType
+from types import FrameType, TracebackType
 
 MESSAGE = "Stopped (Ctrl-C)."
 EXIT_STATUS = 130  # 128 + SIGINT, as shells report a process stopped by Ctrl-C
@@ -39,7 +40,26 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     _previous_unraisable(unraisable)
 
 
+def _stop_at_once(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C while the command imports: nothing to save yet, so it ends here. Raised as a
+    KeyboardInterrupt in the middle of an import, some library's module code can swallow it
+    and go on half-imported (numpy's, torch's: the command then fails with an unrelated
+    traceback)."""
+    print(MESSAGE, file=sys.stderr, flush=True)
+    os._exit(EXIT_STATUS)
+
+
+def imports_done() -> None:
+    """The command's imports are over (``startup.start_command``): a Ctrl-C raises
+    KeyboardInterrupt again, for the run's own handlers and the quiet hook above."""
+    if signal.getsignal(signal.SIGINT) is _stop_at_once:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 _previous = sys.excepthook
 sys.excepthook = _hook
 _previous_unraisable = sys.unraisablehook
 sys.unraisablehook = _unraisable
+# Not where Ctrl-C is ignored (a background job's) or handled by whoever embeds the command.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _stop_at_once)

@@ -239,6 +239,48 @@ def test_a_ctrl_c_python_cannot_raise_still_ends_the_command():
     assert result.stderr == "Stopped (Ctrl-C).\n"
 
 
+SWALLOWED_CTRL_C = """
+import celeba_gender.quiet_interrupt, os, signal, time
+
+try:  # as module code that catches everything while it imports (numpy's was left half-done)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+except BaseException:
+    pass
+print("went on, half-imported")
+"""
+
+CTRL_C_AFTER_START = """
+import celeba_gender.quiet_interrupt, os, signal, time
+from celeba_gender.startup import start_command
+
+start_command()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt, for the run's own handlers")
+"""
+
+
+def test_a_ctrl_c_while_a_command_imports_ends_it_at_once():
+    """Until the command starts (start_command), a Ctrl-C ends it on the spot: raised in the
+    middle of an import, code that catches it (or a module left half-imported) would fail
+    later with an unrelated traceback (a fresh train.py interrupted 0.9 s in: numpy's
+    __getattr__ recursed without end). Once started, it is a KeyboardInterrupt again."""
+    ended = forked_python.run(
+        [sys.executable, "-c", SWALLOWED_CTRL_C], capture_output=True, text=True, cwd=REPO,
+        timeout=60,
+    )  # fmt: skip
+    assert (ended.returncode, ended.stdout, ended.stderr) == (130, "", "Stopped (Ctrl-C).\n")
+    started = forked_python.run(
+        [sys.executable, "-c", CTRL_C_AFTER_START], capture_output=True, text=True, cwd=REPO,
+        timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == "KeyboardInterrupt, for the run's own handlers\n"
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
 def test_ctrl_c_at_any_moment_of_startup_is_one_line_not_a_traceback(delay, run_env, tmp_path):
     """While Python imports torch, Hydra composes, the data is read: a Ctrl-C (SIGINT) ends

@@ -577,10 +577,16 @@ def test_a_second_ctrl_c_reports_the_checkpoint_that_is_on_disk(tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
 
     path = tmp_path / "last.ckpt"
-    with StopSignals(["SIGINT"]) as stops:
-        last = LastCheckpoint(path, every_n_steps=4, stops=stops)
-        with pytest.raises(TrainingInterrupted) as stopped:
-            _fit(_Tiny(), [last.writer, last, CtrlCTwice()], max_epochs=3, limit_val_batches=0)
+    # As at a terminal: an earlier test's Lightning may have left Ctrl-C ignored (it does so
+    # after a KeyboardInterrupt in fit), and StopSignals leaves an ignored signal ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopSignals(["SIGINT"]) as stops:
+            last = LastCheckpoint(path, every_n_steps=4, stops=stops)
+            with pytest.raises(TrainingInterrupted) as stopped:
+                _fit(_Tiny(), [last.writer, last, CtrlCTwice()], max_epochs=3, limit_val_batches=0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stopped.value.checkpoint == path
     assert stopped.value.step == checkpoint_position(path)[1] == 4
 
