@@ -7,6 +7,7 @@ have it: tests that need it skip there, and fail under CI (CI=true), where it mu
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -58,6 +59,14 @@ LONGEST_FIRST = (
     "test_interrupt.py",
     "test_loggers.py",
 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the imports and the collection made (torch, Lightning, Hydra, the test modules:
+    alive all session) set aside from the garbage collector, as a command does when it starts
+    (startup.start_command): each full pass walked them all, in every in-process test."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -268,14 +268,16 @@ def test_a_ctrl_c_while_a_command_imports_ends_it_at_once():
     middle of an import, code that catches it (or a module left half-imported) would fail
     later with an unrelated traceback (a fresh train.py interrupted 0.9 s in: numpy's
     __getattr__ recursed without end). Once started, it is a KeyboardInterrupt again."""
+    # As at a terminal: a shell running the tests in the background (or an earlier test's
+    # Lightning) leaves Ctrl-C ignored, and a child inherits that.
     ended = forked_python.run(
         [sys.executable, "-c", SWALLOWED_CTRL_C], capture_output=True, text=True, cwd=REPO,
-        timeout=60,
+        timeout=60, preexec_fn=as_at_a_terminal,
     )  # fmt: skip
     assert (ended.returncode, ended.stdout, ended.stderr) == (130, "", "Stopped (Ctrl-C).\n")
     started = forked_python.run(
         [sys.executable, "-c", CTRL_C_AFTER_START], capture_output=True, text=True, cwd=REPO,
-        timeout=60,
+        timeout=60, preexec_fn=as_at_a_terminal,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert started.stdout == "KeyboardInterrupt, for the run's own handlers\n"

@@ -566,7 +566,9 @@ def test_a_validation_between_a_save_and_its_write_cannot_change_what_is_written
     assert not all(torch.equal(checkpoint["state_dict"][k], own[k]) for k in own)  # averaged
 
 
-def test_a_second_ctrl_c_reports_the_checkpoint_that_is_on_disk(tmp_path):
+def test_a_second_ctrl_c_reports_the_checkpoint_that_is_on_disk(
+    tmp_path, ctrl_c_reaches_this_process
+):
     """Two Ctrl-Cs at step 8's end, when its save is taken but not yet written: the stop
     names the checkpoint written last (step 4), and that is the one left for resume=true."""
 
@@ -577,16 +579,10 @@ def test_a_second_ctrl_c_reports_the_checkpoint_that_is_on_disk(tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
 
     path = tmp_path / "last.ckpt"
-    # As at a terminal: an earlier test's Lightning may have left Ctrl-C ignored (it does so
-    # after a KeyboardInterrupt in fit), and StopSignals leaves an ignored signal ignored.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with StopSignals(["SIGINT"]) as stops:
-            last = LastCheckpoint(path, every_n_steps=4, stops=stops)
-            with pytest.raises(TrainingInterrupted) as stopped:
-                _fit(_Tiny(), [last.writer, last, CtrlCTwice()], max_epochs=3, limit_val_batches=0)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with StopSignals(["SIGINT"]) as stops:
+        last = LastCheckpoint(path, every_n_steps=4, stops=stops)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            _fit(_Tiny(), [last.writer, last, CtrlCTwice()], max_epochs=3, limit_val_batches=0)
     assert stopped.value.checkpoint == path
     assert stopped.value.step == checkpoint_position(path)[1] == 4
 
