@@ -1,8 +1,9 @@
-"""The private names of Lightning and Hydra the project relies on, in one place: no public API
-does these jobs. Each is looked up when first used; a library version without it fails with
-one message naming it (tests/test_library_internals.py checks them all against the installed
-versions). training/ddp.py's launcher is the other door: it subclasses Lightning's private
-DDP launcher, whose names it overrides are listed in ``LIGHTNING_NAMES`` too.
+"""The private names of Lightning, Hydra and submitit the project relies on, in one place:
+no public API does these jobs. Each is looked up when first used; a library version without
+it fails with one message naming it (tests/test_library_internals.py checks them all against
+the installed versions). training/ddp.py's launcher is the other door: it subclasses
+Lightning's private DDP launcher, whose names it overrides are listed in ``LIGHTNING_NAMES``
+too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LIGHTNING_NAMES = [
     ),
 ]
 DUMP_CHECKPOINT = LIGHTNING_NAMES[-1]
+SUBMITIT_NAMES = [("submitit.core.core", "Job._results_timeout_s")]
 
 
 class LibraryChanged(RuntimeError):
@@ -73,3 +75,10 @@ def dump_checkpoint(trainer: Any, weights_only: bool) -> dict[str, Any]:
     later with ``trainer.strategy.save_checkpoint``): Lightning's connector does it, privately."""
     private(*DUMP_CHECKPOINT)
     return trainer._checkpoint_connector.dump_checkpoint(weights_only)
+
+
+def wait_for_results_at_most(job: Any, seconds: float) -> None:
+    """How long submitit waits for a finished job's result file before calling it dead (15 s,
+    for a shared disk's delay): an attribute of its jobs, not a parameter."""
+    private(*SUBMITIT_NAMES[0])
+    job._results_timeout_s = seconds

@@ -5,7 +5,8 @@ and slurm.yaml) that add what a long study needs:
 
 - a job whose process dies (segfault, out of memory, ``os._exit``) is recorded as failed in its
   folder and the sweep goes on, instead of the whole sweep ending with an exception;
-- ``max_parallel_jobs`` on the local launcher (1 by default: jobs one after another);
+- ``max_parallel_jobs`` on the local launcher (1 by default: jobs one after another), and
+  ``results_wait_s``: how long a job that ended may take to show its results (1 s locally);
 - a SLURM job requeued after its time limit runs with ``resume=true``, so it continues from the
   ``last.ckpt`` it saved when the time-limit signal came.
 """
@@ -27,15 +28,23 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf, open_dict
 
+from celeba_gender.library_internals import wait_for_results_at_most
+
 log = logging.getLogger(__name__)
 
 
 class _RecordingLauncher(BaseSubmititLauncher):
     """Submits jobs like hydra-submitit-launcher, then records jobs that died."""
 
-    def __init__(self, max_parallel_jobs: int | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        max_parallel_jobs: int | None = None,
+        results_wait_s: float | None = None,
+        **params: Any,
+    ) -> None:
         super().__init__(**params)
         self.max_parallel_jobs = max_parallel_jobs
+        self.results_wait_s = results_wait_s  # None: submitit's (15 s, for shared disks)
 
     def executor(self) -> Any:
         """The submitit executor with this launcher's parameters (as the base class builds it)."""
@@ -87,6 +96,8 @@ class _RecordingLauncher(BaseSubmititLauncher):
 
     def _result(self, job: Any, arguments: tuple) -> JobReturn:
         overrides, _, number, _ = arguments
+        if self.results_wait_s is not None:
+            wait_for_results_at_most(job, self.results_wait_s)
         try:
             return job.results()[0]
         except Exception as error:  # noqa: BLE001 - the job's process died: record, go on
