@@ -31,11 +31,13 @@ def fake_pretrained_home(folder: Path, models: list[str]) -> Path:
     for name in models:
         with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
             options = compose("config", overrides=[f"model={name}"]).model.kwargs
-        model = torchvision.models.get_model(name, weights=None, **options)
+        with torch.device("meta"):  # its shapes only: no weights made and initialised
+            model = torchvision.models.get_model(name, weights=None, **options)
         target = folder / "hub" / "checkpoints" / Path(pretrained_weights_file(name).name)
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        torch.save({k: torch.zeros_like(v) for k, v in model.state_dict().items()}, buffer)
+        zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+        torch.save(zeros, buffer)
         write_sparse(target, buffer.getvalue())
     return folder
 
