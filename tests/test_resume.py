@@ -41,6 +41,7 @@ from celeba_gender.training.resume import (
     TrainingInterrupted,
     checkpoint_position,
     config_differences,
+    saved_config,
 )
 
 # Smoke size, but three epochs of six batches, augmentation and mixup drawing random numbers,
@@ -230,6 +231,33 @@ def test_a_folder_holding_a_run_is_not_overwritten_without_resume(reference, run
     assert "already holds a finished run" in result.stderr and "resume=true" in result.stderr
     assert "Traceback" not in result.stderr
     assert file_stamps(reference) == before
+
+
+def test_a_saved_config_is_read_again_when_its_file_changes(tmp_path):
+    """saved_config parses each version of a file once (the analysis asks for it several
+    times): a rewrite, even to the same size within the same second, is read anew, and a
+    caller that edits what it got does not change what the next caller gets."""
+    folder = tmp_path / ".hydra"
+    folder.mkdir()
+    assert saved_config(tmp_path) is None
+    (folder / "config.yaml").write_text("seed: 1\nname: ${seed}\n")  # a folder from before
+    assert saved_config(tmp_path)["name"] == 1  # resolved
+    resolved = folder / "resolved_config.yaml"
+    resolved.write_text("seed: 1\ndata: {split: identity}\n")
+    first = saved_config(tmp_path)
+    assert first["seed"] == 1 and first["data"]["split"] == "identity"
+    first["data"]["split"] = "edited by a caller"
+    assert saved_config(tmp_path)["data"]["split"] == "identity"
+    stamp = resolved.stat().st_mtime_ns
+    replacement = folder / "new.yaml"  # replaced as atomic_write does, same size and time
+    replacement.write_text("seed: 2\ndata: {split: identity}\n")
+    os.utime(replacement, ns=(stamp, stamp))
+    replacement.replace(resolved)
+    assert saved_config(tmp_path)["seed"] == 2
+    with open(resolved, "r+") as file:  # rewritten in place, same size and time
+        file.write("seed: 3")
+    os.utime(resolved, ns=(stamp + 1, stamp + 1))
+    assert saved_config(tmp_path)["seed"] == 3
 
 
 def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp_path):
