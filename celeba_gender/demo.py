@@ -33,45 +33,44 @@ internet (the page's fonts and scripts come with the gradio package).
 
 from __future__ import annotations
 
-# isort: off
-import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+from celeba_gender.quiet_interrupt import quiet_imports
 
-# isort: on
-import errno
-import logging
-import os
-import signal
-import socket
-import sys
-import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+    import errno
+    import logging
+    import os
+    import signal
+    import socket
+    import sys
+    import threading
+    import time
+    from collections import OrderedDict
+    from dataclasses import dataclass, field
+    from pathlib import Path
+    from typing import Any
 
-import hydra
-import pandas as pd
-from omegaconf import DictConfig, OmegaConf
-from PIL import Image
+    import hydra
+    import pandas as pd
+    from omegaconf import DictConfig, OmegaConf
+    from PIL import Image
 
-from celeba_gender.config import CONFIG_DIR
-from celeba_gender.data import DataError
-from celeba_gender.demo_files import (
-    PhotoIntake,
-    PrivateFolder,
-    RequestSizeLimit,
-    attach,
-    request_limit_bytes,
-    upload_limit_bytes,
-)
-from celeba_gender.inference.drawing import annotate
-from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
-from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
-from celeba_gender.inference.predictor import GenderPredictor
-from celeba_gender.models.checkpoints import CheckpointError
-from celeba_gender.startup import start_command
-from celeba_gender.stop_signals import STOP_SIGNALS
+    from celeba_gender.config import CONFIG_DIR
+    from celeba_gender.data import DataError
+    from celeba_gender.demo_files import (
+        PhotoIntake,
+        PrivateFolder,
+        RequestSizeLimit,
+        attach,
+        request_limit_bytes,
+        upload_limit_bytes,
+    )
+    from celeba_gender.inference.drawing import annotate
+    from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
+    from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
+    from celeba_gender.inference.predictor import GenderPredictor
+    from celeba_gender.models.checkpoints import CheckpointError
+    from celeba_gender.startup import start_command
+    from celeba_gender.stop_signals import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder

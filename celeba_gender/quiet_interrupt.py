@@ -1,19 +1,23 @@
 """Ctrl-C at any moment of a command ends it in one line, not a KeyboardInterrupt traceback.
 
-Every entry point (train.py, eval.py, predict.py, the demo, the analysis) imports this module
-first, before torch, Hydra or Lightning, which take seconds to import: a Ctrl-C then is as
-quiet as one during training (where the run's own handlers save and record the stop). Python
-still ends the process as killed by SIGINT (exit status 130), which shells and schedulers read
-as an interruption. Only the command line's entry points import this: a library user or a
-notebook keeps Python's own handling.
+Every entry point (train.py, eval.py, predict.py, the demo, the analysis) does its imports
+(torch, Hydra, Lightning: seconds) inside ``quiet_imports()``: a Ctrl-C then ends the command on
+the spot. Once started (``startup.start_command``: ``install``), a Ctrl-C is a KeyboardInterrupt
+again, for the run's own handlers (which save and record the stop), and one that reaches the
+top ends the command in one line. Python still ends the process as killed by SIGINT (exit
+status 130), which shells and schedulers read as an interruption. A library user or a notebook
+that imports a command's module keeps Python's own handling: ``quiet_imports`` gives it back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 MESSAGE = "Stopped (Ctrl-C)."
@@ -41,7 +45,7 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
 
 
 def _stop_at_once(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C while the command imports: nothing to save yet, so it ends here. Raised as a
+    """Ctrl-C while the command imports (``quiet_imports``): it ends here. Raised as a
     KeyboardInterrupt in the middle of an import, some library's module code can swallow it
     and go on half-imported (numpy's, torch's: the command then fails with an unrelated
     traceback)."""
@@ -49,17 +53,34 @@ def _stop_at_once(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_STATUS)
 
 
-def imports_done() -> None:
-    """The command's imports are over (``startup.start_command``): a Ctrl-C raises
-    KeyboardInterrupt again, for the run's own handlers and the quiet hook above."""
-    if signal.getsignal(signal.SIGINT) is _stop_at_once:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+@contextlib.contextmanager
+def quiet_imports() -> Iterator[None]:
+    """A command's imports: a Ctrl-C meanwhile ends the command at once (nothing to save yet),
+    and Python's handling is back after them. Not where Ctrl-C is ignored (a background job's)
+    or handled by whoever imports the command, nor inside another ``quiet_imports``."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _stop_at_once)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is _stop_at_once:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def install() -> None:
+    """The command has started (``startup.start_command``): a KeyboardInterrupt that reaches
+    the top, or one Python cannot raise, ends it in one line with Ctrl-C's status."""
+    global _previous, _previous_unraisable
+    if sys.excepthook is not _hook:
+        _previous, sys.excepthook = sys.excepthook, _hook
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
 
 
 _previous = sys.excepthook
-sys.excepthook = _hook
 _previous_unraisable = sys.unraisablehook
-sys.unraisablehook = _unraisable
-# Not where Ctrl-C is ignored (a background job's) or handled by whoever embeds the command.
-if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _stop_at_once)

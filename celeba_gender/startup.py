@@ -4,8 +4,8 @@ process is theirs to set up)."""
 from __future__ import annotations
 
 import gc
-import sys
 
+from celeba_gender import quiet_interrupt
 from celeba_gender.config import register_resolvers
 
 
@@ -15,10 +15,8 @@ def start_command() -> None:
     collector: each of its full passes walked them all, a fifth of a smoke run's time. Objects
     made after this are collected as before (a sweep frees each job's model between jobs).
     For a command's process: code that calls a command's ``main`` inside its own session
-    freezes what it holds too (kept until it ends, not collected). A Ctrl-C, which ended the
-    command at once while it imported (``quiet_interrupt``), raises KeyboardInterrupt again."""
+    freezes what it holds too (kept until it ends, not collected). A Ctrl-C that reaches the
+    top from here on ends the command in one line (``quiet_interrupt``)."""
     register_resolvers()
     gc.freeze()
-    quiet_interrupt = sys.modules.get("celeba_gender.quiet_interrupt")  # an entry point's
-    if quiet_interrupt is not None:
-        quiet_interrupt.imports_done()
+    quiet_interrupt.install()

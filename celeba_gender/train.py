@@ -3,16 +3,15 @@ sweep many (conf/config.yaml), with the configs the package carries (a clone's c
 repository's train.py runs this. Start-up (startup.start_command: the configs' resolvers)
 happens here, when the command starts, not when a module is imported."""
 
-# isort: off
-import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+from celeba_gender.quiet_interrupt import quiet_imports
 
-# isort: on
-import hydra
-from omegaconf import DictConfig
+with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+    import hydra
+    from omegaconf import DictConfig
 
-from celeba_gender.config import CONFIG_DIR
-from celeba_gender.startup import start_command
-from celeba_gender.training.run import run_training
+    from celeba_gender.config import CONFIG_DIR
+    from celeba_gender.startup import start_command
+    from celeba_gender.training.run import run_training
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")

@@ -67,12 +67,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     (startup.start_command): each full pass walked them all, in every in-process test."""
     gc.collect()
     gc.freeze()
-    # A test module that imports a command's module (test_demo: celeba_gender.demo) has its
-    # import-time Ctrl-C handler installed; the session keeps Python's (xdist stops its
-    # workers with SIGINT, and a developer's Ctrl-C must tear the session down).
-    quiet_interrupt = sys.modules.get("celeba_gender.quiet_interrupt")
-    if quiet_interrupt is not None:
-        quiet_interrupt.imports_done()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

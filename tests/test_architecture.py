@@ -134,16 +134,19 @@ def test_layers_only_point_down():
 
 
 def test_importing_the_package_does_no_work():
-    """Registration happens when a command starts: importing every module leaves OmegaConf's
-    resolvers, the environment, warning filters, loggers and the garbage collector as they
-    were."""
+    """Registration happens when a command starts: importing every module (the commands' too)
+    leaves OmegaConf's resolvers, the environment, warning filters, loggers, the garbage
+    collector, the Ctrl-C handler and the exception hooks as they were."""
     import subprocess
     import sys
 
     modules = sorted(import_graph())
     probe = (
-        "import gc, importlib.util, logging, os, sys, warnings\n"
+        "import gc, importlib.util, logging, os, signal, sys, warnings\n"
         "from omegaconf import OmegaConf\n"
+        # As at a terminal (a shell running the tests in the background ignores Ctrl-C).
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "hooks = (sys.excepthook, sys.unraisablehook)\n"
         # Third-party libraries set their own variables when imported: theirs, not ours.
         "for library in ('torch', 'torchvision', 'lightning', 'cv2', 'facenet_pytorch', 'av'):\n"
         "    if importlib.util.find_spec(library):\n"
@@ -161,6 +164,8 @@ def test_importing_the_package_does_no_work():
         "         if isinstance(l, logging.Logger) and l.filters and l.filters != loggers.get(n)\n"
         "         and n.startswith('celeba_gender')}\n"
         "assert not added, added\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, 'Ctrl-C taken'\n"
+        "assert (sys.excepthook, sys.unraisablehook) == hooks, 'exception hooks replaced'\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300

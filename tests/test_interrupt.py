@@ -213,7 +213,10 @@ def test_a_signal_ignored_before_the_job_stays_ignored():
 
 
 LOST_CTRL_C = """
-import celeba_gender.quiet_interrupt, time, weakref
+import time, weakref
+from celeba_gender.startup import start_command
+
+start_command()
 
 class Module: pass
 
@@ -240,20 +243,25 @@ def test_a_ctrl_c_python_cannot_raise_still_ends_the_command():
 
 
 SWALLOWED_CTRL_C = """
-import celeba_gender.quiet_interrupt, os, signal, time
+import os, signal, time
+from celeba_gender.quiet_interrupt import quiet_imports
 
-try:  # as module code that catches everything while it imports (numpy's was left half-done)
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.5)
-except BaseException:
-    pass
-print("went on, half-imported")
+with quiet_imports():
+    try:  # as module code that catches everything while it imports (numpy's was left half-done)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+    except BaseException:
+        pass
+    print("went on, half-imported")
 """
 
 CTRL_C_AFTER_START = """
-import celeba_gender.quiet_interrupt, os, signal, time
+import os, signal, time
+from celeba_gender.quiet_interrupt import quiet_imports
 from celeba_gender.startup import start_command
 
+with quiet_imports():
+    import celeba_gender.train  # a command's module: its own quiet_imports inside this one
 start_command()
 try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -281,6 +289,21 @@ def test_a_ctrl_c_while_a_command_imports_ends_it_at_once():
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert started.stdout == "KeyboardInterrupt, for the run's own handlers\n"
+
+
+def test_the_analysis_package_leaves_its_imports_to_the_command():
+    """`python -m celeba_gender.analysis` imports the package before __main__.py, whose
+    imports run where a Ctrl-C ends the command at once: the package itself loads nothing
+    slow (numpy, torch, ... would be imported where a Ctrl-C can leave them half-done). A
+    fresh interpreter (a forked one has imported them all)."""
+    probe = (
+        "import sys, celeba_gender.analysis\n"
+        "print([m for m in ('numpy', 'pandas', 'torch', 'matplotlib') if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-# isort: off
-import celeba_gender.quiet_interrupt  # noqa: F401  (first: a Ctrl-C while importing is quiet)
+from celeba_gender.quiet_interrupt import quiet_imports
 
-# isort: on
-import argparse
-import logging
-import sys
+with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+    import argparse
+    import logging
+    import sys
 
-from celeba_gender.analysis.report import (
-    analyze_sweep,
-    execute_notebook,
-    load_settings,
-    write_report,
-)
-from celeba_gender.analysis.status import format_status, sweep_status
-from celeba_gender.data import DataError
-from celeba_gender.startup import start_command
+    from celeba_gender.analysis.report import (
+        analyze_sweep,
+        execute_notebook,
+        load_settings,
+        write_report,
+    )
+    from celeba_gender.analysis.status import format_status, sweep_status
+    from celeba_gender.data import DataError
+    from celeba_gender.startup import start_command
 
 
 def main(argv: list[str] | None = None) -> int:
