@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -221,12 +222,17 @@ def test_metrics_csv_lists_each_epoch_once_after_a_resume(run_env, tmp_path):
     assert list(pd.read_csv(folder / "metrics.csv")["epoch"]) == [0]
     first_runs = json.loads((folder / "logger_runs.json").read_text())
 
+    started = time.monotonic()
     resumed = run_script("train.py", *run, "resume=true", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 4)" in resumed.stdout
     epochs = pd.read_csv(folder / "metrics.csv")
     assert list(epochs["epoch"]) == [0, 1, 2]
     assert list(epochs["step"]) == [6, 12, 18]
+    # Every row is the resumed attempt's; epoch 0, entered mid-way, counts its seconds from the
+    # resume (Lightning skips on_train_epoch_start there: it was the time since boot).
+    seconds = epochs["epoch_seconds"]
+    assert ((seconds > 0) & (seconds < time.monotonic() - started)).all(), list(seconds)
     assert epochs["val/acc"].max() == pytest.approx(_metrics(folder)["best_val"])
     assert {"lr", "epoch_seconds", "train/acc", "train/loss_epoch", "val/loss"} <= set(epochs)
     from mlflow.tracking import MlflowClient

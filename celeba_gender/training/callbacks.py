@@ -89,7 +89,8 @@ class ValidationConfusionMatrix(L.Callback):
 
 class EpochMetricsCSV(L.Callback):
     """One row per training epoch in ``path`` (the run folder's metrics.csv), whatever loggers
-    are on: epoch, step, learning rate, the epoch's wall seconds, then its epoch-level train and
+    are on: epoch, step, learning rate, the epoch's wall seconds (for an epoch a resumed run
+    finished, those of its part after the resume), then its epoch-level train and
     validation metrics (those whose names start with one of ``prefixes``; per-step values are
     left out).
 
@@ -117,6 +118,10 @@ class EpochMetricsCSV(L.Callback):
             rows = self._rows()
             if "epoch" in rows:
                 self._write(rows[rows["epoch"] < trainer.current_epoch])
+
+        # A run resumed inside an epoch starts there, without on_train_epoch_start: that
+        # epoch's seconds are those since the resume.
+        self._started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
