@@ -56,13 +56,14 @@ def run_grid(
         # Test the last epoch's weights: no best.ckpt (the four VGGs' are 0.5 GB each).
         "+callbacks.model_checkpoint.save_top_k=0",
         # One optimizer step is the whole training path (an Adam step of a VGG takes seconds),
-        # on 2 images (batch norm's fewest); one batch each is the whole validation, test and
-        # prediction path, validated once (Inception-v3 runs at 299 px: 2 s per batch of 8).
+        # on 2 images (batch norm's fewest); one batch of 2 each is the whole validation, test
+        # and prediction path, validated once (Inception-v3 runs at 299 px: 2 s per batch of 8).
         "trainer.limit_train_batches=1",
         # Adam's step in one vectorised kernel (the same update; a VGG's step 1.7 -> 0.4 s on
         # one core): the per-parameter loop runs in every other training test.
         "optimizer.fused=true",
         "data.batch_size=2",
+        "data.eval_batch_size=2",
         "trainer.limit_test_batches=1",
         "trainer.limit_predict_batches=1",
         "+trainer.num_sanity_val_steps=0",
