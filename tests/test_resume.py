@@ -261,6 +261,11 @@ def test_a_saved_config_is_read_again_when_its_file_changes(tmp_path):
 
 
 def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp_path):
+    def _train(folder: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
+        # One epoch: the kill at step 5 still follows the step-4 checkpoint inside it.
+        return run_script("train.py", *RUN, "trainer.max_epochs=1", f"hydra.run.dir={folder}",
+                          *extra, env=env)  # fmt: skip
+
     folder = tmp_path / "run"
     killed = _train(folder, "fault.kill_at_step=5", env=run_env)
     assert killed.returncode == -signal.SIGKILL
