@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from celeba_gender.quiet_interrupt import quiet_imports
 
-with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the command at once
     import errno
     import logging
     import os
@@ -521,7 +521,8 @@ def run_demo(cfg: DictConfig) -> None:
     check_listening(cfg.host, cfg.port)
     max_upload_bytes = upload_limit_bytes(cfg.max_upload_mb)
     try:
-        import gradio  # noqa: F401
+        with quiet_imports(__name__):  # seconds
+            import gradio  # noqa: F401
     except ImportError:
         raise DataError(
             "the demo needs gradio: `make setup`, or `pip install 'celeba-gender[demo]'`"

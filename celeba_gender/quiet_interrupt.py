@@ -1,12 +1,13 @@
 """Ctrl-C at any moment of a command ends it in one line, not a KeyboardInterrupt traceback.
 
 Every entry point (train.py, eval.py, predict.py, the demo, the analysis) does its imports
-(torch, Hydra, Lightning: seconds) inside ``quiet_imports()``: a Ctrl-C then ends the command on
-the spot. Once started (``startup.start_command``: ``install``), a Ctrl-C is a KeyboardInterrupt
-again, for the run's own handlers (which save and record the stop), and one that reaches the
-top ends the command in one line. Python still ends the process as killed by SIGINT (exit
-status 130), which shells and schedulers read as an interruption. A library user or a notebook
-that imports a command's module keeps Python's own handling: ``quiet_imports`` gives it back.
+(torch, Hydra, Lightning: seconds) inside ``quiet_imports(__name__)``, and so do the slow ones a
+command makes later (gradio, papermill, optuna): a Ctrl-C then ends the command on the spot.
+Otherwise it is a KeyboardInterrupt, for the run's own handlers (which save and record the
+stop), and one that reaches the top ends the command in one line. Python still ends the
+process as killed by SIGINT (exit status 130), which shells and schedulers read as an
+interruption. A library user or a notebook that imports a command's module keeps Python's own
+handling (``runs_a_command``).
 """
 
 from __future__ import annotations
@@ -53,17 +54,39 @@ def _stop_at_once(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_STATUS)
 
 
+# The package's console scripts (pyproject's [project.scripts]): a program of that name is a
+# command, whatever module it imports first.
+CONSOLE_SCRIPT_PREFIX = "celeba-gender-"
+_in_a_command = False  # set by the first quiet_imports of a command's process
+
+
+def runs_a_command(module_name: str) -> bool:
+    """Whether this process is a command: ``module_name`` (the importing module's
+    ``__name__``) runs as the program (a repository script, ``python -m celeba_gender.train``),
+    or the program is one of the package's console scripts. Not a library user's script, a
+    notebook, or a launcher's job that imports a command's module."""
+    program = os.path.basename((getattr(sys, "argv", None) or [""])[0])
+    return module_name == "__main__" or program.startswith(CONSOLE_SCRIPT_PREFIX)
+
+
 @contextlib.contextmanager
-def quiet_imports() -> Iterator[None]:
-    """A command's imports: a Ctrl-C meanwhile ends the command at once (nothing to save yet),
-    and Python's handling is back after them. Not where Ctrl-C is ignored (a background job's)
-    or handled by whoever imports the command, nor inside another ``quiet_imports``."""
+def quiet_imports(module_name: str) -> Iterator[None]:
+    """Imports of a command (``module_name``: the importing module's ``__name__``): a Ctrl-C
+    meanwhile ends it at once (nothing to save yet), and Python's handling is back after them.
+    Only in a command's process (``runs_a_command``; the same after it started, for imports it
+    makes late), and not where Ctrl-C is ignored (a background job's) or handled by another
+    handler, nor inside another ``quiet_imports``. A library user or a notebook that imports a
+    command's module keeps Python's handling throughout."""
+    global _in_a_command
+    _in_a_command = _in_a_command or runs_a_command(module_name)
     if (
-        threading.current_thread() is not threading.main_thread()
+        not _in_a_command
+        or threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         yield
         return
+    install()  # a Ctrl-C between these imports and the command's start: one line too
     signal.signal(signal.SIGINT, _stop_at_once)
     try:
         yield

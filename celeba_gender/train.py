@@ -5,7 +5,7 @@ happens here, when the command starts, not when a module is imported."""
 
 from celeba_gender.quiet_interrupt import quiet_imports
 
-with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the command at once
     import hydra
     from omegaconf import DictConfig
 

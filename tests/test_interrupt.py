@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,7 +247,7 @@ SWALLOWED_CTRL_C = """
 import os, signal, time
 from celeba_gender.quiet_interrupt import quiet_imports
 
-with quiet_imports():
+with quiet_imports(__name__):
     try:  # as module code that catches everything while it imports (numpy's was left half-done)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.5)
@@ -260,7 +261,7 @@ import os, signal, time
 from celeba_gender.quiet_interrupt import quiet_imports
 from celeba_gender.startup import start_command
 
-with quiet_imports():
+with quiet_imports(__name__):
     import celeba_gender.train  # a command's module: its own quiet_imports inside this one
 start_command()
 try:
@@ -289,6 +290,56 @@ def test_a_ctrl_c_while_a_command_imports_ends_it_at_once():
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert started.stdout == "KeyboardInterrupt, for the run's own handlers\n"
+
+
+# A Ctrl-C the moment celeba_gender.demo, imported by a library user's script (or a notebook),
+# imports one of its own modules.
+LIBRARY_IMPORT = """
+import os, signal, sys
+
+class CtrlCWhenImported:
+    def find_spec(self, name, path=None, target=None):
+        if name == "celeba_gender.demo_files":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCWhenImported())
+try:
+    import celeba_gender.demo
+except KeyboardInterrupt:
+    print("KeyboardInterrupt: the importer's to handle")
+"""
+
+
+def test_a_library_user_importing_a_command_keeps_pythons_ctrl_c():
+    """Only a command's own process ends at once on a Ctrl-C while it imports: a script or a
+    notebook that imports a command's module gets its KeyboardInterrupt (a Jupyter kernel
+    must not die of an interrupted cell), its handlers and its exit as before."""
+    result = forked_python.run(
+        [sys.executable, "-c", LIBRARY_IMPORT], capture_output=True, text=True, cwd=REPO,
+        timeout=120, preexec_fn=as_at_a_terminal,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "KeyboardInterrupt: the importer's to handle\n"
+    assert "Stopped (Ctrl-C)." not in result.stderr
+
+
+def test_a_command_is_its_program_or_one_of_the_console_scripts(monkeypatch):
+    """python train.py / python -m celeba_gender.train run the module as __main__; pip's
+    console scripts (pyproject's [project.scripts]) import it from a program of their name."""
+    from celeba_gender.quiet_interrupt import CONSOLE_SCRIPT_PREFIX, runs_a_command
+
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
+    scripts = dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, re.M))
+    assert scripts and all(name.startswith(CONSOLE_SCRIPT_PREFIX) for name in scripts)
+    for name, entry in scripts.items():
+        monkeypatch.setattr(sys, "argv", [f"/env/bin/{name}", "model=vgg11"])
+        assert runs_a_command(entry.split(":")[0])
+    monkeypatch.setattr(sys, "argv", ["/home/me/study.py"])
+    assert runs_a_command("__main__") and not runs_a_command("celeba_gender.train")
+    monkeypatch.setattr(sys, "argv", ["/env/lib/python3/site-packages/ipykernel_launcher.py"])
+    assert not runs_a_command("celeba_gender.demo")
 
 
 def test_the_analysis_package_leaves_its_imports_to_the_command():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celeba_gender.quiet_interrupt import quiet_imports
 
-with quiet_imports():  # a Ctrl-C while these import (seconds) ends the command at once
+with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the command at once
     import argparse
     import logging
     import sys

@@ -47,6 +47,7 @@ from celeba_gender.data import DataError
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, source_image_dir
 from celeba_gender.inference.explain import explain_available
 from celeba_gender.progress import progress, progress_enabled
+from celeba_gender.quiet_interrupt import quiet_imports
 from celeba_gender.spreadsheet import safe_frame
 from celeba_gender.training.resume import saved_config
 
@@ -648,7 +649,8 @@ def execute_notebook(report_dir: Path, settings: DictConfig) -> Path:
     papermill; the executed copy goes into that folder. The notebook reads the folder's
     tables, so it shows exactly the report's numbers, whatever the settings."""
     try:
-        import papermill
+        with quiet_imports(__name__):  # seconds
+            import papermill
     except ImportError:
         raise DataError(
             "Executing the notebook needs papermill and ipykernel: pip install "

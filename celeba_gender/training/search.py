@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from celeba_gender.library_internals import expand_sweep
+from celeba_gender.quiet_interrupt import quiet_imports
 from celeba_gender.training.resume import flatten_config, read_record, say
 
 if TYPE_CHECKING:
@@ -192,9 +193,10 @@ class OptunaSearchSweeper(Sweeper):
             raise SystemExit(2) from None
 
     def _sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+        with quiet_imports(__name__):  # seconds
+            import optuna
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
 
         assert self.config is not None and self.hydra_context is not None
         self._check_settings()
