@@ -498,13 +498,14 @@ def test_a_run_from_before_the_added_settings_resumes_at_their_defaults(run_env,
     from a saved run's config, as a run made before them saved it: it resumes."""
     run = (
         "experiment=smoke",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=1",
         "callbacks.model_checkpoint.save_last=true",
         "callbacks.model_checkpoint.save_weights_only=false",
         "checkpoint_every_n_steps=1",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    killed = run_script("train.py", *run, "fault.kill_at_step=3", env=run_env)
+    # Killed at step 2 of the epoch's 2: step 1's checkpoint (written as step 2 starts) holds.
+    killed = run_script("train.py", *run, "fault.kill_at_step=2", env=run_env)
     assert killed.returncode != 0 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     for saved in (tmp_path / "run" / ".hydra").glob("*config.yaml"):  # as such a run saved it
         config = OmegaConf.load(saved)

@@ -87,7 +87,10 @@ def test_make_train_trains_the_first_run_and_says_where_everything_is(
         "CELEBA_GENDER_ROOT": str(tmp_path),  # outputs/ goes here, not into the clone
         "CELEBA_ROOT": str(tmp_path / "no_celeba_here"),  # the recipe uses the sample anyway
     }
-    done = _make("train", f"VENV={venv}", "ARGS=trainer.max_epochs=2", env=env)
+    # Two epochs of 4 steps: 8 steps, past the recipe's log_every_n_steps=5 (a step curve).
+    done = _make(
+        "train", f"VENV={venv}", "ARGS=trainer.max_epochs=2 +trainer.limit_train_batches=4", env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr
     assert "pip install" not in said  # installed once: the second command starts at once

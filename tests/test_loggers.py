@@ -290,7 +290,7 @@ def test_an_attempt_that_starts_afresh_opens_a_new_mlflow_run(run_env, tmp_path)
         o for o in RUN if not o.startswith(("callbacks.model_checkpoint.save_last", "checkpoint_"))
     ]
     run += ["callbacks.model_checkpoint.save_last=false", f"hydra.run.dir={folder}"]
-    run += ["logger=[mlflow]", f"paths.log_dir={tmp_path}"]
+    run += ["logger=[mlflow]", f"paths.log_dir={tmp_path}", "trainer.max_epochs=1"]
     killed = run_script("train.py", *run, "fault.kill_at_step=2", env=run_env)
     assert killed.returncode == -signal.SIGKILL
     assert not (folder / "checkpoints" / "last.ckpt").exists()
