@@ -233,31 +233,41 @@ def test_a_folder_holding_a_run_is_not_overwritten_without_resume(reference, run
     assert file_stamps(reference) == before
 
 
-def test_a_saved_config_is_read_again_when_its_file_changes(tmp_path):
-    """saved_config parses each version of a file once (the analysis asks for it several
-    times): a rewrite, even to the same size within the same second, is read anew, and a
-    caller that edits what it got does not change what the next caller gets."""
+def test_a_saved_config_is_read_again_when_its_file_changes(tmp_path, monkeypatch):
+    """saved_config parses each version of a resolved config once (the analysis asks for it
+    several times): a rewrite, even to the same size and time, is read anew, and a caller
+    that edits what it got does not change what the next caller gets. An old folder's
+    config.yaml is resolved at each call (its ${oc.env:...} follow the environment)."""
     folder = tmp_path / ".hydra"
     folder.mkdir()
     assert saved_config(tmp_path) is None
-    (folder / "config.yaml").write_text("seed: 1\nname: ${seed}\n")  # a folder from before
-    assert saved_config(tmp_path)["name"] == 1  # resolved
+    (folder / "config.yaml").write_text("seed: 1\nname: ${seed}\nhome: ${oc.env:PROBE,unset}\n")
+    old = saved_config(tmp_path)
+    assert (old["seed"], old["name"], old["home"]) == (1, 1, "unset")
+    monkeypatch.setenv("PROBE", "set")
+    assert saved_config(tmp_path)["home"] == "set"
     resolved = folder / "resolved_config.yaml"
-    resolved.write_text("seed: 1\ndata: {split: identity}\n")
+    day_ago = time.time_ns() - 86_400 * 10**9  # an old run's file: its parse is kept
+
+    def write(text: str, path: Path = resolved, stamp: int = day_ago) -> None:
+        path.write_text(text)
+        os.utime(path, ns=(stamp, stamp))
+
+    write("seed: 1\ndata: {split: identity}\n")
     first = saved_config(tmp_path)
     assert first["seed"] == 1 and first["data"]["split"] == "identity"
     first["data"]["split"] = "edited by a caller"
     assert saved_config(tmp_path)["data"]["split"] == "identity"
-    stamp = resolved.stat().st_mtime_ns
-    replacement = folder / "new.yaml"  # replaced as atomic_write does, same size and time
-    replacement.write_text("seed: 2\ndata: {split: identity}\n")
-    os.utime(replacement, ns=(stamp, stamp))
-    replacement.replace(resolved)
+    write("seed: 2\ndata: {split: identity}\n", folder / "new.yaml")  # same size and time,
+    (folder / "new.yaml").replace(resolved)  # replaced as atomic_write does
     assert saved_config(tmp_path)["seed"] == 2
-    with open(resolved, "r+") as file:  # rewritten in place, same size and time
+    with open(resolved, "r+") as file:  # rewritten in place: same size, a new time
         file.write("seed: 3")
-    os.utime(resolved, ns=(stamp + 1, stamp + 1))
+    os.utime(resolved, ns=(day_ago + 1, day_ago + 1))
     assert saved_config(tmp_path)["seed"] == 3
+    with open(resolved, "r+") as file:  # just now: same size, and the time may not tell
+        file.write("seed: 4")
+    assert saved_config(tmp_path)["seed"] == 4
 
 
 def test_resume_with_a_changed_config_is_refused_and_names_the_keys(run_env, tmp_path):

@@ -24,6 +24,7 @@ import shutil
 import signal
 import stat as stat_module
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -535,28 +536,39 @@ def saved_config(output_dir: Path) -> dict | None:
     """The resolved config a run folder was started with (None if it has none). A copy: the
     caller may change it."""
     folder = output_dir / SAVED_CONFIG_DIR
-    for name in (RESOLVED_CONFIG, "config.yaml"):  # config.yaml alone: a folder from before
-        try:  # resolved configs were kept
-            stat = (folder / name).stat()
-        except OSError:
-            continue
-        if stat_module.S_ISREG(stat.st_mode):
-            version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            return copy.deepcopy(_read_saved_config(folder / name, version))
+    path = folder / RESOLVED_CONFIG
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is not None and stat_module.S_ISREG(stat.st_mode):
+        # Parsed once per version of the file (the analysis asks for each run's several
+        # times; a parse costs ~40 ms), unless written so recently that a rewrite within
+        # the file system's time resolution could have kept its size and time.
+        if time.time_ns() - stat.st_mtime_ns < RECENT_NS:
+            return _read_resolved_config(path)
+        version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return copy.deepcopy(_read_resolved_config_once(path, version))
+    if (folder / "config.yaml").is_file():  # a folder from before resolved configs were kept
+        try:  # resolved now (resolvers, environment): never cached
+            config = resolved(OmegaConf.load(folder / "config.yaml"))
+        except Exception:  # noqa: BLE001 - an interpolation that no longer resolves
+            config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+        return _with_added_settings(config)
     return None
 
 
+RECENT_NS = 3 * 10**9  # coarser than any file system's modification times (FAT: 2 s)
+
+
+def _read_resolved_config(path: Path) -> dict:
+    return _with_added_settings(OmegaConf.to_container(OmegaConf.load(path)))
+
+
 @functools.lru_cache(maxsize=512)
-def _read_saved_config(path: Path, version: tuple[int, int, int]) -> dict:
-    """One version (inode, size, modification time) of a saved config, parsed once: the
-    analysis asks for each run's several times, and a YAML parse costs ~40 ms."""
-    if path.name == RESOLVED_CONFIG:
-        return _with_added_settings(OmegaConf.to_container(OmegaConf.load(path)))
-    try:
-        config = resolved(OmegaConf.load(path))
-    except Exception:  # noqa: BLE001 - an interpolation that no longer resolves
-        config = OmegaConf.to_container(OmegaConf.load(path))
-    return _with_added_settings(config)
+def _read_resolved_config_once(path: Path, version: tuple[int, int, int, int]) -> dict:
+    """``_read_resolved_config`` of one version (device, inode, size, modification time)."""
+    return _read_resolved_config(path)
 
 
 def _with_added_settings(config: dict) -> dict:
