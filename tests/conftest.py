@@ -77,16 +77,18 @@ def _parse_each_yaml_text_once() -> None:
 LONGEST_FIRST = (
     "test_analysis.py",
     "test_config_schema.py",
+    "test_resume.py",
     "test_benchmarks.py",
     "test_smoke_grid_vgg.py",
-    "test_resume.py",
-    "test_sweeps.py",
     "test_install.py",
-    "test_demo.py",
-    "test_smoke_grid_resnet.py",
     "test_training.py",
+    "test_explain.py",
+    "test_smoke_grid_resnet.py",
     "test_interrupt.py",
+    "test_sweeps.py",
     "test_loggers.py",
+    "test_demo.py",
+    "test_data_module.py",
 )
 
 
