@@ -183,6 +183,21 @@ def test_the_local_launcher_survives_a_job_that_crashes_the_interpreter(run_env,
     ]
 
 
+def test_ddp_trains_in_a_local_launchers_job(run_env, tmp_path):
+    """hydra/launcher=local runs each job in a process of submitit's, whose program takes no
+    Hydra arguments: the job's other rank starts as the sweep's command (train.py) does."""
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", "hydra/launcher=local", "experiment=smoke", "trainer=ddp",
+        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
+        "trainer.sync_batchnorm=false", "trainer.benchmark=false", f"hydra.sweep.dir={sweep}",
+        env=run_env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((sweep / "0_resnet18_scratch_bce_seed42" / "metrics.json").read_text())
+    assert (record["status"], record["world_size"]) == ("ok", 2), record.get("error")
+
+
 def _unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

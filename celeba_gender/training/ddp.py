@@ -42,12 +42,27 @@ DISTRIBUTED_ENV = (
 )
 
 
-def _entry_point() -> list[str]:
+_sweep_entry_point: list[str] | None = None  # in a launcher's job process: see run_ranks_as
+
+
+def entry_point() -> list[str]:
+    """The command this process runs as: the script (train.py, a console script) or the module
+    (python -m celeba_gender.train); in a launcher's job, the command that started the sweep."""
     import __main__
 
+    if _sweep_entry_point is not None:
+        return list(_sweep_entry_point)
     if getattr(__main__, "__spec__", None) is None:
         return [sys.executable, os.path.abspath(sys.argv[0])]
     return [sys.executable, "-m", __main__.__spec__.name]
+
+
+def run_ranks_as(command: Sequence[str]) -> None:
+    """A launcher's job process (hydra/launcher=local or slurm) runs submitit's own module,
+    which takes no Hydra arguments: its other DDP ranks start the sweep's command instead
+    (``entry_point()`` in the process that launched the job)."""
+    global _sweep_entry_point
+    _sweep_entry_point = list(command)
 
 
 def job_rank_command(local_rank: int) -> Sequence[str]:
@@ -62,7 +77,7 @@ def job_rank_command(local_rank: int) -> Sequence[str]:
             "hydra.output_subdir at its default (.hydra)."
         )
     return [
-        *_entry_point(),
+        *entry_point(),
         "--config-path",
         str(saved),
         "--config-name",

@@ -29,6 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 from omegaconf import OmegaConf, open_dict
 
 from celeba_gender.library_internals import wait_for_results_at_most
+from celeba_gender.training.ddp import entry_point, run_ranks_as
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class _RecordingLauncher(BaseSubmititLauncher):
         super().__init__(**params)
         self.max_parallel_jobs = max_parallel_jobs
         self.results_wait_s = results_wait_s  # None: submitit's (15 s, for shared disks)
+        self.sweep_entry_point: list[str] | None = None  # set by launch
 
     def executor(self) -> Any:
         """The submitit executor with this launcher's parameters (as the base class builds it)."""
@@ -72,12 +74,15 @@ class _RecordingLauncher(BaseSubmititLauncher):
         from celeba_gender.startup import start_command
 
         start_command()
+        if self.sweep_entry_point:
+            run_ranks_as(self.sweep_entry_point)
         return super().__call__(*args, **kwargs)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         assert self.config is not None
+        self.sweep_entry_point = entry_point()  # pickled with this launcher into each job
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         executor = self.executor()
