@@ -20,6 +20,9 @@ EXPERIMENT ?= first_run
 
 define install
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@# matplotlib's font cache, built once here: a command stopped (Ctrl-C) while it first
+	@# writes it would leave its lock, and every later import would wait on that lock.
+	$(PYTHON) -c "import matplotlib.font_manager"
 	@# Debian's chromium for the browser tests (no browser download by playwright).
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
