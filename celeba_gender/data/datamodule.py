@@ -39,6 +39,7 @@ from celeba_gender.data.transforms import (
     progressive_image_size,
     progressive_settings,
 )
+from celeba_gender.library_internals import batches_ready
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -337,7 +338,7 @@ class CelebADataModule(L.LightningDataModule):
                 self.augmentation_seed,
                 self.trainer.current_epoch,
                 self.trainer.global_rank,
-                self.trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                batches_ready(self.trainer),
             )
         if self.loader != "cached":
             return batch

@@ -249,7 +249,8 @@ class FaceCrop(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         height, width = inpt.shape[-2:]
         top, left, box_height, box_width = crop_box(self.face_crop, height, width)
-        return self._call_kernel(v2.functional.crop, inpt, top, left, box_height, box_width)
+        # The public functional picks the kernel for the input's type (tensor, tv_tensors) itself.
+        return v2.functional.crop(inpt, top, left, box_height, box_width)
 
 
 def per_sample_transform(

@@ -58,8 +58,10 @@ class GenderClassifier(L.LightningModule):
         super().__init__()
         # Plain values only: checkpoints then load with torch.load(weights_only=True).
         # ``eval_transform`` (crop, size, normalisation) lets eval and predict see images as
-        # training did.
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # training did. ``logger=False``: a run logs them itself, with its facts (training/
+        # loggers.log_run_facts), before fit; Lightning's own logging of them alone at the start
+        # of fit would clash with those in MLflow.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.head = create_head(loss, class_weights, label_smoothing)
         # Multi-task: the classifier also predicts these CelebA attributes in training, one
         # extra logit each after the loss head's; evaluation and inference read only P(male).

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch.distributed
 from lightning.pytorch.strategies import DDPStrategy
 
-from celeba_gender.library_internals import private
+from celeba_gender.library_internals import private, set_launcher
 
 # Lightning's private launcher of the other ranks (no public API starts them per Hydra job);
 # the names overridden below are checked with the others (library_internals.LIGHTNING_NAMES).
@@ -125,9 +125,9 @@ class HydraJobDDPStrategy(DDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            self._launcher = _JobLauncher(
-                self.cluster_environment, self.num_processes, self.num_nodes
+        if isinstance(self.launcher, _SubprocessScriptLauncher):
+            set_launcher(
+                self, _JobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
             )
 
 

@@ -28,7 +28,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf, open_dict
 
-from celeba_gender.library_internals import wait_for_results_at_most
+from celeba_gender.library_internals import submitit_cluster, wait_for_results_at_most
 from celeba_gender.training.ddp import entry_point, run_ranks_as
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,16 @@ class _RecordingLauncher(BaseSubmititLauncher):
         import submitit
 
         init_keys = {"max_num_timeout"}
+        cluster = submitit_cluster(self)
         executor = submitit.AutoExecutor(
-            cluster=self._EXECUTOR,
+            cluster=cluster,
             folder=self.params["submitit_folder"],
-            **{f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in init_keys},
+            **{f"{cluster}_{k}": v for k, v in self.params.items() if k in init_keys},
         )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
             **{
-                k if k in base else f"{self._EXECUTOR}_{k}": v
+                k if k in base else f"{cluster}_{k}": v
                 for k, v in self.params.items()
                 if k not in init_keys | {"submitit_folder"}
             }

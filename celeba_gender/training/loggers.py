@@ -21,6 +21,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
 from celeba_gender.data.cache import atomic_write
+from celeba_gender.library_internals import file_writer, sanitize_hparams, wandb_run_started
 from celeba_gender.ranks import global_rank
 from celeba_gender.training.outputs import log_confusion_matrix
 
@@ -94,8 +95,8 @@ class StudyTensorBoardLogger(TensorBoardLogger):
         missing = {k: v for k, v in metrics.items() if self.shown_tag(k) not in self._written_tags}
         self.log_metrics(missing, step)
         # A bool as its word: TensorBoard would show True as 1.0.
-        values = self._sanitize_params(
-            {k: str(v) if isinstance(v, bool) else v for k, v in params.items()}
+        values = sanitize_hparams(
+            self, {k: str(v) if isinstance(v, bool) else v for k, v in params.items()}
         )
         shown = {self.shown_tag(k): k for k in metrics if self.shown_tag(k) is not None}
         experiment, start, end = hparams(values, dict.fromkeys(shown, 0.0))
@@ -108,7 +109,7 @@ class StudyTensorBoardLogger(TensorBoardLogger):
         for info in data.experiment.metric_infos:
             info.display_name = shown[info.name.tag]
         content.content = data.SerializeToString()
-        writer = self.experiment._get_file_writer()
+        writer = file_writer(self.experiment)
         for summary in (experiment, start, end):
             writer.add_summary(summary, step)
 
@@ -244,7 +245,7 @@ def close_loggers(loggers: Sequence[Logger]) -> None:
     """End what outlives the trainer: a W&B run stays open until ``finish``, and the next job
     of a sweep run in this process would log into it."""
     for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+        if isinstance(logger, WandbLogger) and wandb_run_started(logger):
             try:
                 logger.experiment.finish()
             except Exception as error:  # noqa: BLE001

@@ -261,7 +261,6 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     has_val = len(datamodule.datasets["val"]) > 0
     loggers = build_loggers(cfg, start.resume_step, resuming=start.checkpoint is not None)
     log_run_facts(loggers, describe(cfg), model.hparams)
-    model._log_hyperparams = False  # logged just now, with the facts (log_run_facts)
     callbacks = [  # a callback set to null (callbacks.ema: null) is off
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
     ]
