@@ -649,7 +649,7 @@ def _source(cfg: DictConfig, key: str) -> str:
         if not isinstance(node, DictConfig) or leaf not in node:
             break
         try:
-            raw = node._get_node(leaf)._value()  # noqa: SLF001 - the unresolved text
+            raw = OmegaConf.to_container(node, resolve=False)[leaf]  # the unresolved text
         except Exception:  # noqa: BLE001 - an odd node: keep the schema's key
             break
         match = _INTERPOLATION.fullmatch(raw) if isinstance(raw, str) else None

@@ -55,6 +55,7 @@ with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the 
     from PIL import Image
 
     from celeba_gender.config import CONFIG_DIR
+    from celeba_gender.config_schema import ConfigError, validate
     from celeba_gender.data import DataError
     from celeba_gender.demo_files import (
         PhotoIntake,
@@ -68,6 +69,7 @@ with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the 
     from celeba_gender.inference.faces import DetectorUnavailable, FaceAligner
     from celeba_gender.inference.labelling import Decimals, predict_photos, printable_logs
     from celeba_gender.inference.predictor import GenderPredictor
+    from celeba_gender.inference.schema import DemoSchema
     from celeba_gender.models.checkpoints import CheckpointError
     from celeba_gender.startup import start_command
     from celeba_gender.stop_signals import STOP_SIGNALS
@@ -125,23 +127,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_explain_settings(cfg: DictConfig) -> None:
-    """The page's heat-map settings, checked when the command starts (not on the first photo)."""
-    from matplotlib import colormaps
-
-    from celeba_gender.inference.explain import TOWARD
-
-    if cfg.explain_toward not in TOWARD:
-        raise DataError(f"explain_toward={cfg.explain_toward!r}: choose one of {', '.join(TOWARD)}")
-    if not isinstance(cfg.explain_alpha, int | float) or not 0 <= cfg.explain_alpha <= 1:
-        raise DataError(f"explain_alpha={cfg.explain_alpha!r}: a number from 0 to 1")
-    if cfg.explain_colormap not in colormaps:
-        raise DataError(
-            f"explain_colormap={cfg.explain_colormap!r} is not a matplotlib colormap "
-            "(e.g. jet, viridis, inferno)"
-        )
-
-
 def empty_table() -> pd.DataFrame:
     return pd.DataFrame(columns=list(TABLE_COLUMNS))
 
@@ -153,8 +138,6 @@ class Demo:
         self.cfg = cfg
         self.models = find_models(cfg.ckpt_path)
         self.explain = bool(cfg.get("explain"))
-        if self.explain:
-            check_explain_settings(cfg)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         # One request at a time on the models: Grad-CAM hooks a layer of the model, and the
         # page's two columns (or two visitors) would otherwise run through it at once.
@@ -485,9 +468,7 @@ def build_app(demo: Demo, intake: PhotoIntake) -> Any:
 def check_listening(host: str, port: Any) -> None:
     """That the page can listen at host:port, said in one line before any model is loaded
     (Gradio's own error blames the port for an unknown host, and names its own settings)."""
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise DataError(f"port={port!r}: a whole number from 1 to 65535 (default 7860)")
-    try:
+    try:  # the port's range is the schema's (inference/schema.py); whether it is free, here
         family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as error:
         raise DataError(
@@ -518,6 +499,7 @@ def run_demo(cfg: DictConfig) -> None:
             "ckpt_path is missing: python -m celeba_gender.demo ckpt_path=PATH (a .ckpt, an "
             ".onnx export, a run folder or a sweep folder)"
         )
+    validate(cfg, DemoSchema)  # before anything is loaded or opened
     check_listening(cfg.host, cfg.port)
     max_upload_bytes = upload_limit_bytes(cfg.max_upload_mb)
     try:
@@ -577,7 +559,7 @@ def run_demo(cfg: DictConfig) -> None:
 def _command(cfg: DictConfig) -> None:
     try:
         run_demo(cfg)
-    except (DataError, DetectorUnavailable) as error:
+    except (ConfigError, DataError, DetectorUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

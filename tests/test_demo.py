@@ -28,8 +28,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_checkpoints import _onnx_model
 
-from celeba_gender.data import DataError
-from celeba_gender.demo import Demo
+from celeba_gender.config_schema import ConfigError
+from celeba_gender.demo import Demo, run_demo
 from celeba_gender.demo_files import PhotoIntake, PrivateFolder
 from celeba_gender.inference import FaceAligner, GenderPredictor
 from celeba_gender.inference.explain import face_caption, picture_layout
@@ -249,15 +249,27 @@ def test_demo_without_gradients_or_captum_shows_the_crops_and_says_why(
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("explain_colormap=rainbowish", "explain_colormap='rainbowish' is not a matplotlib"),
-        ("explain_toward=female", "explain_toward='female': choose one of predicted, male"),
-        ("explain_alpha=1.5", "explain_alpha=1.5: a number from 0 to 1"),
+        ("explain_colormap=rainbowish", "explain_colormap=rainbowish is not allowed: expected a "
+         "matplotlib colormap"),
+        ("explain_toward=female", "explain_toward=female is not allowed: expected one of "
+         "predicted, male."),
+        ("explain_alpha=1.5", "explain_alpha=1.5 is not allowed: expected a finite number >= 0 "
+         "and <= 1."),
+        ("models_in_memory=0", "models_in_memory=0 is not allowed: expected an integer >= 1."),
+        ("port=70000", "port=70000 is not allowed: expected an integer >= 1 and <= 65535."),
+        ("threshold=-0.1", "threshold=-0.1 is not allowed: expected a finite number >= 0"),
     ],
-)
-def test_demo_refuses_bad_heat_map_settings_when_it_starts(smoke_run, override, named):
+)  # fmt: skip
+def test_demo_refuses_bad_settings_by_its_schema_when_it_starts(smoke_run, override, named):
+    """The demo's schema (predict's, and the page's own settings), before any port is opened
+    or model loaded."""
     checkpoint = smoke_run / "checkpoints" / "best.ckpt"
-    with pytest.raises(DataError, match="^" + re.escape(named)):
-        Demo(_demo_config(f"ckpt_path={checkpoint}", override))
+    with socket.socket() as taken:  # a demo that got past its schema stops here, not serves
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = [] if override.startswith("port=") else [f"port={taken.getsockname()[1]}"]
+        with pytest.raises(ConfigError, match="^" + re.escape(named)):
+            run_demo(_demo_config(f"ckpt_path={checkpoint}", *port, override))
 
 
 def _rows(table: dict) -> list[dict]:

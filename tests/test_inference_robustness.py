@@ -535,6 +535,55 @@ def test_an_output_that_cannot_be_written_is_one_line(
     assert capsys.readouterr().err.startswith("error: batch_size=0")
 
 
+# predict's schema (celeba_gender/inference/schema.py): each value it does not allow, refused in
+# one line before the model loads or anything is written. Before the schema, these ran with the
+# value (a threshold of 1.5 labels every face female), or failed at the first face.
+BAD_PREDICT_SETTINGS = [
+    ({"threshold": 1.5}, "threshold=1.5 is not allowed: expected a finite number >= 0 and <= 1."),
+    ({"gallery_columns": 0}, "gallery_columns=0 is not allowed: expected an integer >= 1."),
+    ({"max_pixels": "many"}, "max_pixels=many is not allowed: expected an integer >= 1."),
+    ({"explain_alpha": 2}, "explain_alpha=2 is not allowed: expected a finite number >= 0 and"),
+    ({"explain": True, "explain_colormap": "rainbowish"}, "explain_colormap=rainbowish is not "
+     "allowed: expected a matplotlib colormap name"),
+    ({"explain_toward": "female"}, "explain_toward=female is not allowed: expected one of "
+     "predicted, male."),
+    ({"alignment": {"min_score": 1.5}}, "alignment.min_score=1.5 is not allowed: expected a "
+     "finite number >= 0 and <= 1."),
+    ({"annotate": "yes"}, "annotate='yes' is not allowed: expected true or false."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("settings", "named"), BAD_PREDICT_SETTINGS)
+def test_predict_refuses_a_value_its_schema_does_not_allow_before_anything_runs(
+    settings, named, checkpoint, faces, tmp_path, capsys
+):
+    from celeba_gender.inference import run as predict_run
+
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        predict_run.run_prediction(_predict_config(checkpoint, faces[:1], output, **settings))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {named}") and error.count("\n") == 1, error
+    assert not output.exists()
+
+
+def test_predict_without_a_checkpoint_or_with_an_unread_key_says_so_in_one_line(
+    checkpoint, faces, run_env, tmp_path
+):
+    """The command: ckpt_path left at ??? and a +key nothing reads, each one line, status 2."""
+    missing = run_script("predict.py", f"input={faces[0]}", f"hydra.run.dir={tmp_path / 'a'}")
+    typo = _predict(checkpoint, [faces[0]], tmp_path / "b", run_env, "+treshold=0.7")
+    for result, line in (
+        (missing, "error: ckpt_path=??? is not allowed: expected a string (required: ckpt_path="),
+        (typo, "error: +treshold=0.7 is not allowed: expected a key something reads"),
+    ):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "a" / "predictions.csv").exists()
+    assert "threshold, perhaps" in typo.stderr
+
+
 def test_links_left_in_a_reused_output_folder_are_not_written_through(checkpoint, faces, tmp_path):
     from celeba_gender.inference.run import predict
 

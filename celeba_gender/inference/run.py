@@ -32,6 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from celeba_gender.config_schema import ConfigError, validate
 from celeba_gender.data import DataError
 from celeba_gender.data.cache import atomic_output
 from celeba_gender.inference.drawing import GALLERY_DPI, annotate, gallery, thumbnail
@@ -47,6 +48,7 @@ from celeba_gender.inference.labelling import (
 from celeba_gender.inference.photos import expand_inputs, is_video_name
 from celeba_gender.inference.predictor import GenderPredictor
 from celeba_gender.inference.row_files import RowFiles
+from celeba_gender.inference.schema import PredictSchema
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
 from celeba_gender.stop_signals import STOP_SIGNALS
@@ -247,6 +249,10 @@ PREDICTION_FILES = ("predictions.csv", "predictions.json", "tracks.csv", "tracks
 def predict(cfg: DictConfig) -> Counter[str]:
     """Write predictions.csv/.json (and the pictures) for ``cfg.input``; the rows' statuses.
     Ctrl-C or SIGTERM stops it with PredictionInterrupted, the rows done so far written."""
+    validate(cfg, PredictSchema)  # before anything is loaded or written
+    # Their owners read and check the video and decimals settings: now, not after the model.
+    video_settings = VideoSettings.from_config(cfg.get("video", {}))
+    decimals = Decimals.from_config(cfg.get("decimals"))
     output_dir = Path(cfg.paths.output_dir)
     # A link of that name is replaced below, not written through: what it points to stays.
     earlier = [
@@ -260,8 +266,6 @@ def predict(cfg: DictConfig) -> Counter[str]:
             "overwrites them. Choose another hydra.run.dir (the default is a new folder per "
             "run), or move them away."
         )
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise DataError(f"batch_size={cfg.batch_size}: it must be a whole number of at least 1")
     predictor = GenderPredictor.load(cfg.ckpt_path, cfg.device, cfg.batch_size)
     aligner = FaceAligner.from_config(cfg.alignment, cfg.device) if cfg.detect else None
     explainer = None
@@ -282,8 +286,6 @@ def predict(cfg: DictConfig) -> Counter[str]:
     names = output_names(inputs)
     videos = [path for path in inputs if is_video_name(path)]
     paths = [path for path in inputs if not is_video_name(path)]  # the photos
-    video_settings = VideoSettings.from_config(cfg.get("video", {}))
-    decimals = Decimals.from_config(cfg.get("decimals"))
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.annotate or videos and video_settings.annotate_video:
         (output_dir / "annotated").mkdir(exist_ok=True)
@@ -399,7 +401,7 @@ def run_prediction(cfg: DictConfig) -> None:
     printable_logs()
     try:
         predict(cfg)
-    except (DataError, DetectorUnavailable) as error:
+    except (ConfigError, DataError, DetectorUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except PredictionInterrupted as stopped:
