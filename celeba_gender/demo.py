@@ -39,7 +39,6 @@ with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the 
     import errno
     import logging
     import os
-    import signal
     import socket
     import sys
     import threading
@@ -72,7 +71,7 @@ with quiet_imports(__name__):  # a Ctrl-C while these import (seconds) ends the 
     from celeba_gender.inference.schema import DemoSchema
     from celeba_gender.models.checkpoints import CheckpointError
     from celeba_gender.startup import start_command
-    from celeba_gender.stop_signals import STOP_SIGNALS
+    from celeba_gender.stop_signals import STOP_SIGNAL_NAMES, StopSignalHandler
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # each training job's, in a run or sweep folder
@@ -514,10 +513,9 @@ def run_demo(cfg: DictConfig) -> None:
     folder = PrivateFolder.create(cfg.files.folder, cfg.files.max_age_minutes)
     # Any other stop signal (a scheduler's SIGTERM, a closed terminal's SIGHUP, ...) ends the
     # demo as Ctrl-C does: through the cleanup below. One ignored on purpose stays ignored.
-    for number in STOP_SIGNALS:
-        if number != signal.SIGINT and signal.getsignal(number) != signal.SIG_IGN:
-            signal.signal(number, lambda number, frame: sys.exit(128 + number))
-    with folder.for_gradio():
+    others = [name for name in STOP_SIGNAL_NAMES if name != "SIGINT"]
+    stops = StopSignalHandler(others, raises=lambda signum: SystemExit(128 + signum))
+    with stops, folder.for_gradio():
         demo = Demo(cfg)
         app = build_app(demo, PhotoIntake(folder.path, cfg.max_upload_mb))
         limit = request_limit_bytes(cfg.max_upload_mb)

@@ -151,7 +151,9 @@ def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(t
             30,
         )
         assert raised.value.checkpoint == tmp_path / "last.ckpt"
-        stops.requested, stops.deferred = None, True  # training: recorded, LastCheckpoint saves
+        # Training, as a new job: a signal is recorded, LastCheckpoint saves (the first stop held
+        # the handler: a signal while a job ends is only recorded).
+        stops.requested, stops.held, stops.deferred = None, False, True
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         assert stops.requested == signal.SIGINT
@@ -160,6 +162,60 @@ def test_stop_signals_stop_at_once_outside_training_and_after_saving_inside_it(t
             time.sleep(1)
     assert signal.getsignal(signal.SIGUSR1) == before
     signal.signal(signal.SIGINT, interrupt)
+
+
+def test_a_second_signal_while_a_stopped_job_ends_is_only_recorded():
+    """Outside training the first signal stops the job at once; a second (SIGTERM after
+    SIGUSR2, a double Ctrl-C) while the stop unwinds through Lightning's teardown and the
+    crash-path checkpoint write is recorded, not raised inside them."""
+    from celeba_gender.training.resume import StopSignals, TrainingInterrupted
+
+    with StopSignals(["SIGUSR1", "SIGUSR2"]) as stops:
+        with pytest.raises(TrainingInterrupted):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGUSR2)  # raised here before: nothing was held
+        time.sleep(0.05)
+        assert stops.requested == signal.SIGUSR2
+
+
+def test_predict_training_and_the_demo_share_one_stop_signal_handler():
+    """One handler class (stop_signals.StopSignalHandler) for training, predict and the demo,
+    on the one list of signals: it raises its block's exception once, then records; a held
+    block raises where it can stop; the handlers before it come back."""
+    import ast
+
+    from celeba_gender.stop_signals import STOP_SIGNALS, StopSignalHandler
+    from celeba_gender.training.resume import StopSignals
+
+    assert issubclass(StopSignals, StopSignalHandler)
+    package = REPO / "celeba_gender"
+    handlers = {  # every module that installs a signal handler itself
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "signal"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "signal"
+    }
+    # stop_signals: the handler (and the workers' SIG_IGN); quiet_interrupt: Ctrl-C while a
+    # command imports, before any of this exists; ddp: the launcher's child ranks.
+    assert handlers <= {"stop_signals.py", "quiet_interrupt.py", "training/ddp.py"}, handlers
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopSignalHandler(raises=lambda signum: SystemExit(128 + signum)) as stops:
+        assert [signal.getsignal(s) == stops.handle for s in STOP_SIGNALS].count(False) <= 1
+        with pytest.raises(SystemExit) as raised:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)
+        assert raised.value.code == 128 + signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGUSR2)  # the block is ending: recorded
+        time.sleep(0.05)
+        assert stops.requested == signal.SIGUSR2
+        with pytest.raises(SystemExit):
+            stops.raise_if_requested()
+    assert signal.getsignal(signal.SIGUSR1) == before
 
 
 def test_a_second_signal_while_the_stop_is_recorded_does_not_lose_the_record(tmp_path, monkeypatch):

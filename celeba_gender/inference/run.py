@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ from celeba_gender.inference.row_files import RowFiles
 from celeba_gender.inference.schema import PredictSchema
 from celeba_gender.inference.video import TRACK_COLUMNS, VideoSettings, predict_video, video_name
 from celeba_gender.progress import progress
-from celeba_gender.stop_signals import STOP_SIGNALS
+from celeba_gender.stop_signals import StopSignalHandler
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -141,38 +140,6 @@ class PredictionInterrupted(KeyboardInterrupt):
             f"interrupted by {signal.Signals(self.signum).name}: predictions.csv and "
             f"predictions.json in {self.output_dir} hold the {self.photos} photos done"
         )
-
-
-class _StopSignals:
-    """A stop signal (stop_signals.STOP_SIGNALS, the list training uses: Ctrl-C, SIGTERM, a
-    cluster's SIGUSR1/2, a closed terminal's SIGHUP) raises PredictionInterrupted while armed
-    (photos are being done); otherwise it is noted, and raised once the outputs are complete."""
-
-    SIGNALS = STOP_SIGNALS
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        if self.armed:
-            self.armed = False
-            raise PredictionInterrupted(signum)
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                if signal.getsignal(signum) == signal.SIG_IGN:
-                    continue  # ignored on purpose (nohup, a background job): it stays so
-                self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.armed = False
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 def _save_annotated(result: PhotoResult, target: Path) -> str | None:
@@ -298,7 +265,11 @@ def predict(cfg: DictConfig) -> Counter[str]:
     shown: list[tuple[str, Image.Image | None, list[dict[str, Any]]]] = []  # the gallery's
     counts: Counter[str] = Counter()
     done = 0
-    stop = _StopSignals()
+    # Ctrl-C, SIGTERM, a cluster's SIGUSR1/2, a closed terminal's SIGHUP: PredictionInterrupted
+    # while photos are being done; held while a photo's rows are written (and once the run is
+    # stopping), raised once the outputs are complete.
+    stop = StopSignalHandler(raises=PredictionInterrupted)
+    stop.held = True
     with (
         stop,
         RowFiles(output_dir, "predictions", COLUMNS) as predictions,
@@ -307,7 +278,7 @@ def predict(cfg: DictConfig) -> Counter[str]:
         else contextlib.nullcontext() as tracks,
     ):
         failure: BaseException | None = None
-        stop.armed = True
+        stop.held = False
         try:
             results = predict_photos(
                 paths, predictor, aligner, cfg.threshold, cfg.max_pixels, decimals
@@ -343,13 +314,12 @@ def predict(cfg: DictConfig) -> Counter[str]:
                 # Both outputs' text first, then the writes: a stop never splits a row.
                 prepared = predictions.prepare(result.rows)
                 # A stop during the writes waits until both files have the photo's rows.
-                stop.armed = False
+                stop.held = True
                 predictions.write(prepared)
                 done += 1
                 counts.update(row["status"] for row in result.rows)
-                if stop.signum is not None:
-                    raise PredictionInterrupted(stop.signum)
-                stop.armed = True
+                stop.raise_if_requested()
+                stop.held = False
             for path in progress(videos, desc="Videos", unit="video"):
                 annotated = None
                 if video_settings.annotate_video:
@@ -359,15 +329,14 @@ def predict(cfg: DictConfig) -> Counter[str]:
                     path, predictor, aligner, video_settings, cfg.threshold, annotated, decimals
                 )
                 prepared = tracks.prepare([{k: printable(v) for k, v in r.items()} for r in rows])
-                stop.armed = False  # a stop waits until both files have the video's rows
+                stop.held = True  # a stop waits until both files have the video's rows
                 tracks.write(prepared)
                 done += 1
                 counts.update(f"video_{row['status']}" for row in rows)
-                if stop.signum is not None:
-                    raise PredictionInterrupted(stop.signum)
-                stop.armed = True
+                stop.raise_if_requested()
+                stop.held = False
         except PredictionInterrupted as interrupted:
-            stop.signum = interrupted.signum
+            stop.requested = interrupted.signum
             # A video stopped midway: the tracks it had so far, cut where it stopped.
             rows = getattr(interrupted, "track_rows", None)
             if tracks is not None and rows:
@@ -377,11 +346,11 @@ def predict(cfg: DictConfig) -> Counter[str]:
         except BaseException as error:  # noqa: BLE001 - re-raised once the outputs are complete
             failure = error
         finally:
-            stop.armed = False  # a signal from now on waits until the outputs are complete
+            stop.held = True  # a signal from now on waits until the outputs are complete
     if failure is not None:
         raise failure
-    if stop.signum is not None:
-        stopped = PredictionInterrupted(stop.signum, done, output_dir)
+    if stop.requested is not None:
+        stopped = PredictionInterrupted(stop.requested, done, output_dir)
         log.warning("%s", stopped)
         raise stopped
     if cfg.gallery and paths:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from celeba_gender.data.cache import atomic_output, atomic_write, human_bytes
 from celeba_gender.data.sources import DEFAULT_CLASS_NAMES, DEFAULT_CSV_COLUMNS
 from celeba_gender.library_internals import dump_checkpoint, should_accumulate
-from celeba_gender.stop_signals import signal_number
+from celeba_gender.stop_signals import StopSignalHandler
 from celeba_gender.training.outputs import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -96,48 +96,24 @@ class TrainingInterrupted(BaseException):
             handler(self.signum, None)
 
 
-class StopSignals:
+class StopSignals(StopSignalHandler):
     """The stop signals' handler for a whole training job, from its first file to its last.
 
     Outside training (loading data, building the model, testing) a signal stops the job at once
     with ``TrainingInterrupted``: there is nothing to save, and ``resume=true`` continues from
     the checkpoint the folder already has. During training ``LastCheckpoint`` defers it: the
     step ends, ``last.ckpt`` is saved, then training stops. ``held``: the signal is only
-    recorded (while the results are written; the job exits after). A second Ctrl-C stops at
-    once, from the last checkpoint written whole. Used as a context manager: the handlers
-    before it are restored on exit."""
+    recorded (while the results are written, or once the job is stopping). A second Ctrl-C
+    during training stops at once, from the last checkpoint written whole."""
 
     def __init__(self, names: Sequence[str] = ()) -> None:
-        self.signals = [signal_number(name) for name in names]
-        self.previous: dict[int, Any] = {}
-        self.requested: int | None = None
+        super().__init__(names)
         self.deferred = False  # training: LastCheckpoint saves, then stops
-        self.held = False  # results being written: record only
         # Where a stop outside training leaves the run (the resume point).
         self.checkpoint: Path | None = None
         self.epoch = 0
         self.step = 0
         self.last_path: Path | None = None  # last.ckpt, which training may rewrite
-
-    def __enter__(self) -> StopSignals:
-        for signum in self.signals:
-            if signal.getsignal(signum) == signal.SIG_IGN:
-                continue  # ignored on purpose (nohup, a background job): it stays so
-            try:
-                self.previous[signum] = signal.signal(signum, self.handle)
-            except ValueError:  # not the main thread: whoever runs the job handles signals
-                break
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self.previous = {}
-
-    def install(self) -> None:
-        """Take the signals back (from Lightning's handlers, installed for its loops)."""
-        for signum in self.previous:
-            signal.signal(signum, self.handle)
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None and signum == signal.SIGINT and not self.held:
@@ -145,10 +121,10 @@ class StopSignals:
             if self.deferred and self.last_path is not None and self.last_path.is_file():
                 self.checkpoint = self.last_path
                 self.epoch, self.step = checkpoint_position(self.last_path)
-            raise self.interruption()
+            raise self.stop_now()
         self.requested = signum
         if not (self.deferred or self.held):
-            raise self.interruption()
+            raise self.stop_now()
 
     def interruption(self, checkpoint: Path | None = None, epoch=None, step=None):
         signum = self.requested if self.requested is not None else signal.SIGTERM
