@@ -35,8 +35,8 @@ from celeba_gender.config import is_integer
 from celeba_gender.data.balance import BALANCE_METHODS
 from celeba_gender.data.datamodule import LOADERS
 from celeba_gender.data.errors import DataError
-from celeba_gender.data.sources import CSV_KEYS, SOURCES, check_class_names
-from celeba_gender.data.splits import SPLIT_METHODS
+from celeba_gender.data.sources import SOURCES, check_class_names, check_csv_columns
+from celeba_gender.data.splits import SPLIT_METHODS, check_fractions
 from celeba_gender.metrics import LOGGED_METRICS
 from celeba_gender.models.heads import HEADS
 from celeba_gender.stop_signals import STOP_SIGNAL_NAMES
@@ -111,15 +111,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _fractions(value: Any) -> bool:
-    return (
-        len(value) == 3
-        and _finite(value)
-        and all(0.0 <= f <= 1.0 for f in value)
-        and math.isclose(sum(value), 1.0, abs_tol=1e-6)
-    )
-
-
 @functools.cache
 def _torchvision_models() -> frozenset[str]:
     import torchvision
@@ -129,39 +120,37 @@ def _torchvision_models() -> frozenset[str]:
 
 # --------------------------------------------------------------------------- the schema
 # One dataclass per config node a user sets; each field: its type, and its rule.
-def _class_names(value: Any) -> bool:
-    try:
-        check_class_names(list(value))
-    except DataError:
-        return False
-    return True
+def _passes(check: Callable[[Any], Any]) -> Callable[[Any], bool]:
+    """A rule the data layer states (``check`` raises DataError), asked, not restated."""
 
+    def allowed(value: Any) -> bool:
+        try:
+            check(value)
+        except DataError:
+            return False
+        return True
 
-def _csv_columns(value: Any) -> bool:
-    return (
-        set(value) <= set(CSV_KEYS)
-        and all(bool(value.get(key)) for key in ("path", "label"))
-        and all(name is None or (isinstance(name, str) and name) for name in value.values())
-    )
+    return allowed
 
 
 @dataclass
 class DataSchema:
     source: str = setting(choices=SOURCES)
     class_names: list[str] = setting(
-        check=_class_names,
+        check=_passes(check_class_names),
         allowed="2 names (label 0: female, label 1: male) that differ whatever their case, not 0 "
         "or 1",
     )
     csv_columns: dict[str, Optional[str]] = setting(  # noqa: UP045
-        check=_csv_columns,
+        check=_passes(check_csv_columns),
         allowed="{path: <column>, label: <column>, identity: <column> or null}; path and label "
         "required",
     )
     split: str = setting(choices=SPLIT_METHODS)
     split_seed: int = setting(ge=0)
     split_fractions: list[float] = setting(
-        check=_fractions, allowed="3 fractions (train, val, test) in [0, 1] summing to 1"
+        check=_passes(check_fractions),
+        allowed="3 fractions (train, val, test) in [0, 1] summing to 1",
     )
     seed_protocol_train_per_class: int = setting(ge=1)
     balance: str = setting(choices=BALANCE_METHODS)
@@ -191,7 +180,7 @@ class DataSchema:
     num_workers: int = setting(ge=0)
     pin_memory: bool = setting()
     scan_workers: Optional[int] = setting(ge=1)  # noqa: UP045
-    # Checked in full by the data module (celeba_gender/data/datamodule.py).
+    # Training configs: by _check_progressive_resizing (transforms.progressive_settings' rule).
     progressive_resizing: Optional[dict[str, Any]] = setting()  # noqa: UP045
 
 

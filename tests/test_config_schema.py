@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import celeba_gender.config  # noqa: F401  (resolvers)
 from celeba_gender.config_schema import ConfigError, EvalSchema, TrainSchema, validate
@@ -189,6 +190,39 @@ def test_values_the_run_would_misuse_are_refused_naming_the_key_set(overrides, m
         validate(_compose(*overrides))
     assert str(raised.value).startswith(message)
     assert "\n" not in str(raised.value)
+
+
+# Rules the data layer states once (data/sources.py, data/splits.py) and the schema asks: a
+# value is refused by both or by neither (one tolerance for the fractions' sum).
+ONE_RULE = [
+    ("split_fractions", [0.5, 0.3, 0.2000009], True),
+    ("split_fractions", [0.5, 0.3, 0.200002], False),  # np.isclose let the data layer take it
+    ("split_fractions", [1.2, -0.1, -0.1], False),
+    ("csv_columns", {"path": "file", "label": "gender"}, True),  # identity: the default column
+    ("csv_columns", {"identity": None}, True),
+    ("csv_columns", {"path": "file", "label": "gender", "identity": ""}, False),
+    ("csv_columns", {"path": "file", "label": None}, False),
+    ("csv_columns", {"path": "file", "label": "gender", "race": "race"}, False),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "allowed"), ONE_RULE, ids=str)
+def test_the_schema_asks_the_data_layer_so_both_allow_the_same_values(key, value, allowed):
+    from celeba_gender.data.errors import DataError
+    from celeba_gender.data.sources import check_csv_columns
+    from celeba_gender.data.splits import check_fractions
+
+    check = {"split_fractions": check_fractions, "csv_columns": check_csv_columns}[key]
+    cfg = _compose()
+    OmegaConf.update(cfg, f"data.{key}", value, merge=False)  # the value as it is, not merged
+    if allowed:
+        check(value)
+        validate(cfg)
+        return
+    with pytest.raises(DataError, match=f"^data.{key}"):
+        check(value)
+    with pytest.raises(ConfigError, match=rf"^data.{key}=.* is not allowed: expected "):
+        validate(cfg)
 
 
 def test_keys_a_group_does_not_have_are_skipped_and_its_own_are_checked():

@@ -448,8 +448,9 @@ class CelebADataModule(L.LightningDataModule):
             if len(train_labels)
             else None,
         }
-        if self.balance == "loss_weights":
-            balance["loss_class_weights"] = self.class_weights
+        weights = self.class_weights
+        if weights is not None:
+            balance["loss_class_weights"] = weights
         return {
             **self.index.report,
             "split": {

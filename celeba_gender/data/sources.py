@@ -251,10 +251,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({error}).") from None
 
 
-def _csv_columns(columns: Mapping[str, str | None] | None) -> dict[str, str | None]:
+def check_csv_columns(columns: Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """data.csv_columns over the defaults (path, label, identity): each a column name, identity
+    also null (none). The one statement of the rule: the config schema asks it too."""
     chosen = {**DEFAULT_CSV_COLUMNS, **dict(columns or {})}
     unknown = sorted(set(chosen) - set(CSV_KEYS))
-    if unknown or not chosen["path"] or not chosen["label"]:
+    named = all(name is None or (isinstance(name, str) and name) for name in chosen.values())
+    if unknown or not named or not chosen["path"] or not chosen["label"]:
         raise DataError(
             f"data.csv_columns {dict(columns or {})}: expected {{path: <column>, label: "
             "<column>, identity: <column> or null}; path and label are required."
@@ -272,7 +275,7 @@ def read_csv_source(
     different values: DataError naming the file, line and column. Identical repeated rows: an
     AnnotationWarning, and in the facts. Listed files that do not exist are ``absent``."""
     class_names = check_class_names(class_names)
-    columns = _csv_columns(columns)
+    columns = check_csv_columns(columns)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data.root {path} is not a file (data.source=csv).")

@@ -19,6 +19,22 @@ from celeba_gender.data.index import MISSING
 
 SPLIT_METHODS = ("identity", "seed_protocol", "official", "all")
 PARTS = ("train", "val", "test")
+FRACTION_TOLERANCE = 1e-6  # how far from 1 the split fractions may sum
+
+
+def check_fractions(fractions: Sequence[float]) -> list[float]:
+    """data.split_fractions: 3 fractions (train, val, test) in [0, 1] summing to 1. The one
+    statement of the rule: the config schema asks it too."""
+    values = list(fractions)
+    numbers = all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0 for f in values
+    )
+    if len(values) != 3 or not numbers or abs(sum(values) - 1.0) > FRACTION_TOLERANCE:
+        raise DataError(
+            f"data.split_fractions must be 3 fractions (train, val, test) in [0, 1] summing to 1 "
+            f"(within {FRACTION_TOLERANCE}), got {values}."
+        )
+    return values
 
 
 def identity_split(
@@ -42,11 +58,7 @@ def identity_split(
             f"{int((images['identity'] == MISSING).sum())} have none (e.g. {missing}). Provide "
             "identity_CelebA.txt (or class_identity.txt), or choose data.split=seed_protocol."
         )
-    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-        raise DataError(
-            "data.split_fractions must be three non-negative numbers summing to 1, "
-            f"got {list(fractions)}"
-        )
+    check_fractions(fractions)
     rng = np.random.default_rng(seed)
     # Unknown identities numbered after the known ones: each image its own group.
     first_free = int(images["identity"].max()) + 1
