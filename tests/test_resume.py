@@ -537,6 +537,29 @@ def test_last_ckpt_follows_every_epoch_whether_or_not_the_best_improved(
         assert not last.exists()
 
 
+def test_a_second_model_checkpoint_with_save_last_does_not_write_last_ckpt_itself(
+    run_env, tmp_path
+):
+    """Every ModelCheckpoint's save_last goes to LastCheckpoint, not only the configured one's:
+    a second one (added for another metric) would otherwise write a last.ckpt of its own, only
+    in epochs it saved in."""
+    folder, extra = tmp_path / "run", tmp_path / "extra"
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        "trainer.max_epochs=2",  # 2 steps each
+        "callbacks.model_checkpoint.save_last=false",
+        "callbacks.model_checkpoint.save_weights_only=false",
+        "+callbacks.by_loss={_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+        f"dirpath:'{extra}',monitor:val/loss,mode:min,save_last:true}}",
+        f"hydra.run.dir={folder}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoint_position(folder / "checkpoints" / "last.ckpt") == (1, 4)
+    assert not (extra / "last.ckpt").exists() and any(extra.glob("epoch=*.ckpt"))
+
+
 # --------------------------------------------------------------- LastCheckpoint, in process
 class _Tiny(L.LightningModule):
     """Six batches an epoch; ``fail`` raises in the named hook at that global step."""

@@ -266,31 +266,31 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     ]
     if not loggers:  # logger=none: nothing to show a learning rate in (Lightning would refuse)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    checkpoint = next(
-        (c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None
-    )
-    if checkpoint is not None and checkpoint.save_last and checkpoint.save_weights_only:
-        log.warning(
-            "model_checkpoint.save_weights_only=true: last.ckpt holds weights only, so this "
-            "run cannot be resumed (set it to false to resume)."
-        )
+    checkpoints = [c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+    checkpoint = checkpoints[0] if checkpoints else None  # callbacks.model_checkpoint: best.ckpt
     if checkpoint is not None and not has_val:
         # seed_protocol has no validation part: keep the last epoch's weights instead.
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
         checkpoint.monitor = None
     throughput, test_throughput = TrainingThroughput(), TestThroughput()
     last_path = checkpoint_dir / LAST_CHECKPOINT
-    # last.ckpt has one writer: LastCheckpoint takes ModelCheckpoint's save_last (which wrote
-    # it only in epochs that improved the best) and saves at every epoch's end.
-    save_last = bool(checkpoint is not None and checkpoint.save_last)
-    if checkpoint is not None:
-        checkpoint.save_last = False
+    # last.ckpt has one writer: LastCheckpoint takes every ModelCheckpoint's save_last (each
+    # wrote it only in epochs it saved in) and saves at every epoch's end.
+    save_last = any(c.save_last for c in checkpoints)
+    for other in checkpoints:
+        other.save_last = False
+    weights_only = save_last and checkpoint.save_weights_only
+    if weights_only:
+        log.warning(
+            "model_checkpoint.save_weights_only=true: last.ckpt holds weights only, so this "
+            "run cannot be resumed (set it to false to resume)."
+        )
     last_checkpoint = LastCheckpoint(
         last_path,
         cfg.checkpoint_every_n_steps,
         stops,
         at_epoch_end=save_last,
-        weights_only=save_last and checkpoint.save_weights_only,
+        weights_only=weights_only,
     )
     fault = cfg.get("fault") and cfg.fault.kill_at_step is not None
     trainer: L.Trainer = instantiate(
