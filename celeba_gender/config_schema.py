@@ -391,8 +391,9 @@ def _check_added_keys(cfg: DictConfig) -> None:
         raise ConfigError(
             f"+{key}",
             OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value,
-            "a key something reads (one in conf/, an argument of a _target_ node, or one under "
-            f"{', '.join(extensible)}){hint}",
+            "a key something reads (one in conf/, an argument of a _target_ node"
+            + (f", or one under {', '.join(extensible)}" if extensible else "")
+            + f"){hint}",
         )
 
 

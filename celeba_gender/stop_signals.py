@@ -83,10 +83,11 @@ class StopSignalHandler:
         if not self.held:
             raise self.stop_now()
 
-    def stop_now(self) -> BaseException:
-        """The interruption, raised once: the block holds from now on."""
+    def stop_now(self, *args: Any, **kwargs: Any) -> BaseException:
+        """The interruption (``interruption(*args, **kwargs)``), to raise: the block holds from
+        now on, whoever stops it (the handler, or the block at a point it chose)."""
         self.held = True
-        return self.interruption()
+        return self.interruption(*args, **kwargs)
 
     def raise_if_requested(self) -> None:
         """Where a held block can stop: raise the interruption of a signal that came."""

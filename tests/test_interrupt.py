@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import forked_python
 import pytest
@@ -168,13 +169,26 @@ def test_a_second_signal_while_a_stopped_job_ends_is_only_recorded():
     """Outside training the first signal stops the job at once; a second (SIGTERM after
     SIGUSR2, a double Ctrl-C) while the stop unwinds through Lightning's teardown and the
     crash-path checkpoint write is recorded, not raised inside them."""
-    from celeba_gender.training.resume import StopSignals, TrainingInterrupted
+    from celeba_gender.training.resume import LastCheckpoint, StopSignals, TrainingInterrupted
 
     with StopSignals(["SIGUSR1", "SIGUSR2"]) as stops:
         with pytest.raises(TrainingInterrupted):
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(1)
         os.kill(os.getpid(), signal.SIGUSR2)  # raised here before: nothing was held
+        time.sleep(0.05)
+        assert stops.requested == signal.SIGUSR2
+    # During training the first is deferred; LastCheckpoint saves, then stops the job itself.
+    with StopSignals(["SIGUSR1", "SIGUSR2"]) as stops:
+        stops.deferred = True
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        checkpoint = LastCheckpoint(Path("last.ckpt"), None, stops)
+        trainer = SimpleNamespace(current_epoch=0, global_step=3)
+        checkpoint.write_taken = lambda trainer: None  # nothing was taken to write
+        with pytest.raises(TrainingInterrupted):
+            checkpoint._interrupt(trainer)
+        os.kill(os.getpid(), signal.SIGUSR2)  # a second, in Lightning's teardown: recorded
         time.sleep(0.05)
         assert stops.requested == signal.SIGUSR2
 
@@ -204,8 +218,12 @@ def test_predict_training_and_the_demo_share_one_stop_signal_handler():
     # command imports, before any of this exists; ddp: the launcher's child ranks.
     assert handlers <= {"stop_signals.py", "quiet_interrupt.py", "training/ddp.py"}, handlers
     before = signal.getsignal(signal.SIGUSR1)
+    ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN}  # stay so
     with StopSignalHandler(raises=lambda signum: SystemExit(128 + signum)) as stops:
-        assert [signal.getsignal(s) == stops.handle for s in STOP_SIGNALS].count(False) <= 1
+        for signum in STOP_SIGNALS:
+            assert signal.getsignal(signum) == (
+                signal.SIG_IGN if signum in ignored else stops.handle
+            )
         with pytest.raises(SystemExit) as raised:
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(1)

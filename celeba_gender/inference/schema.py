@@ -5,7 +5,8 @@ A value the schema refuses ends the command with one line naming the key, the va
 is allowed (``ConfigError``). What depends on the machine rather than on the value (a file that
 must exist, a port another program holds, a folder that must be writable) is checked where it
 is used. The ``video`` and ``decimals`` sections are read, and checked, by their owners
-(``VideoSettings.from_config``, ``Decimals.from_config``), which predict and the demo call first.
+(``VideoSettings.from_config``, ``Decimals.from_config``): predict calls them first, the demo
+when it builds its page.
 """
 
 from __future__ import annotations

@@ -375,7 +375,7 @@ class LastCheckpoint(Checkpoint):
         self.write_taken(trainer)
         self._stop_at_next_start = False
         self.stops.deferred = False
-        raise self.stops.interruption(self.path, trainer.current_epoch, trainer.global_step)
+        raise self.stops.stop_now(self.path, trainer.current_epoch, trainer.global_step)
 
 
 class _WritesLastCheckpoint(L.Callback):

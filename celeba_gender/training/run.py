@@ -276,10 +276,11 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
     last_path = checkpoint_dir / LAST_CHECKPOINT
     # last.ckpt has one writer: LastCheckpoint takes every ModelCheckpoint's save_last (each
     # wrote it only in epochs it saved in) and saves at every epoch's end.
-    save_last = any(c.save_last for c in checkpoints)
+    asking = [c for c in checkpoints if c.save_last]
+    save_last = bool(asking)
+    weights_only = any(c.save_weights_only for c in asking)  # those asking for last.ckpt
     for other in checkpoints:
         other.save_last = False
-    weights_only = save_last and checkpoint.save_weights_only
     if weights_only:
         log.warning(
             "model_checkpoint.save_weights_only=true: last.ckpt holds weights only, so this "
@@ -364,7 +365,7 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         except Exception:  # noqa: BLE001
             log.warning("Could not print where the results are:", exc_info=True)
     if stops.requested is not None:
-        stop = stops.interruption()
+        stop = stops.stop_now()
         stop.finished = True  # metrics.json says ok: nothing is left to resume
         raise stop
     return record
