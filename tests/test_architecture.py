@@ -221,12 +221,20 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
+def _own_import(node: ast.Import | ast.ImportFrom) -> bool:
+    """An import of the package itself (absolute or relative)."""
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] == "celeba_gender"
+    return all(alias.name.split(".")[0] == "celeba_gender" for alias in node.names)
+
+
 def private_names(tree: ast.AST) -> tuple[set[str], list[tuple[int, str]]]:
     """The underscore names a module defines (functions, classes, variables, parameters,
     imports, its own ``self._x``/``cls._x`` attributes) and the ``(line, name)`` of each
     ``x._name`` it reads or writes on something else (``getattr(x, "_name")`` too)."""
     defined: set[str] = set()
     used: list[tuple[int, str]] = []
+    foreign: set[int] = set()  # the aliases of another library's private imports
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             defined.add(node.name)
@@ -235,7 +243,17 @@ def private_names(tree: ast.AST) -> tuple[set[str], list[tuple[int, str]]]:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             defined.add(node.id)  # module, class body (dataclass fields), local, loop targets
         elif isinstance(node, ast.alias):
-            defined.add((node.asname or node.name).split(".")[0])
+            if id(node) not in foreign:
+                defined.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.Import | ast.ImportFrom) and not _own_import(node):
+            # Another library's private module or name, imported: used here (not defined).
+            module = getattr(node, "module", None) or ""
+            for alias in node.names:
+                path = f"{module}.{alias.name}" if module else alias.name
+                private = [part for part in path.split(".") if _is_private(part)]
+                used += [(node.lineno, part) for part in private]
+                if private:
+                    foreign.add(id(alias))
         elif isinstance(node, ast.Global | ast.Nonlocal):
             defined.update(node.names)
         elif isinstance(node, ast.ExceptHandler) and node.name:
@@ -302,8 +320,13 @@ def test_the_private_name_check_finds_a_librarys_private_name():
         "def run(trainer, logger):\n"
         "    trainer._checkpoint_connector.dump_checkpoint(False)\n"
         "    return getattr(logger, '_experiment'), Mine()._own(), cfg._target_\n"
+        "from lightning.pytorch.loops.fit_loop import _FitLoop\n"
+        "from omegaconf._utils import get_value_kind\n"
+        "from celeba_gender.training.run import _guarded\n"
     )
     assert foreign_private_uses({"m.py": source}) == [
         "m.py:8: ._checkpoint_connector",
         "m.py:9: ._experiment",
+        "m.py:10: ._FitLoop",
+        "m.py:11: ._utils",
     ]
