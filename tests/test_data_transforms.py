@@ -120,3 +120,21 @@ def test_face_crop_scales_with_the_image_and_rejects_boxes_outside_it():
     assert crop_box(None, 218, 178) == (0, 0, 218, 178)
     with pytest.raises(ValueError, match="outside"):
         crop_box({"top": 300, "left": 0, "height": 10, "width": 10}, 218, 178)
+
+
+@pytest.mark.parametrize("size", [7, 64, 224])
+def test_the_batched_warp_samples_where_torchs_affine_grid_does(size):
+    """transforms._affine_grid (the cached loader's sampling grid, computed its own faster
+    way) is F.affine_grid's, for rotations, flips, scales and shifts of a batch."""
+    from celeba_gender.data.transforms import _affine_grid
+
+    generator = torch.Generator().manual_seed(size)
+    angle = torch.rand(16, generator=generator) * 6.3
+    scale = 0.5 + torch.rand(16, 2, generator=generator)
+    flip = torch.where(torch.rand(16, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(16, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = scale[:, 0] * angle.cos() * flip, -angle.sin()
+    theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), scale[:, 1] * angle.cos()
+    theta[:, :, 2] = torch.rand(16, 2, generator=generator) - 0.5
+    expected = torch.nn.functional.affine_grid(theta, (16, 3, size, size), align_corners=False)
+    assert torch.allclose(_affine_grid(theta, size), expected, atol=1e-5)

@@ -449,14 +449,19 @@ def progressive_image_size(
 
 
 @functools.lru_cache(maxsize=8)
-def _base_grid(size: int, device: torch.device) -> torch.Tensor:
-    """(1, size*size, 3) output pixel centres in [-1, 1] with a column of ones."""
-    steps = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
-    y, x = torch.meshgrid(steps, steps, indexing="ij")
-    return torch.stack([x, y, torch.ones_like(x)], dim=-1).view(1, size * size, 3)
+def _pixel_centres(size: int, device: torch.device) -> torch.Tensor:
+    """(1, size, 1) output pixel centres along one side, in [-1, 1]."""
+    return ((torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1).view(
+        1, size, 1
+    )
 
 
 def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.affine_grid`` for a square output as one batched matmul (twice as fast on a CPU)."""
-    grid = torch.matmul(_base_grid(size, theta.device), theta.transpose(1, 2))
-    return grid.view(len(theta), size, size, 2)
+    """``F.affine_grid`` for a square output (align_corners=False). An affine map of pixel
+    (x, y) is a part of its row plus a part of its column: one broadcast add of two small
+    tables writes the grid (on a CPU about 4x faster than a batched matmul with the pixel
+    coordinates, which is itself faster than F.affine_grid)."""
+    steps = _pixel_centres(size, theta.device)
+    rows = steps * theta[:, None, :, 1] + theta[:, None, :, 2]  # (n, size, 2): y's part
+    columns = steps * theta[:, None, :, 0]  # (n, size, 2): x's part
+    return rows.unsqueeze(2) + columns.unsqueeze(1)
