@@ -212,9 +212,9 @@ def _train_held(cfg: DictConfig, start: Any, started: float) -> dict[str, Any]:
         try:
             return _train(cfg, start, stops, started)
         except TrainingInterrupted as stop:
-            # A second signal now (a double Ctrl-C, SIGTERM after SIGUSR2) is only recorded:
-            # raised inside the write, it would leave no record of the stop.
-            stops.held = True
+            # The handler holds once it has stopped the job (StopSignalHandler.stop_now): a
+            # second signal now (a double Ctrl-C, SIGTERM after SIGUSR2) is only recorded, not
+            # raised inside this write, which would leave no record of the stop.
             if global_rank() == 0 and not stop.finished:
                 write_json(output_dir / METRICS_FILE, _interrupted_record(cfg, stop, output_dir))
             raise
