@@ -17,8 +17,15 @@ on validation (any other is refused): the JSON holds no test figure of the other
 Usage:
 
     python benchmarks/time_to_accuracy.py run --recipe r96 --seeds 0,1,2 [--root DIR]
+    python benchmarks/time_to_accuracy.py run --recipe r96 --seeds 0,1,2 --final-fit
     python benchmarks/time_to_accuracy.py report [--test r96] [--json OUT] [--plot OUT.png]
+        [--previous EARLIER.json]
     python benchmarks/time_to_accuracy.py list       # the recipes and their overrides
+
+``--final-fit`` trains the chosen recipe's epochs on the training and validation parts together
+(``data.final_fit=true``: nothing left to choose a checkpoint by, so the last epoch is tested);
+``report --test`` then reports those runs' test metrics beside the validation-chosen runs'.
+``--previous`` carries over the recipes of an earlier report whose run folders are gone.
 
 ``--extra`` adds overrides to every run (tests use it to shrink runs).
 """
@@ -117,18 +124,32 @@ def recipe_overrides(recipe: str) -> list[str]:
     return [*BASE, *(f"{k}={v}" for k, v in {**BEFORE, **RECIPES[recipe][1]}.items())]
 
 
+def run_folder(out: Path, recipe: str, seed: int, final_fit: bool = False) -> Path:
+    """Where a run of ``recipe`` lives: ``out/<recipe>/seed<S>``, its final fit's under
+    ``out/<recipe>/final_fit/``."""
+    return out / recipe / ("final_fit" if final_fit else "") / f"seed{seed}"
+
+
 def run_recipe(
-    recipe: str, seeds: Sequence[int], root: Path, out: Path, extra: Sequence[str] = ()
+    recipe: str,
+    seeds: Sequence[int],
+    root: Path,
+    out: Path,
+    extra: Sequence[str] = (),
+    final_fit: bool = False,
 ) -> list[Path]:
-    """Train ``recipe`` once per seed (train.py in a fresh process each); returns run folders."""
+    """Train ``recipe`` once per seed (train.py in a fresh process each); returns run folders.
+    ``final_fit``: the same recipe on the training and validation parts together
+    (data.final_fit=true), its last epoch tested."""
     folders = []
     for seed in seeds:
-        folder = out / recipe / f"seed{seed}"
+        folder = run_folder(out, recipe, seed, final_fit)
         folder.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, str(REPO / "train.py"), *recipe_overrides(recipe),
             f"seed={seed}", f"data.root={root}", f"hydra.run.dir={folder}",
-            "resume=true", "logger=tensorboard", *extra,
+            "resume=true", "logger=tensorboard", f"data.final_fit={str(final_fit).lower()}",
+            *extra,
         ]  # fmt: skip
         load_before = os.getloadavg()[0]
         started = time.time()
@@ -144,7 +165,8 @@ def run_recipe(
         (folder / "benchmark.json").write_text(json.dumps(facts, indent=1))
         if done.returncode != 0:
             raise SystemExit(f"{recipe} seed {seed} failed: see {folder / 'benchmark.log'}")
-        print(f"{recipe} seed {seed}: done in {facts['process_seconds']:.0f} s", flush=True)
+        kind = " (final fit)" if final_fit else ""
+        print(f"{recipe}{kind} seed {seed}: done in {facts['process_seconds']:.0f} s", flush=True)
         folders.append(folder)
     return folders
 
@@ -237,12 +259,57 @@ def _mean_spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def _test_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread of the test metrics of finished runs' metrics.json records."""
+    return {
+        "seeds": [m["seed"] for m in records],
+        **{
+            name: _mean_spread([m[f"test/{name}"] for m in records])
+            for name in ("acc", "precision", "recall", "f1", "auroc")
+        },
+        "per_seed_acc": [m["test/acc"] for m in records],
+        "test_images": records[0]["test_images"],
+    }
+
+
+def _final_fit_summary(out: Path, recipe: str) -> dict[str, Any] | None:
+    """The final fits of ``recipe`` (``run --final-fit``): fit time and test metrics of its
+    last epoch, or None when it has none finished."""
+    records = []
+    for folder in sorted((out / recipe / "final_fit").glob("seed*")):
+        path = folder / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        if metrics.get("status") != "ok":
+            raise SystemExit(f"{folder}: final fit not finished; run it again")
+        if not metrics.get("final_fit"):
+            raise SystemExit(f"{path}: not a final fit (final_fit is not true)")
+        summary = json.loads((folder / "data_summary.json").read_text())
+        records.append({**metrics, "train_images": summary["balance"]["train_images_per_epoch"]})
+    if not records:
+        return None
+    return {
+        "recipe": recipe,
+        "what": "the recipe's epochs on the training and validation parts together "
+        "(data.final_fit=true); no validation, so the last epoch is tested",
+        "train_images": records[0]["train_images"],
+        "fit_minutes": _mean_spread([m["fit_seconds"] / 60 for m in records]),
+        "evaluated_checkpoint": sorted({m["evaluated_checkpoint"] for m in records}),
+        **_test_summary(records),
+    }
+
+
 def report(
-    out: Path, test_recipe: str | None = None, flip: bool = False, budget_minutes: float = 10.0
+    out: Path,
+    test_recipe: str | None = None,
+    flip: bool = False,
+    budget_minutes: float = 10.0,
+    previous: Path | None = None,
 ) -> dict[str, Any]:
     """Every recipe with finished runs under ``out``: validation summary, curves; the test
-    metrics of ``test_recipe`` only; with ``flip``, each best.ckpt's validation accuracy with
-    test-time flip averaging too."""
+    metrics of ``test_recipe`` only, and of its final fits if any; with ``flip``, each
+    best.ckpt's validation accuracy with test-time flip averaging too. ``previous``: an
+    earlier report's JSON whose recipes with no runs under ``out`` are carried over (marked
+    with that report's file) and compete in the choice."""
     recipes: dict[str, Any] = {}
     for recipe_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         runs = [
@@ -269,6 +336,11 @@ def report(
             **flip_summary,
             "runs": runs,
         }
+    if previous is not None:
+        earlier = json.loads(previous.read_text())["recipes"]
+        for name, recipe in earlier.items():
+            if name not in recipes:
+                recipes[name] = {**recipe, "carried_over_from": str(previous)}
     if not recipes:
         raise SystemExit(f"no finished runs under {out}: run some first ({__file__} run ...)")
     # The choice: highest mean best-validation accuracy over at least 3 seeds, among recipes
@@ -304,16 +376,10 @@ def report(
             json.loads((Path(r["folder"]) / "metrics.json").read_text())
             for r in recipes[test_recipe]["runs"]
         ]
-        result["test"] = {
-            "recipe": test_recipe,
-            "seeds": [m["seed"] for m in tested],
-            **{
-                name: _mean_spread([m[f"test/{name}"] for m in tested])
-                for name in ("acc", "precision", "recall", "f1", "auroc")
-            },
-            "per_seed_acc": [m["test/acc"] for m in tested],
-            "test_images": tested[0]["test_images"],
-        }
+        result["test"] = {"recipe": test_recipe, **_test_summary(tested)}
+        final_fit = _final_fit_summary(out, test_recipe)
+        if final_fit is not None:
+            result["final_fit"] = final_fit
     return result
 
 
@@ -361,6 +427,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--plot", type=Path, help="default: --json with .png")
+    parser.add_argument(
+        "--final-fit",
+        action="store_true",
+        help="run: the recipe on train + validation (data.final_fit=true), its last epoch tested",
+    )
+    parser.add_argument(
+        "--previous", type=Path, help="report: carry over the recipes of this earlier JSON"
+    )
     args = parser.parse_args(argv)
     if args.action == "list":
         for name, (description, _) in RECIPES.items():
@@ -372,9 +446,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.root.is_dir():
             raise SystemExit(f"--root {args.root}: no such folder (a CelebA copy)")
         seeds = [int(s) for s in args.seeds.split(",")]
-        run_recipe(args.recipe, seeds, args.root, args.out, args.extra)
+        run_recipe(args.recipe, seeds, args.root, args.out, args.extra, args.final_fit)
         return
-    result = report(args.out, args.test, args.flip, args.budget_minutes)
+    result = report(args.out, args.test, args.flip, args.budget_minutes, args.previous)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     picture = plot(result, args.plot or args.json.with_suffix(".png"))
@@ -396,6 +470,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"test ({test['recipe']}, {test['test_images']} images): acc "
             f"{test['acc']['mean']:.4f} (sd {test['acc']['std']:.4f}; {test['per_seed_acc']})"
+        )
+    if "final_fit" in result:
+        fit = result["final_fit"]
+        print(
+            f"final fit ({fit['recipe']}, {fit['train_images']} training images, last epoch, "
+            f"{fit['fit_minutes']['mean']:.1f} min): test acc {fit['acc']['mean']:.4f} "
+            f"(sd {fit['acc']['std']:.4f}; {fit['per_seed_acc']})"
         )
     print(f"wrote {args.json} and {picture}")
 

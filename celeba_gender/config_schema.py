@@ -152,6 +152,7 @@ class DataSchema:
         check=_passes(check_fractions),
         allowed="3 fractions (train, val, test) in [0, 1] summing to 1",
     )
+    final_fit: bool = setting()
     seed_protocol_train_per_class: int = setting(ge=1)
     balance: str = setting(choices=BALANCE_METHODS)
     balance_seed: int = setting(ge=0)

@@ -192,6 +192,50 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert result["test"]["acc"]["mean"] == pytest.approx(sum(tested) / 3)
     assert output.with_suffix(".png").stat().st_size > 10_000
     assert "chosen by validation: r96" in reported.stdout
+    # The chosen recipe's final fit: train + validation, its last epoch tested, reported
+    # beside the validation-chosen runs.
+    ran = bench("run", "--recipe", "r96", "--seeds", "0", "--final-fit", "--root",
+                str(sample_root), "--out", str(runs), *tiny)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:] + ran.stdout[-3000:]
+    final_dir = runs / "r96" / "final_fit" / "seed0"
+    final = json.loads((final_dir / "metrics.json").read_text())
+    assert final["final_fit"] is True and final["evaluated_checkpoint"] == "last epoch"
+    assert final["best_val"] is None and not (final_dir / "val_predictions.csv").exists()
+    chosen_split = json.loads((runs / "r96" / "seed0" / "data_summary.json").read_text())
+    final_split = json.loads((final_dir / "data_summary.json").read_text())
+    parts = chosen_split["parts"]
+    assert (
+        final_split["parts"]["train"]["images"] == parts["train"]["images"] + parts["val"]["images"]
+    )
+    assert final_split["parts"]["test"] == parts["test"]
+    reported = bench("report", "--out", str(runs), "--test", "r96", "--json", str(output))
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["final_fit"]["per_seed_acc"] == [final["test/acc"]]
+    assert result["final_fit"]["train_images"] == final_split["balance"]["train_images_per_epoch"]
+    assert result["final_fit"]["evaluated_checkpoint"] == ["last epoch"]
+    assert result["test"]["per_seed_acc"] == tested  # the chosen runs' own figures still
+    assert "final fit (r96" in reported.stdout
+    assert "r96" in result["recipes"] and "final_fit" not in result["recipes"]
+    # In the analysis a final fit is its own configuration, never ranked above a validated one.
+    from celeba_gender.analysis import analyze_sweep, conclusions
+
+    analysis = analyze_sweep([runs / "r96" / "seed0", final_dir])
+    assert sorted(analysis.runs["experiment"]) == ["cpu_quick", "cpu_quick (final fit)"]
+    # Two folders named seed0 are two jobs, named by where they differ.
+    assert sorted(analysis.runs["job"]) == ["final_fit/seed0", "seed0"]
+    assert conclusions.ranked(analysis.configurations).iloc[0]["experiment"] == "cpu_quick"
+    assert any("(final fit) trained on the training and validation" in n for n in analysis.notes)
+    # An earlier report's recipes come along (and compete) when their runs are gone.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"recipes": {"old_recipe": recipes["cpu_quick_48"]}}))
+    carried = bench("report", "--out", str(runs), "--previous", str(earlier), "--json",
+                    str(output))  # fmt: skip
+    assert carried.returncode == 0, carried.stderr[-3000:]
+    old = json.loads(output.read_text())["recipes"]["old_recipe"]
+    assert (
+        old["carried_over_from"] == str(earlier) and old["runs"] == recipes["cpu_quick_48"]["runs"]
+    )
     unknown = bench("report", "--out", str(runs), "--test", "prog64_112", "--json", str(output))
     assert unknown.returncode != 0 and "no finished runs of it" in unknown.stderr
     other = bench("report", "--out", str(runs), "--test", "cpu_quick_48", "--json", str(output))

@@ -137,6 +137,28 @@ def test_summary_file_reports_the_split(subset_root, cache_dir, tmp_path):
     assert sum(part["images"] for part in identity["parts"].values()) == 4014
 
 
+def test_a_final_fit_trains_on_the_validation_images_and_leaves_the_test_part_alone(
+    subset_root, cache_dir, tmp_path
+):
+    chosen = _module(subset_root, cache_dir)
+    final = _module(subset_root, cache_dir, final_fit=True, summary_path=tmp_path / "s.json")
+    chosen.setup("fit")
+    final.setup("fit")
+    assert len(chosen.parts["val"]) > 300
+    assert sorted(final.parts["train"]) == sorted([*chosen.parts["train"], *chosen.parts["val"]])
+    assert len(final.parts["val"]) == 0 and len(final.datasets["val"]) == 0
+    assert list(final.parts["test"]) == list(chosen.parts["test"])
+    assert len(final.datasets["train"]) == len(chosen.datasets["train"]) + len(chosen.parts["val"])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["split"]["final_fit"] is True
+    assert summary["split"]["validation_images_trained_on"] == len(chosen.parts["val"])
+    assert summary["identity_disjoint"] is True  # training still shares nobody with the test
+    assert chosen.summary()["split"]["final_fit"] is False
+    # Validating a final fit has nothing to read: said in the data's words, with the fix.
+    with pytest.raises(DataError, match=r"data.final_fit=true trained on the validation images"):
+        final.setup("validate")
+
+
 class _TinyClassifier(L.LightningModule):
     """Records what reaches training_step, to prove the batch transform ran on the device."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from celeba_gender.training.resume import flatten_config, is_ignored, saved_conf
 
 log = logging.getLogger(__name__)
 METRICS = CLASSIFICATION_METRICS
+FINAL_FIT = "(final fit)"  # what a final fit's experiment name ends with in the tables
 
 
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
@@ -198,6 +200,19 @@ def _metric_column(key: str, record: dict) -> str:
 STATUS_RANK = {"ok": 0, "interrupted": 1, "failed": 2, "missing": 3}
 
 
+def _name_same_named_jobs_apart(runs: pd.DataFrame) -> None:
+    """Jobs of folders with the same name in different places (runs/a/seed0, runs/b/seed0)
+    are named by their paths below the folder they share, so that a job name is one run."""
+    same = runs["job"].duplicated(keep=False)
+    if not same.any():
+        return
+    folders = [Path(d).resolve() for d in runs.loc[same, "run_dir"]]
+    common = Path(os.path.commonpath(folders))
+    runs.loc[same, "job"] = [
+        str(folder.relative_to(common)) if folder != common else str(folder) for folder in folders
+    ]
+
+
 def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """One row per job: status (ok / failed / interrupted / missing), what it was, and its test
     results. Several sweep folders (a sweep, a re-run of its failed jobs, more seeds) give one
@@ -248,6 +263,7 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         raise DataError(f"{', '.join(map(str, folders))}: no training job, run or listed.")
     runs = pd.DataFrame(rows).drop(columns="_overrides")
     runs = runs.sort_values("_order", kind="stable").drop_duplicates("_key")
+    _name_same_named_jobs_apart(runs)
     # Facts some jobs' own run_facts add (one line in their config) join the table too.
     columns = ["job", "status", *run_fact_keys(), *OTHER_COLUMNS]
     added = [c for c in runs.columns if c in fact_names and c not in columns]
@@ -257,6 +273,13 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")
     runs["missing_metrics"] = runs["missing_metrics"].astype(object).fillna("")
+    # A final fit (data.final_fit) trained on the validation images: it is its own
+    # configuration, never a seed of the validation-chosen one it repeats.
+    final = runs["final_fit"].eq(True)
+    runs.loc[final, "experiment"] = [
+        f"{name} {FINAL_FIT}" if isinstance(name, str) and name else FINAL_FIT
+        for name in runs.loc[final, "experiment"]
+    ]
     return runs.reset_index(drop=True)
 
 

@@ -69,6 +69,7 @@ class CelebADataModule(L.LightningDataModule):
         split: str = "identity",
         split_seed: int = 42,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        final_fit: bool = False,
         seed_protocol_train_per_class: int = 1500,
         balance: str = "none",
         balance_seed: int = 0,
@@ -98,6 +99,7 @@ class CelebADataModule(L.LightningDataModule):
         self.split = split
         self.split_seed = split_seed
         self.split_fractions = [float(f) for f in split_fractions]
+        self.final_fit = bool(final_fit)
         self.seed_protocol_train_per_class = seed_protocol_train_per_class
         self.balance = balance
         self.balance_seed = balance_seed
@@ -133,6 +135,7 @@ class CelebADataModule(L.LightningDataModule):
         self.cache: ImageTensorCache | None = None
         self.parts: dict[str, np.ndarray] = {}
         self.train_rows: np.ndarray | None = None
+        self.final_fit_images = 0
         self.datasets: dict[str, torch.utils.data.Dataset] = {}
 
     # ----------------------------------------------------------------- reading and caching
@@ -200,6 +203,11 @@ class CelebADataModule(L.LightningDataModule):
             # (the report says so); a CelebA copy without identity_CelebA.txt is refused.
             unknown_identity_alone=not self._is_celeba(),
         ).to_numpy()
+        self.final_fit_images = int((part == "val").sum()) if self.final_fit else 0
+        if self.final_fit:
+            # A chosen recipe's final model learns from the validation images too; the test
+            # part is untouched, so it stays as disjoint from training as the split made it.
+            part = np.where(part == "val", "train", part)
         self.parts = {name: np.flatnonzero(part == name) for name in PARTS}
         labels = images["male"].to_numpy(dtype=np.int64)
         if len(self.parts["train"]):
@@ -251,6 +259,12 @@ class CelebADataModule(L.LightningDataModule):
             return
         sizes = ", ".join(f"{name} {len(self.datasets[name])}" for name in PARTS)
         fractions = f" {self.split_fractions}" if self.split == "identity" else ""
+        if self.final_fit and "val" in empty:
+            raise DataError(
+                f"The val part is empty for {self.root}: data.final_fit=true trained on the "
+                f"validation images ({self.final_fit_images}); a run needs {' and '.join(needed)}. "
+                "Set data.final_fit=false to keep a validation part."
+            )
         raise DataError(
             f"The {' and '.join(empty)} part{'s' if len(empty) > 1 else ''} of "
             f"split={self.split} {'are' if len(empty) > 1 else 'is'} empty for {self.root} "
@@ -460,6 +474,10 @@ class CelebADataModule(L.LightningDataModule):
                 "train_per_class": self.seed_protocol_train_per_class
                 if self.split == "seed_protocol"
                 else None,
+                # The validation images that trained instead (data.final_fit): no part left to
+                # choose a checkpoint by, so the run tests its last epoch.
+                "final_fit": self.final_fit,
+                "validation_images_trained_on": self.final_fit_images,
             },
             "parts": parts,
             "shared_identities": shared,

@@ -268,9 +268,15 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoints = [c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
     checkpoint = checkpoints[0] if checkpoints else None  # callbacks.model_checkpoint: best.ckpt
-    if checkpoint is not None and not has_val:
+    if datamodule.final_fit:
+        log.info(
+            "data.final_fit=true: the %d validation images train too; the last epoch is tested.",
+            datamodule.final_fit_images,
+        )
+    elif not has_val:
         # seed_protocol has no validation part: keep the last epoch's weights instead.
         log.warning("No validation images (split=%s): testing the last epoch.", cfg.data.split)
+    if checkpoint is not None and not has_val:
         checkpoint.monitor = None
     throughput, test_throughput = TrainingThroughput(), TestThroughput()
     last_path = checkpoint_dir / LAST_CHECKPOINT
