@@ -304,6 +304,7 @@ def report(
     flip: bool = False,
     budget_minutes: float = 10.0,
     previous: Path | None = None,
+    target: float = 0.95,
 ) -> dict[str, Any]:
     """Every recipe with finished runs under ``out``: validation summary, curves; the test
     metrics of ``test_recipe`` only, and of its final fits if any; with ``flip``, each
@@ -343,6 +344,8 @@ def report(
                 recipes[name] = {**recipe, "carried_over_from": str(previous)}
     if not recipes:
         raise SystemExit(f"no finished runs under {out}: run some first ({__file__} run ...)")
+    for recipe in recipes.values():
+        recipe["minutes_to_target"] = minutes_to(recipe, target)
     # The choice: highest mean best-validation accuracy over at least 3 seeds, among recipes
     # whose runs fit the budget (mean fit minutes).
     eligible = {
@@ -362,6 +365,8 @@ def report(
         "selection": "highest mean (over >= 3 seeds) of each run's best validation accuracy, "
         f"among recipes whose mean fit time is <= {budget_minutes} minutes",
         "chosen_by_validation": chosen,
+        "budget_minutes": budget_minutes,
+        "target_val_acc": target,
         "recipes": recipes,
     }
     if test_recipe is not None:
@@ -383,25 +388,42 @@ def report(
     return result
 
 
+def mean_curve(recipe: dict[str, Any]) -> tuple[list[float], list[list[float]]]:
+    """A recipe's curve over its seeds, up to the shortest run: mean minutes after each epoch,
+    and every seed's validation accuracy there."""
+    curves = [r["curve"] for r in recipe["runs"]]
+    length = min(len(c) for c in curves)
+    minutes = [statistics.fmean(c[i]["minutes"] for c in curves) for i in range(length)]
+    return minutes, [[c[i]["val_acc"] for c in curves] for i in range(length)]
+
+
+def minutes_to(recipe: dict[str, Any], target: float) -> float | None:
+    """Mean minutes at the first epoch whose mean validation accuracy reaches ``target``
+    (None: the curve never does)."""
+    minutes, accs = mean_curve(recipe)
+    return next(
+        (m for m, a in zip(minutes, accs, strict=True) if statistics.fmean(a) >= target), None
+    )
+
+
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """Mean validation accuracy vs mean minutes, one line per recipe, min-max band."""
+    """Mean validation accuracy vs mean minutes, one line per recipe, min-max band; the
+    target accuracy and the budget as dotted lines."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.add_subplot()
     for name, recipe in result["recipes"].items():
-        curves = [r["curve"] for r in recipe["runs"]]
-        length = min(len(c) for c in curves)
-        minutes = [statistics.fmean(c[i]["minutes"] for c in curves) for i in range(length)]
-        accs = [[c[i]["val_acc"] for c in curves] for i in range(length)]
+        minutes, accs = mean_curve(recipe)
         mean = [statistics.fmean(a) for a in accs]
-        label = f"{name} ({len(curves)} seeds)"
+        label = f"{name} ({len(recipe['runs'])} seeds)"
         (line,) = axes.plot(minutes, mean, marker=".", label=label)
         axes.fill_between(
             minutes, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,
             color=line.get_color(), linewidth=0,
         )  # fmt: skip
-    axes.axvline(10, color="grey", linestyle=":", linewidth=1)
+    axes.axvline(result["budget_minutes"], color="grey", linestyle=":", linewidth=1)
+    axes.axhline(result["target_val_acc"], color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel("minutes of training (2-core CPU, incl. per-epoch validation)")
     axes.set_ylabel("validation accuracy (identity split)")
     axes.set_ylim(0.80, 1.0)
@@ -425,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--flip", action="store_true", help="also each best.ckpt's val accuracy with flip TTA"
     )
     parser.add_argument("--budget-minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--target", type=float, default=0.95, help="report minutes to this mean val accuracy"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--plot", type=Path, help="default: --json with .png")
     parser.add_argument(
@@ -448,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         run_recipe(args.recipe, seeds, args.root, args.out, args.extra, args.final_fit)
         return
-    result = report(args.out, args.test, args.flip, args.budget_minutes, args.previous)
+    result = report(args.out, args.test, args.flip, args.budget_minutes, args.previous, args.target)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     picture = plot(result, args.plot or args.json.with_suffix(".png"))
@@ -457,7 +482,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{name:16s} seeds {recipe['seeds']}: best val {val['mean']:.4f} "
             f"(sd {val['std']:.4f}, {val['min']:.4f}-{val['max']:.4f}), "
-            f"fit {minutes['mean']:.1f} min"
+            f"fit {minutes['mean']:.1f} min, "
+            + (
+                f"mean val {args.target} at {recipe['minutes_to_target']:.1f} min"
+                if recipe["minutes_to_target"] is not None
+                else f"mean val never {args.target}"
+            )
             + (
                 f", flip TTA val {recipe['val_acc_flip_tta']['mean']:.4f}"
                 if "val_acc_flip_tta" in recipe

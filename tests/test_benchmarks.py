@@ -191,6 +191,26 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert result["test"]["per_seed_acc"] == tested
     assert result["test"]["acc"]["mean"] == pytest.approx(sum(tested) / 3)
     assert output.with_suffix(".png").stat().st_size > 10_000
+    # Minutes to the target: the first epoch whose mean over the seeds reaches it, or None.
+    assert result["target_val_acc"] == 0.95 and result["budget_minutes"] == 10.0
+    means = [sum(r["curve"][i]["val_acc"] for r in recipes["r96"]["runs"]) / 3 for i in (0, 1)]
+    reached = [i for i in (0, 1) if means[i] >= 0.95]
+    expected = (
+        sum(r["curve"][reached[0]]["minutes"] for r in recipes["r96"]["runs"]) / 3
+        if reached
+        else None
+    )
+    if expected is None:
+        assert recipes["r96"]["minutes_to_target"] is None
+    else:
+        assert recipes["r96"]["minutes_to_target"] == pytest.approx(expected)
+    low = bench("report", "--out", str(runs), "--target", "0.1", "--json", str(tmp_path / "l.json"))
+    assert low.returncode == 0, low.stderr[-3000:]
+    first = json.loads((tmp_path / "l.json").read_text())["recipes"]["r96"]
+    assert first["minutes_to_target"] == pytest.approx(
+        sum(r["curve"][0]["minutes"] for r in recipes["r96"]["runs"]) / 3
+    )
+    assert "mean val 0.1 at" in low.stdout
     assert "chosen by validation: r96" in reported.stdout
     # The chosen recipe's final fit: train + validation, its last epoch tested, reported
     # beside the validation-chosen runs.
