@@ -24,8 +24,10 @@ import pytest
 import torch
 from conftest import REPO, _unavailable, delete_big_files, file_stamps, run_script
 from lightning.pytorch.callbacks import Checkpoint, EMAWeightAveraging
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from celeba_gender.config import CONFIG_DIR, compose_config
 from celeba_gender.data.sampling import EpochSampler, ignore_stop_signals
 from celeba_gender.stop_signals import STOP_SIGNALS
 from celeba_gender.training.folder_lock import (
@@ -39,8 +41,10 @@ from celeba_gender.training.resume import (
     OutOfSpace,
     StopSignals,
     TrainingInterrupted,
+    _with_added_settings,
     checkpoint_position,
     config_differences,
+    flatten_config,
     saved_config,
 )
 
@@ -702,3 +706,25 @@ def test_a_stop_after_the_last_epochs_end_saves_the_weights_before_the_ema_copie
     assert checkpoint["global_step"] == 12
     own = checkpoint["current_model_state"]
     assert all(torch.equal(own[k], raw.at_step[12][k]) for k in raw.at_step[12])
+
+
+def test_every_setting_added_since_the_baseline_lets_earlier_runs_resume():
+    """A key added to conf/ after tests/config_keys_baseline.txt (the dotted keys of the
+    default config and of every experiment at 010121b, 2026-12-06) must be in ADDED_SETTINGS
+    at the value earlier runs had in effect, or be one resume ignores: otherwise every run
+    saved before it is refused by resume=true and counted apart by the analysis."""
+    baseline = set((Path(__file__).parent / "config_keys_baseline.txt").read_text().split())
+    experiments = sorted((CONFIG_DIR / "experiment").glob("*.yaml"))
+    for overrides in [[], *([f"experiment={path.stem}"] for path in experiments)]:
+        current = OmegaConf.to_container(compose_config("config", overrides), resolve=False)
+        ignore = list(current["resume_ignore"])
+        # The config as a run saved it before the new keys: the baseline's keys only.
+        saved: dict = {}
+        for dotted, value in flatten_config(current).items():
+            if dotted in baseline:
+                *parents, key = dotted.split(".")
+                node = saved
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[key] = value
+        assert config_differences(_with_added_settings(saved), current, ignore) == [], overrides

@@ -60,6 +60,8 @@ ADDED_SETTINGS = {
     "label_smoothing": 0.0,
     "module.label_smoothing": 0.0,
     "callbacks.ema": None,
+    "data.final_fit": False,
+    "run_facts.final_fit": "data.final_fit",
 }
 
 
