@@ -274,17 +274,22 @@ def _test_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _final_fit_summary(out: Path, recipe: str) -> dict[str, Any] | None:
     """The final fits of ``recipe`` (``run --final-fit``): fit time and test metrics of its
-    last epoch, or None when it has none finished."""
-    records = []
+    last epoch, or None when it has none finished (unfinished seeds are listed, not read)."""
+    records, unfinished = [], []
     for folder in sorted((out / recipe / "final_fit").glob("seed*")):
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         if metrics.get("status") != "ok":
-            raise SystemExit(f"{folder}: final fit not finished; run it again")
+            unfinished.append(str(folder))
+            continue
         if not metrics.get("final_fit"):
             raise SystemExit(f"{path}: not a final fit (final_fit is not true)")
-        summary = json.loads((folder / "data_summary.json").read_text())
-        records.append({**metrics, "train_images": summary["balance"]["train_images_per_epoch"]})
+        summary_path = folder / "data_summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        images = summary.get("balance", {}).get("train_images_per_epoch")
+        records.append({**metrics, "train_images": images})
+    if unfinished:
+        print(f"final fits not finished (left out; run them again): {unfinished}", flush=True)
     if not records:
         return None
     return {
@@ -294,6 +299,7 @@ def _final_fit_summary(out: Path, recipe: str) -> dict[str, Any] | None:
         "train_images": records[0]["train_images"],
         "fit_minutes": _mean_spread([m["fit_seconds"] / 60 for m in records]),
         "evaluated_checkpoint": sorted({m["evaluated_checkpoint"] for m in records}),
+        "unfinished": unfinished,
         **_test_summary(records),
     }
 
@@ -337,11 +343,16 @@ def report(
             **flip_summary,
             "runs": runs,
         }
+    earlier_report: dict[str, Any] = {}
     if previous is not None:
-        earlier = json.loads(previous.read_text())["recipes"]
-        for name, recipe in earlier.items():
+        earlier_report = json.loads(previous.read_text())
+        for name, recipe in earlier_report["recipes"].items():
             if name not in recipes:
-                recipes[name] = {**recipe, "carried_over_from": str(previous)}
+                # Where its runs were read first, if it was carried over before.
+                recipes[name] = {
+                    **recipe,
+                    "carried_over_from": recipe.get("carried_over_from", str(previous)),
+                }
     if not recipes:
         raise SystemExit(f"no finished runs under {out}: run some first ({__file__} run ...)")
     for recipe in recipes.values():
@@ -377,11 +388,25 @@ def report(
                 f"--test {test_recipe}: the test part is read for the recipe chosen on "
                 f"validation only, which is {chosen}"
             )
-        tested = [
-            json.loads((Path(r["folder"]) / "metrics.json").read_text())
-            for r in recipes[test_recipe]["runs"]
-        ]
-        result["test"] = {"recipe": test_recipe, **_test_summary(tested)}
+        carried_from = recipes[test_recipe].get("carried_over_from")
+        if carried_from is None:
+            tested = [
+                json.loads((Path(r["folder"]) / "metrics.json").read_text())
+                for r in recipes[test_recipe]["runs"]
+            ]
+            result["test"] = {"recipe": test_recipe, **_test_summary(tested)}
+        elif earlier_report.get("test", {}).get("recipe") == test_recipe:
+            # Its runs are gone: the figures the earlier report read from them, read once.
+            test = earlier_report["test"]
+            result["test"] = {
+                **test,
+                "carried_over_from": test.get("carried_over_from", carried_from),
+            }
+        else:
+            raise SystemExit(
+                f"--test {test_recipe}: its runs are not under {out} (carried over from "
+                f"{carried_from}) and that report holds no test figures of it"
+            )
         final_fit = _final_fit_summary(out, test_recipe)
         if final_fit is not None:
             result["final_fit"] = final_fit

@@ -246,6 +246,11 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert sorted(analysis.runs["job"]) == ["final_fit/seed0", "seed0"]
     assert conclusions.ranked(analysis.configurations).iloc[0]["experiment"] == "cpu_quick"
     assert any("(final fit) trained on the training and validation" in n for n in analysis.notes)
+    # Final fits alone: nothing to choose by validation, so no best; the table still lists it.
+    alone = analyze_sweep([final_dir])
+    assert alone.best is None and conclusions.ranked(alone.configurations).empty
+    listed = conclusions.ranked(alone.configurations, with_final_fits=True)
+    assert list(listed["experiment"]) == ["cpu_quick (final fit)"]
     # An earlier report's recipes come along (and compete) when their runs are gone.
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"recipes": {"old_recipe": recipes["cpu_quick_48"]}}))
@@ -256,6 +261,35 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert (
         old["carried_over_from"] == str(earlier) and old["runs"] == recipes["cpu_quick_48"]["runs"]
     )
+    # Carried over again, it keeps where it was read first; its test part is not read here.
+    again = tmp_path / "again.json"
+    again.write_text(output.read_text())
+    twice = bench("report", "--out", str(runs), "--previous", str(again), "--json",
+                  str(tmp_path / "twice.json"))  # fmt: skip
+    assert twice.returncode == 0, twice.stderr[-3000:]
+    twice_old = json.loads((tmp_path / "twice.json").read_text())["recipes"]["old_recipe"]
+    assert twice_old["carried_over_from"] == str(earlier)
+    # A carried-over recipe chosen on validation: its test figures are the earlier report's,
+    # and its final fits under --out are reported beside them.
+    best = {**recipes["r96"], "best_val_acc": {**recipes["r96"]["best_val_acc"], "mean": 1.0}}
+    earlier_test = {**result["test"], "recipe": "best_before", "per_seed_acc": [0.5, 0.5, 0.5]}
+    tested_before = tmp_path / "tested_before.json"
+    tested_before.write_text(json.dumps({"recipes": {"best_before": best}, "test": earlier_test}))
+    shutil.copytree(runs / "r96" / "final_fit", runs / "best_before" / "final_fit")
+    carried_test = bench("report", "--out", str(runs), "--previous", str(tested_before), "--test",
+                         "best_before", "--json", str(tmp_path / "t.json"))  # fmt: skip
+    assert carried_test.returncode == 0, carried_test.stderr[-3000:]
+    read = json.loads((tmp_path / "t.json").read_text())
+    assert read["chosen_by_validation"] == "best_before"
+    assert read["test"] == {**earlier_test, "carried_over_from": str(tested_before)}
+    assert read["final_fit"]["per_seed_acc"] == [final["test/acc"]]
+    # ... and refused when the earlier report did not test it.
+    untested = tmp_path / "untested.json"
+    untested.write_text(json.dumps({"recipes": {"best_before": best}}))
+    refused = bench("report", "--out", str(runs), "--previous", str(untested), "--test",
+                    "best_before", "--json", str(tmp_path / "t.json"))  # fmt: skip
+    assert refused.returncode != 0 and "holds no test figures of it" in refused.stderr
+    shutil.rmtree(runs / "best_before")
     unknown = bench("report", "--out", str(runs), "--test", "prog64_112", "--json", str(output))
     assert unknown.returncode != 0 and "no finished runs of it" in unknown.stderr
     other = bench("report", "--out", str(runs), "--test", "cpu_quick_48", "--json", str(output))

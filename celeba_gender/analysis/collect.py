@@ -38,7 +38,16 @@ from celeba_gender.training.resume import flatten_config, is_ignored, saved_conf
 
 log = logging.getLogger(__name__)
 METRICS = CLASSIFICATION_METRICS
-FINAL_FIT = "(final fit)"  # what a final fit's experiment name ends with in the tables
+# What a final fit's experiment name ends with (data.final_fit: trained on the validation
+# images too): its own configuration, never a seed of the validation-chosen one it repeats.
+FINAL_FIT = "(final fit)"
+
+
+def final_fits(table: pd.DataFrame) -> pd.Series:
+    """Which rows (runs or configurations) are final fits."""
+    if "experiment" not in table:
+        return pd.Series(False, index=table.index)
+    return table["experiment"].map(lambda name: isinstance(name, str) and name.endswith(FINAL_FIT))
 
 
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list
@@ -273,9 +282,7 @@ def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
         runs[column] = pd.to_numeric(runs[column]).astype("Int64")
     runs["error"] = runs["error"].astype(object).fillna("")
     runs["missing_metrics"] = runs["missing_metrics"].astype(object).fillna("")
-    # A final fit (data.final_fit) trained on the validation images: it is its own
-    # configuration, never a seed of the validation-chosen one it repeats.
-    final = runs["final_fit"].eq(True)
+    final = runs["final_fit"].eq(True)  # FINAL_FIT says why
     runs.loc[final, "experiment"] = [
         f"{name} {FINAL_FIT}" if isinstance(name, str) and name else FINAL_FIT
         for name in runs.loc[final, "experiment"]

@@ -12,32 +12,38 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats
 
+from celeba_gender.analysis.collect import final_fits
 from celeba_gender.analysis.statistics import IDENTITIES, holm, metric_seeds, wilcoxon_paired
 
 
-def ranked(configurations: pd.DataFrame) -> pd.DataFrame:
+def ranked(configurations: pd.DataFrame, with_final_fits: bool = False) -> pd.DataFrame:
     """Configurations with at least one successful run, best mean validation accuracy first.
 
     Ties on validation accuracy are broken the same way wherever a winner is named: fewer
     inference parameters first (the simpler model), then the configuration's name. The test
-    results never choose.
+    results never choose. Final fits (no validation to rank by) are left out, or listed last
+    ``with_final_fits``.
     """
     if "acc_mean" not in configurations:
         return configurations.iloc[0:0]
     usable = configurations[configurations["ok"] > 0]
+    final = final_fits(usable)
+    if not with_final_fits:
+        usable, final = usable[~final], final[~final]
     if "val_acc_mean" not in usable:
         usable = usable.assign(val_acc_mean=float("nan"))
     order = usable.assign(
+        _final=final,
         _params=usable["params_mean"] if "params_mean" in usable else float("nan"),
         _name=usable.apply(configuration_name, axis=1) if len(usable) else "",
     )
     order = order.sort_values(
-        ["val_acc_mean", "_params", "_name"],
-        ascending=[False, True, True],
+        ["_final", "val_acc_mean", "_params", "_name"],
+        ascending=[True, False, True, True],
         kind="stable",
         na_position="last",
     )
-    return order.drop(columns=["_params", "_name"]).reset_index(drop=True)
+    return order.drop(columns=["_final", "_params", "_name"]).reset_index(drop=True)
 
 
 def _ranked_groups(table: pd.DataFrame, column: str, values: list[str]) -> pd.DataFrame:

@@ -217,8 +217,8 @@ def analyze_sweep(
         notes.append(
             f"Experiments ending {FINAL_FIT} trained on the training and validation images "
             "(data.final_fit=true) and were tested on their last epoch: they have no validation "
-            "accuracy, so they rank after every configuration that has one and are never the "
-            "one chosen; their test figures read as any other's."
+            "accuracy, so they are listed last in the configurations table and never ranked, "
+            "compared or chosen; their test figures read as any other's."
         )
     per_run, cells, fairness_rows, reliability = [], [], [], {}
     ok = runs[runs["status"] == "ok"]

@@ -63,7 +63,7 @@ def _minutes(value: object) -> str:
 def configuration_table(configurations: pd.DataFrame) -> pd.DataFrame:
     """The configurations, best validation first, narrow enough to read: percentages rounded
     to what their intervals support, parameters in millions (configurations.csv has all)."""
-    table = conclusions.ranked(configurations)
+    table = conclusions.ranked(configurations, with_final_fits=True)
     rows = []
     for rank, row in table.iterrows():
         seeds = int(row["ok"])
