@@ -208,8 +208,11 @@ def summarise_run(folder: Path) -> dict[str, Any]:
         raise SystemExit(f"{folder}: not finished (status {metrics.get('status')}); run it again")
     bench = folder / "benchmark.json"
     curve = validation_curve(folder)
+    finished = (folder / "metrics.json").stat().st_mtime
     return {
         "folder": str(folder),
+        # The day it ran: minutes from different days of a shared machine may not compare.
+        "measured_on": time.strftime("%Y-%m-%d", time.gmtime(finished)),
         "seed": metrics["seed"],
         "epochs": metrics["epochs_trained"],
         "best_val_acc": metrics["best_val"],
@@ -441,7 +444,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for name, recipe in result["recipes"].items():
         minutes, accs = mean_curve(recipe)
         mean = [statistics.fmean(a) for a in accs]
-        label = f"{name} ({len(recipe['runs'])} seeds)"
+        days = sorted({r["measured_on"] for r in recipe["runs"] if "measured_on" in r})
+        when = ", ".join(days) or f"from {Path(recipe.get('carried_over_from', '?')).name}"
+        label = f"{name} ({len(recipe['runs'])} seeds, {when})"
         (line,) = axes.plot(minutes, mean, marker=".", label=label)
         axes.fill_between(
             minutes, [min(a) for a in accs], [max(a) for a in accs], alpha=0.15,

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,6 +176,8 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
         for run in recipe["runs"]:
             metrics = json.loads((Path(run["folder"]) / "metrics.json").read_text())
             assert run["best_val_acc"] == metrics["best_val"]
+            finished = (Path(run["folder"]) / "metrics.json").stat().st_mtime
+            assert run["measured_on"] == time.strftime("%Y-%m-%d", time.gmtime(finished))
             curve = run["curve"]
             assert [point["epoch"] for point in curve] == [1, 2]
             assert 0 < curve[0]["minutes"] < curve[1]["minutes"]
