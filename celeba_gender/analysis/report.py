@@ -28,7 +28,7 @@ from celeba_gender.analysis.calibration import (
     reliability_table,
     threshold_comparison,
 )
-from celeba_gender.analysis.collect import FINAL_FIT, collect_runs, read_predictions
+from celeba_gender.analysis.collect import FINAL_FIT, collect_runs, final_fits, read_predictions
 from celeba_gender.analysis.fairness import attributes_of, fairness_summary, subgroup_table
 from celeba_gender.analysis.scope import Scope, sweep_scope
 from celeba_gender.analysis.statistics import (
@@ -213,7 +213,7 @@ def analyze_sweep(
     sweep_dirs = list(dict.fromkeys(Path(d).expanduser().resolve() for d in sweep_dirs))
     runs = with_validation_accuracy(collect_runs(sweep_dirs))
     notes: list[str] = []
-    if runs["final_fit"].eq(True).any():
+    if final_fits(runs).any():
         notes.append(
             f"Experiments ending {FINAL_FIT} trained on the training and validation images "
             "(data.final_fit=true) and were tested on their last epoch: they have no validation "

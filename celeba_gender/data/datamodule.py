@@ -203,15 +203,15 @@ class CelebADataModule(L.LightningDataModule):
             # (the report says so); a CelebA copy without identity_CelebA.txt is refused.
             unknown_identity_alone=not self._is_celeba(),
         ).to_numpy()
-        self.final_fit_images = int((part == "val").sum()) if self.final_fit else 0
-        if self.final_fit and not self.final_fit_images:
-            raise DataError(
-                f"data.final_fit=true trains on the validation part too, but split={self.split} "
-                f"has none for {self.root}: the run would be an ordinary one labelled a final "
-                "fit. Use a split with a validation part (identity, official) or "
-                "data.final_fit=false."
-            )
         if self.final_fit:
+            self.final_fit_images = int((part == "val").sum())
+            if not self.final_fit_images:
+                raise DataError(
+                    f"data.final_fit=true trains on the validation part too, but "
+                    f"split={self.split} has none for {self.root}: the run would be an ordinary "
+                    "one labelled a final fit. Use a split with a validation part (identity, "
+                    "official) or data.final_fit=false."
+                )
             # A chosen recipe's final model learns from the validation images too; the test
             # part is untouched, so it stays as disjoint from training as the split made it.
             part = np.where(part == "val", "train", part)
