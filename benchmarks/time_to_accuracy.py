@@ -107,6 +107,11 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
         "epochs to stay within 10 minutes (a 128-px epoch costs ~46 s against ~35 s at 112)",
         {**PROG64_112, "data.image_size": "128", "trainer.max_epochs": "20"},
     ),
+    "prog64_112_jitter": (
+        "as prog64_112, with colour jitter (brightness, contrast, saturation 0.3): an accuracy "
+        "comparison, over the budget on purpose (kornia's jitter costs ~0.15 s a batch here)",
+        {**PROG64_112, "data.augmentations": f"{FLIP_CROP},{JITTER}]"},
+    ),
     "prog64_112_ls_ema": (
         "as prog64_112, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
         "about the last 2 epochs), the averaged weights validated and tested",

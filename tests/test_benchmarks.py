@@ -33,7 +33,7 @@ def test_data_loading_benchmark_runs(subset_root, cache_dir, tmp_path):
             "--cache-dir",
             str(cache_dir),
             "--sizes",
-            "32",
+            "44",  # a 4x box filter: the cached path reads the pooled 2x2 sums
             "--batches",
             "3",
             "--repeats",
@@ -48,8 +48,9 @@ def test_data_loading_benchmark_runs(subset_root, cache_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     (row,) = figures["rows"]
-    assert row["size"] == 32 and row["per_sample"] > 0 and row["cached_batched"] > 0
-    assert f"{row['ratio']:.1f}x" in result.stdout
+    assert row["size"] == 44 and row["per_sample"] > 0 and row["cached_batched"] > 0
+    assert row["cached_reads"] == "pooled 2x2 sums"
+    assert f"{row['ratio']:.1f}x  pooled 2x2 sums" in result.stdout
 
 
 def _script(name: str, *arguments: str) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from conftest import (
     without_read_override,
 )
 
-from celeba_gender.data import CelebADataModule
+from celeba_gender.data import CelebADataModule, DataError
 from celeba_gender.data import cache as cache_module
 from celeba_gender.data import scan as scan_module
 from celeba_gender.data.__main__ import main as data_main
@@ -315,6 +316,58 @@ def test_cache_list_and_clear(subset_root, tmp_path, capsys):
     assert "total: 0.0 kB in 0 entries" in _listed(capsys, "--cache-dir", str(cache))
 
 
+def test_the_pooled_cache_is_shared_listed_and_cleared_and_a_cut_short_cache_is_named(
+    subset_root, tmp_path, capsys
+):
+    cache = tmp_path / "cache"
+    root = tmp_path / "celeba"
+    _copy(subset_root, root, count=12)
+    flip = [{"name": "horizontal_flip"}]
+    module = _module(root, cache, image_size=64, augmentations=flip)
+    module.prepare_data()
+    pooled = module.pooled_cache.path
+    assert pooled.stat().st_size == 12 * 3 * 109 * 89 * 2  # int16 sums of 2x2 blocks
+    assert module.index.report["tensor_cache"]["pooled_file"] == str(pooled)
+    written = pooled.stat().st_mtime_ns
+    again = _module(root, cache, image_size=64, augmentations=flip)
+    again.prepare_data()  # another run of the same images reuses it
+    assert again.pooled_cache.path == pooled and pooled.stat().st_mtime_ns == written
+    listing = _listed(capsys, str(root), "--list", "--cache-dir", str(cache))
+    assert "109x89 (2x2 sums)" in listing and pooled.name in listing
+    full = module.cache.path
+    del module, again  # their runs end: their caches are no longer held
+    gc.collect()
+
+    # The full cache rebuilt (same images, same name): its sums are made anew, not reused.
+    full.unlink()
+    rebuilt = _module(root, cache, image_size=64, augmentations=flip)
+    rebuilt.prepare_data()
+    assert rebuilt.cache.path == full and rebuilt.pooled_cache.path != pooled
+    assert np.array_equal(rebuilt.pooled_cache.gather([3]), _block_sums(rebuilt.cache.gather([3])))
+
+    # The full cache cut short after it was written: the run names it and the fix.
+    with open(full, "r+b") as handle:
+        handle.truncate(rebuilt.cache.bytes // 2)
+    cut = _module(root, cache)
+    cut.setup("test")  # split=all: every image is in the test part
+    damaged = re.escape(f"{full} is damaged ({rebuilt.cache.bytes // 2} bytes where") + ".*--clear"
+    with pytest.raises(DataError, match=damaged):
+        next(iter(cut.test_dataloader()))  # found at the first batch, whichever rows it reads
+    del rebuilt, cut
+    gc.collect()
+    cleared = _listed(capsys, str(root), "--clear", "--cache-dir", str(cache))
+    assert pooled.name in cleared and full.name in cleared
+    assert not list((cache / "images").glob("*.i16")) and not full.exists()
+    assert not pooled.with_suffix(".json").exists()
+
+
+def _block_sums(frames: np.ndarray) -> np.ndarray:
+    """int16 sums of each 2x2 pixel block, by plain reshaping."""
+    count, channels, height, width = frames.shape
+    blocks = frames[..., : height // 2 * 2, : width // 2 * 2].astype(np.int16)
+    return blocks.reshape(count, channels, height // 2, 2, width // 2, 2).sum((3, 5))
+
+
 def test_the_data_report_says_where_the_caches_are_and_how_long(subset_root, tmp_path, capsys):
     root = tmp_path / "celeba"
     _copy(subset_root, root, count=12)
@@ -380,6 +433,17 @@ print(json.dumps({{"decodes": len(decodes), "checked": report["scan"]["checked"]
 """
 
 
+_RUN_64 = """
+from celeba_gender.data import CelebADataModule
+module = CelebADataModule(
+    {root!r}, split="all", cache_dir={cache!r}, num_workers=0, image_size=64, face_crop={face!r},
+    augmentations=[{{"name": "horizontal_flip"}}],
+)
+module.prepare_data()
+print(module.pooled_cache)
+"""
+
+
 def _as_user(script: str) -> subprocess.CompletedProcess:
     """``script`` in a child to which file permissions apply: as root, without the
     capabilities that let root read and write any file."""
@@ -427,6 +491,12 @@ def test_a_read_only_cache_folder_serves_its_caches(subset_root, tmp_path):
         message = refused.stderr.strip().splitlines()[-1]
         assert message.startswith(f"error: Cannot write the decoded-image cache in {empty}")
         assert "data.cache_dir" in message and "Nothing was written" in message
+        # 64 px would read 2x2 block sums it cannot write there: it reads the full frames.
+        small = _as_user(_RUN_64.format(root=str(root), cache=str(cache), face=FACE))
+        assert small.returncode == 0, small.stderr[-2000:]
+        assert small.stdout.split() == ["None"]  # a training dataset has none to read
+        assert "RuntimeWarning: Training reads the full frames" in small.stderr
+        assert f"Cannot write the decoded-image cache in {cache / 'images'}" in small.stderr
     finally:
         for path in [cache, *cache.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)

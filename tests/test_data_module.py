@@ -20,6 +20,7 @@ from PIL import Image
 
 from celeba_gender.data import CelebADataModule, DataError, build_index
 from celeba_gender.data.cache import ImageTensorCache, decode_rgb, tensor_folder
+from celeba_gender.data.transforms import BatchTransform
 
 REPO = Path(__file__).resolve().parents[1]
 FACE = {"top": 30, "left": 0, "height": 178, "width": 178}
@@ -403,3 +404,117 @@ def test_each_rank_and_epoch_has_its_own_worker_and_augmentation_streams(defecti
     assert not torch.allclose(augmented(1, 0), first, atol=1e-3)
     assert not torch.allclose(augmented(0, 1), first, atol=1e-3)
     assert not torch.allclose(augmented(0, 0, batch=1), first, atol=1e-3)
+
+
+class _AnySizeClassifier(_TinyClassifier):
+    """Takes any image size; records the dtype of each training batch as the loader made it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2)
+        )
+        self.loaded: list[torch.dtype] = []
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer.training:
+            self.loaded.append(batch[0].dtype)
+        return batch
+
+
+class _CacheReadRecorder(L.Callback):
+    """Per training epoch: its batch side and whether its batches came from the pooled cache."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[int, bool]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        module = trainer.datamodule
+        if batch_idx == 0:
+            pooled = module.datasets["train"].read_pooled
+            self.epochs.append((module.training_image_size(), pooled))
+
+
+def test_small_training_sizes_read_the_pooled_block_sums_and_get_the_same_batches(
+    defective_copy, tmp_path
+):
+    """64 px from a 178-px face box box-filters each 2x2 block first: the pooled cache's block
+    sums give the very batch the full frames give, from a quarter of the pixels."""
+    module = _module(defective_copy.root, tmp_path, image_size=64)
+    module.setup("fit")
+    images, _, rows = next(iter(module.train_dataloader()))
+    assert images.dtype == torch.int16 and tuple(images.shape[1:]) == (3, 109, 89)
+    cache_rows = module.index.images["cache_row"].to_numpy()[rows.numpy()]
+    full = torch.from_numpy(module.cache.gather(cache_rows))
+    sums = full.to(torch.int16).unfold(2, 2, 2).unfold(3, 2, 2).sum((-1, -2), dtype=torch.int16)
+    assert torch.equal(images, sums)
+
+    def trained(batch: torch.Tensor, size: int) -> torch.Tensor:
+        torch.manual_seed(3)  # the same flips and rotations for both
+        return module.batch_transform(batch, train=True, size=size)
+
+    for size in (64, 44):  # box filters 2x2 and 4x4: 4x4 sums the pooled sums again
+        assert module.batch_transform.reads_pooled(size)
+        assert torch.equal(trained(images, size), trained(full, size))
+    assert not module.batch_transform.reads_pooled(48)  # 3x3 blocks
+    with pytest.raises(ValueError, match="full cache"):
+        trained(images, 48)
+    with pytest.raises(ValueError, match="uint8 frames"):
+        module.batch_transform(images, train=False)
+    # Evaluation parts always read the full frames.
+    assert next(iter(module.val_dataloader()))[0].dtype == torch.uint8
+
+    # Progressive resizing: each epoch reads the cache its size can use.
+    ramp = {"start_size": 64, "ramp": [0.5, 0.5], "multiple": 16}
+    growing = _module(
+        defective_copy.root, tmp_path, image_size=112, progressive_resizing=ramp, num_workers=1
+    )
+    assert growing.training_sizes() == [64, 112]
+    assert _module(
+        defective_copy.root, tmp_path, image_size=112, progressive_resizing={"start_size": 64}
+    ).training_sizes() == [64, 80, 96, 112]
+    recorder, model = _CacheReadRecorder(), _AnySizeClassifier()
+    L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+    ).fit(model, datamodule=growing)
+    assert recorder.epochs == [(64, True), (112, False)]
+    assert model.loaded == [torch.int16, torch.uint8]  # what the worker process read
+    # A size with no even box filter builds no pooled cache.
+    plain = _module(defective_copy.root, tmp_path)  # 48 px
+    plain.setup("fit")
+    assert plain.pooled_cache is None and plain.datasets["train"].pooled is None
+
+
+@pytest.mark.parametrize("frame", [(218, 178), (217, 177), (109, 89), (437, 355)])
+@pytest.mark.parametrize("face_crop", [FACE, None])
+def test_block_sums_give_the_full_frames_batch_for_every_even_box_filter(frame, face_crop):
+    """Odd frames drop a last row or column in both paths alike; a 4x or 6x filter sums the
+    pooled sums again; every size whose filter is odd is refused, never approximated."""
+    transform = BatchTransform(64, face_crop, AUGMENT, (0.5,) * 3, (0.25,) * 3, frame)
+    generator = torch.Generator().manual_seed(sum(frame))
+    full = torch.randint(0, 256, (4, 3, *frame), dtype=torch.uint8, generator=generator)
+    height, width = frame[0] // 2 * 2, frame[1] // 2 * 2
+    sums = full[..., :height, :width].to(torch.int16).unfold(2, 2, 2).unfold(3, 2, 2)
+    sums = sums.sum((-1, -2), dtype=torch.int16)
+    checked = 0
+    for size in range(8, 120, 4):
+        if not transform.reads_pooled(size):
+            with pytest.raises(ValueError, match="full cache"):
+                transform(sums, train=True, size=size)
+            continue
+        batches = []
+        for batch in (full, sums):
+            torch.manual_seed(size)
+            batches.append(transform(batch, train=True, size=size))
+        assert torch.equal(*batches), size
+        checked += 1
+    assert checked >= 5

@@ -2,9 +2,9 @@
 
 JPEG decoding of the same 178x218 files every epoch is the input bottleneck once a GPU trains
 the model. ``ImageTensorCache`` decodes each usable image once into a uint8 (N, 3, H, W)
-memory-mapped file. It depends only on the images' content (not on the split, image size,
-augmentations or where the folder lies), so every job of a sweep, later runs and a copy of
-the folder on a node's local disk reuse it.
+file that batches are read from (``pread``, a row at a time). It depends only on the images'
+content (not on the split, image size, augmentations or where the folder lies), so every job
+of a sweep, later runs and a copy of the folder on a node's local disk reuse it.
 
 Layout under the cache root (data.cache_dir, else $CELEBA_GENDER_CACHE, else
 ~/.cache/celeba_gender)::
@@ -12,6 +12,7 @@ Layout under the cache root (data.cache_dir, else $CELEBA_GENDER_CACHE, else
     scan-v3/<folder name>.csv          file checks, keyed by (name, size, content sample)
     scan-v3/paths/<folder>-<hash>.csv  per path: (name, size, mtime) -> content sample
     images/images-HxW-N-<key>.u8       decoded pixels; .json: what and who used it; .lock
+    images/images-HxW-N-<key>-<mtime>-sum2x2.i16  its 2x2 pixel blocks' sums (small sizes)
 """
 
 from __future__ import annotations
@@ -243,10 +244,19 @@ class TensorCacheWriter:
     and writing leaves no dirty mapped pages in the process.
     """
 
-    def __init__(self, partial: Path, count: int, height: int, width: int) -> None:
+    def __init__(
+        self,
+        partial: Path,
+        count: int,
+        height: int,
+        width: int,
+        dtype: np.dtype = np.uint8,
+        action: str = "Decoding",
+    ) -> None:
         self.partial = partial
         self.count, self.height, self.width = count, height, width
-        self.row_bytes = 3 * height * width
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = 3 * height * width * self.dtype.itemsize
         self.bytes = count * self.row_bytes
         self._fd = -1
         try:
@@ -258,17 +268,17 @@ class TensorCacheWriter:
             raise self._cannot_write(error) from None
         if self.bytes > free:
             raise self._no_room(free, "")
+        try:
+            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as error:
+            raise self._cannot_write(error) from None
         print(
-            f"Decoding {count} images into a {human_bytes(self.bytes)} cache ({height}x{width}) "
+            f"{action} {count} images into a {human_bytes(self.bytes)} cache ({height}x{width}) "
             f"in {partial.parent}; to put it elsewhere (a node's scratch disk): "
             f"data.cache_dir=... or {CACHE_ENV}=...",
             file=sys.stderr,
             flush=True,
         )
-        try:
-            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
-        except OSError as error:
-            raise self._cannot_write(error) from None
         try:
             os.posix_fallocate(self._fd, 0, max(self.bytes, 1))
         except OSError as error:
@@ -294,7 +304,7 @@ class TensorCacheWriter:
         )
 
     def write(self, row: int, pixels: np.ndarray) -> None:
-        data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+        data = np.ascontiguousarray(pixels, dtype=self.dtype).tobytes()
         try:
             os.pwrite(self._fd, data, row * self.row_bytes)
         except OSError as error:
@@ -371,31 +381,32 @@ def record_use(path: Path, used_by: Path | None) -> None:
 
 
 class ImageTensorCache:
-    """A uint8 (N, 3, H, W) memory map of decoded images, one row per file in a fixed order."""
+    """A (N, 3, H, W) file of decoded images, one row per file in a fixed order: uint8 pixels,
+    or (``PooledTensorCache``) int16 sums of 2x2 pixel blocks."""
+
+    dtype = np.dtype(np.uint8)
 
     def __init__(self, path: Path, count: int, height: int, width: int) -> None:
         self.path = path
         self.shape = (count, 3, height, width)
-        self._array: np.memmap | None = None
+        self._file: BinaryIO | None = None
         self._in_use: BinaryIO | None = None
 
     @property
     def bytes(self) -> int:
-        return int(np.prod(self.shape))
+        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     @property
-    def array(self) -> np.memmap:
-        # Opened lazily so each DataLoader worker maps the file itself after unpickling.
-        if self._array is None:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
-        return self._array
+    def row_bytes(self) -> int:
+        return self.bytes // self.shape[0] if self.shape[0] else 0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None, "_in_use": None}
+        # Unpickled (a spawned process), it opens the file itself; forked, it shares it.
+        return {**self.__dict__, "_file": None, "_in_use": None}
 
     def hold(self) -> bool:
         """Hold a shared lock on the cache while this object lives, so ``cache --clear`` keeps
-        a cache a run reads (DataLoader workers map it anew each epoch, by its name). Waits
+        a cache a run reads (DataLoader workers open it anew each epoch, by its name). Waits
         while another process builds it. False when the cache is not (or no longer) there."""
         handle = _open_lock_file(self.path.with_suffix(".lock"))
         if handle is not None:
@@ -415,12 +426,39 @@ class ImageTensorCache:
         return self.shape[0]
 
     def gather(self, rows: Sequence[int]) -> np.ndarray:
-        """Copy rows out of the map; sorted reads are faster, so sort then restore the order."""
+        """Read rows into one new array, in file order. One ``pread`` per row straight into
+        its place: a memory map's fancy indexing copied each batch twice and paid a page fault
+        per 4 kB, about 10x slower."""
         rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        batch = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
-        batch[order] = self.array[rows[order]]
+        batch = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        if self._file is None:
+            self._file = self._open_checked()
+        size = self.row_bytes
+        for item in np.argsort(rows, kind="stable"):
+            row = int(rows[item])
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {row} of a {len(self)}-row cache")
+            read = os.preadv(self._file.fileno(), [memoryview(batch[item]).cast("B")], row * size)
+            if read != size:  # cut short while this run read it
+                raise self._damaged(f"row {row} ends past its end")
         return batch
+
+    def _open_checked(self) -> BinaryIO:
+        """The cache file, opened for ``pread`` (a forked DataLoader worker shares it: pread
+        keeps no file position), refused when its size is not what its shape needs."""
+        handle = open(self.path, "rb", buffering=0)  # noqa: SIM115 - lives with self
+        found = os.fstat(handle.fileno()).st_size
+        if found != self.bytes and self.bytes:  # (an empty cache is reserved as 1 byte)
+            handle.close()
+            raise self._damaged(f"{found} bytes where its {len(self)} images need {self.bytes}")
+        return handle
+
+    def _damaged(self, why: str) -> DataError:
+        return DataError(
+            f"{self.path} is damaged ({why}: changed or cut short after it was written). "
+            "Delete it (python -m celeba_gender.data cache ROOT --clear) and run again: it is "
+            "rebuilt from the images."
+        )
 
     @classmethod
     def build_or_open(
@@ -442,17 +480,23 @@ class ImageTensorCache:
         """
         path = tensor_cache_path(folder, files, content_ids, height, width)
         cache = cls(path, len(files), height, width)
-        built = False
-        # Shared first: runs reading the same cache (this process's other modules included)
-        # never wait for each other; only a build takes the lock alone.
-        while not cache.hold():
-            with exclusive_lock(path.with_suffix(".lock")):
-                if not cache.complete():
-                    cache._build(files, content_ids, workers, used_by)
-                    built = True
+        built = cache._open(lambda: cache._build(files, content_ids, workers, used_by))
         if not built:
             record_use(path, used_by)
         return cache, built
+
+    def _open(self, build: Callable[[], None]) -> bool:
+        """Hold the cache, calling ``build`` first (under its lock) if it is not there yet;
+        True when built now."""
+        built = False
+        # Shared first: runs reading the same cache (this process's other modules included)
+        # never wait for each other; only a build takes the lock alone.
+        while not self.hold():
+            with exclusive_lock(self.path.with_suffix(".lock")):
+                if not self.complete():
+                    build()
+                    built = True
+        return built
 
     def _build(
         self,
@@ -479,6 +523,60 @@ class ImageTensorCache:
             writer.discard()
             raise
         writer.publish(self.path, tensor_cache_meta(self, used_by, time.perf_counter() - start))
+
+
+# The pooled cache's block side: its rows are sums of POOL x POOL pixel blocks.
+POOL = 2
+# Rows summed at a time while building it (~90 MB of memory for 218x178 frames).
+_POOL_CHUNK = 256
+
+
+class PooledTensorCache(ImageTensorCache):
+    """Sums of 2x2 pixel blocks of an ``ImageTensorCache`` (int16, a quarter of its pixels).
+
+    A training batch shrunk by an even factor (64 px from a 178-px face box: 2) box-filters
+    the frame with exactly these sums first, so reading them instead of the full frame gives
+    the very same batch (integer sums are exact in float32) from a quarter of the pixels: no
+    full-frame gather, conversion and summing per batch. Built from the full cache, once.
+    """
+
+    dtype = np.dtype(np.int16)
+
+    @classmethod
+    def of(cls, full: ImageTensorCache, used_by: Path | None = None) -> PooledTensorCache:
+        """The pooled cache of ``full``, built first if needed."""
+        count, _, height, width = full.shape
+        # Named after the full cache's file and its write time: a rebuilt full cache (which
+        # keeps its name when the images did not change) never meets an older one's sums.
+        written = full.path.stat().st_mtime_ns
+        path = full.path.with_name(f"{full.path.stem}-{written:x}-sum{POOL}x{POOL}.i16")
+        cache = cls(path, count, height // POOL, width // POOL)
+        if not cache._open(lambda: cache._pool(full, used_by)):
+            record_use(path, used_by)
+        return cache
+
+    def _pool(self, full: ImageTensorCache, used_by: Path | None) -> None:
+        start = time.perf_counter()
+        count, _, height, width = self.shape
+        writer = TensorCacheWriter(
+            self.path.with_suffix(".partial"),
+            count,
+            height,
+            width,
+            self.dtype,
+            action=f"Summing {POOL}x{POOL} pixel blocks of",
+        )
+        try:
+            for first in range(0, count, _POOL_CHUNK):
+                frames = full.gather(range(first, min(first + _POOL_CHUNK, count)))
+                frames = frames[..., : height * POOL, : width * POOL].astype(self.dtype)
+                sums = sum(frames[..., i::POOL, j::POOL] for i in range(POOL) for j in range(POOL))
+                writer.write(first, sums)  # these rows, one after another
+        except BaseException:
+            writer.discard()
+            raise
+        meta = tensor_cache_meta(self, used_by, time.perf_counter() - start)
+        writer.publish(self.path, {**meta, "sums_of_blocks": POOL, "pooled_from": full.path.name})
 
 
 def parallel(
@@ -535,17 +633,19 @@ def cache_inventory(cache_dir: str | Path | None = None) -> list[CacheEntry]:
     root = cache_root(cache_dir)
     entries: list[CacheEntry] = []
     images = root / TENSOR_FOLDER
-    for path in sorted(images.glob("*.u8")):
+    for path in sorted([*images.glob("*.u8"), *images.glob("*.i16")]):
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError):
             meta = {}
+        pooled = meta.get("sums_of_blocks")
         entries.append(
             CacheEntry(
                 "images",
                 path,
                 _file_bytes(path),
-                f"{meta.get('height', '?')}x{meta.get('width', '?')}",
+                f"{meta.get('height', '?')}x{meta.get('width', '?')}"
+                + (f" ({pooled}x{pooled} sums)" if pooled else ""),
                 meta.get("count"),
                 list(meta.get("image_dirs", [])),
                 meta.get("last_used", "") or _modified(path),

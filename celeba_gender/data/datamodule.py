@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,12 @@ from celeba_gender.data.balance import (
     rebalance_rows,
     sampler_weights,
 )
-from celeba_gender.data.cache import ImageTensorCache, atomic_write, tensor_folder
+from celeba_gender.data.cache import (
+    ImageTensorCache,
+    PooledTensorCache,
+    atomic_write,
+    tensor_folder,
+)
 from celeba_gender.data.datasets import CachedImageDataset, PerSampleImageDataset, prebatched
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.index import MISSING, CelebAIndex, build_index
@@ -55,7 +61,7 @@ class CelebADataModule(L.LightningDataModule):
     or a CSV (``source``, ``class_names``, ``csv_columns``: see ``data/sources.py``), splits,
     rebalances and batches it.
 
-    ``loader='cached'`` decodes every image once into a uint8 memory map and augments whole
+    ``loader='cached'`` decodes every image once into a uint8 cache file and augments whole
     batches on their device in ``on_after_batch_transfer``; ``loader='per_sample'`` decodes
     and augments image by image in the workers. Both give the same evaluation tensors.
     """
@@ -128,11 +134,12 @@ class CelebADataModule(L.LightningDataModule):
             ) from None
 
         self.batch_transform = BatchTransform(
-            image_size, self.face_crop, self.augmentations, self.mean, self.std
+            image_size, self.face_crop, self.augmentations, self.mean, self.std, self.cache_size
         )
         crop_box(self.face_crop, *self.cache_size)  # a bad box fails now, not mid-epoch
         self.index: CelebAIndex | None = None
         self.cache: ImageTensorCache | None = None
+        self.pooled_cache: PooledTensorCache | None = None
         self.parts: dict[str, np.ndarray] = {}
         self.train_rows: np.ndarray | None = None
         self.final_fit_images = 0
@@ -176,7 +183,26 @@ class CelebADataModule(L.LightningDataModule):
                 "built_now": built or filled.get("file") == str(self.cache.path),
                 "seconds": round(time.perf_counter() - start + filled.get("seconds", 0.0), 3),
             }
+            if any(map(self.batch_transform.reads_pooled, self.training_sizes())):
+                self._ensure_pooled_cache(image_dir.resolve())
         return self.cache
+
+    def _ensure_pooled_cache(self, image_dir: Path) -> None:
+        """The 2x2 block sums small training sizes read. Only a speed-up: where it cannot be
+        written (a read-only or full cache disk), training reads the full frames."""
+        try:
+            self.pooled_cache = PooledTensorCache.of(self.cache, used_by=image_dir)
+        except (DataError, OSError) as error:
+            reason = error if isinstance(error, DataError) else f"{error.strerror or error}"
+            warnings.warn(
+                f"Training reads the full frames (the same batches, more work per batch): the "
+                f"optional cache of their 2x2 block sums (half the full cache's size) could not "
+                f"be written: {reason}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self.index.report["tensor_cache"]["pooled_file"] = str(self.pooled_cache.path)
 
     def prepare_data(self) -> None:
         # Runs once per node before setup: the file check and the decode happen here, once.
@@ -233,7 +259,11 @@ class CelebADataModule(L.LightningDataModule):
             cache_rows = images["cache_row"].to_numpy(dtype=np.int64)
             for name, rows in rows_by_part.items():
                 self.datasets[name] = CachedImageDataset(
-                    cache, cache_rows[rows], labels[rows], rows
+                    cache,
+                    cache_rows[rows],
+                    labels[rows],
+                    rows,
+                    pooled=self.pooled_cache if name == "train" else None,
                 )
         else:
             paths = index.paths()
@@ -327,6 +357,7 @@ class CelebADataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            before_epoch=self._choose_training_cache,
             # A last batch of one image breaks BatchNorm in training.
             drop_last=len(dataset) > self.batch_size,
             # Workers started anew each epoch, with seeds from (seed, epoch, rank).
@@ -366,6 +397,25 @@ class CelebADataModule(L.LightningDataModule):
         images, labels, rows = batch
         size = self.training_image_size() if train else None
         return self.transform_batch(images, train, size), labels, rows
+
+    def _choose_training_cache(self) -> None:
+        """As a training epoch starts: its batches come from the pooled cache (a quarter of the
+        pixels, the same images) when their size allows it."""
+        dataset = self.datasets["train"]
+        if isinstance(dataset, CachedImageDataset) and dataset.pooled is not None:
+            dataset.read_pooled = self.batch_transform.reads_pooled(self.training_image_size())
+
+    def training_sizes(self) -> list[int]:
+        """Every side training batches may have: ``image_size``, and under progressive
+        resizing each size its ramp can take."""
+        if not self.progressive_resizing:
+            return [self.image_size]
+        start = self.progressive_resizing["start_size"]
+        multiple = self.progressive_resizing["multiple"]
+        between = range(start // multiple * multiple + multiple, self.image_size, multiple)
+        if self.progressive_resizing["ramp"][0] == self.progressive_resizing["ramp"][1]:
+            between = range(0)  # a step, no ramp
+        return sorted({start, *between, self.image_size})
 
     def training_image_size(self) -> int:
         """The side of this epoch's training batches: ``image_size``, or less early in training

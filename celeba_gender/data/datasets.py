@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from celeba_gender.data.cache import ImageTensorCache
+from celeba_gender.data.cache import ImageTensorCache, PooledTensorCache
 from celeba_gender.data.errors import DataError
 from celeba_gender.data.images import ImageDecodeError, decode_image
 
@@ -49,14 +49,23 @@ class CachedImageDataset(Dataset):
     """Rows of an ``ImageTensorCache``, fetched a whole batch at a time.
 
     The DataLoader calls ``__getitems__`` with a batch of indices, so one sorted gather from
-    the memory map replaces per-image work; use ``collate=prebatched``. Images stay uint8
-    until ``BatchTransform`` runs on the batch's device.
+    the cache file replaces per-image work; use ``collate=prebatched``. Images stay uint8
+    until ``BatchTransform`` runs on the batch's device. With ``pooled`` (the cache's 2x2
+    block sums) and ``read_pooled`` set (before an epoch's workers start), batches are int16
+    block sums instead: the same images for the sizes ``BatchTransform.reads_pooled`` allows.
     """
 
     def __init__(
-        self, cache: ImageTensorCache, cache_rows: np.ndarray, labels: np.ndarray, rows: np.ndarray
+        self,
+        cache: ImageTensorCache,
+        cache_rows: np.ndarray,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        pooled: PooledTensorCache | None = None,
     ) -> None:
         self.cache = cache
+        self.pooled = pooled
+        self.read_pooled = False
         self.cache_rows = np.asarray(cache_rows, dtype=np.int64)
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         self.rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
@@ -70,7 +79,8 @@ class CachedImageDataset(Dataset):
 
     def __getitems__(self, items: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         items = torch.as_tensor(items, dtype=torch.long)
-        images = torch.from_numpy(self.cache.gather(self.cache_rows[items.numpy()]))
+        cache = self.pooled if self.read_pooled and self.pooled is not None else self.cache
+        images = torch.from_numpy(cache.gather(self.cache_rows[items.numpy()]))
         return images, self.labels[items], self.rows[items]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -94,15 +94,21 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader over an ``EpochSampler`` whose position Lightning saves in checkpoints.
 
     Lightning calls ``state_dict`` when it writes a checkpoint and ``load_state_dict`` before
-    the first batch of a run resumed mid-epoch.
+    the first batch of a run resumed mid-epoch. ``before_epoch`` (optional) is called as each
+    epoch's pass starts, before its workers copy the dataset.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, before_epoch: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.before_epoch = before_epoch
         self._delivered = 0
 
     def __iter__(self) -> Iterator[Any]:
         self._delivered = 0
+        if self.before_epoch is not None:
+            self.before_epoch()
         # The workers' seeds come from this generator: derive it from (seed, epoch, rank), so
         # each rank's workers have their own streams, the same in every run (the workers are
         # started for each epoch: not persistent).

@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from celeba_gender.config import is_integer
+from celeba_gender.data.cache import POOL
 
 # The crop box is given in pixels of CelebA's aligned 178x218 frame (width x height) and scaled
 # for images of another size.
@@ -283,7 +284,12 @@ def per_sample_transform(
 
 
 class BatchTransform(nn.Module):
-    """uint8 (B, 3, H, W) batch -> normalised float (B, 3, size, size), on the batch's device."""
+    """uint8 (B, 3, H, W) batch -> normalised float (B, 3, size, size), on the batch's device.
+
+    A training batch may instead be int16 (B, 3, H // 2, W // 2): the pooled cache's sums of
+    2x2 pixel blocks of the (H, W) = ``cache_size`` frames (``reads_pooled`` says for which
+    sizes); it gives the very same batch.
+    """
 
     def __init__(
         self,
@@ -292,10 +298,12 @@ class BatchTransform(nn.Module):
         augmentations: Sequence[Mapping[str, Any]] | None,
         mean: Sequence[float],
         std: Sequence[float],
+        cache_size: Sequence[int] = (ALIGNED_HEIGHT, ALIGNED_WIDTH),
     ) -> None:
         super().__init__()
         self.image_size = image_size
         self.face_crop = dict(face_crop) if face_crop else None
+        self.cache_size = tuple(int(side) for side in cache_size)
         self.geometric: list[Callable[[int], torch.Tensor]] = []
         photometric = []
         for spec in augmentations or []:
@@ -318,6 +326,18 @@ class BatchTransform(nn.Module):
             maps = maps @ sampler(n)
         return maps
 
+    def shrink_factor(self, size: int, frame: Sequence[int]) -> int:
+        """The integer factor a training batch of side ``size`` box-filters a (height, width)
+        ``frame`` by before its resampling (1: none)."""
+        _, _, box_height, box_width = crop_box(self.face_crop, *frame)
+        return max(min(box_height, box_width) // size, 1)
+
+    def reads_pooled(self, size: int) -> bool:
+        """Whether training batches of side ``size`` can come from the pooled cache (the
+        cache's 2x2 block sums): they are warped, with a box filter by a multiple of 2."""
+        warped = bool(self.geometric) or size != self.image_size
+        return warped and self.shrink_factor(size, self.cache_size) % POOL == 0
+
     def warp(
         self, images: torch.Tensor, maps: torch.Tensor, size: int | None = None
     ) -> tuple[torch.Tensor, float]:
@@ -328,18 +348,29 @@ class BatchTransform(nn.Module):
         normalisation, so it costs no extra pass over the batch.
         """
         size = size or self.image_size
-        batch = images.float()
-        top, left, box_height, box_width = crop_box(self.face_crop, *batch.shape[-2:])
+        pooled = images.dtype == torch.int16  # the pooled cache's block sums
+        frame = self.cache_size if pooled else tuple(images.shape[-2:])
+        top, left, box_height, box_width = crop_box(self.face_crop, *frame)
         # Shrinking more than 2x with bilinear taps aliases: box-filter by the integer factor
         # first. A sum of strided slices is several times faster than avg_pool2d on a CPU. It
         # drops the last rows/columns that do not fill a window; the frame accounts for that.
-        factor = max(min(box_height, box_width) // size, 1)
-        if factor >= 2:
-            rows, columns = batch.shape[-2] // factor, batch.shape[-1] // factor
+        factor = self.shrink_factor(size, frame)
+        if pooled and (factor % POOL or images.shape[-2:] != (frame[0] // POOL, frame[1] // POOL)):
+            raise ValueError(
+                f"A batch of {POOL}x{POOL} block sums {tuple(images.shape[-2:])} cannot give "
+                f"{size}-px images of {frame[0]}x{frame[1]} frames (box filter {factor}x): "
+                "the training dataset should read the full cache for this size"
+            )
+        batch = images.float()
+        # The pooled sums are the first POOL x POOL of the box filter, exactly (small integers
+        # add exactly in float32): summing the rest gives the batch the full frames give.
+        remaining = factor // POOL if pooled else factor
+        if remaining >= 2:
+            rows, columns = batch.shape[-2] // remaining, batch.shape[-1] // remaining
             batch = sum(
-                batch[..., i : rows * factor : factor, j : columns * factor : factor]
-                for i in range(factor)
-                for j in range(factor)
+                batch[..., i : rows * remaining : remaining, j : columns * remaining : remaining]
+                for i in range(remaining)
+                for j in range(remaining)
             )
         frame_height = batch.shape[-2] * factor
         frame_width = batch.shape[-1] * factor
@@ -360,6 +391,8 @@ class BatchTransform(nn.Module):
 
     def resize(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The deterministic evaluation path: crop, antialiased resize (and the [0, 1] factor)."""
+        if images.dtype != torch.uint8:
+            raise ValueError(f"evaluation resizes uint8 frames, not {images.dtype} (block sums)")
         top, left, height, width = crop_box(self.face_crop, *images.shape[-2:])
         batch = images[..., top : top + height, left : left + width].float()
         size = (self.image_size, self.image_size)
