@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import forked_python
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import delete_big_files, run_script
@@ -223,8 +224,19 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert ran.returncode == 0, ran.stderr[-3000:] + ran.stdout[-3000:]
     final_dir = runs / "r96" / "final_fit" / "seed0"
     final = json.loads((final_dir / "metrics.json").read_text())
-    assert final["final_fit"] is True and final["evaluated_checkpoint"] == "last epoch"
+    # best.ckpt (no monitor: saved at every epoch's end) holds the tested weights: the run says
+    # so, and the model from it gives the run's test predictions (heat maps, demo, eval.py).
+    kept = final_dir / "checkpoints" / "best.ckpt"
+    assert final["final_fit"] is True and final["evaluated_checkpoint"] == str(kept)
     assert final["best_val"] is None and not (final_dir / "val_predictions.csv").exists()
+    from celeba_gender.analysis.heat_maps import evaluated_checkpoint
+    from celeba_gender.inference.predictor import GenderPredictor
+
+    assert evaluated_checkpoint(final_dir) == kept
+    saved = pd.read_csv(final_dir / "test_predictions.csv").head(8)
+    faces = [Image.open(sample_root / "img_align_celeba" / n) for n in saved["file_name"]]
+    again = GenderPredictor.load(kept).predict(faces)
+    np.testing.assert_allclose(again, saved["p_male"], atol=1e-3)
     chosen_split = json.loads((runs / "r96" / "seed0" / "data_summary.json").read_text())
     final_split = json.loads((final_dir / "data_summary.json").read_text())
     parts = chosen_split["parts"]
@@ -237,7 +249,7 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     result = json.loads(output.read_text())
     assert result["final_fit"]["per_seed_acc"] == [final["test/acc"]]
     assert result["final_fit"]["train_images"] == final_split["balance"]["train_images_per_epoch"]
-    assert result["final_fit"]["evaluated_checkpoint"] == ["last epoch"]
+    assert result["final_fit"]["evaluated_checkpoint"] == [str(kept)]
     assert result["test"]["per_seed_acc"] == tested  # the chosen runs' own figures still
     assert "final fit (r96" in reported.stdout
     assert "r96" in result["recipes"] and "final_fit" not in result["recipes"]
@@ -250,6 +262,16 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
     assert sorted(analysis.runs["job"]) == ["final_fit/seed0", "seed0"]
     assert conclusions.ranked(analysis.configurations).iloc[0]["experiment"] == "cpu_quick"
     assert any("(final fit) trained on the training and validation" in n for n in analysis.notes)
+    assert not any("val_predictions.csv" in n for n in analysis.notes)  # that note says why
+    # An experiment's note, once: a final fit repeats its experiment.
+    from celeba_gender.analysis.scope import experiment_notes
+
+    for folder in (runs / "r96" / "seed0", final_dir):
+        config = folder / ".hydra" / "resolved_config.yaml"
+        text = config.read_text()
+        assert "experiment_note: null" in text
+        config.write_text(text.replace("experiment_note: null", "experiment_note: A note."))
+    assert experiment_notes(analysis.runs) == {"cpu_quick": "A note."}
     # Final fits alone: nothing to choose by validation, so no best; the table still lists it.
     alone = analyze_sweep([final_dir])
     assert alone.best is None and conclusions.ranked(alone.configurations).empty

@@ -158,6 +158,13 @@ def test_a_final_fit_trains_on_the_validation_images_and_leaves_the_test_part_al
     # Validating a final fit has nothing to read: said in the data's words, with the fix.
     with pytest.raises(DataError, match=r"data.final_fit=true trained on the validation images"):
         final.setup("validate")
+    # Undersampled, the validation images it trained on are those balancing kept.
+    undersampled = _module(subset_root, cache_dir, final_fit=True, balance="undersample")
+    undersampled.setup("fit")
+    trained = set(undersampled.train_rows.tolist())
+    kept = sum(row in trained for row in chosen.parts["val"].tolist())
+    assert 0 < kept < len(chosen.parts["val"])
+    assert undersampled.summary()["split"]["validation_images_trained_on"] == kept
     # A split with no validation part has nothing to add: refused, not labelled a final fit.
     protocol = _module(subset_root, cache_dir, split="seed_protocol", final_fit=True)
     with pytest.raises(DataError, match=r"split=seed_protocol has none for .*final_fit=false"):

@@ -220,9 +220,12 @@ def test_the_search_space_and_the_studies_come_from_hydra_sweep_syntax():
         study_plans(["optimizer.lr=interval(1e-5,1e-2)"], None)
 
 
-def test_a_search_without_its_pretrained_weights_stops_before_any_trial(run_env, tmp_path):
+def test_a_search_without_its_pretrained_weights_or_on_a_final_fit_stops_before_any_trial(
+    run_env, tmp_path
+):
     """As a sweep does (ValidateSweep): the missing weights file named before the first trial,
-    instead of every trial failing on it."""
+    instead of every trial failing on it; and a final fit (no validation part to judge trials
+    by) refused, where each trial failed in turn."""
     with socket.socket() as probe:  # a proxy nothing listens at: downloads fail at once
         probe.bind(("127.0.0.1", 0))
         proxy = f"http://127.0.0.1:{probe.getsockname()[1]}"
@@ -230,9 +233,11 @@ def test_a_search_without_its_pretrained_weights_stops_before_any_trial(run_env,
     offline.update({name: proxy for name in ("HTTPS_PROXY", "https_proxy")})
     sweep = tmp_path / "search"
     result = run_script(
-        "train.py", *SEARCH, "treatment=pretrained_bce", f"hydra.sweep.dir={sweep}", env=offline
-    )
+        "train.py", *SEARCH, "treatment=pretrained_bce", "data.final_fit=true",
+        f"hydra.sweep.dir={sweep}", env=offline,
+    )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: Pretrained weights missing from the torch hub cache" in result.stderr
+    assert "data.final_fit=true trains on the validation images" in result.stderr
     assert "resnet18-f37072fd.pth" in result.stderr and "Nothing was launched." in result.stderr
     assert not sweep.exists() and "Traceback" not in result.stderr

@@ -43,11 +43,21 @@ METRICS = CLASSIFICATION_METRICS
 FINAL_FIT = "(final fit)"
 
 
+def is_final_fit(experiment: object) -> bool:
+    """Whether an experiment name (the analysis's) is a final fit's."""
+    return isinstance(experiment, str) and experiment.endswith(FINAL_FIT)
+
+
+def experiment_of(experiment: object) -> object:
+    """The experiment a final fit repeats ("cpu_quick" for "cpu_quick (final fit)")."""
+    return experiment.removesuffix(FINAL_FIT).rstrip() if is_final_fit(experiment) else experiment
+
+
 def final_fits(table: pd.DataFrame) -> pd.Series:
     """Which rows (runs or configurations) are final fits."""
     if "experiment" not in table:
         return pd.Series(False, index=table.index)
-    return table["experiment"].map(lambda name: isinstance(name, str) and name.endswith(FINAL_FIT))
+    return table["experiment"].map(is_final_fit)
 
 
 # What identifies a run: conf/config.yaml's run_facts (column: config key), the same list

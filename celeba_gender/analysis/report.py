@@ -28,7 +28,13 @@ from celeba_gender.analysis.calibration import (
     reliability_table,
     threshold_comparison,
 )
-from celeba_gender.analysis.collect import FINAL_FIT, collect_runs, final_fits, read_predictions
+from celeba_gender.analysis.collect import (
+    FINAL_FIT,
+    collect_runs,
+    final_fits,
+    is_final_fit,
+    read_predictions,
+)
 from celeba_gender.analysis.fairness import attributes_of, fairness_summary, subgroup_table
 from celeba_gender.analysis.scope import Scope, sweep_scope
 from celeba_gender.analysis.statistics import (
@@ -291,7 +297,8 @@ def _analyze_run(run: pd.Series, settings: DictConfig, notes: list[str]):
     try:
         values.update(threshold_comparison(read_predictions(run["run_dir"], "val"), predictions))
     except DataError:
-        notes.append(f"{run['job']}: no val_predictions.csv, so no tuned threshold.")
+        if not is_final_fit(run.get("experiment")):  # the final-fit note says why it has none
+            notes.append(f"{run['job']}: no val_predictions.csv, so no tuned threshold.")
     cells = None
     data_root = _data_root(settings, run)
     if data_root:

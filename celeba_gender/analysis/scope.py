@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from celeba_gender.analysis.collect import experiment_of
 from celeba_gender.config import CONFIG_DIR
 from celeba_gender.training.resume import saved_config
 
@@ -67,8 +68,9 @@ def experiment_notes(runs: pd.DataFrame) -> dict[str, str]:
     notes: dict[str, str] = {}
     for row in runs.itertuples():
         note = (saved_config(Path(row.run_dir)) or {}).get("experiment_note")
-        if note and str(row.experiment) not in notes:
-            notes[str(row.experiment)] = str(note).strip()
+        name = str(experiment_of(row.experiment))  # a final fit's note is its experiment's
+        if note and name not in notes:
+            notes[name] = str(note).strip()
     return notes
 
 

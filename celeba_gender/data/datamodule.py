@@ -229,9 +229,9 @@ class CelebADataModule(L.LightningDataModule):
             # (the report says so); a CelebA copy without identity_CelebA.txt is refused.
             unknown_identity_alone=not self._is_celeba(),
         ).to_numpy()
+        validation = part == "val"
         if self.final_fit:
-            self.final_fit_images = int((part == "val").sum())
-            if not self.final_fit_images:
+            if not validation.any():
                 raise DataError(
                     f"data.final_fit=true trains on the validation part too, but "
                     f"split={self.split} has none for {self.root}: the run would be an ordinary "
@@ -248,6 +248,8 @@ class CelebADataModule(L.LightningDataModule):
             self.train_rows = self.parts["train"][chosen]
         else:
             self.train_rows = self.parts["train"]
+        if self.final_fit:  # counted as trained on: after balancing (undersample drops some)
+            self.final_fit_images = int(validation[self.train_rows].sum())
         rows_by_part = {
             "train": self.train_rows,
             "val": self.parts["val"],

@@ -337,7 +337,11 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         **_precision_that_ran(cfg, trainer),
         **test_results,
         "epochs_trained": trainer.current_epoch,
-        "evaluated_checkpoint": checkpoint.best_model_path if use_best else "last epoch",
+        "evaluated_checkpoint": (
+            checkpoint.best_model_path
+            if use_best
+            else _kept_checkpoint_of_the_end(checkpoint, trainer.global_step)
+        ),
         "best_val": float(checkpoint.best_model_score) if use_best else None,
         "monitor": checkpoint.monitor if use_best else None,
         "params": model.parameter_count(inference=True),
@@ -375,6 +379,19 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         stop.finished = True  # metrics.json says ok: nothing is left to resume
         raise stop
     return record
+
+
+def _kept_checkpoint_of_the_end(
+    checkpoint: L.pytorch.callbacks.ModelCheckpoint | None, step: int
+) -> str:
+    """What a run without a monitor (no validation part: a final fit, seed_protocol) tested:
+    the weights training ended with. best.ckpt holds them when it was saved at that very step
+    (without a monitor it is saved at every epoch's end), so the demo, heat maps and eval.py
+    can use it as the tested model; otherwise "last epoch" (no file keeps them)."""
+    kept = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
+    if kept is not None and kept.is_file() and checkpoint_position(kept)[1] == step:
+        return str(kept)
+    return "last epoch"
 
 
 def _finite(value: Any) -> bool:

@@ -273,7 +273,7 @@ class OptunaSearchSweeper(Sweeper):
         )
         from celeba_gender.training.sweep_check import pretrained_backbones
 
-        errors, configs = [], []
+        errors, configs, refused = [], [], []
         for plan in plans:
             overrides = [*plan.overrides, *trial_overrides(_sample_values(space)), *fixed]
             try:
@@ -281,10 +281,19 @@ class OptunaSearchSweeper(Sweeper):
                 validate(configs[-1], TrainSchema)
             except (HydraException, OmegaConfBaseException, ConfigError) as error:
                 errors.append(f"study {plan.name}: {str(error).strip().splitlines()[0]}")
+                continue
+            if configs[-1].data.get("final_fit"):
+                refused.append(
+                    f"study {plan.name}: data.final_fit=true trains on the validation images, "
+                    "and a search is judged on them (each trial's best validation score): "
+                    "search with data.final_fit=false, then make the final fit with the best "
+                    "values (optuna_best.yaml)."
+                )
         try:  # as a sweep's check before launch (ValidateSweep): every trial would fail
             check_pretrained_weights(pretrained_backbones(configs))
         except PretrainedWeightsUnavailable as error:
             errors.append(str(error))
+        errors += refused
         if errors:
             raise SearchError("\n".join(errors))
 
