@@ -272,6 +272,9 @@ def test_time_to_accuracy_chooses_on_validation_and_tests_only_the_choice(
         assert "experiment_note: null" in text
         config.write_text(text.replace("experiment_note: null", "experiment_note: A note."))
     assert experiment_notes(analysis.runs) == {"cpu_quick": "A note."}
+    from celeba_gender.analysis.collect import experiment_of
+
+    assert experiment_of("(final fit)") == "(final fit)"  # of no named experiment: its own
     # Final fits alone: nothing to choose by validation, so no best; the table still lists it.
     alone = analyze_sweep([final_dir])
     assert alone.best is None and conclusions.ranked(alone.configurations).empty

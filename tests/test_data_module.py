@@ -165,6 +165,11 @@ def test_a_final_fit_trains_on_the_validation_images_and_leaves_the_test_part_al
     kept = sum(row in trained for row in chosen.parts["val"].tolist())
     assert 0 < kept < len(chosen.parts["val"])
     assert undersampled.summary()["split"]["validation_images_trained_on"] == kept
+    # Oversampled, a repeated validation image counts once.
+    oversampled = _module(subset_root, cache_dir, final_fit=True, balance="oversample")
+    oversampled.setup("fit")
+    assert len(oversampled.train_rows) > len(set(oversampled.train_rows.tolist()))
+    assert oversampled.final_fit_images == len(chosen.parts["val"])
     # A split with no validation part has nothing to add: refused, not labelled a final fit.
     protocol = _module(subset_root, cache_dir, split="seed_protocol", final_fit=True)
     with pytest.raises(DataError, match=r"split=seed_protocol has none for .*final_fit=false"):

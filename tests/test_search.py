@@ -218,6 +218,10 @@ def test_the_search_space_and_the_studies_come_from_hydra_sweep_syntax():
     assert plans[0].overrides == ["model=resnet18", "treatment=scratch_ce", "seed=1"]
     with pytest.raises(SearchError, match="goes in the search space"):
         study_plans(["optimizer.lr=interval(1e-5,1e-2)"], None)
+    with pytest.raises(SearchError, match="data.final_fit cannot be searched"):
+        search_space(
+            {"optimizer.lr": "interval(1e-5,1e-2)", "data.final_fit": "choice(false,true)"}
+        )
 
 
 def test_a_search_without_its_pretrained_weights_or_on_a_final_fit_stops_before_any_trial(

@@ -377,3 +377,23 @@ def test_metrics_record_the_precision_that_ran(run_env, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["numeric_precision"] == "bf16-mixed"
     assert "trainer.precision=16-mixed ran as bf16-mixed" in result.stdout + result.stderr
+
+
+def test_a_run_without_a_monitor_names_best_ckpt_only_when_it_holds_the_tested_weights(tmp_path):
+    """A final fit tests the weights training ended with. best.ckpt is named as the tested
+    model only when it holds exactly those: an EMA's average not swapped back in after a
+    resume at the end, say, leaves other weights in the model than in best.ckpt."""
+    from types import SimpleNamespace
+
+    from celeba_gender.training.run import _kept_checkpoint_of_the_end
+
+    model = torch.nn.Linear(3, 2)
+    kept = tmp_path / "best.ckpt"
+    torch.save({"global_step": 8, "state_dict": model.state_dict()}, kept)
+    checkpoint = SimpleNamespace(best_model_path=str(kept))
+    assert _kept_checkpoint_of_the_end(checkpoint, model) == str(kept)
+    with torch.no_grad():
+        model.bias.add_(1e-6)  # the same step, other weights
+    assert _kept_checkpoint_of_the_end(checkpoint, model) == "last epoch"
+    assert _kept_checkpoint_of_the_end(SimpleNamespace(best_model_path=""), model) == "last epoch"
+    assert _kept_checkpoint_of_the_end(None, model) == "last epoch"

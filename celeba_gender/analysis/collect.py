@@ -49,8 +49,11 @@ def is_final_fit(experiment: object) -> bool:
 
 
 def experiment_of(experiment: object) -> object:
-    """The experiment a final fit repeats ("cpu_quick" for "cpu_quick (final fit)")."""
-    return experiment.removesuffix(FINAL_FIT).rstrip() if is_final_fit(experiment) else experiment
+    """The experiment a final fit repeats ("cpu_quick" for "cpu_quick (final fit)"; a final
+    fit of no named experiment keeps its own name)."""
+    if not is_final_fit(experiment):
+        return experiment
+    return experiment.removesuffix(FINAL_FIT).rstrip() or experiment
 
 
 def final_fits(table: pd.DataFrame) -> pd.Series:

@@ -70,7 +70,7 @@ def evaluated_checkpoint(run_dir: str | Path) -> Path:
     if not recorded or recorded == "last epoch":
         raise DataError(
             f"{run_dir.name} was tested on its last epoch's weights and kept no checkpoint of "
-            "them (trained with ~callbacks.model_checkpoint or no monitor)"
+            "them (trained with ~callbacks.model_checkpoint, or best.ckpt holds other weights)"
         )
     # Only inside the run's folder as it is now: the recorded path may be another copy's (the
     # sweep copied without checkpoints, the original since retrained).

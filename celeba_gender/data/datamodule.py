@@ -248,8 +248,8 @@ class CelebADataModule(L.LightningDataModule):
             self.train_rows = self.parts["train"][chosen]
         else:
             self.train_rows = self.parts["train"]
-        if self.final_fit:  # counted as trained on: after balancing (undersample drops some)
-            self.final_fit_images = int(validation[self.train_rows].sum())
+        if self.final_fit:  # those balancing kept (undersampling drops, oversampling repeats)
+            self.final_fit_images = int(validation[np.unique(self.train_rows)].sum())
         rows_by_part = {
             "train": self.train_rows,
             "val": self.parts["val"],

@@ -340,7 +340,7 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
         "evaluated_checkpoint": (
             checkpoint.best_model_path
             if use_best
-            else _kept_checkpoint_of_the_end(checkpoint, trainer.global_step)
+            else _kept_checkpoint_of_the_end(checkpoint, model)
         ),
         "best_val": float(checkpoint.best_model_score) if use_best else None,
         "monitor": checkpoint.monitor if use_best else None,
@@ -382,16 +382,21 @@ def _train(cfg: DictConfig, start: Any, stops: StopSignals, started: float) -> d
 
 
 def _kept_checkpoint_of_the_end(
-    checkpoint: L.pytorch.callbacks.ModelCheckpoint | None, step: int
+    checkpoint: L.pytorch.callbacks.ModelCheckpoint | None, model: GenderClassifier
 ) -> str:
     """What a run without a monitor (no validation part: a final fit, seed_protocol) tested:
-    the weights training ended with. best.ckpt holds them when it was saved at that very step
-    (without a monitor it is saved at every epoch's end), so the demo, heat maps and eval.py
-    can use it as the tested model; otherwise "last epoch" (no file keeps them)."""
+    the model's weights as training left them. best.ckpt (saved at every epoch's end without
+    a monitor) is named as the tested model when it holds exactly those weights, so the demo,
+    heat maps and eval.py can use it; otherwise "last epoch" (no file keeps them: an EMA's
+    average not swapped in after a resume, a save skipped, ...)."""
     kept = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
-    if kept is not None and kept.is_file() and checkpoint_position(kept)[1] == step:
-        return str(kept)
-    return "last epoch"
+    if kept is None or not kept.is_file():
+        return "last epoch"
+    saved = torch.load(kept, map_location="cpu", mmap=True, weights_only=True).get("state_dict")
+    tested = model.state_dict()
+    same = saved is not None and saved.keys() == tested.keys()
+    same = same and all(torch.equal(saved[name], value.cpu()) for name, value in tested.items())
+    return str(kept) if same else "last epoch"
 
 
 def _finite(value: Any) -> bool:

@@ -108,6 +108,12 @@ def search_space(params: DictConfig | dict | None) -> tuple[dict[str, Any], list
             fixed.append(override.input_line)
         else:
             space[override.get_key_element()] = found
+    if "data.final_fit" in space:
+        raise SearchError(
+            "data.final_fit cannot be searched: it trains on the validation images each trial is "
+            "judged on. Search with data.final_fit=false, then make the final fit with the best "
+            "values (optuna_best.yaml)."
+        )
     return space, fixed
 
 
