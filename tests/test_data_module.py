@@ -197,9 +197,12 @@ class _TinyClassifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit_two_batches(model: L.LightningModule, module: CelebADataModule, folder: Path) -> None:
-    """A real Trainer on CPU: two training batches, then one validation batch."""
-    trainer = L.Trainer(
+def _fit_briefly(
+    model: L.LightningModule, module: CelebADataModule, folder: Path, **options: object
+) -> None:
+    """A real Trainer on CPU: two training batches, then one validation batch (``options``
+    change that)."""
+    settings = dict(
         accelerator="cpu",
         max_epochs=1,
         limit_train_batches=2,
@@ -210,14 +213,14 @@ def _fit_two_batches(model: L.LightningModule, module: CelebADataModule, folder:
         enable_progress_bar=False,
         default_root_dir=folder,
     )
-    trainer.fit(model, datamodule=module)
+    L.Trainer(**{**settings, **options}).fit(model, datamodule=module)
 
 
 @pytest.mark.parametrize("loader", ["cached", "per_sample"])
 def test_lightning_trainer_receives_normalised_batches(defective_copy, tmp_path, loader):
     module = _module(defective_copy.root, tmp_path, loader=loader)
     model = _TinyClassifier()
-    _fit_two_batches(model, module, tmp_path)
+    _fit_briefly(model, module, tmp_path)
     assert len(model.seen) == 3
     for dtype, shape, mean in model.seen:
         assert dtype == torch.float32 and shape[1:] == (3, 48, 48)
@@ -331,7 +334,7 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(
         defective_copy.root, tmp_path, loader=loader, augmentations=flip, image_size=192
     )
     recorder = _BatchRecorder()
-    _fit_two_batches(recorder, module, tmp_path)
+    _fit_briefly(recorder, module, tmp_path)
     reference = _module(
         defective_copy.root, tmp_path, loader=loader, augmentations=[], image_size=192
     )
@@ -486,18 +489,10 @@ def test_small_training_sizes_read_the_pooled_block_sums_and_get_the_same_batche
         defective_copy.root, tmp_path, image_size=112, progressive_resizing={"start_size": 64}
     ).training_sizes() == [64, 80, 96, 112]
     recorder, model = _CacheReadRecorder(), _AnySizeClassifier()
-    L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        limit_train_batches=1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
+    _fit_briefly(
+        model, growing, tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0,
         callbacks=[recorder],
-    ).fit(model, datamodule=growing)
+    )  # fmt: skip
     assert recorder.epochs == [(64, True), (112, False)]
     assert model.loaded == [torch.int16, torch.uint8]  # what the worker process read
     # A size with no even box filter builds no pooled cache.

@@ -440,7 +440,7 @@ class ImageTensorCache:
                 raise IndexError(f"row {row} of a {len(self)}-row cache")
             read = os.preadv(self._file.fileno(), [memoryview(batch[item]).cast("B")], row * size)
             if read != size:  # cut short while this run read it
-                raise self._damaged(f"row {row} ends past its end")
+                raise self._damaged(f"row {row} lies past its end")
         return batch
 
     def _open_checked(self) -> BinaryIO:
