@@ -121,6 +121,12 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
         "comparison, over the budget on purpose (kornia's jitter costs ~0.15 s a batch here)",
         {**PROG64_112, "data.augmentations": f"{FLIP_CROP},{JITTER}]"},
     ),
+    "prog64_112_r34": (
+        "as prog64_112, ResNet-34 (twice ResNet-18's depth and compute: depth, the one size "
+        "knob torchvision's ResNets give between 18 and 50 layers) and 12 epochs to stay "
+        "within about prog64_112's minutes",
+        {**PROG64_112, "model": "resnet34", "trainer.max_epochs": "12"},
+    ),
     "prog64_112_ls_ema": (
         "as prog64_112, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
         "about the last 2 epochs), the averaged weights validated and tested",
