@@ -127,6 +127,11 @@ RECIPES: dict[str, tuple[str, dict[str, str]]] = {
         "within about prog64_112's minutes",
         {**PROG64_112, "model": "resnet34", "trainer.max_epochs": "12"},
     ),
+    "prog64_112_x2": (
+        "as prog64_112 at twice the budget (46 epochs, the same ramp fractions): where its "
+        "curve crosses 95%, if it does, is the budget 95% needs (issue 27 item 4)",
+        {**PROG64_112, "trainer.max_epochs": "46"},
+    ),
     "prog64_112_ls_ema": (
         "as prog64_112, with label smoothing 0.1 and an EMA of the weights (decay 0.99 a step: "
         "about the last 2 epochs), the averaged weights validated and tested",
