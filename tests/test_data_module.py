@@ -176,6 +176,45 @@ def test_a_final_fit_trains_on_the_validation_images_and_leaves_the_test_part_al
         protocol.setup("fit")
 
 
+def test_a_checkpoints_data_record_counts_the_test_images_it_trained_on(
+    subset_root, sample_root, cache_dir
+):
+    """CelebADataModule.state_dict (saved in every checkpoint) holds the content of the images
+    that trained; another split or copy counts its test images among them by their bytes."""
+    chosen = _module(subset_root, cache_dir, balance="undersample")
+    final = _module(subset_root, cache_dir, final_fit=True)
+    chosen.setup("fit")
+    final.setup("fit")
+    record = chosen.state_dict()["trained_on"]
+    trained = set(chosen.train_rows.tolist())
+    assert record["images"] == len(trained) < len(chosen.parts["train"])  # what balancing kept
+    assert record["final_fit"] is False and record["split"] == "identity"
+    assert len(record["content_sha1"]) == 20 * len(trained)
+    assert final.state_dict()["trained_on"]["final_fit"] is True
+    # The run's own split: its test part shares no image with its training images.
+    assert chosen.images_seen_in_training(record, "test") == 0
+    assert final.images_seen_in_training(final.state_dict()["trained_on"], "test") == 0
+    # The whole copy as the test part: exactly the images that trained are recognised; a final
+    # fit's validation images too.
+    everything = _module(subset_root, cache_dir, split="all")
+    assert everything.images_seen_in_training(record, "test") == len(trained)
+    final_rows = set(final.train_rows.tolist())
+    assert len(final_rows) > len(trained)
+    seen = everything.images_seen_in_training(final.state_dict()["trained_on"], "test")
+    assert seen == len(final_rows)
+    # Another copy (the embedded sample: files of the subset, 2 under other names) is matched
+    # by content, not by name or folder.
+    sample = _module(sample_root, cache_dir, split="all")
+    sample.setup()
+    names = set(sample.index.images["file"])
+    trained_names = set(chosen.index.images["file"].to_numpy()[sorted(trained)])
+    in_sample = len(names & trained_names)
+    assert 0 < in_sample < len(names)
+    assert sample.images_seen_in_training(record, "test") == in_sample
+    assert chosen.state_dict()["trained_on"] == record  # the same every save
+    assert _module(subset_root, cache_dir).state_dict() == {}  # nothing set up, nothing said
+
+
 class _TinyClassifier(L.LightningModule):
     """Records what reaches training_step, to prove the batch transform ran on the device."""
 

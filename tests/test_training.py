@@ -9,6 +9,7 @@ import forked_python
 import pandas as pd
 import pytest
 import torch
+from conftest import SAMPLE
 from conftest import run_script as _run
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -90,6 +91,25 @@ def test_eval_on_another_copy_writes_the_same_metrics(smoke_run, subset_root, ru
     assert metrics["test_images"] == 4014 and metrics["image_size"] == 32  # the training size
     accuracy, count = _accuracy_from_predictions(out)
     assert count == 4014 and metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    # The embedded sample it trained on is part of the subset: those images are counted and
+    # the metrics are said to overstate (the run's own split shares none with its training).
+    trained = json.loads((smoke_run / "data_summary.json").read_text())["parts"]["train"]
+    assert metrics["checkpoint_final_fit"] is False
+    assert metrics["test_images_seen_in_training"] == trained["images"] > 0
+    assert f"warning: {trained['images']} of the 4014 test images" in result.stderr
+    assert "data.split=identity data.split_seed=42" in result.stderr
+    own = tmp_path / "own"
+    result = _run(
+        "eval.py",
+        f"ckpt_path={smoke_run / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={SAMPLE}",
+        "data.split=identity",
+        f"hydra.run.dir={own}",
+        env=run_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((own / "metrics.json").read_text())["test_images_seen_in_training"] == 0
+    assert "warning" not in result.stderr
 
 
 def _last_scalar(folder: Path, tag: str) -> float:

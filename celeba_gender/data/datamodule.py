@@ -47,6 +47,8 @@ from celeba_gender.data.transforms import (
 )
 from celeba_gender.library_internals import batches_ready
 
+DIGEST_BYTES = 20  # a sha1
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOADERS = ("cached", "per_sample")
@@ -448,6 +450,42 @@ class CelebADataModule(L.LightningDataModule):
             "std": self.std,
             "cache_size": list(self.cache_size),
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning saves this in every checkpoint, weights-only ones too: what the model
+        trained on, so that testing it on another split or copy can say which of its test
+        images it has already seen (``images_seen_in_training``)."""
+        if not self.datasets:
+            return {}
+        rows = np.unique(self.train_rows)
+        return {
+            "trained_on": {
+                "images": len(rows),
+                # Each image's content (sha1 of its file's bytes), 20 bytes each, sorted: a
+                # renamed or moved copy of an image is still recognised; a re-encoded one not.
+                "content_sha1": b"".join(sorted(self._content_digests(rows))),
+                "final_fit": self.final_fit,
+                "split": self.split,
+                "split_seed": self.split_seed,
+                "root": str(self.root),
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore on resume: the same config rebuilds the same parts."""
+
+    def images_seen_in_training(self, trained_on: Mapping[str, Any], part: str = "test") -> int:
+        """How many images of ``part`` have the content of an image in ``trained_on`` (a
+        checkpoint's ``state_dict()['trained_on']``)."""
+        self.setup()
+        packed = bytes(trained_on["content_sha1"])
+        trained = {packed[i : i + DIGEST_BYTES] for i in range(0, len(packed), DIGEST_BYTES)}
+        return sum(digest in trained for digest in self._content_digests(self.parts[part]))
+
+    def _content_digests(self, rows: np.ndarray) -> list[bytes]:
+        fingerprints = self._ensure_index().images["fingerprint"].to_numpy()[rows]
+        # fingerprint: name:size:sha1 (index.py); a name may hold ':', the sha1 cannot.
+        return [bytes.fromhex(fingerprint.rsplit(":", 1)[1]) for fingerprint in fingerprints]
 
     def attribute_names(self, requested: Sequence[str]) -> list[str]:
         """``requested`` attribute names checked against the annotation file; ``["all"]``

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from celeba_gender.data.datamodule import DIGEST_BYTES, CelebADataModule
 from celeba_gender.data.errors import DataError
 from celeba_gender.models.backbones import takes_argument
 from celeba_gender.models.module import GenderClassifier
@@ -250,7 +251,22 @@ def load_classifier(checkpoint_path: str | Path, map_location: str = "cpu") -> G
         raise CheckpointError(
             path, f"its weights do not fit a {hparams['backbone']} classifier ({_brief(error)})"
         ) from None
+    model.trained_on = trained_on(checkpoint)
     return model
+
+
+def trained_on(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the checkpoint's model trained on (``CelebADataModule.state_dict``): its images'
+    content digests, whether it was a final fit, the split; None for a checkpoint without
+    it (made before it was saved, or by another data module)."""
+    state = checkpoint.get(CelebADataModule.__qualname__)
+    facts = state.get("trained_on") if isinstance(state, Mapping) else None
+    if not isinstance(facts, Mapping):
+        return None
+    digests = facts.get("content_sha1")
+    if not isinstance(digests, bytes) or len(digests) % DIGEST_BYTES:
+        return None
+    return dict(facts)
 
 
 def open_onnx(path: str | Path) -> tuple[Any, dict[str, str]]:
@@ -277,4 +293,5 @@ __all__ = [
     "load_classifier",
     "open_onnx",
     "read_checkpoint",
+    "trained_on",
 ]

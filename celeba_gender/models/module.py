@@ -63,6 +63,8 @@ class GenderClassifier(L.LightningModule):
         # of fit would clash with those in MLflow.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.head = create_head(loss, class_weights, label_smoothing)
+        # What a loaded checkpoint's model trained on (models.checkpoints.trained_on), if known.
+        self.trained_on: dict[str, Any] | None = None
         # Multi-task: the classifier also predicts these CelebA attributes in training, one
         # extra logit each after the loss head's; evaluation and inference read only P(male).
         self.attribute_targets = list(attribute_targets)

@@ -491,6 +491,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": datamodule.split,
         "image_size": datamodule.image_size,
         **_test_results(trainer, model.evaluation("test")),
+        **_training_overlap(model.trained_on, datamodule, checkpoint),
         "params": model.parameter_count(inference=True),
         "test_images_per_second": test_throughput.images_per_second,
         "wall_seconds": time.perf_counter() - started,
@@ -499,6 +500,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with _held(output_dir):
             _write_results(output_dir, record, datamodule, model.evaluation("test"))
     return record
+
+
+def _training_overlap(
+    trained_on: dict[str, Any] | None, datamodule: CelebADataModule, checkpoint: Path
+) -> dict[str, Any]:
+    """eval.py's record of what the checkpoint trained on, and how many of the test images it
+    had seen there (None: the checkpoint does not say); a warning when it had seen any."""
+    if trained_on is None:
+        return {"checkpoint_final_fit": None, "test_images_seen_in_training": None}
+    seen = datamodule.images_seen_in_training(trained_on, "test")
+    if seen:
+        trained = (
+            "its training and validation parts (a final fit)"
+            if trained_on.get("final_fit")
+            else "its training part"
+        )
+        say(
+            f"warning: {seen} of the {len(datamodule.parts['test'])} test images (the same "
+            f"files' bytes) trained {checkpoint}, in {trained}: these metrics overstate how "
+            "it does on faces it has not seen. Test it on its own run's test part "
+            f"(data.root={trained_on.get('root')} data.split={trained_on.get('split')} "
+            f"data.split_seed={trained_on.get('split_seed')}) or on another copy."
+        )
+    return {
+        "checkpoint_final_fit": bool(trained_on.get("final_fit")),
+        "test_images_seen_in_training": seen,
+    }
 
 
 def _in_multirun() -> bool:
