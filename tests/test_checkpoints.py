@@ -339,3 +339,19 @@ def test_a_model_giving_nan_gives_error_rows_and_valid_json(tmp_path):
     assert [row["status"] for row in rows] == ["error", "error"]
     assert "non-finite" in rows[0]["error"]
     json.loads(json.dumps(rows, allow_nan=False))
+
+
+def test_a_checkpoints_training_record_is_read_strictly():
+    """models.checkpoints.trained_on: a record eval.py can trust, or None; a flag written as
+    text ("false") is not a final fit."""
+    from celeba_gender.models.checkpoints import trained_on
+
+    def record(**facts):
+        return {"CelebADataModule": {"trained_on": facts}}
+
+    assert trained_on(record(content_sha1=b"x" * 40, final_fit="false"))["final_fit"] is False
+    assert trained_on(record(content_sha1=b"x" * 20, final_fit=True))["final_fit"] is True
+    assert trained_on(record(content_sha1=b"x" * 21)) is None  # not whole digests
+    assert trained_on(record(content_sha1="ab" * 20)) is None  # text, not bytes
+    assert trained_on({"CelebADataModule": []}) is None
+    assert trained_on({}) is None  # a checkpoint from before the record

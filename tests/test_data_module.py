@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_a_final_fit_trains_on_the_validation_images_and_leaves_the_test_part_al
 
 
 def test_a_checkpoints_data_record_counts_the_test_images_it_trained_on(
-    subset_root, sample_root, cache_dir
+    subset_root, sample_root, cache_dir, tmp_path
 ):
     """CelebADataModule.state_dict (saved in every checkpoint) holds the content of the images
     that trained; another split or copy counts its test images among them by their bytes."""
@@ -211,6 +212,24 @@ def test_a_checkpoints_data_record_counts_the_test_images_it_trained_on(
     in_sample = len(names & trained_names)
     assert 0 < in_sample < len(names)
     assert sample.images_seen_in_training(record, "test") == in_sample
+    # Matched by bytes, not names: a class-folder copy of 12 training and 8 test images under
+    # new names (one with ':', which fingerprints use as a separator).
+    images = chosen.index.images
+    picked = [*sorted(trained)[:12], *chosen.parts["test"][:8]]
+    for number, row in enumerate(picked):
+        folder = tmp_path / "renamed" / ("male" if images["male"].iat[row] else "female")
+        folder.mkdir(parents=True, exist_ok=True)
+        source = subset_root / "img_align_celeba" / images["file"].iat[row]
+        shutil.copy(source, folder / f"x:{number}.jpg")
+    renamed = _module(tmp_path / "renamed", cache_dir, split="all")
+    assert renamed.images_seen_in_training(record, "test") == 12
+    # Oversampling repeats images: each is recorded once.
+    oversampled = _module(subset_root, cache_dir, balance="oversample")
+    oversampled.setup("fit")
+    repeated = oversampled.state_dict()["trained_on"]
+    assert len(oversampled.train_rows) > len(set(oversampled.train_rows.tolist()))
+    assert repeated["images"] == len(set(oversampled.train_rows.tolist()))
+    assert len(repeated["content_sha1"]) == 20 * repeated["images"]
     assert chosen.state_dict()["trained_on"] == record  # the same every save
     assert _module(subset_root, cache_dir).state_dict() == {}  # nothing set up, nothing said
 

@@ -266,7 +266,8 @@ def trained_on(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     digests = facts.get("content_sha1")
     if not isinstance(digests, bytes) or len(digests) % DIGEST_BYTES:
         return None
-    return dict(facts)
+    # A malformed flag ("false") must not read as a final fit.
+    return {**facts, "final_fit": facts.get("final_fit") is True}
 
 
 def open_onnx(path: str | Path) -> tuple[Any, dict[str, str]]:

@@ -505,8 +505,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def _training_overlap(
     trained_on: dict[str, Any] | None, datamodule: CelebADataModule, checkpoint: Path
 ) -> dict[str, Any]:
-    """eval.py's record of what the checkpoint trained on, and how many of the test images it
-    had seen there (None: the checkpoint does not say); a warning when it had seen any."""
+    """eval.py's record of what the checkpoint trained on, and how many of the test images were
+    in its training part (None: the checkpoint does not say); a warning when any were. The
+    whole part counts, even where limits or a sampler left some images undrawn: it errs high."""
     if trained_on is None:
         return {"checkpoint_final_fit": None, "test_images_seen_in_training": None}
     seen = datamodule.images_seen_in_training(trained_on, "test")
@@ -518,10 +519,11 @@ def _training_overlap(
         )
         say(
             f"warning: {seen} of the {len(datamodule.parts['test'])} test images (the same "
-            f"files' bytes) trained {checkpoint}, in {trained}: these metrics overstate how "
-            "it does on faces it has not seen. Test it on its own run's test part "
-            f"(data.root={trained_on.get('root')} data.split={trained_on.get('split')} "
-            f"data.split_seed={trained_on.get('split_seed')}) or on another copy."
+            f"files' bytes) were in what trained {checkpoint}, {trained}: these metrics "
+            "overstate how it does on faces it has not seen. Test it on its own run's test "
+            f"part (data.root={trained_on.get('root')} data.split={trained_on.get('split')} "
+            f"data.split_seed={trained_on.get('split_seed')}, and that run's other data.* "
+            "settings) or on another copy."
         )
     return {
         "checkpoint_final_fit": bool(trained_on.get("final_fit")),
